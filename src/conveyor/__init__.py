@@ -1,0 +1,47 @@
+"""Conveyor: a distributed task queue for Python.
+
+Priorities, delays, retries with backoff, a dead letter queue, at-least-once delivery with
+leases and heartbeats, and exactly-once effects through idempotency keys and effects committed
+with the acknowledgement.
+"""
+
+from conveyor.app import Conveyor, Job, Task
+from conveyor.context import JobContext, current_job
+from conveyor.errors import (
+    ArgumentError,
+    ConfigurationError,
+    ConveyorError,
+    JobCancelled,
+    JobFailed,
+    JobNotFound,
+    KeyConflict,
+    PayloadTooLarge,
+    Retry,
+    SerializationError,
+    UnknownTask,
+)
+from conveyor.records import JobInfo, Message
+from conveyor.retry import RetryPolicy
+
+__all__ = [
+    "ArgumentError",
+    "ConfigurationError",
+    "Conveyor",
+    "ConveyorError",
+    "Job",
+    "JobCancelled",
+    "JobContext",
+    "JobFailed",
+    "JobInfo",
+    "JobNotFound",
+    "KeyConflict",
+    "Message",
+    "PayloadTooLarge",
+    "Retry",
+    "RetryPolicy",
+    "SerializationError",
+    "Task",
+    "UnknownTask",
+    "current_job",
+]
+__version__ = "0.1.0"

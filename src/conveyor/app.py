@@ -1,0 +1,356 @@
+"""The application: task registry, enqueue API and configuration."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import math
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+from conveyor import serializer
+from conveyor.brokers import Broker, open_broker, redact_url
+from conveyor.errors import (
+    ArgumentError,
+    ConfigurationError,
+    JobCancelled,
+    JobFailed,
+    JobNotFound,
+)
+from conveyor.ids import new_id
+from conveyor.priority import DEFAULT_LEVELS, Priorities
+from conveyor.records import JobInfo, Message, State
+from conveyor.retry import RetryPolicy
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+DEFAULT_URL = "sqlite:///conveyor.db"
+#: Enqueue options; a task function may not have parameters with these names.
+RESERVED = frozenset({"priority", "delay", "run_at", "key", "queue"})
+MAX_KEY_LENGTH = 255
+_QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+
+
+class Conveyor:
+    """A Conveyor application: its tasks and the store they go through.
+
+    Args:
+        url: store URL; defaults to ``$CONVEYOR_URL``, else ``sqlite:///conveyor.db``.
+        priorities: level names and weights, most urgent first (default high 6, normal 3, low 1).
+        retry: default retry policy of tasks that do not set one.
+        max_payload: largest encoded arguments accepted, in bytes (default 1 MiB).
+        retention: seconds finished jobs, their results and idempotency keys are kept (default 24 h).
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        priorities: Mapping[str, int] = DEFAULT_LEVELS,
+        retry: RetryPolicy | None = None,
+        max_payload: int = 1 << 20,
+        retention: float = 86400.0,
+    ) -> None:
+        self.url = url or os.environ.get("CONVEYOR_URL") or DEFAULT_URL
+        self.priorities = Priorities(priorities)
+        self.retry = retry or RetryPolicy()
+        self.max_payload = max_payload
+        self.retention = retention
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self._broker: Broker | None = None
+        self._broker_pid = 0
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Conveyor({redact_url(self.url)!r}, tasks={len(self.tasks)})"
+
+    @property
+    def broker(self) -> Broker:
+        """The store, opened on first use in each process."""
+        if self._broker is None or self._broker_pid != os.getpid():
+            with self._lock:
+                if self._broker is None or self._broker_pid != os.getpid():
+                    self._broker = open_broker(self.url, retention=self.retention)
+                    self._broker_pid = os.getpid()
+        return self._broker
+
+    def close(self) -> None:
+        """Close the store's connections."""
+        if self._broker is not None and self._broker_pid == os.getpid():
+            self._broker.close()
+        self._broker = None
+
+    @overload
+    def task(self, fn: Callable[P, R]) -> Task[P, R]: ...
+
+    @overload
+    def task(
+        self,
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        priority: str | int = "normal",
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    def task(
+        self,
+        fn: Callable[..., Any] | None = None,
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        priority: str | int = "normal",
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """Register a function (sync or ``async def``) as a task.
+
+        Args:
+            name: registry name; defaults to ``module.qualname``. Workers run only registered names.
+            queue: default queue of its jobs.
+            priority: default priority level (name or index).
+            retry: its retry policy; defaults to the application's.
+            timeout: seconds an attempt may run before it fails with TimeoutError.
+        """
+
+        def register(f: Callable[..., Any]) -> Task[Any, Any]:
+            t = Task(self, f, name=name, queue=queue, priority=priority, retry=retry, timeout=timeout)
+            if t.name in self.tasks:
+                raise ConfigurationError(f"a task named {t.name!r} is already registered")
+            self.tasks[t.name] = t
+            return t
+
+        return register if fn is None else register(fn)
+
+    def enqueue_many(self, messages: Iterable[Message]) -> list[Job]:
+        """Store many messages in one round trip; returns their jobs in order.
+
+        A message whose key is already held by a job with the same payload returns that job
+        (``job.created`` is False). Raises KeyConflict, storing none of them, if a key is held
+        with a different payload.
+        """
+        batch = list(messages)
+        if not batch:
+            return []
+        return [Job(self, e.id, e.created) for e in self.broker.enqueue(batch)]
+
+    async def enqueue_many_async(self, messages: Iterable[Message]) -> list[Job]:
+        """:meth:`enqueue_many` for asyncio code; the store call runs off the event loop."""
+        return await asyncio.to_thread(self.enqueue_many, list(messages))
+
+    def job(self, job_id: str) -> Job:
+        """A handle on an existing job."""
+        return Job(self, job_id)
+
+
+class Task(Generic[P, R]):
+    """A registered task function. Call it to run it here; ``enqueue`` it to run it on a worker."""
+
+    def __init__(
+        self,
+        app: Conveyor,
+        fn: Callable[P, R],
+        *,
+        name: str | None,
+        queue: str,
+        priority: str | int,
+        retry: RetryPolicy | None,
+        timeout: float | None,
+    ) -> None:
+        self.app = app
+        self.fn = fn
+        self.name = name or f"{fn.__module__}.{fn.__qualname__}"
+        self.signature = inspect.signature(fn)
+        clash = RESERVED.intersection(self.signature.parameters)
+        if clash:
+            raise ConfigurationError(
+                f"task {self.name!r}: parameter name(s) {', '.join(sorted(clash))} are reserved for "
+                f"enqueue options ({', '.join(sorted(RESERVED))}); rename them"
+            )
+        self.queue = _check_queue(queue)
+        self.priority = app.priorities.resolve(priority)
+        self.retry = retry or app.retry
+        if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0):
+            raise ConfigurationError(f"task {self.name!r}: timeout must be a positive number")
+        self.timeout = timeout
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.__doc__ = fn.__doc__
+        self.__name__ = getattr(fn, "__name__", self.name)
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name} queue={self.queue}>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.fn(*args, **kwargs)
+
+    def message(
+        self,
+        *args: Any,
+        priority: str | int | None = None,
+        delay: float | None = None,
+        run_at: datetime | float | None = None,
+        key: str | None = None,
+        queue: str | None = None,
+        **kwargs: Any,
+    ) -> Message:
+        """A call of this task as a message, for :meth:`Conveyor.enqueue_many`.
+
+        Args:
+            priority: level name or index; defaults to the task's.
+            delay: seconds from now before it may start.
+            run_at: when it may start (aware datetime or Unix time); a past time means now.
+            key: idempotency key: while a job with this key is kept, enqueueing it again returns
+                that job instead of creating one.
+            queue: overrides the task's queue.
+
+        Raises:
+            ArgumentError: the arguments do not fit the function's signature.
+            SerializationError: an argument is not JSON; the message names it.
+            PayloadTooLarge: the arguments encode to more than ``max_payload`` bytes.
+            ConfigurationError: an invalid priority, delay, run_at, key or queue.
+        """
+        try:
+            self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise ArgumentError(f"{self.name}: {exc}") from None
+        if delay is not None and run_at is not None:
+            raise ConfigurationError("give delay or run_at, not both")
+        return Message(
+            id=new_id(),
+            task=self.name,
+            queue=self.queue if queue is None else _check_queue(queue),
+            priority=self.priority if priority is None else self.app.priorities.resolve(priority),
+            payload=serializer.encode_args(self.name, args, kwargs, self.app.max_payload),
+            delay=_check_delay(delay),
+            run_at=_check_run_at(run_at),
+            key=_check_key(key),
+            max_attempts=self.retry.max_attempts,
+        )
+
+    def enqueue(self, *args: Any, **kwargs: Any) -> Job:
+        """Enqueue a call of this task; takes the function's arguments and the options of
+        :meth:`message`. Returns its :class:`Job`."""
+        return self.app.enqueue_many([self.message(*args, **kwargs)])[0]
+
+    async def enqueue_async(self, *args: Any, **kwargs: Any) -> Job:
+        """:meth:`enqueue` for asyncio code."""
+        return (await self.app.enqueue_many_async([self.message(*args, **kwargs)]))[0]
+
+
+class Job:
+    """A handle on an enqueued job."""
+
+    def __init__(self, app: Conveyor, job_id: str, created: bool = True) -> None:
+        self.app = app
+        #: The job id.
+        self.id = job_id
+        #: False when enqueue found an existing job with the same idempotency key.
+        self.created = created
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Job) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def info(self) -> JobInfo:
+        """Everything stored about the job, errors of every attempt included."""
+        info = self.app.broker.get(self.id)
+        if info is None:
+            raise JobNotFound(f"no job {self.id} (finished jobs are kept for the retention period)")
+        return info
+
+    def status(self) -> State:
+        """``scheduled``, ``ready``, ``running``, ``succeeded``, ``dead`` or ``cancelled``."""
+        return self.info().state
+
+    def cancel(self) -> bool:
+        """Cancel the job if it has not started; returns whether it was cancelled."""
+        return self.app.broker.cancel(self.id)
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the job to finish and return its result.
+
+        Raises:
+            JobFailed: the job is dead; the exception carries every attempt's error.
+            JobCancelled: the job was cancelled.
+            TimeoutError: it did not finish within ``timeout`` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.002
+        while True:
+            outcome = self._finished()
+            if outcome is not None:
+                return outcome()
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {self.id} did not finish within {timeout} s")
+            remaining = math.inf if deadline is None else deadline - time.monotonic()
+            time.sleep(max(0.0, min(pause, remaining)))
+            pause = min(pause * 1.5, 0.1)
+
+    async def result_async(self, timeout: float | None = None) -> Any:
+        """:meth:`result` for asyncio code."""
+        return await asyncio.to_thread(self.result, timeout)
+
+    def _finished(self) -> Callable[[], Any] | None:
+        info = self.info()
+        if info.state == "succeeded":
+            return lambda: None if info.result is None else serializer.decode_value(info.result)
+        if info.state == "dead":
+            errors = info.errors
+
+            def fail() -> Any:
+                raise JobFailed(self.id, errors)
+
+            return fail
+        if info.state == "cancelled":
+
+            def cancelled() -> Any:
+                raise JobCancelled(f"job {self.id} was cancelled")
+
+            return cancelled
+        return None
+
+
+def _check_queue(queue: str) -> str:
+    if not isinstance(queue, str) or not _QUEUE_NAME.match(queue):
+        raise ConfigurationError(f"invalid queue name {queue!r}: use 1-128 of A-Z a-z 0-9 _ . : -")
+    return queue
+
+
+def _check_delay(delay: float | None) -> float:
+    if delay is None:
+        return 0.0
+    if isinstance(delay, bool) or not isinstance(delay, int | float) or not (0 <= delay < math.inf):
+        raise ConfigurationError(f"invalid delay {delay!r}: must be a finite number of seconds >= 0")
+    return float(delay)
+
+
+def _check_run_at(run_at: datetime | float | None) -> float | None:
+    if run_at is None:
+        return None
+    if isinstance(run_at, datetime):
+        if run_at.tzinfo is None:
+            raise ConfigurationError("run_at must be timezone-aware (a naive datetime is ambiguous)")
+        return run_at.timestamp()
+    if isinstance(run_at, bool) or not isinstance(run_at, int | float) or not math.isfinite(run_at):
+        raise ConfigurationError(f"invalid run_at {run_at!r}: an aware datetime or Unix time")
+    return float(run_at)
+
+
+def _check_key(key: str | None) -> str | None:
+    if key is None:
+        return None
+    if not isinstance(key, str) or not key or len(key) > MAX_KEY_LENGTH:
+        raise ConfigurationError(f"invalid key: must be a non-empty str of at most {MAX_KEY_LENGTH} chars")
+    return key

@@ -1,0 +1,30 @@
+"""Storage backends behind one contract; ``open_broker`` picks one from a URL."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from conveyor.brokers.base import Broker, Lease
+from conveyor.errors import ConfigurationError
+
+__all__ = ["Broker", "Lease", "open_broker", "redact_url"]
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password (if any) replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return parts._replace(netloc=user + netloc).geturl()
+
+
+def open_broker(url: str, retention: float = 86400.0) -> Broker:
+    """A broker for ``url``: ``sqlite:///path.db`` (relative) or ``sqlite:////abs/path.db``."""
+    scheme = urlsplit(url).scheme
+    if scheme == "sqlite":
+        from conveyor.brokers.sqlite import SQLiteBroker
+
+        return SQLiteBroker(url, retention=retention)
+    raise ConfigurationError(f"unsupported broker URL {redact_url(url)!r}: expected sqlite://")

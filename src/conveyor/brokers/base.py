@@ -1,0 +1,112 @@
+"""The broker contract: what every storage backend implements.
+
+Each operation is atomic and batch-first (one round trip per call). Time-dependent operations
+take ``now``: ``None`` means the store's clock (the database's or Redis's where the store has
+one); tests pass explicit times to exercise scheduling and lease expiry without sleeping.
+
+Ownership: every exit from ``running`` (ack, extend, release) presents the fencing token handed
+out by ``reserve``; a stale token changes nothing and is reported as lost.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+
+from conveyor.priority import Fairness
+from conveyor.records import AckStatus, Delivery, Enqueued, JobInfo, Message, Outcome, QueueStats, Reclaimed
+
+#: (job id, fencing token) of a lease held by a worker.
+Lease = tuple[str, int]
+
+
+class Broker(abc.ABC):
+    """Storage backend. Thread-safe: one instance may be shared by the threads of a process."""
+
+    #: The URL with any password replaced, safe to log.
+    display_url: str
+    #: Seconds finished (succeeded or cancelled) jobs, their results and their keys are kept.
+    retention: float
+
+    @abc.abstractmethod
+    def enqueue(self, messages: Sequence[Message], now: float | None = None) -> list[Enqueued]:
+        """Store messages as ready or scheduled, deduplicating by key.
+
+        A message whose key is held by a job with the same task and payload returns that job
+        (``created=False``). Raises KeyConflict, storing nothing, if a key is held by a job with
+        a different task or payload.
+        """
+
+    @abc.abstractmethod
+    def reserve(
+        self,
+        queues: Sequence[str],
+        limit: int,
+        lease: float,
+        worker: str,
+        fairness: Fairness,
+        now: float | None = None,
+    ) -> list[Delivery]:
+        """Lease up to ``limit`` due tasks, split across priority levels by ``fairness``.
+
+        Each returned delivery's attempt is already counted and its token is new.
+        """
+
+    @abc.abstractmethod
+    def wait(self, queues: Sequence[str], timeout: float) -> None:
+        """Block until work may be ready: a wake-up from a producer, the earliest due time of a
+        scheduled task in ``queues``, or ``timeout`` seconds, whichever comes first."""
+
+    @abc.abstractmethod
+    def ack(self, outcomes: Sequence[Outcome], now: float | None = None) -> list[AckStatus]:
+        """Apply a batch of outcomes, each atomically with its effects; one status per outcome."""
+
+    @abc.abstractmethod
+    def extend(self, leases: Sequence[Lease], lease: float, now: float | None = None) -> list[str]:
+        """Heartbeat: push the leases' expiry to ``now + lease``; return the ids whose lease is lost."""
+
+    @abc.abstractmethod
+    def release(self, leases: Sequence[Lease]) -> int:
+        """Return leased tasks to ready without counting their attempt; return how many."""
+
+    @abc.abstractmethod
+    def reclaim(self, now: float | None = None) -> Reclaimed:
+        """Make tasks with an expired lease ready again, or dead ("worker lost") when their
+        attempts are spent; each records a WorkerLost error for the lost attempt."""
+
+    @abc.abstractmethod
+    def cancel(self, job_id: str, now: float | None = None) -> bool:
+        """Cancel a job that has not started; False if it is running or finished."""
+
+    @abc.abstractmethod
+    def get(self, job_id: str, now: float | None = None) -> JobInfo | None:
+        """One job with its payload, result and error history, or None."""
+
+    @abc.abstractmethod
+    def stats(self, queues: Sequence[str] | None = None, now: float | None = None) -> list[QueueStats]:
+        """Counts per queue, state and priority (all queues when ``queues`` is None)."""
+
+    @abc.abstractmethod
+    def dead(
+        self, queue: str | None = None, task: str | None = None, limit: int = 100, offset: int = 0
+    ) -> list[JobInfo]:
+        """Jobs in the dead letter queue, most recently dead first."""
+
+    @abc.abstractmethod
+    def replay(
+        self, ids: Sequence[str] | None = None, queue: str | None = None, now: float | None = None
+    ) -> int:
+        """Make dead jobs ready again with attempts reset (all dead jobs when ``ids`` is None),
+        optionally into another queue; return how many."""
+
+    @abc.abstractmethod
+    def purge(self, ids: Sequence[str] | None = None) -> int:
+        """Delete dead jobs (all of them when ``ids`` is None); return how many."""
+
+    @abc.abstractmethod
+    def expire(self, now: float | None = None, limit: int = 1000) -> int:
+        """Delete up to ``limit`` finished jobs whose retention has passed; return how many."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release connections and wake-up listeners."""

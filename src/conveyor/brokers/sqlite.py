@@ -1,0 +1,567 @@
+"""The embedded backend: one SQLite file in WAL mode, shared by the processes of one host.
+
+Every operation is one ``BEGIN IMMEDIATE`` transaction. Idle workers wait on an abstract Unix
+datagram socket registered in ``conveyor_listeners``; producers send each listener a byte after
+they commit, so a new task starts within milliseconds without polling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import socket
+import sqlite3
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from importlib import resources
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from conveyor import serializer
+from conveyor.brokers.base import Broker, Lease
+from conveyor.errors import ConfigurationError, KeyConflict
+from conveyor.priority import Fairness
+from conveyor.records import (
+    AckStatus,
+    Delivery,
+    Enqueued,
+    JobInfo,
+    Message,
+    Outcome,
+    QueueStats,
+    Reclaimed,
+)
+
+_SCHEMA = resources.files("conveyor.brokers").joinpath("sqlite_schema.sql").read_text()
+_JOB_COLUMNS = (
+    "id, task, queue, priority, state, payload, attempt, max_attempts, run_at, enqueued_at, "
+    "started_at, finished_at, key, result, errors, worker, lease_until"
+)
+_CLAIM = """
+UPDATE conveyor_jobs
+   SET state = 'running', attempt = attempt + 1, token = token + 1,
+       lease_until = :now + :lease, worker = :worker, started_at = :now
+ WHERE rowid IN (SELECT rowid FROM conveyor_jobs
+                  WHERE state = 'pending' AND queue = :queue AND priority = :priority AND run_at <= :now
+                  ORDER BY run_at, rowid LIMIT :limit)
+RETURNING id, task, queue, priority, payload, attempt, max_attempts, token, run_at, enqueued_at, key
+"""
+_COUNT_READY = """
+SELECT count(*) FROM (SELECT 1 FROM conveyor_jobs
+                       WHERE state = 'pending' AND queue = ? AND priority = ? AND run_at <= ? LIMIT ?)
+"""
+_APPEND_ERROR = "errors = json_insert(errors, '$[#]', json(:error))"
+_LISTEN_FALLBACK = 1.0 if sys.platform.startswith("linux") else 0.05
+
+
+def _path_from_url(url: str) -> tuple[str, dict[str, str]]:
+    parts = urlsplit(url)
+    path = parts.path[1:] if parts.path.startswith("/") else parts.path
+    if parts.netloc or not path or path == ":memory:":
+        raise ConfigurationError(
+            f"invalid SQLite URL {url!r}: use sqlite:///relative/path.db or sqlite:////absolute/path.db"
+        )
+    options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    unknown = set(options) - {"synchronous", "busy_timeout"}
+    if unknown:
+        raise ConfigurationError(f"unknown SQLite URL options: {', '.join(sorted(unknown))}")
+    return path, options
+
+
+class SQLiteBroker(Broker):
+    """Conveyor's embedded default; safe for several worker processes on one host."""
+
+    def __init__(self, url: str, retention: float = 86400.0) -> None:
+        self.path, options = _path_from_url(url)
+        self.display_url = url
+        self.retention = retention
+        self._synchronous = options.get("synchronous", "normal").upper()
+        if self._synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ConfigurationError(f"invalid synchronous={self._synchronous!r}")
+        self._busy_ms = int(options.get("busy_timeout", "30000"))
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._listener: socket.socket | None = None
+        self._listener_name = ""
+        self._pid = os.getpid()
+        with self._write() as db:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+
+    # -- connections -------------------------------------------------------------------------
+
+    def _db(self) -> sqlite3.Connection:
+        if self._pid != os.getpid():  # forked: the parent's connections and socket are not ours
+            self._pid, self._local, self._connections, self._listener = (
+                os.getpid(),
+                threading.local(),
+                [],
+                None,
+            )
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=self._busy_ms / 1000)
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute(f"PRAGMA synchronous = {self._synchronous}")
+            db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+            self._local.db = db
+            with self._lock:
+                self._connections.append(db)
+        return db
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    # -- enqueue -----------------------------------------------------------------------------
+
+    def enqueue(self, messages: Sequence[Message], now: float | None = None) -> list[Enqueued]:
+        now = time.time() if now is None else now
+        with self._write() as db:
+            out = self._insert(db, messages, now)
+        if any(e.created for e in out):
+            self._notify({m.queue for m in messages})
+        return out
+
+    def _insert(self, db: sqlite3.Connection, messages: Sequence[Message], now: float) -> list[Enqueued]:
+        out: list[Enqueued] = []
+        for m in messages:
+            if m.key is not None:
+                row = db.execute(
+                    "SELECT id, task, payload FROM conveyor_jobs WHERE key = ?", (m.key,)
+                ).fetchone()
+                if row is not None:
+                    if row[1] != m.task or bytes(row[2]) != m.payload:
+                        raise KeyConflict(
+                            f"key {m.key!r} belongs to job {row[0]} with a different task or payload"
+                        )
+                    out.append(Enqueued(row[0], False))
+                    continue
+            due = m.run_at if m.run_at is not None else now + m.delay
+            db.execute(
+                "INSERT INTO conveyor_jobs (id, task, queue, priority, state, payload, run_at, enqueued_at,"
+                " max_attempts, key) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
+                (m.id, m.task, m.queue, m.priority, m.payload, due, now, m.max_attempts, m.key),
+            )
+            out.append(Enqueued(m.id, True))
+        return out
+
+    # -- reserve -----------------------------------------------------------------------------
+
+    def reserve(
+        self,
+        queues: Sequence[str],
+        limit: int,
+        lease: float,
+        worker: str,
+        fairness: Fairness,
+        now: float | None = None,
+    ) -> list[Delivery]:
+        if limit <= 0 or not queues:
+            return []
+        now = time.time() if now is None else now
+        levels = len(fairness.weights)
+        with self._write() as db:
+            ready = [
+                [db.execute(_COUNT_READY, (q, level, now, limit)).fetchone()[0] for q in queues]
+                for level in range(levels)
+            ]
+            take = fairness.split([sum(per_queue) for per_queue in ready], limit)
+            rows: list[Any] = []
+            for level, wanted in enumerate(take):
+                for q, n in zip(queues, _spread(wanted, ready[level]), strict=True):
+                    if n:
+                        params = {"now": now, "lease": lease, "worker": worker, "queue": q}
+                        rows += db.execute(_CLAIM, params | {"priority": level, "limit": n}).fetchall()
+        rows.sort(key=lambda r: (r[3], r[8]))
+        return [
+            Delivery(
+                id=r[0],
+                task=r[1],
+                queue=r[2],
+                priority=r[3],
+                payload=bytes(r[4]),
+                attempt=r[5],
+                max_attempts=r[6],
+                token=r[7],
+                run_at=r[8],
+                enqueued_at=r[9],
+                key=r[10],
+            )
+            for r in rows
+        ]
+
+    # -- wait --------------------------------------------------------------------------------
+
+    def wait(self, queues: Sequence[str], timeout: float) -> None:
+        listener = self._listen(queues)
+        due = self._earliest_due(queues)
+        if due is not None:
+            timeout = min(timeout, max(0.0, due - time.time()))
+        timeout = min(timeout, _LISTEN_FALLBACK)
+        if timeout > 0 and select.select([listener], [], [], timeout)[0]:
+            with contextlib.suppress(BlockingIOError):
+                while listener.recv(64):
+                    pass
+
+    def _earliest_due(self, queues: Sequence[str]) -> float | None:
+        """Smallest run_at of pending jobs: one index probe per (queue, priority) present."""
+        db = self._db()
+        best: float | None = None
+        for q in queues:
+            level = -1
+            while True:
+                row = db.execute(
+                    "SELECT priority, run_at FROM conveyor_jobs WHERE state = 'pending' AND queue = ?"
+                    " AND priority > ? ORDER BY priority, run_at LIMIT 1",
+                    (q, level),
+                ).fetchone()
+                if row is None:
+                    break
+                level = row[0]
+                best = row[1] if best is None else min(best, row[1])
+        return best
+
+    def _listen(self, queues: Sequence[str]) -> socket.socket:
+        self._db()
+        if self._listener is not None:
+            return self._listener
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        name = f"conveyor-{os.getpid()}-{os.urandom(6).hex()}"
+        sock.bind("\0" + name)
+        sock.setblocking(False)
+        with self._write() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO conveyor_listeners (name, queues, pid, since) VALUES (?, ?, ?, ?)",
+                (name, ",".join(queues), os.getpid(), time.time()),
+            )
+        self._listener, self._listener_name = sock, name
+        return sock
+
+    def _notify(self, queues: set[str]) -> None:
+        """Wake every worker listening on one of ``queues``; forget listeners that are gone."""
+        db = self._db()
+        gone = []
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)
+            for name, listening in db.execute("SELECT name, queues FROM conveyor_listeners").fetchall():
+                if queues.isdisjoint(listening.split(",")):
+                    continue
+                try:
+                    sock.sendto(b"!", "\0" + name)
+                except (ConnectionRefusedError, FileNotFoundError):
+                    gone.append((name,))
+                except BlockingIOError:
+                    pass  # its buffer is full of wake-ups already
+        if gone:
+            with self._write() as w:
+                w.executemany("DELETE FROM conveyor_listeners WHERE name = ?", gone)
+
+    # -- outcomes ----------------------------------------------------------------------------
+
+    def ack(self, outcomes: Sequence[Outcome], now: float | None = None) -> list[AckStatus]:
+        now = time.time() if now is None else now
+        statuses: list[AckStatus] = []
+        woken: set[str] = set()
+        with self._write() as db:
+            for o in outcomes:
+                status = self._settle(db, o, now)
+                statuses.append(status)
+                if status.status == "ok":
+                    woken.update(m.queue for m in o.enqueues)
+                    if o.kind == "retry":
+                        woken.add("*")
+        if woken:
+            self._notify_all() if "*" in woken else self._notify(woken)
+        return statuses
+
+    def _settle(self, db: sqlite3.Connection, o: Outcome, now: float) -> AckStatus:
+        owned = "WHERE id = :id AND token = :token AND state = 'running'"
+        params: dict[str, Any] = {"id": o.id, "token": o.token, "now": now}
+        if o.kind == "retry":
+            params |= {"due": now + o.delay, "error": serializer.dumps(o.error).decode()}
+            sql = (
+                "UPDATE conveyor_jobs SET state = 'pending', run_at = :due, lease_until = NULL,"
+                f" worker = NULL, {_APPEND_ERROR} {owned}"
+            )
+            return AckStatus("ok" if db.execute(sql, params).rowcount else "lost")
+        if o.kind == "dead":
+            params["error"] = serializer.dumps(o.error).decode()
+            sql = (
+                "UPDATE conveyor_jobs SET state = 'dead', finished_at = :now, lease_until = NULL,"
+                f" {_APPEND_ERROR} {owned}"
+            )
+            return AckStatus("ok" if db.execute(sql, params).rowcount else "lost")
+        transactional = bool(o.effects or o.enqueues)
+        if transactional:
+            db.execute("SAVEPOINT outcome")
+        params |= {"result": o.result, "expires": now + self.retention}
+        sql = (
+            "UPDATE conveyor_jobs SET state = 'succeeded', result = :result, finished_at = :now,"
+            f" expires_at = :expires, lease_until = NULL {owned}"
+        )
+        if not db.execute(sql, params).rowcount:
+            if transactional:
+                db.execute("ROLLBACK TO outcome")
+                db.execute("RELEASE outcome")
+            return AckStatus("lost")
+        if not transactional:
+            return AckStatus("ok")
+        try:
+            for statement, *args in o.effects:
+                db.execute(statement, *args)
+            self._insert(db, o.enqueues, now)
+        except (sqlite3.Error, KeyConflict, ValueError, TypeError) as exc:
+            db.execute("ROLLBACK TO outcome")
+            db.execute("RELEASE outcome")
+            return AckStatus("effects_failed", f"{type(exc).__name__}: {exc}")
+        db.execute("RELEASE outcome")
+        return AckStatus("ok")
+
+    def extend(self, leases: Sequence[Lease], lease: float, now: float | None = None) -> list[str]:
+        now = time.time() if now is None else now
+        lost = []
+        with self._write() as db:
+            for job_id, token in leases:
+                cur = db.execute(
+                    "UPDATE conveyor_jobs SET lease_until = ? WHERE id = ? AND token = ? AND state = 'running'",
+                    (now + lease, job_id, token),
+                )
+                if not cur.rowcount:
+                    lost.append(job_id)
+        return lost
+
+    def release(self, leases: Sequence[Lease]) -> int:
+        with self._write() as db:
+            count = sum(
+                db.execute(
+                    "UPDATE conveyor_jobs SET state = 'pending', attempt = attempt - 1, lease_until = NULL,"
+                    " worker = NULL, started_at = NULL WHERE id = ? AND token = ? AND state = 'running'",
+                    lease,
+                ).rowcount
+                for lease in leases
+            )
+        if count:
+            self._notify_all()
+        return count
+
+    def reclaim(self, now: float | None = None) -> Reclaimed:
+        now = time.time() if now is None else now
+        db = self._db()
+        probe = "SELECT 1 FROM conveyor_jobs WHERE state = 'running' AND lease_until < ? LIMIT 1"
+        if db.execute(probe, (now,)).fetchone() is None:
+            return Reclaimed([], [])
+        requeued: list[str] = []
+        dead: list[str] = []
+        with self._write() as db:
+            expired = db.execute(
+                "SELECT id, token, attempt, max_attempts, worker FROM conveyor_jobs"
+                " WHERE state = 'running' AND lease_until < ?",
+                (now,),
+            ).fetchall()
+            for job_id, token, attempt, max_attempts, worker in expired:
+                error = serializer.dumps(
+                    {
+                        "attempt": attempt,
+                        "type": "WorkerLost",
+                        "message": f"worker lost: lease expired while running on {worker}",
+                        "traceback": None,
+                        "worker": worker,
+                        "at": now,
+                    }
+                ).decode()
+                final = attempt >= max_attempts
+                db.execute(
+                    f"UPDATE conveyor_jobs SET state = :state, lease_until = NULL, {_APPEND_ERROR},"
+                    " finished_at = CASE WHEN :state = 'dead' THEN :now END"
+                    " WHERE id = :id AND token = :token AND state = 'running'",
+                    {
+                        "state": "dead" if final else "pending",
+                        "error": error,
+                        "now": now,
+                        "id": job_id,
+                        "token": token,
+                    },
+                )
+                (dead if final else requeued).append(job_id)
+        if requeued:
+            self._notify_all()
+        return Reclaimed(requeued, dead)
+
+    def _notify_all(self) -> None:
+        db = self._db()
+        queues = {q for (qs,) in db.execute("SELECT queues FROM conveyor_listeners") for q in qs.split(",")}
+        if queues:
+            self._notify(queues)
+
+    # -- reads and the dead letter queue -----------------------------------------------------
+
+    def cancel(self, job_id: str, now: float | None = None) -> bool:
+        now = time.time() if now is None else now
+        with self._write() as db:
+            return bool(
+                db.execute(
+                    "UPDATE conveyor_jobs SET state = 'cancelled', finished_at = ?, expires_at = ?"
+                    " WHERE id = ? AND state = 'pending'",
+                    (now, now + self.retention, job_id),
+                ).rowcount
+            )
+
+    def get(self, job_id: str, now: float | None = None) -> JobInfo | None:
+        now = time.time() if now is None else now
+        row = (
+            self._db().execute(f"SELECT {_JOB_COLUMNS} FROM conveyor_jobs WHERE id = ?", (job_id,)).fetchone()
+        )
+        return None if row is None else _job(row, now)
+
+    def stats(self, queues: Sequence[str] | None = None, now: float | None = None) -> list[QueueStats]:
+        now = time.time() if now is None else now
+        where = ""
+        params: list[Any] = [now, now]
+        if queues is not None:
+            where = f"WHERE queue IN ({','.join('?' * len(queues))})"
+            params += list(queues)
+        rows = (
+            self._db()
+            .execute(
+                "SELECT queue, priority,"
+                " CASE WHEN state != 'pending' THEN state WHEN run_at <= ? THEN 'ready' ELSE 'scheduled' END AS st,"
+                " count(*), min(CASE WHEN state = 'pending' AND run_at <= ? THEN run_at END)"
+                f" FROM conveyor_jobs {where} GROUP BY queue, priority, st ORDER BY queue",
+                params,
+            )
+            .fetchall()
+        )
+        by_queue: dict[str, tuple[dict[str, dict[int, int]], list[float]]] = {}
+        for q in queues or ():
+            by_queue[q] = ({}, [])
+        for queue, priority, state, count, oldest in rows:
+            counts, ages = by_queue.setdefault(queue, ({}, []))
+            counts.setdefault(state, {})[priority] = count
+            if oldest is not None:
+                ages.append(now - oldest)
+        return [
+            QueueStats(queue=q, counts=c, oldest_ready_age=max(a) if a else None)
+            for q, (c, a) in sorted(by_queue.items())
+        ]
+
+    def dead(
+        self, queue: str | None = None, task: str | None = None, limit: int = 100, offset: int = 0
+    ) -> list[JobInfo]:
+        now = time.time()
+        rows = (
+            self._db()
+            .execute(
+                f"SELECT {_JOB_COLUMNS} FROM conveyor_jobs WHERE state = 'dead'"
+                " AND (:queue IS NULL OR queue = :queue) AND (:task IS NULL OR task = :task)"
+                " ORDER BY finished_at DESC LIMIT :limit OFFSET :offset",
+                {"queue": queue, "task": task, "limit": limit, "offset": offset},
+            )
+            .fetchall()
+        )
+        return [_job(r, now) for r in rows]
+
+    def replay(
+        self, ids: Sequence[str] | None = None, queue: str | None = None, now: float | None = None
+    ) -> int:
+        now = time.time() if now is None else now
+        sql = (
+            "UPDATE conveyor_jobs SET state = 'pending', attempt = 0, run_at = :now, finished_at = NULL,"
+            " started_at = NULL, worker = NULL, queue = coalesce(:queue, queue) WHERE state = 'dead'"
+        )
+        with self._write() as db:
+            if ids is None:
+                count = db.execute(sql, {"now": now, "queue": queue}).rowcount
+            else:
+                count = sum(
+                    db.execute(sql + " AND id = :id", {"now": now, "queue": queue, "id": i}).rowcount
+                    for i in ids
+                )
+        if count:
+            self._notify_all()
+        return count
+
+    def purge(self, ids: Sequence[str] | None = None) -> int:
+        with self._write() as db:
+            if ids is None:
+                return db.execute("DELETE FROM conveyor_jobs WHERE state = 'dead'").rowcount
+            return sum(
+                db.execute("DELETE FROM conveyor_jobs WHERE state = 'dead' AND id = ?", (i,)).rowcount
+                for i in ids
+            )
+
+    def expire(self, now: float | None = None, limit: int = 1000) -> int:
+        now = time.time() if now is None else now
+        with self._write() as db:
+            return db.execute(
+                "DELETE FROM conveyor_jobs WHERE rowid IN"
+                " (SELECT rowid FROM conveyor_jobs WHERE expires_at <= ? LIMIT ?)",
+                (now, limit),
+            ).rowcount
+
+    def close(self) -> None:
+        if self._listener is not None and self._pid == os.getpid():
+            with contextlib.suppress(sqlite3.Error), self._write() as db:
+                db.execute("DELETE FROM conveyor_listeners WHERE name = ?", (self._listener_name,))
+            self._listener.close()
+        self._listener = None
+        with self._lock:
+            for db in self._connections:
+                with contextlib.suppress(sqlite3.Error):
+                    db.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+
+def _spread(n: int, available: Sequence[int]) -> list[int]:
+    """Split ``n`` claims across queues as evenly as their ready counts allow."""
+    take = [0] * len(available)
+    while n > 0:
+        open_ = [i for i, a in enumerate(available) if a > take[i]]
+        if not open_:
+            break
+        share = max(1, n // len(open_))
+        for i in open_:
+            step = min(share, available[i] - take[i], n)
+            take[i] += step
+            n -= step
+            if n == 0:
+                break
+    return take
+
+
+def _job(row: Sequence[Any], now: float) -> JobInfo:
+    state = row[4]
+    if state == "pending":
+        state = "ready" if row[8] <= now else "scheduled"
+    return JobInfo(
+        id=row[0],
+        task=row[1],
+        queue=row[2],
+        priority=row[3],
+        state=state,
+        payload=bytes(row[5]),
+        attempt=row[6],
+        max_attempts=row[7],
+        run_at=row[8],
+        enqueued_at=row[9],
+        started_at=row[10],
+        finished_at=row[11],
+        key=row[12],
+        result=None if row[13] is None else bytes(row[13]),
+        errors=serializer.loads(row[14]),
+        worker=row[15],
+        lease_until=row[16],
+    )

@@ -1,0 +1,316 @@
+"""The ``conveyor`` command line."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from conveyor.app import Conveyor, Task
+from conveyor.brokers import redact_url
+from conveyor.errors import ConveyorError
+from conveyor.records import JobInfo
+from conveyor.worker.loop import WorkerConfig
+from conveyor.worker.process import load_app
+
+console = Console()
+STATES = ("ready", "scheduled", "running", "succeeded", "dead", "cancelled")
+
+
+def _target(target: str) -> Conveyor:
+    """MODULE:APP, or a store URL for the commands that only read and manage the store."""
+    if "://" in target:
+        return Conveyor(target)
+    return load_app(target)
+
+
+def _resolve_task(app: Conveyor, name: str) -> Task[Any, Any]:
+    if name in app.tasks:
+        return app.tasks[name]
+    matches = [t for n, t in app.tasks.items() if n.rsplit(".", 1)[-1] == name]
+    if len(matches) == 1:
+        return matches[0]
+    known = ", ".join(sorted(app.tasks)) or "none"
+    raise click.BadParameter(f"no task {name!r} (registered: {known})", param_hint="TASK")
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return dt.datetime.fromtimestamp(ts).isoformat(sep=" ", timespec="milliseconds")
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConveyorError as exc:
+            raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="conveyor-queue")
+def main() -> None:
+    """Conveyor: a task queue with priorities, delays, retries and a dead letter queue."""
+
+
+@main.command()
+@click.argument("app_path", metavar="MODULE:APP")
+@click.option("--queues", "-q", default="default", show_default=True, help="Comma-separated queues to serve.")
+@click.option(
+    "--processes", "-p", default=1, show_default=True, type=click.IntRange(1), help="Worker processes."
+)
+@click.option(
+    "--concurrency",
+    "-c",
+    default=16,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Tasks at once per process.",
+)
+@click.option("--lease", default=30.0, show_default=True, type=click.FloatRange(0.05), help="Lease seconds.")
+@click.option("--heartbeat", default=None, type=click.FloatRange(0.01), help="Heartbeat seconds [lease/3].")
+@click.option(
+    "--grace", default=30.0, show_default=True, type=click.FloatRange(0), help="Shutdown grace seconds."
+)
+@click.option("--log-level", default="INFO", show_default=True)
+def worker(
+    app_path: str,
+    queues: str,
+    processes: int,
+    concurrency: int,
+    lease: float,
+    heartbeat: float | None,
+    grace: float,
+    log_level: str,
+) -> None:
+    """Run worker processes for MODULE:APP until SIGTERM or Ctrl-C."""
+    from conveyor.worker.supervisor import Supervisor
+
+    logging.basicConfig(
+        level=log_level, format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
+    )
+    os.environ["CONVEYOR_LOG_LEVEL"] = log_level
+    app = load_app(app_path)
+    names = [q.strip() for q in queues.split(",") if q.strip()]
+    config = WorkerConfig(
+        queues=names, concurrency=concurrency, lease=lease, heartbeat=heartbeat, grace=grace
+    )
+    logging.getLogger("conveyor").info(
+        "supervising %d process(es) of %s on %s, queues %s",
+        processes,
+        app_path,
+        redact_url(app.url),
+        ",".join(names),
+    )
+    sys.exit(Supervisor(app_path, config, processes).run())
+
+
+@main.command()
+@click.argument("app_path", metavar="MODULE:APP")
+@click.argument("task_name", metavar="TASK")
+@click.option("--args", "args_json", default="[]", help="JSON array of positional arguments.")
+@click.option("--kwargs", "kwargs_json", default="{}", help="JSON object of keyword arguments.")
+@click.option("--priority", default=None, help="Priority level name or index.")
+@click.option("--delay", default=None, type=float, help="Seconds before it may start.")
+@click.option("--key", default=None, help="Idempotency key.")
+@click.option("--queue", default=None, help="Queue (default: the task's).")
+def enqueue(
+    app_path: str,
+    task_name: str,
+    args_json: str,
+    kwargs_json: str,
+    priority: str | None,
+    delay: float | None,
+    key: str | None,
+    queue: str | None,
+) -> None:
+    """Enqueue TASK with JSON arguments; prints the job id."""
+    app = load_app(app_path)
+    task = _resolve_task(app, task_name)
+    try:
+        args, kwargs = json.loads(args_json), json.loads(kwargs_json)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}") from None
+    if not isinstance(args, list) or not isinstance(kwargs, dict):
+        raise click.BadParameter("--args must be a JSON array and --kwargs a JSON object")
+    level: str | int | None = int(priority) if priority is not None and priority.isdigit() else priority
+    job = task.enqueue(*args, priority=level, delay=delay, key=key, queue=queue, **kwargs)
+    click.echo(job.id if job.created else f"{job.id} (existing job with key {key!r})")
+
+
+@main.command()
+@click.argument("target", metavar="MODULE:APP|URL")
+@click.option("--queue", "queues", multiple=True, help="Only these queues (repeatable).")
+@click.option("--watch", is_flag=True, help="Refresh every second until Ctrl-C.")
+def status(target: str, queues: tuple[str, ...], watch: bool) -> None:
+    """Per queue and priority: ready, scheduled, running, succeeded, dead, cancelled; oldest ready age."""
+    app = _target(target)
+    if not watch:
+        console.print(_status_table(app, queues))
+        return
+    from rich.live import Live
+
+    with Live(_status_table(app, queues), console=console, refresh_per_second=2) as live:
+        try:
+            while True:
+                time.sleep(1)
+                live.update(_status_table(app, queues))
+        except KeyboardInterrupt:
+            pass
+
+
+def _status_table(app: Conveyor, queues: tuple[str, ...]) -> Table:
+    table = Table(title=f"Conveyor {redact_url(app.url)}")
+    table.add_column("queue")
+    table.add_column("priority")
+    for state in STATES:
+        table.add_column(state, justify="right")
+    table.add_column("oldest ready", justify="right")
+    for qs in app.broker.stats(list(queues) or None):
+        levels = sorted({p for per in qs.counts.values() for p in per})
+        for i, level in enumerate(levels):
+            age = f"{qs.oldest_ready_age:.1f} s" if i == 0 and qs.oldest_ready_age is not None else ""
+            cells = [str(qs.counts.get(s, {}).get(level, 0)) for s in STATES]
+            table.add_row(qs.queue if i == 0 else "", app.priorities.name(level), *cells, age)
+    return table
+
+
+@main.command()
+@click.argument("target", metavar="MODULE:APP|URL")
+@click.argument("job_id")
+def job(target: str, job_id: str) -> None:
+    """Show one job: state, attempts, payload, result and every error."""
+    app = _target(target)
+    info = app.broker.get(job_id)
+    if info is None:
+        raise click.ClickException(f"no job {job_id}")
+    _show(app, info)
+
+
+def _show(app: Conveyor, info: JobInfo) -> None:
+    console.print(
+        f"[bold]{info.id}[/] {info.task} queue={info.queue} priority={app.priorities.name(info.priority)}"
+    )
+    console.print(f"state: [bold]{info.state}[/]  attempt {info.attempt}/{info.max_attempts}  key={info.key}")
+    console.print(
+        f"enqueued {_when(info.enqueued_at)}  due {_when(info.run_at)}  started {_when(info.started_at)}"
+        f"  finished {_when(info.finished_at)}"
+    )
+    console.print(f"payload: {info.payload.decode(errors='replace')}", markup=False)
+    if info.result is not None:
+        console.print(f"result: {info.result.decode(errors='replace')}", markup=False)
+    for err in info.errors:
+        console.print(
+            f"[red]attempt {err.get('attempt')}[/] {_when(err.get('at'))} on {err.get('worker')}: "
+            f"{err.get('type')}: {err.get('message')}"
+        )
+        if err.get("traceback"):
+            console.print(err["traceback"], markup=False, highlight=False)
+
+
+@main.group()
+def dead() -> None:
+    """The dead letter queue: list, show, replay, purge."""
+
+
+@dead.command("list")
+@click.argument("target", metavar="MODULE:APP|URL")
+@click.option("--queue", default=None)
+@click.option("--task", default=None)
+@click.option("--limit", default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def dead_list(target: str, queue: str | None, task: str | None, limit: int, as_json: bool) -> None:
+    """Dead jobs, most recent first."""
+    app = _target(target)
+    jobs = app.broker.dead(queue=queue, task=task, limit=limit)
+    if as_json:
+        for info in jobs:
+            last = info.errors[-1] if info.errors else {}
+            click.echo(
+                json.dumps(
+                    {
+                        "id": info.id,
+                        "task": info.task,
+                        "queue": info.queue,
+                        "attempts": info.attempt,
+                        "error": f"{last.get('type')}: {last.get('message')}",
+                        "died": info.finished_at,
+                    }
+                )
+            )
+        return
+    table = Table(title=f"dead letter queue ({len(jobs)} shown)")
+    for col in ("id", "task", "queue", "attempts", "died", "last error"):
+        table.add_column(col)
+    for info in jobs:
+        last = info.errors[-1] if info.errors else {}
+        table.add_row(
+            info.id,
+            info.task,
+            info.queue,
+            str(info.attempt),
+            _when(info.finished_at),
+            f"{last.get('type')}: {last.get('message')}",
+        )
+    console.print(table)
+
+
+@dead.command("show")
+@click.argument("target", metavar="MODULE:APP|URL")
+@click.argument("job_id")
+def dead_show(target: str, job_id: str) -> None:
+    """A dead job with its payload and every attempt's error and traceback."""
+    app = _target(target)
+    info = app.broker.get(job_id)
+    if info is None or info.state != "dead":
+        raise click.ClickException(f"no dead job {job_id}")
+    _show(app, info)
+
+
+@dead.command("replay")
+@click.argument("target", metavar="MODULE:APP|URL")
+@click.argument("job_ids", nargs=-1)
+@click.option("--all", "replay_all", is_flag=True, help="Replay every dead job.")
+@click.option("--queue", default=None, help="Replay into this queue instead.")
+def dead_replay(target: str, job_ids: tuple[str, ...], replay_all: bool, queue: str | None) -> None:
+    """Make dead jobs ready again with their attempts reset."""
+    if bool(job_ids) == replay_all:
+        raise click.UsageError("give job ids or --all")
+    app = _target(target)
+    count = app.broker.replay(None if replay_all else list(job_ids), queue=queue)
+    click.echo(f"replayed {count} job(s)")
+
+
+@dead.command("purge")
+@click.argument("target", metavar="MODULE:APP|URL")
+@click.argument("job_ids", nargs=-1)
+@click.option("--all", "purge_all", is_flag=True, help="Delete every dead job.")
+def dead_purge(target: str, job_ids: tuple[str, ...], purge_all: bool) -> None:
+    """Delete dead jobs for good."""
+    if bool(job_ids) == purge_all:
+        raise click.UsageError("give job ids or --all")
+    app = _target(target)
+    count = app.broker.purge(None if purge_all else list(job_ids))
+    click.echo(f"purged {count} job(s)")
+
+
+@main.command()
+@click.option(
+    "--tasks", "total", default=3000, show_default=True, type=click.IntRange(100), help="Tasks to enqueue."
+)
+@click.option("--processes", default=2, show_default=True, type=click.IntRange(1))
+@click.option("--db", default="conveyor-demo.db", show_default=True, help="SQLite file (recreated).")
+def demo(total: int, processes: int, db: str) -> None:
+    """Run a realistic mixed workload on the embedded SQLite store and summarise it."""
+    from conveyor.demo import run_demo
+
+    run_demo(total=total, processes=processes, db=db, console=console)

@@ -1,0 +1,82 @@
+"""The running job's context: who it is, and effects that commit with its acknowledgement."""
+
+from __future__ import annotations
+
+import contextvars
+from typing import Any
+
+from conveyor.records import Delivery, Message
+
+_current: contextvars.ContextVar[JobContext] = contextvars.ContextVar("conveyor_job")
+
+
+class JobContext:
+    """What a running task knows about itself; get it with :func:`current_job`.
+
+    Effects are buffered and applied by the broker in the same transaction as the task's
+    acknowledgement: they happen exactly once, and not at all if the task fails or its lease was
+    lost to another worker.
+    """
+
+    def __init__(self, delivery: Delivery, worker: str) -> None:
+        self.delivery = delivery
+        #: Id of the worker running the task.
+        self.worker = worker
+        self.effects: list[tuple[Any, ...]] = []
+        self.enqueues: list[Message] = []
+
+    @property
+    def id(self) -> str:
+        """The job id."""
+        return self.delivery.id
+
+    @property
+    def attempt(self) -> int:
+        """1 on the first run, 2 on the first retry, and so on."""
+        return self.delivery.attempt
+
+    @property
+    def max_attempts(self) -> int:
+        """Attempts allowed in all."""
+        return self.delivery.max_attempts
+
+    @property
+    def key(self) -> str | None:
+        """The idempotency key the job was enqueued with; pass it on to outside systems."""
+        return self.delivery.key
+
+    @property
+    def token(self) -> int:
+        """The fencing token of this run; unique per claim of the job."""
+        return self.delivery.token
+
+    def execute(self, statement: str, params: Any = ()) -> None:
+        """Run ``statement`` (SQL, with ``params``) atomically with the acknowledgement.
+
+        The statement runs in the store's own database (the SQLite file on the embedded backend),
+        after the task returns; its failure fails the attempt, which is retried by its policy.
+        """
+        self.effects.append((statement, params))
+
+    def enqueue(self, message: Message) -> None:
+        """Enqueue ``message`` (from ``task.message(...)``) only if this task succeeds."""
+        self.enqueues.append(message)
+
+
+def current_job() -> JobContext:
+    """The context of the task running in this thread or asyncio task.
+
+    Raises:
+        LookupError: called outside a running task.
+    """
+    return _current.get()
+
+
+def bind(ctx: JobContext) -> contextvars.Token[JobContext]:
+    """Make ``ctx`` the current job of this thread or asyncio task."""
+    return _current.set(ctx)
+
+
+def unbind(token: contextvars.Token[JobContext]) -> None:
+    """Undo :func:`bind`."""
+    _current.reset(token)

@@ -1,0 +1,62 @@
+"""The exceptions Conveyor raises, and the one a task raises to ask for a retry."""
+
+from __future__ import annotations
+
+
+class ConveyorError(Exception):
+    """Base class of every error Conveyor raises."""
+
+
+class ConfigurationError(ConveyorError, ValueError):
+    """A task definition, an enqueue option or a URL is invalid."""
+
+
+class ArgumentError(ConveyorError, TypeError):
+    """The arguments do not fit the task function's signature."""
+
+
+class SerializationError(ConveyorError, TypeError):
+    """A value cannot be encoded or decoded with Conveyor's JSON serializer."""
+
+
+class PayloadTooLarge(SerializationError):
+    """The encoded arguments exceed the configured size limit."""
+
+
+class KeyConflict(ConveyorError):
+    """An idempotency key is already used by a task with a different payload."""
+
+
+class UnknownTask(ConveyorError):
+    """A task name is not registered in the application."""
+
+
+class JobFailed(ConveyorError):
+    """The job ended in the dead letter queue; ``errors`` holds every attempt's error."""
+
+    def __init__(self, job_id: str, errors: list[dict[str, object]]) -> None:
+        last = errors[-1] if errors else {}
+        super().__init__(f"job {job_id} is dead: {last.get('type', '?')}: {last.get('message', '')}")
+        self.job_id = job_id
+        self.errors = errors
+
+
+class JobCancelled(ConveyorError):
+    """The job was cancelled before it ran."""
+
+
+class JobNotFound(ConveyorError):
+    """No job with this id exists (it may have expired after its retention)."""
+
+
+class Retry(Exception):
+    """Raise from a task to retry it after ``delay`` seconds (counts as an attempt).
+
+    Without a delay, the task's retry policy chooses the delay.
+    """
+
+    def __init__(self, delay: float | None = None, reason: str = "retry requested") -> None:
+        super().__init__(reason)
+        if delay is not None and not (delay >= 0):
+            raise ConfigurationError(f"Retry delay must be a non-negative number, got {delay!r}")
+        self.delay = delay

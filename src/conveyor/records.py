@@ -1,0 +1,130 @@
+"""The immutable records that cross the broker contract."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+#: States a job is reported in. ``scheduled`` and ``ready`` are both "pending" in storage:
+#: which one depends only on whether the due time has passed.
+State = Literal["scheduled", "ready", "running", "succeeded", "dead", "cancelled"]
+TERMINAL: frozenset[str] = frozenset({"succeeded", "dead", "cancelled"})
+
+
+class Message(msgspec.Struct, frozen=True):
+    """A task call ready to be stored; built by ``task.message(...)``."""
+
+    #: Unique id, chosen by the producer so a batch needs no read-back.
+    id: str
+    #: Registered task name.
+    task: str
+    queue: str
+    #: Level index, 0 is the most urgent.
+    priority: int
+    #: Encoded ``[args, kwargs]``.
+    payload: bytes
+    #: Seconds after the store's "now" at which the task is due (used when ``run_at`` is None).
+    delay: float = 0.0
+    #: Absolute due time (Unix seconds), or None.
+    run_at: float | None = None
+    #: Idempotency key, or None.
+    key: str | None = None
+    max_attempts: int = 5
+
+
+class Enqueued(msgspec.Struct, frozen=True):
+    """What ``enqueue`` returns per message: the stored id and whether it was created now."""
+
+    id: str
+    created: bool
+
+
+class Delivery(msgspec.Struct, frozen=True):
+    """A reserved task, leased to one worker until its lease runs out."""
+
+    id: str
+    task: str
+    queue: str
+    priority: int
+    payload: bytes
+    #: 1 for the first run; counted when the task is claimed.
+    attempt: int
+    max_attempts: int
+    #: Fencing token: unique per claim; every exit from running must present it.
+    token: int
+    #: When the task was due.
+    run_at: float
+    enqueued_at: float
+    key: str | None = None
+
+
+class Outcome(msgspec.Struct, frozen=True):
+    """How a delivery ended, reported in batches through ``Broker.ack``.
+
+    ``kind`` is ``succeeded`` (with ``result``, ``effects`` and follow-up ``enqueues`` committed
+    atomically with it), ``retry`` (due again ``delay`` seconds from the store's now, ``error``
+    recorded) or ``dead`` (moved to the dead letter queue, ``error`` recorded).
+    """
+
+    id: str
+    token: int
+    kind: Literal["succeeded", "retry", "dead"]
+    result: bytes | None = None
+    delay: float = 0.0
+    error: dict[str, Any] | None = None
+    #: Backend-specific operations to commit with the acknowledgement (SQL statements and
+    #: parameters on SQL backends).
+    effects: tuple[tuple[Any, ...], ...] = ()
+    #: Tasks to enqueue in the same transaction as the acknowledgement.
+    enqueues: tuple[Message, ...] = ()
+
+
+class AckStatus(msgspec.Struct, frozen=True):
+    """Per outcome: ``ok``, ``lost`` (the lease is no longer yours; nothing changed) or
+    ``effects_failed`` (the effects raised ``error``; nothing committed, the lease is still held)."""
+
+    status: Literal["ok", "lost", "effects_failed"]
+    error: str | None = None
+
+
+class JobInfo(msgspec.Struct, frozen=True):
+    """Everything the store knows about one job."""
+
+    id: str
+    task: str
+    queue: str
+    priority: int
+    state: State
+    payload: bytes
+    attempt: int
+    max_attempts: int
+    run_at: float
+    enqueued_at: float
+    started_at: float | None
+    finished_at: float | None
+    key: str | None
+    result: bytes | None
+    #: One record per failed attempt: attempt, type, message, traceback, worker, at.
+    errors: list[dict[str, Any]]
+    worker: str | None = None
+    lease_until: float | None = None
+
+
+class QueueStats(msgspec.Struct, frozen=True):
+    """Counts of one queue: ``counts[state][priority]``, and the age of the oldest ready task."""
+
+    queue: str
+    counts: dict[str, dict[int, int]]
+    oldest_ready_age: float | None
+
+    def total(self, state: str) -> int:
+        """Jobs in ``state`` over all priorities."""
+        return sum(self.counts.get(state, {}).values())
+
+
+class Reclaimed(msgspec.Struct, frozen=True):
+    """Result of ``reclaim``: ids made ready again, and ids moved to the dead letter queue."""
+
+    requeued: list[str]
+    dead: list[str]

@@ -1,0 +1,112 @@
+"""JSON-family encoding of task arguments and results.
+
+Only JSON values are accepted: None, bool, int, finite float, str, list/tuple and dict with
+str keys. Everything else (bytes, sets, datetimes, arbitrary objects, NaN) is refused at
+enqueue with an error naming the argument, so what runs is exactly what was sent.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import msgspec
+
+from conveyor.errors import PayloadTooLarge, SerializationError
+
+#: Deepest nesting of lists/dicts accepted in arguments and results.
+MAX_DEPTH = 64
+
+_encoder = msgspec.json.Encoder(order="sorted")
+_decoder = msgspec.json.Decoder()
+_SCALARS = (str, bool, type(None))
+
+
+def _check(value: Any, where: str) -> None:
+    """Refuse anything that is not plain JSON; iterative so deep nesting cannot overflow the stack."""
+    stack: list[tuple[Any, str, int]] = [(value, where, 0)]
+    while stack:
+        item, path, depth = stack.pop()
+        if isinstance(item, _SCALARS):
+            continue
+        if isinstance(item, int):
+            if not -(2**63) <= item < 2**64:
+                raise SerializationError(f"{path}: integer {item} is outside the 64-bit range")
+            continue
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                raise SerializationError(f"{path}: {item!r} is not a JSON number")
+            continue
+        if depth >= MAX_DEPTH:
+            raise SerializationError(f"{path}: nested deeper than {MAX_DEPTH} levels")
+        if isinstance(item, list | tuple):
+            stack.extend((v, f"{path}[{i}]", depth + 1) for i, v in enumerate(item))
+        elif isinstance(item, dict):
+            for k, v in item.items():
+                if not isinstance(k, str):
+                    raise SerializationError(f"{path}: dict key {k!r} is not a string")
+                stack.append((v, f"{path}[{k!r}]", depth + 1))
+        else:
+            raise SerializationError(
+                f"{path}: {type(item).__name__} is not JSON-serializable "
+                "(Conveyor accepts None, bool, int, float, str, list and dict with str keys)"
+            )
+
+
+def encode_args(task: str, args: tuple[Any, ...], kwargs: dict[str, Any], max_size: int) -> bytes:
+    """Encode a call's arguments as the stored payload ``[args, kwargs]``.
+
+    Raises:
+        SerializationError: an argument is not JSON; the message names it.
+        PayloadTooLarge: the encoding is longer than ``max_size`` bytes.
+    """
+    for i, arg in enumerate(args):
+        _check(arg, f"{task}: argument {i}")
+    for name, arg in kwargs.items():
+        _check(arg, f"{task}: argument {name!r}")
+    data = _encoder.encode((args, kwargs))
+    if len(data) > max_size:
+        raise PayloadTooLarge(f"{task}: arguments encode to {len(data)} bytes, over the limit of {max_size}")
+    return data
+
+
+def decode_args(payload: bytes, max_size: int) -> tuple[list[Any], dict[str, Any]]:
+    """Decode a stored payload; raises SerializationError if it is not ``[list, dict]``."""
+    if len(payload) > max_size:
+        raise SerializationError(f"payload of {len(payload)} bytes is over the limit of {max_size}")
+    try:
+        value = _decoder.decode(payload)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise SerializationError(f"payload does not decode: {exc}") from None
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not isinstance(value[0], list)
+        or not isinstance(value[1], dict)
+    ):
+        raise SerializationError("payload is not an [args, kwargs] pair")
+    return value[0], value[1]
+
+
+def encode_value(value: Any, where: str = "result") -> bytes:
+    """Encode a result (or any JSON value)."""
+    _check(value, where)
+    return _encoder.encode(value)
+
+
+def decode_value(data: bytes) -> Any:
+    """Decode a value written by :func:`encode_value`."""
+    try:
+        return _decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise SerializationError(f"value does not decode: {exc}") from None
+
+
+def dumps(value: Any) -> bytes:
+    """Encode trusted internal data (error records, options)."""
+    return _encoder.encode(value)
+
+
+def loads(data: bytes | str) -> Any:
+    """Decode trusted internal data."""
+    return _decoder.decode(data)

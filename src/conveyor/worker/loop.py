@@ -1,0 +1,269 @@
+"""One worker process: reserve batches, run them, report outcomes in batches, keep leases alive."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from conveyor.app import Conveyor
+from conveyor.priority import Fairness
+from conveyor.records import AckStatus, Delivery, Outcome
+from conveyor.worker.executor import Runner, failure
+
+log = logging.getLogger("conveyor.worker")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """How one worker process fetches and runs tasks.
+
+    Attributes:
+        queues: queues served, all with the same standing; priority levels span them.
+        concurrency: tasks run at once; the worker reserves only for free slots, so no task
+            waits in a local buffer behind others.
+        lease: seconds a reservation is valid without a heartbeat.
+        heartbeat: seconds between lease extensions (default lease / 3).
+        reclaim_interval: seconds between sweeps for expired leases (default lease / 2, at most 5).
+        expire_interval: seconds between retention purges of finished jobs.
+        grace: seconds a graceful stop waits for running tasks before releasing them.
+        idle_wait: longest single wait for a wake-up before checking the store again.
+    """
+
+    queues: Sequence[str] = ("default",)
+    concurrency: int = 16
+    lease: float = 30.0
+    heartbeat: float | None = None
+    reclaim_interval: float | None = None
+    expire_interval: float = 60.0
+    grace: float = 30.0
+    idle_wait: float = 5.0
+    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+
+    @property
+    def heartbeat_every(self) -> float:
+        return self.heartbeat or self.lease / 3
+
+    @property
+    def reclaim_every(self) -> float:
+        return self.reclaim_interval or min(self.lease / 2, 5.0)
+
+
+class EffectsFailed(Exception):
+    """A task's effects could not be committed with its acknowledgement."""
+
+
+class Worker:
+    """The fetch/run/ack loop of one process; ``await worker.run()`` until ``stop()``."""
+
+    def __init__(self, app: Conveyor, config: WorkerConfig | None = None) -> None:
+        self.app = app
+        self.config = config or WorkerConfig()
+        self.id = self.config.worker_id
+        self.fairness = Fairness(app.priorities.weights)
+        self.runner = Runner(app, self.id, self.config.concurrency)
+        # One thread owns the store connection for the loop's calls; waits get their own.
+        self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="conveyor-io")
+        self._waiter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="conveyor-wait")
+        self.leases: dict[str, Delivery] = {}
+        self.running: dict[str, asyncio.Task[None]] = {}
+        self._outbox: list[Outcome] = []
+        self._outbox_ready = asyncio.Event()
+        self._slot_free = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._stopped = asyncio.Event()
+        #: Counters for tests and status: started, succeeded, retried, dead, lost.
+        self.counts: dict[str, int] = dict.fromkeys(("started", "succeeded", "retry", "dead", "lost"), 0)
+
+    def stop(self) -> None:
+        """Ask the loop to stop: no new reservations, running tasks get ``grace`` seconds."""
+        self._stopping.set()
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
+
+    async def run(self) -> None:
+        """Serve until :meth:`stop`; then finish or release in-flight tasks and flush outcomes."""
+        broker = self.app.broker
+        log.info("worker %s serving %s on %s", self.id, ",".join(self.config.queues), broker.display_url)
+        upkeep = [
+            asyncio.create_task(self._every(self.config.heartbeat_every, self._heartbeat)),
+            asyncio.create_task(self._every(self.config.reclaim_every, self._reclaim)),
+            asyncio.create_task(self._every(self.config.expire_interval, self._expire)),
+        ]
+        flusher = asyncio.create_task(self._flush_loop())
+        try:
+            await self._fetch_loop()
+        finally:
+            await self._drain()
+            for t in upkeep:
+                t.cancel()
+            await asyncio.gather(*upkeep, return_exceptions=True)
+            self._stopped.set()
+            self._outbox_ready.set()
+            await flusher
+            self.runner.shutdown()
+            self._waiter.shutdown(wait=False, cancel_futures=True)
+            self._io.shutdown(wait=True)
+            log.info("worker %s stopped: %s", self.id, self.counts)
+
+    # -- fetching ----------------------------------------------------------------------------
+
+    async def _fetch_loop(self) -> None:
+        broker = self.app.broker
+        queues = list(self.config.queues)
+        backoff = 0.05
+        while not self._stopping.is_set():
+            free = self.config.concurrency - len(self.running)
+            if free <= 0:
+                self._slot_free.clear()
+                await self._until(self._slot_free.wait())
+                continue
+            try:
+                batch = await self._call(
+                    broker.reserve, queues, free, self.config.lease, self.id, self.fairness
+                )
+                backoff = 0.05
+            except Exception:
+                log.exception("reserve failed; retrying in %.2f s", backoff)
+                await self._until(asyncio.sleep(backoff))
+                backoff = min(backoff * 2, 5.0)
+                continue
+            for delivery in batch:
+                self._start(delivery)
+            if len(batch) < free and not self._stopping.is_set():
+                wait = asyncio.get_running_loop().run_in_executor(
+                    self._waiter, broker.wait, queues, self.config.idle_wait
+                )
+                await self._until(wait)
+
+    async def _until(self, awaitable: Awaitable[Any]) -> None:
+        """Await ``awaitable`` or the stop request, whichever comes first."""
+        work = asyncio.ensure_future(awaitable)
+        stop = asyncio.ensure_future(self._stopping.wait())
+        done, _ = await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if work in done:
+            exc = work.exception()
+            if exc is not None:
+                log.warning("wait failed: %s", exc)
+                await asyncio.sleep(0.1)
+        else:
+            work.cancel()
+
+    def _start(self, delivery: Delivery) -> None:
+        self.leases[delivery.id] = delivery
+        self.counts["started"] += 1
+        self.running[delivery.id] = asyncio.create_task(self._execute(delivery))
+
+    async def _execute(self, delivery: Delivery) -> None:
+        try:
+            outcome = await self.runner.run(delivery)
+        finally:
+            self.running.pop(delivery.id, None)
+            self._slot_free.set()
+        self._report(outcome)
+
+    def _report(self, outcome: Outcome) -> None:
+        self._outbox.append(outcome)
+        self._outbox_ready.set()
+
+    # -- outcomes ----------------------------------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        """Group commit: whatever finished while the previous flush ran goes in the next one."""
+        backoff = 0.05
+        while True:
+            await self._outbox_ready.wait()
+            self._outbox_ready.clear()
+            if not self._outbox:
+                if self._stopped.is_set():
+                    return
+                continue
+            batch, self._outbox = self._outbox, []
+            try:
+                statuses = await self._call(self.app.broker.ack, batch)
+                backoff = 0.05
+            except Exception:
+                log.exception("ack of %d outcomes failed; retrying in %.2f s", len(batch), backoff)
+                self._outbox[:0] = batch
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                self._outbox_ready.set()
+                continue
+            for outcome, status in zip(batch, statuses, strict=True):
+                self._settled(outcome, status)
+            if self._outbox:
+                self._outbox_ready.set()
+
+    def _settled(self, outcome: Outcome, status: AckStatus) -> None:
+        if status.status == "effects_failed":
+            log.warning("job %s: effects failed (%s); counted as a failed attempt", outcome.id, status.error)
+            self._report(self._effects_failed(outcome, status.error or "effects failed"))
+            return
+        self.leases.pop(outcome.id, None)
+        if status.status == "lost":
+            self.counts["lost"] += 1
+            log.warning("job %s: lease lost before its outcome landed; another worker owns it", outcome.id)
+        else:
+            self.counts[outcome.kind] += 1
+
+    def _effects_failed(self, outcome: Outcome, message: str) -> Outcome:
+        delivery = self.leases[outcome.id]
+        task = self.app.tasks.get(delivery.task)
+        return failure(delivery, self.id, EffectsFailed(message), task, self.runner.rng)
+
+    # -- upkeep ------------------------------------------------------------------------------
+
+    async def _every(self, seconds: float, job: Callable[[], Awaitable[None]]) -> None:
+        """Run ``job`` every ``seconds`` until cancelled; log failures and carry on."""
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await job()
+            except Exception:
+                log.exception("%s failed; will retry", job.__name__)
+
+    async def _heartbeat(self) -> None:
+        leases = [(d.id, d.token) for d in self.leases.values()]
+        if not leases:
+            return
+        lost = await self._call(self.app.broker.extend, leases, self.config.lease)
+        for job_id in lost:
+            if self.leases.pop(job_id, None) is not None:
+                log.warning("job %s: lease lost (expired and reclaimed); its outcome will be refused", job_id)
+
+    async def _reclaim(self) -> None:
+        reclaimed = await self._call(self.app.broker.reclaim)
+        if reclaimed.requeued or reclaimed.dead:
+            log.warning(
+                "reclaimed expired leases: %d requeued, %d dead (worker lost)",
+                len(reclaimed.requeued),
+                len(reclaimed.dead),
+            )
+
+    async def _expire(self) -> None:
+        while await self._call(self.app.broker.expire) >= 1000:
+            pass
+
+    # -- stopping ----------------------------------------------------------------------------
+
+    async def _drain(self) -> None:
+        """Give running tasks ``grace`` seconds, then release the rest without counting an attempt."""
+        if self.running:
+            log.info("waiting up to %.0f s for %d running tasks", self.config.grace, len(self.running))
+            await asyncio.wait(list(self.running.values()), timeout=self.config.grace)
+        unfinished = [(job_id, self.leases[job_id].token) for job_id in self.running if job_id in self.leases]
+        for task in self.running.values():
+            task.cancel()
+        if unfinished:
+            released = await self._call(self.app.broker.release, unfinished)
+            for job_id, _ in unfinished:
+                self.leases.pop(job_id, None)
+            log.warning("released %d unfinished tasks back to their queues", released)

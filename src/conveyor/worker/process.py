@@ -1,0 +1,79 @@
+"""Entry point of one worker process: ``python -m conveyor.worker.process MODULE:APP CONFIG_JSON``."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import logging
+import os
+import signal
+import sys
+from dataclasses import asdict
+
+from conveyor.app import Conveyor
+from conveyor.errors import ConfigurationError
+from conveyor.worker.loop import Worker, WorkerConfig
+
+log = logging.getLogger("conveyor.worker")
+
+
+def load_app(path: str) -> Conveyor:
+    """Import ``module:attribute`` (the current directory is importable) and return the app."""
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise ConfigurationError(f"expected MODULE:APP, got {path!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    app = getattr(importlib.import_module(module_name), attr, None)
+    if not isinstance(app, Conveyor):
+        raise ConfigurationError(f"{path} is not a Conveyor application")
+    return app
+
+
+def config_to_json(config: WorkerConfig) -> str:
+    """Serialise a config for a child process; each child names itself."""
+    data = asdict(config)
+    data.pop("worker_id")
+    data["queues"] = list(config.queues)
+    return json.dumps(data)
+
+
+def serve(app: Conveyor, config: WorkerConfig) -> None:
+    """Run one worker until SIGTERM or SIGINT, then stop gracefully."""
+
+    async def main() -> None:
+        worker = Worker(app, config)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, worker.stop)
+        await worker.run()
+
+    try:
+        asyncio.run(main())
+    finally:
+        app.close()
+
+
+def main() -> None:
+    """Child process entry: serve, then leave without joining task threads still running."""
+    logging.basicConfig(
+        level=os.environ.get("CONVEYOR_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
+    )
+    app = load_app(sys.argv[1])
+    config = WorkerConfig(**json.loads(sys.argv[2]))
+    code = 0
+    try:
+        serve(app, config)
+    except Exception:
+        log.exception("worker crashed")
+        code = 1
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # abandoned task threads must not keep the process alive
+
+
+if __name__ == "__main__":
+    main()
