@@ -21,7 +21,7 @@ from conveyor.records import JobInfo
 from conveyor.worker.loop import WorkerConfig
 from conveyor.worker.process import load_app
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 200)  # pipes get whole rows
 STATES = ("ready", "scheduled", "running", "succeeded", "dead", "cancelled")
 
 

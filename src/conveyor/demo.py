@@ -217,6 +217,3 @@ def _summary(console: Console, jobs: list[Job], orders: int, path: Path, wall: f
     )
     if dead:
         console.print(f"inspect the dead letter queue: conveyor dead list sqlite:///{path}")
-    console.print(
-        f"mean start delay over all priorities: {statistics.fmean(i.started_at - i.run_at for i in succeeded if i.started_at) * 1000:.1f} ms"
-    )

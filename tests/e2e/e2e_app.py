@@ -1,0 +1,49 @@
+"""The application the end-to-end tests run in real worker processes."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from conveyor import Conveyor, RetryPolicy, current_job
+
+app = Conveyor()  # CONVEYOR_URL, set by the test
+
+
+def _log_execution(n: int) -> None:
+    """One line per execution (not per task), appended atomically."""
+    path = os.environ.get("E2E_EXEC_LOG")
+    if path:
+        ctx = current_job()
+        line = f"{n} {ctx.token} {os.getpid()}\n".encode()
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+
+
+@app.task(retry=RetryPolicy(max_attempts=10, base=0.01, max_delay=0.1))
+def record(n: int, seconds: float = 0.0) -> int:
+    """Sleep, then write ledger row ``n`` atomically with the acknowledgement."""
+    _log_execution(n)
+    if seconds:
+        time.sleep(seconds)
+    current_job().execute("INSERT INTO ledger (n, worker_pid) VALUES (?, ?)", (n, os.getpid()))
+    return n
+
+
+@app.task(retry=RetryPolicy(max_attempts=3, base=0.01))
+def poison() -> None:
+    """Kills its worker process every time."""
+    os._exit(3)
+
+
+@app.task
+def ok() -> str:
+    return "ok"
+
+
+@app.task(retry=RetryPolicy(max_attempts=2, base=0.01))
+def fail(message: str) -> None:
+    raise RuntimeError(message)

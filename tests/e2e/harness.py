@@ -1,0 +1,106 @@
+"""Real worker processes for end-to-end tests: started, killed, stopped, always cleaned up."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from conveyor import Conveyor
+
+HERE = Path(__file__).parent
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    """Poll ``condition`` until truthy; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class Cluster:
+    """Worker processes of ``e2e_app`` against one SQLite store."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.db = tmp_path / "e2e.db"
+        self.url = f"sqlite:///{self.db}"
+        self.exec_log = tmp_path / "executions.log"
+        self.env = os.environ | {
+            "CONVEYOR_URL": self.url,
+            "PYTHONPATH": str(HERE),
+            "E2E_EXEC_LOG": str(self.exec_log),
+            "CONVEYOR_LOG_LEVEL": "WARNING",
+        }
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.logs = tmp_path
+        os.environ["CONVEYOR_URL"] = self.url
+        import e2e_app
+
+        self.app: Conveyor = e2e_app.app
+        self.app.close()
+        self.app.url = self.url
+        with sqlite3.connect(self.db) as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS ledger (n INTEGER, worker_pid INTEGER)")
+
+    def worker(self, **config: Any) -> subprocess.Popen[bytes]:
+        """One worker process (no supervisor), so a test can kill exactly it."""
+        config.setdefault("queues", ["default"])
+        cmd = [sys.executable, "-m", "conveyor.worker.process", "e2e_app:app", json.dumps(config)]
+        return self._spawn(cmd)
+
+    def supervisor(self, *args: str) -> subprocess.Popen[bytes]:
+        """``conveyor worker e2e_app:app ARGS``."""
+        cmd = [sys.executable, "-m", "conveyor", "worker", "e2e_app:app", "--log-level", "WARNING", *args]
+        return self._spawn(cmd)
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "conveyor", *args],
+            check=False,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if check:
+            assert proc.returncode == 0, proc.stderr + proc.stdout
+        return proc
+
+    def _spawn(self, cmd: list[str]) -> subprocess.Popen[bytes]:
+        log = open(self.logs / f"worker-{len(self.procs)}.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        return proc
+
+    def log_text(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in sorted(self.logs.glob("worker-*.log")))
+
+    def ledger(self) -> list[int]:
+        with sqlite3.connect(self.db) as conn:
+            return [n for (n,) in conn.execute("SELECT n FROM ledger")]
+
+    def executions(self) -> list[str]:
+        return self.exec_log.read_text().splitlines() if self.exec_log.exists() else []
+
+    def stop_all(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGCONT)
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
