@@ -32,9 +32,10 @@ class Broker(abc.ABC):
     def enqueue(self, messages: Sequence[Message], now: float | None = None) -> list[Enqueued]:
         """Store messages as ready or scheduled, deduplicating by key.
 
-        A message whose key is held by a job with the same task and payload returns that job
-        (``created=False``). Raises KeyConflict, storing nothing, if a key is held by a job with
-        a different task or payload.
+        Keys are scoped to a queue. A message whose key is held by a job of its queue with the
+        same task and payload returns that job (``created=False``), also after the job finished,
+        until its retention ends. Raises KeyConflict, storing nothing of the batch, if a key is
+        held by a job with a different task or payload.
         """
 
     @abc.abstractmethod

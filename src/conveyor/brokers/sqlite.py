@@ -140,7 +140,7 @@ class SQLiteBroker(Broker):
         for m in messages:
             if m.key is not None:
                 row = db.execute(
-                    "SELECT id, task, payload FROM conveyor_jobs WHERE key = ?", (m.key,)
+                    "SELECT id, task, payload FROM conveyor_jobs WHERE queue = ? AND key = ?", (m.queue, m.key)
                 ).fetchone()
                 if row is not None:
                     if row[1] != m.task or bytes(row[2]) != m.payload:

@@ -27,8 +27,8 @@ CREATE INDEX IF NOT EXISTS conveyor_jobs_pending ON conveyor_jobs (queue, priori
 -- Reclaim: expired leases only.
 CREATE INDEX IF NOT EXISTS conveyor_jobs_running ON conveyor_jobs (lease_until)
     WHERE state = 'running';
--- Enqueue dedupe: a key belongs to one job until that job's retention ends.
-CREATE UNIQUE INDEX IF NOT EXISTS conveyor_jobs_key ON conveyor_jobs (key)
+-- Enqueue dedupe: a key belongs to one job of its queue until that job's retention ends.
+CREATE UNIQUE INDEX IF NOT EXISTS conveyor_jobs_key ON conveyor_jobs (queue, key)
     WHERE key IS NOT NULL;
 -- Retention purge of finished jobs.
 CREATE INDEX IF NOT EXISTS conveyor_jobs_expires ON conveyor_jobs (expires_at)
