@@ -32,7 +32,7 @@ R = TypeVar("R")
 
 DEFAULT_URL = "sqlite:///conveyor.db"
 #: Enqueue options; a task function may not have parameters with these names.
-RESERVED = frozenset({"priority", "delay", "run_at", "key", "queue"})
+RESERVED = frozenset({"priority", "delay", "run_at", "key", "queue", "connection"})
 MAX_KEY_LENGTH = 255
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 
@@ -129,17 +129,22 @@ class Conveyor:
 
         return register if fn is None else register(fn)
 
-    def enqueue_many(self, messages: Iterable[Message]) -> list[Job]:
+    def enqueue_many(self, messages: Iterable[Message], connection: Any = None) -> list[Job]:
         """Store many messages in one round trip; returns their jobs in order.
 
-        A message whose key is already held by a job with the same payload returns that job
-        (``job.created`` is False). Raises KeyConflict, storing none of them, if a key is held
-        with a different payload.
+        A message whose key is already held by a job of its queue with the same payload returns
+        that job (``job.created`` is False). Raises KeyConflict, storing none of them, if a key
+        is held with a different payload.
+
+        Args:
+            connection: enqueue inside your own open transaction on the store's database (a
+                ``sqlite3.Connection`` to the SQLite file, a psycopg connection on PostgreSQL):
+                the jobs exist if and only if you commit it.
         """
         batch = list(messages)
         if not batch:
             return []
-        return [Job(self, e.id, e.created) for e in self.broker.enqueue(batch)]
+        return [Job(self, e.id, e.created) for e in self.broker.enqueue(batch, connection=connection)]
 
     async def enqueue_many_async(self, messages: Iterable[Message]) -> list[Job]:
         """:meth:`enqueue_many` for asyncio code; the store call runs off the event loop."""
@@ -234,10 +239,11 @@ class Task(Generic[P, R]):
             max_attempts=self.retry.max_attempts,
         )
 
-    def enqueue(self, *args: Any, **kwargs: Any) -> Job:
+    def enqueue(self, *args: Any, connection: Any = None, **kwargs: Any) -> Job:
         """Enqueue a call of this task; takes the function's arguments and the options of
-        :meth:`message`. Returns its :class:`Job`."""
-        return self.app.enqueue_many([self.message(*args, **kwargs)])[0]
+        :meth:`message`, plus ``connection`` (see :meth:`Conveyor.enqueue_many`). Returns its
+        :class:`Job`."""
+        return self.app.enqueue_many([self.message(*args, **kwargs)], connection=connection)[0]
 
     async def enqueue_async(self, *args: Any, **kwargs: Any) -> Job:
         """:meth:`enqueue` for asyncio code."""

@@ -320,3 +320,25 @@ def test_stop_after_grace_releases_without_counting_an_attempt(app: Conveyor, ru
     assert info.state == "ready"
     assert info.attempt == 0
     assert info.errors == []
+
+
+def test_transactional_enqueue_exists_iff_the_transaction_commits(app: Conveyor, run_worker) -> None:
+    @app.task
+    def ship(order: int) -> int:
+        return order
+
+    app.broker  # noqa: B018 - the schema exists before the user's connection uses it
+    conn = sqlite3.connect(app.url.removeprefix("sqlite:///"), isolation_level=None)
+    conn.execute("CREATE TABLE orders (id INTEGER)")
+    conn.execute("BEGIN")
+    conn.execute("INSERT INTO orders VALUES (1)")
+    kept = ship.enqueue(1, connection=conn)
+    conn.execute("COMMIT")
+    conn.execute("BEGIN")
+    conn.execute("INSERT INTO orders VALUES (2)")
+    dropped = ship.enqueue(2, connection=conn)
+    conn.execute("ROLLBACK")
+    with run_worker(app):
+        assert kept.result(timeout=10) == 1
+    assert app.broker.get(dropped.id) is None
+    assert conn.execute("SELECT id FROM orders").fetchall() == [(1,)]

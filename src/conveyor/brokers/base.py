@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
+from typing import Any
 
 from conveyor.priority import Fairness
 from conveyor.records import AckStatus, Delivery, Enqueued, JobInfo, Message, Outcome, QueueStats, Reclaimed
@@ -29,13 +30,20 @@ class Broker(abc.ABC):
     retention: float
 
     @abc.abstractmethod
-    def enqueue(self, messages: Sequence[Message], now: float | None = None) -> list[Enqueued]:
+    def enqueue(
+        self, messages: Sequence[Message], now: float | None = None, connection: Any = None
+    ) -> list[Enqueued]:
         """Store messages as ready or scheduled, deduplicating by key.
 
         Keys are scoped to a queue. A message whose key is held by a job of its queue with the
         same task and payload returns that job (``created=False``), also after the job finished,
         until its retention ends. Raises KeyConflict, storing nothing of the batch, if a key is
         held by a job with a different task or payload.
+
+        ``connection``: a connection to the store's own database with a transaction open (a
+        ``sqlite3.Connection`` on SQLite, a psycopg connection on PostgreSQL); the messages are
+        written in that transaction and exist if and only if the caller commits it. Backends
+        without such transactions raise ConfigurationError.
         """
 
     @abc.abstractmethod

@@ -127,10 +127,19 @@ class SQLiteBroker(Broker):
 
     # -- enqueue -----------------------------------------------------------------------------
 
-    def enqueue(self, messages: Sequence[Message], now: float | None = None) -> list[Enqueued]:
+    def enqueue(
+        self, messages: Sequence[Message], now: float | None = None, connection: Any = None
+    ) -> list[Enqueued]:
         now = time.time() if now is None else now
-        with self._write() as db:
-            out = self._insert(db, messages, now)
+        if connection is not None:
+            if not isinstance(connection, sqlite3.Connection):
+                raise ConfigurationError("connection must be a sqlite3.Connection to the store's file")
+            # The caller's transaction: the rows exist iff it commits. Workers are woken now and
+            # fall back to their periodic check if the commit comes later.
+            out = self._insert(connection, messages, now)
+        else:
+            with self._write() as db:
+                out = self._insert(db, messages, now)
         if any(e.created for e in out):
             self._notify({m.queue for m in messages})
         return out
@@ -140,7 +149,8 @@ class SQLiteBroker(Broker):
         for m in messages:
             if m.key is not None:
                 row = db.execute(
-                    "SELECT id, task, payload FROM conveyor_jobs WHERE queue = ? AND key = ?", (m.queue, m.key)
+                    "SELECT id, task, payload FROM conveyor_jobs WHERE queue = ? AND key = ?",
+                    (m.queue, m.key),
                 ).fetchone()
                 if row is not None:
                     if row[1] != m.task or bytes(row[2]) != m.payload:
