@@ -203,7 +203,7 @@ class Worker:
                 self._outbox_ready.set()
 
     def _settled(self, outcome: Outcome, status: AckStatus) -> None:
-        if status.status == "effects_failed":
+        if status.status == "effects_failed" and outcome.id in self.leases:
             log.warning("job %s: effects failed (%s); counted as a failed attempt", outcome.id, status.error)
             self._report(self._effects_failed(outcome, status.error or "effects failed"))
             return

@@ -1,4 +1,4 @@
-"""Run a real Worker in a background thread against a real SQLite store."""
+"""Shared fixtures: a real Worker run in a background thread against a real SQLite store."""
 
 from __future__ import annotations
 
