@@ -10,7 +10,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from conveyor import serializer
@@ -23,6 +23,7 @@ from conveyor.errors import (
     JobNotFound,
 )
 from conveyor.ids import new_id
+from conveyor.periodic import CatchUp, Schedule
 from conveyor.priority import DEFAULT_LEVELS, Priorities
 from conveyor.records import JobInfo, Message, State
 from conveyor.retry import RetryPolicy
@@ -63,6 +64,7 @@ class Conveyor:
         self.max_payload = max_payload
         self.retention = retention
         self.tasks: dict[str, Task[Any, Any]] = {}
+        self.schedules: list[Schedule] = []
         self._broker: Broker | None = None
         self._broker_pid = 0
         self._lock = threading.Lock()
@@ -128,6 +130,42 @@ class Conveyor:
             return t
 
         return register if fn is None else register(fn)
+
+    def periodic(
+        self,
+        *,
+        cron: str | None = None,
+        every: timedelta | float | None = None,
+        catch_up: CatchUp = "skip",
+        name: str | None = None,
+        queue: str = "default",
+        priority: str | int = "normal",
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+    ) -> Callable[[Callable[[], R]], Task[[], R]]:
+        """Register a function without parameters as a task run on a schedule by the workers.
+
+        Args:
+            cron: a cron expression, evaluated in UTC (``"*/5 * * * *"``).
+            every: an interval (timedelta or seconds); ticks are aligned to the Unix epoch.
+            catch_up: ``"skip"`` drops ticks missed while no worker ran; ``"once"`` runs the
+                latest missed tick once when a worker starts.
+            name, queue, priority, retry, timeout: as for :meth:`task`.
+        """
+        seconds = every.total_seconds() if isinstance(every, timedelta) else every
+
+        def register(f: Callable[[], R]) -> Task[[], R]:
+            t: Task[[], R] = self.task(
+                name=name, queue=queue, priority=priority, retry=retry, timeout=timeout
+            )(f)
+            try:
+                self.schedules.append(Schedule(t, cron=cron, every=seconds, catch_up=catch_up))
+            except ConfigurationError:
+                del self.tasks[t.name]
+                raise
+            return t
+
+        return register
 
     def enqueue_many(self, messages: Iterable[Message], connection: Any = None) -> list[Job]:
         """Store many messages in one round trip; returns their jobs in order.

@@ -47,3 +47,10 @@ def ok() -> str:
 @app.task(retry=RetryPolicy(max_attempts=2, base=0.01))
 def fail(message: str) -> None:
     raise RuntimeError(message)
+
+
+@app.periodic(every=0.5, name="heartbeat_tick", queue="ticks")
+def heartbeat_tick() -> None:
+    """Records which tick ran, and where."""
+    key = current_job().key or ""
+    current_job().execute("INSERT INTO ticks (tick, worker_pid) VALUES (?, ?)", (key, os.getpid()))

@@ -7,11 +7,13 @@ import concurrent.futures
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from conveyor.app import Conveyor
+from conveyor.periodic import Schedule, plan
 from conveyor.priority import Fairness
 from conveyor.records import AckStatus, Delivery, Outcome
 from conveyor.worker.executor import Runner, failure
@@ -97,6 +99,9 @@ class Worker:
             asyncio.create_task(self._every(self.config.reclaim_every, self._reclaim)),
             asyncio.create_task(self._every(self.config.expire_interval, self._expire)),
         ]
+        schedules = [s for s in self.app.schedules if s.task.queue in self.config.queues]
+        if schedules:
+            upkeep.append(asyncio.create_task(self._periodic(schedules)))
         flusher = asyncio.create_task(self._flush_loop())
         try:
             await self._fetch_loop()
@@ -251,6 +256,21 @@ class Worker:
     async def _expire(self) -> None:
         while await self._call(self.app.broker.expire) >= 1000:
             pass
+
+    async def _periodic(self, schedules: list[Schedule]) -> None:
+        """Keep every schedule's next tick enqueued; wake again right after the earliest tick."""
+        starting = True
+        while True:
+            now = time.time()
+            try:
+                messages = plan(schedules, now, starting, self.app.retention)
+                await self._call(self.app.broker.enqueue, messages)
+                starting = False
+                wake = min(s.next_after(now) for s in schedules)
+                await asyncio.sleep(max(0.0, wake - time.time()) + 0.001)
+            except Exception:
+                log.exception("enqueueing periodic ticks failed; retrying in 1 s")
+                await asyncio.sleep(1.0)
 
     # -- stopping ----------------------------------------------------------------------------
 
