@@ -128,3 +128,19 @@ class Reclaimed(msgspec.Struct, frozen=True):
 
     requeued: list[str]
     dead: list[str]
+
+
+class WorkerInfo(msgspec.Struct, frozen=True):
+    """A worker process as it reports itself with every heartbeat."""
+
+    id: str
+    host: str
+    pid: int
+    queues: list[str]
+    concurrency: int
+    #: Tasks leased to it right now.
+    in_flight: int
+    started_at: float
+    last_beat: float
+    #: Cumulative outcomes since it started: started, succeeded, retry, dead, lost.
+    counts: dict[str, int]

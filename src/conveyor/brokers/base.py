@@ -15,7 +15,17 @@ from collections.abc import Sequence
 from typing import Any
 
 from conveyor.priority import Fairness
-from conveyor.records import AckStatus, Delivery, Enqueued, JobInfo, Message, Outcome, QueueStats, Reclaimed
+from conveyor.records import (
+    AckStatus,
+    Delivery,
+    Enqueued,
+    JobInfo,
+    Message,
+    Outcome,
+    QueueStats,
+    Reclaimed,
+    WorkerInfo,
+)
 
 #: (job id, fencing token) of a lease held by a worker.
 Lease = tuple[str, int]
@@ -96,10 +106,34 @@ class Broker(abc.ABC):
         """Counts per queue, state and priority (all queues when ``queues`` is None)."""
 
     @abc.abstractmethod
+    def jobs(
+        self,
+        queue: str | None = None,
+        state: str | None = None,
+        task: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        now: float | None = None,
+    ) -> list[JobInfo]:
+        """Jobs filtered by queue, state (any reported state) and task name.
+
+        Order: ``scheduled`` and ``ready`` by due time, ``running`` by start, finished states
+        most recently finished first; without a state, most recently enqueued first.
+        """
+
     def dead(
         self, queue: str | None = None, task: str | None = None, limit: int = 100, offset: int = 0
     ) -> list[JobInfo]:
         """Jobs in the dead letter queue, most recently dead first."""
+        return self.jobs(queue=queue, state="dead", task=task, limit=limit, offset=offset)
+
+    @abc.abstractmethod
+    def beat(self, worker: WorkerInfo, ttl: float) -> None:
+        """Record a worker's heartbeat; it is listed by ``workers`` for ``ttl`` seconds."""
+
+    @abc.abstractmethod
+    def workers(self, now: float | None = None) -> list[WorkerInfo]:
+        """Workers whose last heartbeat is within its ttl, by id."""
 
     @abc.abstractmethod
     def replay(

@@ -20,6 +20,8 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import msgspec
+
 from conveyor import serializer
 from conveyor.brokers.base import Broker, Lease
 from conveyor.errors import ConfigurationError, KeyConflict
@@ -33,6 +35,7 @@ from conveyor.records import (
     Outcome,
     QueueStats,
     Reclaimed,
+    WorkerInfo,
 )
 
 _SCHEMA = resources.files("conveyor.brokers").joinpath("sqlite_schema.sql").read_text()
@@ -467,21 +470,50 @@ class SQLiteBroker(Broker):
             for q, (c, a) in sorted(by_queue.items())
         ]
 
-    def dead(
-        self, queue: str | None = None, task: str | None = None, limit: int = 100, offset: int = 0
+    def jobs(
+        self,
+        queue: str | None = None,
+        state: str | None = None,
+        task: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        now: float | None = None,
     ) -> list[JobInfo]:
-        now = time.time()
+        now = time.time() if now is None else now
+        stored, due, order = {
+            "scheduled": ("pending", "AND run_at > :now", "run_at, rowid"),
+            "ready": ("pending", "AND run_at <= :now", "run_at, rowid"),
+            "running": ("running", "", "started_at"),
+            None: (None, "", "rowid DESC"),
+        }.get(state, (state, "", "finished_at DESC"))
         rows = (
             self._db()
             .execute(
-                f"SELECT {_JOB_COLUMNS} FROM conveyor_jobs WHERE state = 'dead'"
-                " AND (:queue IS NULL OR queue = :queue) AND (:task IS NULL OR task = :task)"
-                " ORDER BY finished_at DESC LIMIT :limit OFFSET :offset",
-                {"queue": queue, "task": task, "limit": limit, "offset": offset},
+                f"SELECT {_JOB_COLUMNS} FROM conveyor_jobs"
+                " WHERE (:state IS NULL OR state = :state) AND (:queue IS NULL OR queue = :queue)"
+                f" AND (:task IS NULL OR task = :task) {due} ORDER BY {order} LIMIT :limit OFFSET :offset",
+                {"state": stored, "queue": queue, "task": task, "limit": limit, "offset": offset, "now": now},
             )
             .fetchall()
         )
         return [_job(r, now) for r in rows]
+
+    def beat(self, worker: WorkerInfo, ttl: float) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO conveyor_workers (id, info, expires) VALUES (?, ?, ?)",
+                (worker.id, serializer.dumps(worker).decode(), worker.last_beat + ttl),
+            )
+            db.execute("DELETE FROM conveyor_workers WHERE expires < ?", (worker.last_beat - 3600,))
+
+    def workers(self, now: float | None = None) -> list[WorkerInfo]:
+        now = time.time() if now is None else now
+        rows = (
+            self._db()
+            .execute("SELECT info FROM conveyor_workers WHERE expires >= ? ORDER BY id", (now,))
+            .fetchall()
+        )
+        return [msgspec.json.decode(info, type=WorkerInfo) for (info,) in rows]
 
     def replay(
         self, ids: Sequence[str] | None = None, queue: str | None = None, now: float | None = None

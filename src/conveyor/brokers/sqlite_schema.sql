@@ -43,3 +43,9 @@ CREATE TABLE IF NOT EXISTS conveyor_listeners (
     pid    INTEGER NOT NULL,
     since  REAL NOT NULL
 );
+-- Live workers, as they report themselves with each heartbeat.
+CREATE TABLE IF NOT EXISTS conveyor_workers (
+    id        TEXT PRIMARY KEY,
+    info      TEXT NOT NULL,
+    expires   REAL NOT NULL
+);

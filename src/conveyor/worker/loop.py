@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import os
 import socket
@@ -15,7 +16,7 @@ from typing import Any, TypeVar
 from conveyor.app import Conveyor
 from conveyor.periodic import Schedule, plan
 from conveyor.priority import Fairness
-from conveyor.records import AckStatus, Delivery, Outcome
+from conveyor.records import AckStatus, Delivery, Outcome, WorkerInfo
 from conveyor.worker.executor import Runner, failure
 
 log = logging.getLogger("conveyor.worker")
@@ -82,6 +83,21 @@ class Worker:
         self._stopped = asyncio.Event()
         #: Counters for tests and status: started, succeeded, retried, dead, lost.
         self.counts: dict[str, int] = dict.fromkeys(("started", "succeeded", "retry", "dead", "lost"), 0)
+        self.started_at = time.time()
+
+    def info(self) -> WorkerInfo:
+        """How this worker reports itself in the store's worker registry."""
+        return WorkerInfo(
+            id=self.id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            queues=list(self.config.queues),
+            concurrency=self.config.concurrency,
+            in_flight=len(self.leases),
+            started_at=self.started_at,
+            last_beat=time.time(),
+            counts=dict(self.counts),
+        )
 
     def stop(self) -> None:
         """Ask the loop to stop: no new reservations, running tasks get ``grace`` seconds."""
@@ -103,6 +119,7 @@ class Worker:
         if schedules:
             upkeep.append(asyncio.create_task(self._periodic(schedules)))
         flusher = asyncio.create_task(self._flush_loop())
+        await self._call(broker.beat, self.info(), self.config.heartbeat_every * 3)
         try:
             await self._fetch_loop()
         finally:
@@ -113,6 +130,8 @@ class Worker:
             self._stopped.set()
             self._outbox_ready.set()
             await flusher
+            with contextlib.suppress(Exception):  # leave the registry at once, not after the ttl
+                await self._call(broker.beat, self.info(), -1.0)
             self.runner.shutdown()
             self._waiter.shutdown(wait=False, cancel_futures=True)
             self._io.shutdown(wait=True)
@@ -236,6 +255,7 @@ class Worker:
                 log.exception("%s failed; will retry", job.__name__)
 
     async def _heartbeat(self) -> None:
+        await self._call(self.app.broker.beat, self.info(), self.config.heartbeat_every * 3)
         leases = [(d.id, d.token) for d in self.leases.values()]
         if not leases:
             return
