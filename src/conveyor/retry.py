@@ -44,11 +44,19 @@ class RetryPolicy:
             raise ConfigurationError("need base >= 0, factor >= 1 and max_delay >= 0")
         if self.jitter not in ("full", "equal", "none"):
             raise ConfigurationError(f"jitter must be 'full', 'equal' or 'none', got {self.jitter!r}")
+        for name in ("retry_on", "give_up_on"):
+            kinds = getattr(self, name)
+            if not isinstance(kinds, tuple) or not all(
+                isinstance(k, type) and issubclass(k, BaseException) for k in kinds
+            ):
+                raise ConfigurationError(f"{name} must be a tuple of exception classes, got {kinds!r}")
 
     def backoff(self, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        exponent = min(attempt - 1, 1000)
-        delay = min(self.max_delay, self.base * self.factor**exponent)
+        try:
+            delay = min(self.max_delay, self.base * float(self.factor) ** max(attempt - 1, 0))
+        except OverflowError:  # the uncapped delay is astronomically past any cap
+            delay = self.max_delay
         if self.jitter == "none":
             return delay
         draw = (rng or random).random()

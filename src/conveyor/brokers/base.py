@@ -140,7 +140,8 @@ class Broker(abc.ABC):
         self, ids: Sequence[str] | None = None, queue: str | None = None, now: float | None = None
     ) -> int:
         """Make dead jobs ready again with attempts reset (all dead jobs when ``ids`` is None),
-        optionally into another queue; return how many."""
+        optionally into another queue; return how many. Raises KeyConflict, changing nothing,
+        if a replayed job's idempotency key is held by another job of the target queue."""
 
     @abc.abstractmethod
     def purge(self, ids: Sequence[str] | None = None) -> int:

@@ -90,6 +90,7 @@ class SQLiteBroker(Broker):
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
         self._listener_name = ""
+        self._listening = ""
         self._pid = os.getpid()
         with self._write() as db:
             for statement in _SCHEMA.split(";"):
@@ -139,7 +140,14 @@ class SQLiteBroker(Broker):
                 raise ConfigurationError("connection must be a sqlite3.Connection to the store's file")
             # The caller's transaction: the rows exist iff it commits. Workers are woken now and
             # fall back to their periodic check if the commit comes later.
-            out = self._insert(connection, messages, now)
+            connection.execute("SAVEPOINT conveyor_enqueue")
+            try:
+                out = self._insert(connection, messages, now)
+            except BaseException:
+                connection.execute("ROLLBACK TO conveyor_enqueue")
+                connection.execute("RELEASE conveyor_enqueue")
+                raise
+            connection.execute("RELEASE conveyor_enqueue")
         else:
             with self._write() as db:
                 out = self._insert(db, messages, now)
@@ -248,20 +256,24 @@ class SQLiteBroker(Broker):
         return best
 
     def _listen(self, queues: Sequence[str]) -> socket.socket:
+        """This process's wake-up socket, registered for ``queues`` (re-registered if they change)."""
         self._db()
-        if self._listener is not None:
+        listening = ",".join(sorted(set(queues)))
+        if self._listener is not None and self._listening == listening:
             return self._listener
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        name = f"conveyor-{os.getpid()}-{os.urandom(6).hex()}"
-        sock.bind("\0" + name)
-        sock.setblocking(False)
+        if self._listener is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            name = f"conveyor-{os.getpid()}-{os.urandom(6).hex()}"
+            sock.bind("\0" + name)
+            sock.setblocking(False)
+            self._listener, self._listener_name = sock, name
         with self._write() as db:
             db.execute(
                 "INSERT OR REPLACE INTO conveyor_listeners (name, queues, pid, since) VALUES (?, ?, ?, ?)",
-                (name, ",".join(queues), os.getpid(), time.time()),
+                (self._listener_name, listening, os.getpid(), time.time()),
             )
-        self._listener, self._listener_name = sock, name
-        return sock
+        self._listening = listening
+        return self._listener
 
     def _notify(self, queues: set[str]) -> None:
         """Wake every worker listening on one of ``queues``; forget listeners that are gone."""
@@ -336,7 +348,7 @@ class SQLiteBroker(Broker):
             for statement, *args in o.effects:
                 db.execute(statement, *args)
             self._insert(db, o.enqueues, now)
-        except (sqlite3.Error, KeyConflict, ValueError, TypeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever the effect raised, only its outcome fails
             db.execute("ROLLBACK TO outcome")
             db.execute("RELEASE outcome")
             return AckStatus("effects_failed", f"{type(exc).__name__}: {exc}")
@@ -524,6 +536,8 @@ class SQLiteBroker(Broker):
             " started_at = NULL, worker = NULL, queue = coalesce(:queue, queue) WHERE state = 'dead'"
         )
         with self._write() as db:
+            if queue is not None:
+                self._check_replay_keys(db, ids, queue)
             if ids is None:
                 count = db.execute(sql, {"now": now, "queue": queue}).rowcount
             else:
@@ -534,6 +548,21 @@ class SQLiteBroker(Broker):
         if count:
             self._notify_all()
         return count
+
+    @staticmethod
+    def _check_replay_keys(db: sqlite3.Connection, ids: Sequence[str] | None, queue: str) -> None:
+        """Refuse a replay into ``queue`` that would give a key to two of its jobs."""
+        clash = db.execute(
+            "SELECT d.id, d.key, o.id FROM conveyor_jobs d JOIN conveyor_jobs o"
+            " ON o.queue = :queue AND o.key = d.key AND o.id != d.id"
+            " WHERE d.state = 'dead' AND d.key IS NOT NULL AND d.queue != :queue"
+            f" {'' if ids is None else 'AND d.id IN (SELECT value FROM json_each(:ids))'} LIMIT 1",
+            {"queue": queue, "ids": serializer.dumps(list(ids or [])).decode()},
+        ).fetchone()
+        if clash is not None:
+            raise KeyConflict(
+                f"cannot replay job {clash[0]} into {queue!r}: job {clash[2]} holds key {clash[1]!r}"
+            )
 
     def purge(self, ids: Sequence[str] | None = None) -> int:
         with self._write() as db:
