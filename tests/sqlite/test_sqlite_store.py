@@ -68,3 +68,23 @@ def test_workers_purge_finished_jobs_after_the_retention(tmp_path: Path, run_wor
             time.sleep(0.02)
     assert app.broker.get(job.id) is None
     app.close()
+
+
+def test_a_forked_child_gets_its_own_connection_and_wake_up_socket(tmp_path: Path) -> None:
+    import os
+
+    broker = SQLiteBroker(f"sqlite:///{tmp_path}/fork.db")
+    broker.wait(["q"], timeout=0.01)
+    parent_socket = broker._listener_name
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: must register a socket of its own, and be able to use the store
+        try:
+            broker.wait(["q"], timeout=0.01)
+            ok = broker._listener_name != parent_socket and broker.stats() == []
+            os.write(write, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 1) == b"1"
+    broker.close()

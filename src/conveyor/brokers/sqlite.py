@@ -101,12 +101,8 @@ class SQLiteBroker(Broker):
 
     def _db(self) -> sqlite3.Connection:
         if self._pid != os.getpid():  # forked: the parent's connections and socket are not ours
-            self._pid, self._local, self._connections, self._listener = (
-                os.getpid(),
-                threading.local(),
-                [],
-                None,
-            )
+            self._pid, self._local, self._connections = os.getpid(), threading.local(), []
+            self._listener, self._listening = None, ""
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
             db = sqlite3.connect(self.path, isolation_level=None, timeout=self._busy_ms / 1000)
