@@ -8,15 +8,28 @@ from pathlib import Path
 
 import pytest
 from harness import HERE, Cluster
+from stores import STORES, SQLiteStore, Store
+
+
+@pytest.fixture(params=list(STORES))
+def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
+    """Worker processes against a fresh store of each backend."""
+    yield from _cluster(STORES[request.param](tmp_path), tmp_path)
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
+def sqlite_cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """Worker processes against a fresh SQLite store (for what does not depend on the backend)."""
+    yield from _cluster(SQLiteStore(tmp_path), tmp_path)
+
+
+def _cluster(store: Store, tmp_path: Path) -> Iterator[Cluster]:
     sys.path.insert(0, str(HERE))
-    c = Cluster(tmp_path)
+    c = Cluster(tmp_path, store)
     try:
         yield c
     finally:
         c.stop_all()
         c.app.close()
+        store.close()
         sys.path.remove(str(HERE))

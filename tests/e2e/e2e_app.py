@@ -29,8 +29,16 @@ def record(n: int, seconds: float = 0.0) -> int:
     _log_execution(n)
     if seconds:
         time.sleep(seconds)
-    current_job().execute("INSERT INTO ledger (n, worker_pid) VALUES (?, ?)", (n, os.getpid()))
+    _ledger_effect(n)
     return n
+
+
+def _ledger_effect(n: int) -> None:
+    """Write ledger row ``n`` atomically with the acknowledgement, in the store's own terms."""
+    if os.environ["E2E_LEDGER"] == "redis":
+        current_job().execute("RPUSH", (os.environ["E2E_LEDGER_KEY"], n))
+    else:
+        current_job().execute(os.environ["E2E_LEDGER_SQL"], (n,))
 
 
 @app.task(retry=RetryPolicy(max_attempts=3, base=0.01))

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from stores import Store
 
 from conveyor import Conveyor
 
@@ -30,28 +31,31 @@ def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "c
 
 
 class Cluster:
-    """Worker processes of ``e2e_app`` against one SQLite store."""
+    """Worker processes of ``e2e_app`` against one fresh store."""
 
-    def __init__(self, tmp_path: Path) -> None:
-        self.db = tmp_path / "e2e.db"
-        self.url = f"sqlite:///{self.db}"
+    def __init__(self, tmp_path: Path, store: Store) -> None:
+        self.store = store
+        self.url = store.url
         self.exec_log = tmp_path / "executions.log"
-        self.env = os.environ | {
-            "CONVEYOR_URL": self.url,
-            "PYTHONPATH": str(HERE),
-            "E2E_EXEC_LOG": str(self.exec_log),
-            "CONVEYOR_LOG_LEVEL": "WARNING",
-        }
+        self.env = (
+            os.environ
+            | store.ledger_env
+            | {
+                "CONVEYOR_URL": self.url,
+                "PYTHONPATH": str(HERE),
+                "E2E_EXEC_LOG": str(self.exec_log),
+                "CONVEYOR_LOG_LEVEL": "WARNING",
+            }
+        )
         self.procs: list[subprocess.Popen[bytes]] = []
         self.logs = tmp_path
+        os.environ.update(store.ledger_env)
         os.environ["CONVEYOR_URL"] = self.url
         import e2e_app
 
         self.app: Conveyor = e2e_app.app
         self.app.close()
         self.app.url = self.url
-        with sqlite3.connect(self.db) as conn:
-            conn.execute("CREATE TABLE IF NOT EXISTS ledger (n INTEGER, worker_pid INTEGER)")
 
     def worker(self, **config: Any) -> subprocess.Popen[bytes]:
         """One worker process (no supervisor), so a test can kill exactly it."""
@@ -87,8 +91,7 @@ class Cluster:
         return "".join(p.read_text(errors="replace") for p in sorted(self.logs.glob("worker-*.log")))
 
     def ledger(self) -> list[int]:
-        with sqlite3.connect(self.db) as conn:
-            return [n for (n,) in conn.execute("SELECT n FROM ledger")]
+        return self.store.ledger()
 
     def executions(self) -> list[str]:
         return self.exec_log.read_text().splitlines() if self.exec_log.exists() else []

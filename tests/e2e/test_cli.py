@@ -12,46 +12,46 @@ from harness import Cluster, wait_for
 pytestmark = pytest.mark.slow
 
 
-def test_enqueue_status_and_the_dead_letter_queue(cluster: Cluster) -> None:
-    out = cluster.cli(
+def test_enqueue_status_and_the_dead_letter_queue(sqlite_cluster: Cluster) -> None:
+    out = sqlite_cluster.cli(
         "enqueue", "e2e_app:app", "fail", "--args", '["disk full"]', "--priority", "high"
     ).stdout
     failing = out.strip()
-    first = cluster.cli("enqueue", "e2e_app:app", "ok", "--key", "k1", "--delay", "0").stdout.strip()
-    again = cluster.cli("enqueue", "e2e_app:app", "ok", "--key", "k1").stdout
+    first = sqlite_cluster.cli("enqueue", "e2e_app:app", "ok", "--key", "k1", "--delay", "0").stdout.strip()
+    again = sqlite_cluster.cli("enqueue", "e2e_app:app", "ok", "--key", "k1").stdout
     assert again.startswith(first) and "existing" in again
 
-    status = cluster.cli("status", "e2e_app:app").stdout
+    status = sqlite_cluster.cli("status", "e2e_app:app").stdout
     assert "default" in status and "high" in status and "normal" in status
 
-    cluster.supervisor("--processes", "1")
-    wait_for(lambda: cluster.app.job(failing).status() == "dead", what="the failing job to die")
-    wait_for(lambda: cluster.app.job(first).status() == "succeeded", what="ok to succeed")
+    sqlite_cluster.supervisor("--processes", "1")
+    wait_for(lambda: sqlite_cluster.app.job(failing).status() == "dead", what="the failing job to die")
+    wait_for(lambda: sqlite_cluster.app.job(first).status() == "succeeded", what="ok to succeed")
 
-    listed = cluster.cli("dead", "list", cluster.url, "--json").stdout.splitlines()
+    listed = sqlite_cluster.cli("dead", "list", sqlite_cluster.url, "--json").stdout.splitlines()
     assert [json.loads(line)["id"] for line in listed] == [failing]
     assert "RuntimeError: disk full" in json.loads(listed[0])["error"]
 
-    shown = cluster.cli("dead", "show", "e2e_app:app", failing).stdout
+    shown = sqlite_cluster.cli("dead", "show", "e2e_app:app", failing).stdout
     assert "attempt 1" in shown and "attempt 2" in shown and "raise RuntimeError(message)" in shown
 
-    assert "replayed 1" in cluster.cli("dead", "replay", "e2e_app:app", failing).stdout
-    wait_for(lambda: cluster.app.job(failing).status() == "dead", what="the replayed job to die again")
-    assert len(cluster.app.job(failing).info().errors) == 4  # history kept across the replay
+    assert "replayed 1" in sqlite_cluster.cli("dead", "replay", "e2e_app:app", failing).stdout
+    wait_for(lambda: sqlite_cluster.app.job(failing).status() == "dead", what="the replayed job to die again")
+    assert len(sqlite_cluster.app.job(failing).info().errors) == 4  # history kept across the replay
 
-    assert "purged 1" in cluster.cli("dead", "purge", "e2e_app:app", "--all").stdout
-    assert cluster.cli("dead", "list", cluster.url, "--json").stdout == ""
-    assert "succeeded" in cluster.cli("job", cluster.url, first).stdout
+    assert "purged 1" in sqlite_cluster.cli("dead", "purge", "e2e_app:app", "--all").stdout
+    assert sqlite_cluster.cli("dead", "list", sqlite_cluster.url, "--json").stdout == ""
+    assert "succeeded" in sqlite_cluster.cli("job", sqlite_cluster.url, first).stdout
 
 
-def test_cli_reports_bad_input_clearly(cluster: Cluster) -> None:
-    unknown = cluster.cli("enqueue", "e2e_app:app", "nope", check=False)
+def test_cli_reports_bad_input_clearly(sqlite_cluster: Cluster) -> None:
+    unknown = sqlite_cluster.cli("enqueue", "e2e_app:app", "nope", check=False)
     assert unknown.returncode != 0 and "no task 'nope'" in unknown.stderr
-    bad_priority = cluster.cli("enqueue", "e2e_app:app", "ok", "--priority", "urgent", check=False)
+    bad_priority = sqlite_cluster.cli("enqueue", "e2e_app:app", "ok", "--priority", "urgent", check=False)
     assert bad_priority.returncode != 0 and "invalid priority 'urgent'" in bad_priority.stderr
-    bad_args = cluster.cli("enqueue", "e2e_app:app", "fail", "--args", "[1, 2]", check=False)
+    bad_args = sqlite_cluster.cli("enqueue", "e2e_app:app", "fail", "--args", "[1, 2]", check=False)
     assert bad_args.returncode != 0 and "ArgumentError" in bad_args.stderr
-    replay = cluster.cli("dead", "replay", "e2e_app:app", check=False)
+    replay = sqlite_cluster.cli("dead", "replay", "e2e_app:app", check=False)
     assert replay.returncode != 0 and "give job ids or --all" in replay.stderr
 
 

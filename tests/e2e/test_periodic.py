@@ -12,14 +12,14 @@ from harness import Cluster, wait_for
 pytestmark = pytest.mark.slow
 
 
-def test_three_workers_run_each_tick_exactly_once(cluster: Cluster) -> None:
-    with sqlite3.connect(cluster.db) as conn:
+def test_three_workers_run_each_tick_exactly_once(sqlite_cluster: Cluster) -> None:
+    with sqlite3.connect(sqlite_cluster.store.path) as conn:
         conn.execute("CREATE TABLE ticks (tick TEXT, worker_pid INTEGER)")
-    workers = [cluster.worker(queues=["ticks"], concurrency=2) for _ in range(3)]
+    workers = [sqlite_cluster.worker(queues=["ticks"], concurrency=2) for _ in range(3)]
     time.sleep(3.2)
 
     def ticks() -> list[str]:
-        with sqlite3.connect(cluster.db) as conn:
+        with sqlite3.connect(sqlite_cluster.store.path) as conn:
             return [t for (t,) in conn.execute("SELECT tick FROM ticks ORDER BY tick")]
 
     wait_for(lambda: len(ticks()) >= 5, what="ticks to run")

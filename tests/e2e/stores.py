@@ -1,0 +1,99 @@
+"""The stores end-to-end tests run against: a fresh, isolated store per test, with a ledger the
+tasks write through their transactional effects and the test reads back."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+REDIS_URL = os.environ.get("CONVEYOR_TEST_REDIS", "redis://127.0.0.1:6379/10")
+POSTGRES_URL = os.environ.get("CONVEYOR_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+#: A Redis ledger key in the queue's hash slot, so the effect runs inside the ack script.
+REDIS_LEDGER = "conveyor:{default}:e2e-ledger"
+
+
+class Store:
+    """One backend's fresh store: its URL, and how the e2e tasks' ledger is kept there."""
+
+    name = ""
+    #: Environment for worker processes: how ``e2e_app.record`` writes its ledger row.
+    ledger_env: dict[str, str]
+    url: str
+
+    def ledger(self) -> list[int]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Remove everything the test stored."""
+
+
+class SQLiteStore(Store):
+    name = "sqlite"
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.path = tmp_path / "e2e.db"
+        self.url = f"sqlite:///{self.path}"
+        self.ledger_env = {"E2E_LEDGER": "sql", "E2E_LEDGER_SQL": "INSERT INTO ledger (n) VALUES (?)"}
+        with sqlite3.connect(self.path) as conn:
+            conn.execute("CREATE TABLE ledger (n INTEGER)")
+
+    def ledger(self) -> list[int]:
+        with sqlite3.connect(self.path) as conn:
+            return [n for (n,) in conn.execute("SELECT n FROM ledger")]
+
+
+class RedisStore(Store):
+    name = "redis"
+
+    def __init__(self, tmp_path: Path) -> None:
+        import redis
+
+        self.url = REDIS_URL
+        self.client = redis.Redis.from_url(self.url)
+        self.client.flushdb()
+        self.ledger_env = {"E2E_LEDGER": "redis", "E2E_LEDGER_KEY": REDIS_LEDGER}
+
+    def ledger(self) -> list[int]:
+        return [int(n) for n in self.client.lrange(REDIS_LEDGER, 0, -1)]
+
+    def close(self) -> None:
+        self.client.flushdb()
+        self.client.close()
+
+
+class PostgresStore(Store):
+    name = "postgres"
+
+    def __init__(self, tmp_path: Path) -> None:
+        import psycopg
+
+        self.schema = f"conveyor_e2e_{os.urandom(4).hex()}"
+        self.url = f"{POSTGRES_URL}?schema={self.schema}"
+        self.conn = psycopg.connect(POSTGRES_URL, autocommit=True)
+        self.conn.execute(f"CREATE SCHEMA {self.schema}")
+        self.conn.execute(f"CREATE TABLE {self.schema}.ledger (n INTEGER)")
+        self.ledger_env = {
+            "E2E_LEDGER": "sql",
+            "E2E_LEDGER_SQL": f"INSERT INTO {self.schema}.ledger (n) VALUES (%s)",
+        }
+
+    def ledger(self) -> list[int]:
+        return [n for (n,) in self.conn.execute(f"SELECT n FROM {self.schema}.ledger").fetchall()]
+
+    def close(self) -> None:
+        self.conn.execute(f"DROP SCHEMA {self.schema} CASCADE")
+        self.conn.close()
+
+
+def _available(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+STORES: dict[str, Any] = {"sqlite": SQLiteStore}
+if _available("conveyor.brokers.redis"):
+    STORES["redis"] = RedisStore
+if _available("conveyor.brokers.postgres"):
+    STORES["postgres"] = PostgresStore
