@@ -21,6 +21,7 @@ from conveyor.errors import (
     JobCancelled,
     JobFailed,
     JobNotFound,
+    UnknownTask,
 )
 from conveyor.ids import new_id
 from conveyor.periodic import CatchUp, Schedule
@@ -174,6 +175,9 @@ class Conveyor:
         that job (``job.created`` is False). Raises KeyConflict, storing none of them, if a key
         is held with a different payload.
 
+        Raises:
+            UnknownTask: a message names a task this application has not registered.
+
         Args:
             connection: enqueue inside your own open transaction on the store's database (a
                 ``sqlite3.Connection`` to the SQLite file, a psycopg connection on PostgreSQL):
@@ -182,6 +186,9 @@ class Conveyor:
         batch = list(messages)
         if not batch:
             return []
+        unknown = {m.task for m in batch} - self.tasks.keys()
+        if unknown:
+            raise UnknownTask(f"not registered in this application: {', '.join(sorted(unknown))}")
         return [Job(self, e.id, e.created) for e in self.broker.enqueue(batch, connection=connection)]
 
     async def enqueue_many_async(self, messages: Iterable[Message]) -> list[Job]:

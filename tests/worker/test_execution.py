@@ -342,3 +342,12 @@ def test_transactional_enqueue_exists_iff_the_transaction_commits(app: Conveyor,
         assert kept.result(timeout=10) == 1
     assert app.broker.get(dropped.id) is None
     assert conn.execute("SELECT id FROM orders").fetchall() == [(1,)]
+
+
+def test_enqueue_refuses_a_task_name_the_app_does_not_know(app: Conveyor) -> None:
+    from conveyor import UnknownTask
+
+    stray = Message(id=new_id(), task="typo.send_emial", queue="default", priority=1, payload=b"[[],{}]")
+    with pytest.raises(UnknownTask, match=r"typo\.send_emial"):
+        app.enqueue_many([stray])
+    assert app.broker.stats() == []
