@@ -21,10 +21,21 @@ def redact_url(url: str) -> str:
 
 
 def open_broker(url: str, retention: float = 86400.0) -> Broker:
-    """A broker for ``url``: ``sqlite:///path.db`` (relative) or ``sqlite:////abs/path.db``."""
+    """A broker for ``url``: ``sqlite:///path.db`` (relative), ``sqlite:////abs/path.db``,
+    ``redis://[user:password@]host:port/db`` (``rediss://`` for TLS) or ``postgresql://...``."""
     scheme = urlsplit(url).scheme
     if scheme == "sqlite":
         from conveyor.brokers.sqlite import SQLiteBroker
 
         return SQLiteBroker(url, retention=retention)
-    raise ConfigurationError(f"unsupported broker URL {redact_url(url)!r}: expected sqlite://")
+    if scheme in ("redis", "rediss"):
+        from conveyor.brokers.redis import RedisBroker
+
+        return RedisBroker(url, retention=retention)
+    if scheme in ("postgres", "postgresql"):
+        from conveyor.brokers.postgres import PostgresBroker
+
+        return PostgresBroker(url, retention=retention)
+    raise ConfigurationError(
+        f"unsupported broker URL {redact_url(url)!r}: expected sqlite://, redis://, rediss:// or postgresql://"
+    )

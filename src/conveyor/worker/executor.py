@@ -101,7 +101,19 @@ class Runner:
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # noqa: BLE001 - every failure of user code is an outcome
-            return failure(delivery, self.worker, exc, task, self.rng)
+            outcome = failure(delivery, self.worker, exc, task, self.rng)
+            then = "dead letter queue" if outcome.kind == "dead" else f"retry in {outcome.delay:.2f} s"
+            log.warning(
+                "job %s %s attempt %d/%d failed: %s: %s (%s)",
+                delivery.id,
+                task.name,
+                delivery.attempt,
+                delivery.max_attempts,
+                type(exc).__name__,
+                exc,
+                then,
+            )
+            return outcome
         try:
             result = None if value is None else serializer.encode_value(value, f"{task.name}: return value")
         except SerializationError as exc:
