@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import inspect
 import math
 import os
@@ -13,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from conveyor import serializer
+from conveyor import metrics, serializer
 from conveyor.brokers import Broker, open_broker, redact_url
 from conveyor.errors import (
     ArgumentError,
@@ -189,7 +190,13 @@ class Conveyor:
         unknown = {m.task for m in batch} - self.tasks.keys()
         if unknown:
             raise UnknownTask(f"not registered in this application: {', '.join(sorted(unknown))}")
-        return [Job(self, e.id, e.created) for e in self.broker.enqueue(batch, connection=connection)]
+        stored = self.broker.enqueue(batch, connection=connection)
+        created = collections.Counter(
+            (m.queue, m.priority) for m, e in zip(batch, stored, strict=True) if e.created
+        )
+        for (queue, level), n in created.items():
+            metrics.count_enqueued(queue, self.priorities.name(level), n)
+        return [Job(self, e.id, e.created) for e in stored]
 
     async def enqueue_many_async(self, messages: Iterable[Message]) -> list[Job]:
         """:meth:`enqueue_many` for asyncio code; the store call runs off the event loop."""
@@ -374,7 +381,7 @@ class Job:
 
 
 def _check_queue(queue: str) -> str:
-    if not isinstance(queue, str) or not _QUEUE_NAME.match(queue):
+    if not isinstance(queue, str) or not _QUEUE_NAME.fullmatch(queue):
         raise ConfigurationError(f"invalid queue name {queue!r}: use 1-128 of A-Z a-z 0-9 _ . : -")
     return queue
 

@@ -57,6 +57,6 @@ class Retry(Exception):
 
     def __init__(self, delay: float | None = None, reason: str = "retry requested") -> None:
         super().__init__(reason)
-        if delay is not None and not (delay >= 0):
-            raise ConfigurationError(f"Retry delay must be a non-negative number, got {delay!r}")
+        if delay is not None and not (0 <= delay < float("inf")):
+            raise ConfigurationError(f"Retry delay must be a finite number >= 0, got {delay!r}")
         self.delay = delay

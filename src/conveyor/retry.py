@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Literal
@@ -38,8 +39,15 @@ class RetryPolicy:
     give_up_on: tuple[type[BaseException], ...] = field(default=())
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+        if type(self.max_attempts) is not int or self.max_attempts < 1:
             raise ConfigurationError(f"max_attempts must be an int >= 1, got {self.max_attempts!r}")
+        numbers = (self.base, self.factor, self.max_delay)
+        if not all(type(n) in (int, float) and not math.isnan(n) for n in numbers) or math.isinf(
+            self.base + self.factor
+        ):
+            raise ConfigurationError(
+                f"base and factor must be finite numbers, max_delay a number, got {numbers!r}"
+            )
         if not (self.base >= 0 and self.factor >= 1 and self.max_delay >= 0):
             raise ConfigurationError("need base >= 0, factor >= 1 and max_delay >= 0")
         if self.jitter not in ("full", "equal", "none"):
@@ -55,8 +63,8 @@ class RetryPolicy:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
         try:
             delay = min(self.max_delay, self.base * float(self.factor) ** max(attempt - 1, 0))
-        except OverflowError:  # the uncapped delay is astronomically past any cap
-            delay = self.max_delay
+        except OverflowError:  # the uncapped delay is astronomically past any cap (unless base is 0)
+            delay = self.max_delay if self.base else 0.0
         if self.jitter == "none":
             return delay
         draw = (rng or random).random()

@@ -19,7 +19,9 @@ MAX_DEPTH = 64
 
 _encoder = msgspec.json.Encoder(order="sorted")
 _decoder = msgspec.json.Decoder()
-_SCALARS = (str, bool, type(None))
+#: Exact types only: a subclass of str/int/float (other than bool) may carry state or
+#: behaviour that JSON drops, so it is refused by name rather than silently flattened.
+_SCALARS = frozenset({str, bool, type(None)})
 
 
 def _check(value: Any, where: str) -> None:
@@ -27,23 +29,24 @@ def _check(value: Any, where: str) -> None:
     stack: list[tuple[Any, str, int]] = [(value, where, 0)]
     while stack:
         item, path, depth = stack.pop()
-        if isinstance(item, _SCALARS):
+        kind = type(item)
+        if kind in _SCALARS:
             continue
-        if isinstance(item, int):
+        if kind is int:
             if not -(2**63) <= item < 2**64:
                 raise SerializationError(f"{path}: integer {item} is outside the 64-bit range")
             continue
-        if isinstance(item, float):
+        if kind is float:
             if not math.isfinite(item):
                 raise SerializationError(f"{path}: {item!r} is not a JSON number")
             continue
         if depth >= MAX_DEPTH:
             raise SerializationError(f"{path}: nested deeper than {MAX_DEPTH} levels")
-        if isinstance(item, list | tuple):
+        if kind is list or kind is tuple:
             stack.extend((v, f"{path}[{i}]", depth + 1) for i, v in enumerate(item))
-        elif isinstance(item, dict):
+        elif kind is dict:
             for k, v in item.items():
-                if not isinstance(k, str):
+                if type(k) is not str:
                     raise SerializationError(f"{path}: dict key {k!r} is not a string")
                 stack.append((v, f"{path}[{k!r}]", depth + 1))
         else:
@@ -51,6 +54,14 @@ def _check(value: Any, where: str) -> None:
                 f"{path}: {type(item).__name__} is not JSON-serializable "
                 "(Conveyor accepts None, bool, int, float, str, list and dict with str keys)"
             )
+
+
+def _encode(value: Any, where: str) -> bytes:
+    """Encode checked JSON; strings that are not valid Unicode (lone surrogates) fail here."""
+    try:
+        return _encoder.encode(value)
+    except (UnicodeEncodeError, TypeError, OverflowError) as exc:
+        raise SerializationError(f"{where}: not encodable as JSON ({exc})") from None
 
 
 def encode_args(task: str, args: tuple[Any, ...], kwargs: dict[str, Any], max_size: int) -> bytes:
@@ -64,7 +75,7 @@ def encode_args(task: str, args: tuple[Any, ...], kwargs: dict[str, Any], max_si
         _check(arg, f"{task}: argument {i}")
     for name, arg in kwargs.items():
         _check(arg, f"{task}: argument {name!r}")
-    data = _encoder.encode((args, kwargs))
+    data = _encode((args, kwargs), f"{task}: arguments")
     if len(data) > max_size:
         raise PayloadTooLarge(f"{task}: arguments encode to {len(data)} bytes, over the limit of {max_size}")
     return data
@@ -91,14 +102,14 @@ def decode_args(payload: bytes, max_size: int) -> tuple[list[Any], dict[str, Any
 def encode_value(value: Any, where: str = "result") -> bytes:
     """Encode a result (or any JSON value)."""
     _check(value, where)
-    return _encoder.encode(value)
+    return _encode(value, where)
 
 
 def decode_value(data: bytes) -> Any:
     """Decode a value written by :func:`encode_value`."""
     try:
         return _decoder.decode(data)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise SerializationError(f"value does not decode: {exc}") from None
 
 
