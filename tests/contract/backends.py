@@ -9,6 +9,8 @@ subprocesses of the race test can import it too.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import os
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from conveyor.brokers import Broker, open_broker
+from conveyor.records import AckStatus, Outcome
 
 #: Retention of finished jobs and their keys in every broker the suite opens.
 RETENTION = 3600.0
@@ -33,6 +36,8 @@ class Backend:
     #: A connection to the store with a transaction open, for ``enqueue(..., connection=)``:
     #: commits when the block ends, rolls back if it raises (SQL backends).
     transaction: Callable[[str], contextlib.AbstractContextManager[Any]] | None = None
+    #: Remove the store made by ``new_store`` at teardown (stores that outlive ``tmp_path``).
+    drop_store: Callable[[str], None] | None = None
 
     def open(self, url: str, retention: float = RETENTION) -> Broker:
         return open_broker(url, retention=retention)
@@ -74,5 +79,79 @@ BACKENDS: dict[str, Backend] = {
         "sqlite", _sqlite_store, sql_effects=True, run_sql=_sqlite_sql, transaction=_sqlite_transaction
     ),
     # "redis": Backend("redis", _redis_store),  # e.g. a fresh key prefix / database per test
-    # "postgres": Backend("postgres", _pg_store, sql_effects=True, run_sql=..., transaction=...),
 }
+
+
+# -- PostgreSQL: a fresh schema per test, dropped at teardown ---------------------------------
+
+POSTGRES_URL = os.environ.get("CONVEYOR_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _pg_store(tmp_path: Path) -> str:
+    from conveyor.brokers.postgres import migrate
+
+    schema = f"conveyor_test_{os.urandom(5).hex()}"
+    # The search_path lets the suite's unqualified user table ``t`` live in the test's schema.
+    url = f"{POSTGRES_URL}?schema={schema}&options=-csearch_path%3D{schema}"
+    migrate(url)
+    return url
+
+
+def _pg_connect(url: str, autocommit: bool = False) -> Any:
+    import psycopg
+
+    from conveyor.brokers.postgres.dsn import parse
+
+    return psycopg.connect(parse(url).conninfo, autocommit=autocommit)
+
+
+def _pg_sql(url: str, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    with _pg_connect(url, autocommit=True) as conn:
+        cur = conn.execute(statement.replace("?", "%s") if params else statement, params or None)
+        return cur.fetchall() if cur.description else []
+
+
+@contextlib.contextmanager
+def _pg_transaction(url: str) -> Iterator[Any]:
+    with _pg_connect(url) as conn:  # commits when the block ends, rolls back if it raises
+        yield conn
+
+
+def _pg_drop(url: str) -> None:
+    from conveyor.brokers.postgres.dsn import parse
+
+    with _pg_connect(url, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{parse(url).schema}" CASCADE')
+
+
+@dataclass(frozen=True)
+class _Postgres(Backend):
+    def open(self, url: str, retention: float = RETENTION) -> Broker:
+        import msgspec
+
+        from conveyor.brokers.postgres import PostgresBroker
+
+        class QmarkEffects(PostgresBroker):
+            """The suite writes effects in sqlite3's placeholders (``?``), psycopg's are ``%s``."""
+
+            def ack(self, outcomes: Sequence[Outcome], now: float | None = None) -> list[AckStatus]:
+                adapted = [
+                    msgspec.structs.replace(
+                        o, effects=tuple((s.replace("?", "%s"), *a) for s, *a in o.effects)
+                    )
+                    for o in outcomes
+                ]
+                return super().ack(adapted, now)
+
+        return QmarkEffects(url, retention=retention)
+
+
+if importlib.util.find_spec("psycopg") is not None:
+    BACKENDS["postgres"] = _Postgres(
+        "postgres",
+        _pg_store,
+        sql_effects=True,
+        run_sql=_pg_sql,
+        transaction=_pg_transaction,
+        drop_store=_pg_drop,
+    )

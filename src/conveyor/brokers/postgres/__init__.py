@@ -1,0 +1,30 @@
+"""The PostgreSQL backend: ``postgresql://user:password@host:port/db?schema=NAME``.
+
+The URL is libpq's (any of its options pass through, e.g. ``sslmode=require``) plus ``schema``:
+the schema holding Conveyor's tables (default ``conveyor``), so several applications or test
+runs can share a database. The broker creates or upgrades its schema on first use; run
+``conveyor migrate URL`` (or :func:`migrate`) beforehand when workers connect with a role that
+may not change the schema.
+
+Transactional effects (``current_job().execute(sql, params)``) and ``enqueue(...,
+connection=conn)`` run on the same database, with psycopg's placeholders (``%s``,
+``%(name)s``). Effects resolve unqualified table names through the connection's
+``search_path`` (set one with the URL's ``options=-csearch_path%3Dmyschema``); they should not
+change session settings, as pooled connections are reused.
+
+Grants, for a schema ``conveyor`` and roles ``conveyor_admin`` (migrates) and ``conveyor_worker``
+(workers, producers, dashboard)::
+
+    GRANT CREATE ON DATABASE mydb TO conveyor_admin;  -- or own an existing schema
+    GRANT USAGE ON SCHEMA conveyor TO conveyor_worker;
+    GRANT SELECT ON conveyor.conveyor_migrations TO conveyor_worker;
+    GRANT SELECT, INSERT, UPDATE, DELETE ON conveyor.jobs, conveyor.workers TO conveyor_worker;
+
+LISTEN/NOTIFY and advisory locks need no grants. The jobs table's identity column needs no
+sequence grant.
+"""
+
+from conveyor.brokers.postgres.broker import PostgresBroker
+from conveyor.brokers.postgres.migrate import migrate
+
+__all__ = ["PostgresBroker", "migrate"]

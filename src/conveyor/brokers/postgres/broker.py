@@ -1,0 +1,664 @@
+"""The PostgreSQL backend: one transaction per operation, LISTEN/NOTIFY wake-ups.
+
+Operations take a connection from a small pool (opened on first use, which also creates or
+upgrades the schema). The database's clock decides due times and leases unless the caller
+passes ``now``. Producers NOTIFY the schema's channel with the queue's name in the transaction
+that makes work ready; idle workers LISTEN on a dedicated connection (one per waiting thread;
+its first wait returns at once, since wake-ups sent before it listened are lost) and otherwise
+sleep until the earliest due time, so there is no polling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import msgspec
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.rows import tuple_row
+from psycopg_pool import ConnectionPool
+
+from conveyor import serializer
+from conveyor.brokers.base import Broker, Lease
+from conveyor.brokers.postgres import migrate as migrations
+from conveyor.brokers.postgres import queries
+from conveyor.brokers.postgres.dsn import parse
+from conveyor.brokers.postgres.listener import Listener
+from conveyor.errors import ConfigurationError, ConveyorError, KeyConflict
+from conveyor.priority import Fairness
+from conveyor.records import (
+    AckStatus,
+    Delivery,
+    Enqueued,
+    JobInfo,
+    Message,
+    Outcome,
+    QueueStats,
+    Reclaimed,
+    WorkerInfo,
+)
+
+Connection = psycopg.Connection[tuple[Any, ...]]
+
+#: Per listed state: the stored state, the due-time filter and the order of ``jobs``.
+_LISTINGS: dict[str | None, tuple[str | None, str, str]] = {
+    "scheduled": ("pending", "AND run_at > clock.now", "run_at, seq"),
+    "ready": ("pending", "AND run_at <= clock.now", "run_at, seq"),
+    "running": ("running", "", "started_at, seq"),
+    None: (None, "", "seq DESC"),
+}
+_FINISHED_LISTING = ("", "finished_at DESC, seq DESC")
+
+
+class PostgresBroker(Broker):
+    """Jobs in one schema of a PostgreSQL database; any number of hosts may share it."""
+
+    def __init__(self, url: str, retention: float = 86400.0, max_connections: int = 10) -> None:
+        self.target = parse(url)
+        self.display_url = self.target.display
+        self.retention = retention
+        self._max_connections = max_connections
+        self._sql = queries.load(self.target.ident)
+        self._listings = {
+            state: self._sql["jobs"].replace("{due}", due).replace("{order}", order)
+            for state, (_, due, order) in _LISTINGS.items()
+        }
+        self._listings["finished"] = (
+            self._sql["jobs"].replace("{due}", _FINISHED_LISTING[0]).replace("{order}", _FINISHED_LISTING[1])
+        )
+        self._lock = threading.Lock()
+        self._pool: ConnectionPool[Connection] | None = None
+        self._ready = False
+        self._pid = os.getpid()
+        self._local = threading.local()
+        self._listeners: list[Listener] = []
+        self._interrupt_r, self._interrupt_w = os.pipe()
+        self._closed = False
+
+    # -- connections -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[Connection]:
+        """A pooled autocommit connection; the first use opens the pool and migrates.
+
+        Connections the server ended while they sat in the pool (a restart, a terminated
+        backend) are discarded here, before use, without the pool's back-off between checks.
+        """
+        pool = self._open()
+        for _ in range(self._max_connections):
+            conn = pool.getconn()
+            if _alive(conn):
+                break
+            conn.close()
+            pool.putconn(conn)  # the pool opens a replacement
+        else:
+            conn = pool.getconn()
+        try:
+            with conn:  # commits or rolls back a transaction left open; a pooled one stays open
+                yield conn
+        finally:
+            pool.putconn(conn)
+
+    def _open(self) -> ConnectionPool[Connection]:
+        if self._pool is not None and self._ready and self._pid == os.getpid():
+            return self._pool
+        with self._lock:
+            if self._closed:
+                raise ConfigurationError(f"broker for {self.display_url} is closed")
+            if self._pid != os.getpid():  # forked: the parent's connections are not ours to use
+                self._pid, self._pool, self._ready = os.getpid(), None, False
+                self._local, self._listeners = threading.local(), []
+                os.close(self._interrupt_r)  # our copies; interrupting would wake the parent
+                os.close(self._interrupt_w)
+                self._interrupt_r, self._interrupt_w = os.pipe()
+            if not self._ready:
+                migrations.ensure(self.target)  # a direct connection: fails fast, with the reason
+                self._ready = True
+            if self._pool is None:
+                self._pool = ConnectionPool(
+                    self.target.conninfo,
+                    kwargs={"autocommit": True},
+                    min_size=1,
+                    max_size=self._max_connections,
+                    timeout=10.0,
+                    name=f"conveyor.{self.target.schema}",
+                    open=False,
+                )
+                self._pool.open()
+            return self._pool
+
+    # -- enqueue -----------------------------------------------------------------------------
+
+    def enqueue(
+        self, messages: Sequence[Message], now: float | None = None, connection: Any = None
+    ) -> list[Enqueued]:
+        if not messages:
+            return []
+        if connection is None:
+            with self._connect() as conn, conn.transaction():
+                return self._insert(conn, messages, now)
+        if not isinstance(connection, psycopg.Connection):
+            raise ConfigurationError("connection must be a psycopg Connection to the store's database")
+        status = connection.info.transaction_status
+        if status == psycopg.pq.TransactionStatus.INERROR:
+            raise ConfigurationError("the connection's transaction has failed: roll it back first")
+        if connection.autocommit and status == psycopg.pq.TransactionStatus.IDLE:
+            raise ConfigurationError("connection has no open transaction: use `with conn.transaction():`")
+        # The caller's transaction (begun by this statement if none is yet): the rows and their
+        # wake-up exist iff the caller commits. A key conflict undoes only this batch.
+        connection.execute("SAVEPOINT conveyor_enqueue")
+        try:
+            out = self._insert(connection, messages, now)
+        except BaseException:
+            connection.execute("ROLLBACK TO SAVEPOINT conveyor_enqueue")
+            connection.execute("RELEASE SAVEPOINT conveyor_enqueue")
+            raise
+        connection.execute("RELEASE SAVEPOINT conveyor_enqueue")
+        return out
+
+    def _insert(self, conn: Connection, messages: Sequence[Message], now: float | None) -> list[Enqueued]:
+        """Insert in the open transaction, NOTIFY the queues of new jobs; KeyConflict leaves the
+        caller to roll back."""
+        cur = conn.cursor(row_factory=tuple_row)  # the caller's connection may have another
+        rows = cur.execute(
+            self._sql["enqueue"],
+            {
+                "ids": [m.id for m in messages],
+                "tasks": [m.task for m in messages],
+                "queues": [m.queue for m in messages],
+                "priorities": [m.priority for m in messages],
+                "payloads": [m.payload for m in messages],
+                "delays": [float(m.delay) for m in messages],
+                "run_ats": [None if m.run_at is None else float(m.run_at) for m in messages],
+                "keys": [m.key for m in messages],
+                "max_attempts": [m.max_attempts for m in messages],
+                "now": now,
+            },
+        ).fetchall()
+        out: list[Enqueued | None] = []
+        created: dict[tuple[str, str | None], Message] = {}
+        unresolved: list[int] = []
+        for i, (m, (inserted, holder, same)) in enumerate(zip(messages, rows, strict=True)):
+            key = (m.queue, m.key)
+            if inserted and not (m.key is not None and key in created):
+                out.append(Enqueued(m.id, True))
+                if m.key is not None:
+                    created[key] = m
+            elif holder is not None:
+                if not same:
+                    raise _conflict(m.key, holder)
+                out.append(Enqueued(holder, False))
+            elif key in created:  # repeated within the batch
+                first = created[key]
+                if (first.task, first.payload) != (m.task, m.payload):
+                    raise _conflict(m.key, first.id)
+                out.append(Enqueued(first.id, False))
+            else:  # taken by a transaction that committed after this statement began
+                out.append(None)
+                unresolved.append(i)
+        if unresolved:
+            self._resolve(conn, messages, unresolved, out)
+        done = [e for e in out if e is not None]
+        self._notify(conn, {m.queue for m, e in zip(messages, done, strict=True) if e.created})
+        return done
+
+    def _resolve(
+        self, conn: Connection, messages: Sequence[Message], indexes: list[int], out: list[Enqueued | None]
+    ) -> None:
+        wanted = [messages[i] for i in indexes]
+        rows = (
+            conn.cursor(row_factory=tuple_row)
+            .execute(
+                self._sql["key_holders"],
+                {"queues": [m.queue for m in wanted], "keys": [m.key for m in wanted]},
+            )
+            .fetchall()
+        )
+        holders = {(queue, key): (job_id, task, payload) for queue, key, job_id, task, payload in rows}
+        for i, m in zip(indexes, wanted, strict=True):
+            holder = holders.get((m.queue, m.key))
+            if holder is None:  # the holder expired in between: rare enough to hand back
+                raise ConveyorError(f"key {m.key!r} changed hands during the enqueue; try again")
+            if (holder[1], bytes(holder[2])) != (m.task, m.payload):
+                raise _conflict(m.key, holder[0])
+            out[i] = Enqueued(holder[0], False)
+
+    # -- reserve -----------------------------------------------------------------------------
+
+    def reserve(
+        self,
+        queues: Sequence[str],
+        limit: int,
+        lease: float,
+        worker: str,
+        fairness: Fairness,
+        now: float | None = None,
+    ) -> list[Delivery]:
+        if limit <= 0 or not queues:
+            return []
+        queues = list(dict.fromkeys(queues))
+        levels = len(fairness.weights)
+        with self._connect() as conn, conn.transaction():
+            pairs = [(q, level) for level in range(levels) for q in queues]
+            counts = conn.execute(
+                self._sql["count_ready"],
+                {
+                    "queues": [q for q, _ in pairs],
+                    "priorities": [p for _, p in pairs],
+                    "limit": limit,
+                    "now": now,
+                },
+            )
+            ready = [[0] * len(queues) for _ in range(levels)]
+            position = {q: i for i, q in enumerate(queues)}
+            for queue, level, n in counts:
+                ready[level][position[queue]] = n
+            take = fairness.split([sum(per_queue) for per_queue in ready], limit)
+            wanted = [
+                (queue, level, n)
+                for level, wanted_here in enumerate(take)
+                for queue, n in zip(queues, _share(wanted_here, ready[level]), strict=True)
+                if n
+            ]
+            if not wanted:
+                return []
+            rows = conn.execute(
+                self._sql["claim"],
+                {
+                    "queues": [w[0] for w in wanted],
+                    "priorities": [w[1] for w in wanted],
+                    "counts": [w[2] for w in wanted],
+                    "lease": float(lease),
+                    "worker": worker,
+                    "now": now,
+                },
+            ).fetchall()
+        rows.sort(key=lambda r: (r[3], r[8]))
+        return [
+            Delivery(
+                id=r[0],
+                task=r[1],
+                queue=r[2],
+                priority=r[3],
+                payload=bytes(r[4]),
+                attempt=r[5],
+                max_attempts=r[6],
+                token=r[7],
+                run_at=r[8],
+                enqueued_at=r[9],
+                key=r[10],
+            )
+            for r in rows
+        ]
+
+    # -- wait --------------------------------------------------------------------------------
+
+    def wait(self, queues: Sequence[str], timeout: float) -> None:
+        listener = self._listener()
+        if listener is None:  # just started listening: what came before it may have been missed
+            return
+        with self._connect() as conn:
+            (due_in,) = conn.execute(self._sql["next_due"], {"queues": list(queues)}).fetchone() or (None,)
+        if due_in is not None:
+            timeout = min(timeout, max(0.0, due_in))
+        with listener.lock:
+            if self._closed:
+                return
+            try:
+                listener.wait(set(queues), timeout)
+            except psycopg.Error:
+                self._drop_listener(listener)  # the next wait reconnects
+                raise
+
+    def _listener(self) -> Listener | None:
+        """This thread's wake-up connection, or None if it had to be (re)connected just now."""
+        listener: Listener | None = getattr(self._local, "listener", None)
+        if listener is not None and not listener.broken and self._pid == os.getpid():
+            return listener
+        if listener is not None:
+            self._drop_listener(listener)
+        self._open()
+        listener = Listener(self.target, self._interrupt_r)
+        with self._lock:
+            if self._closed:  # closed while connecting
+                listener.close()
+                return None
+            self._listeners.append(listener)
+        self._local.listener = listener
+        return None
+
+    def _drop_listener(self, listener: Listener) -> None:
+        with self._lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+        if getattr(self._local, "listener", None) is listener:
+            self._local.listener = None
+        if self._pid == os.getpid():
+            listener.close()
+
+    # -- outcomes ----------------------------------------------------------------------------
+
+    def ack(self, outcomes: Sequence[Outcome], now: float | None = None) -> list[AckStatus]:
+        if not outcomes:
+            return []
+        statuses: dict[int, AckStatus] = {}
+        with self._connect() as conn, conn.transaction():
+            simple = [(i, o) for i, o in enumerate(outcomes) if not (o.effects or o.enqueues)]
+            woken = self._settle(conn, simple, now, statuses)
+            for i, o in enumerate(outcomes):
+                if i not in statuses:
+                    statuses[i] = self._settle_with_effects(conn, o, now)
+            self._notify(conn, woken)
+        return [statuses[i] for i in range(len(outcomes))]
+
+    def _settle(
+        self,
+        conn: Connection,
+        outcomes: list[tuple[int, Outcome]],
+        now: float | None,
+        statuses: dict[int, AckStatus],
+    ) -> set[str]:
+        """Outcomes without effects, one statement per kind; return the queues of retries."""
+        woken: set[str] = set()
+        settled: set[tuple[str, str]] = set()  # (kind, job id)
+        by_kind = {
+            kind: [o for _, o in outcomes if o.kind == kind] for kind in ("succeeded", "retry", "dead")
+        }
+        if by_kind["succeeded"]:
+            batch = by_kind["succeeded"]
+            rows = conn.execute(
+                self._sql["ack_succeeded"],
+                {
+                    **_leases(batch),
+                    "results": [o.result for o in batch],
+                    "retention": self.retention,
+                    "now": now,
+                },
+            )
+            settled.update(("succeeded", job_id) for (job_id,) in rows)
+        if by_kind["retry"]:
+            batch = by_kind["retry"]
+            rows = conn.execute(
+                self._sql["ack_retry"],
+                {
+                    **_leases(batch),
+                    "delays": [float(o.delay) for o in batch],
+                    "errors": [_error_json(o.error) for o in batch],
+                    "now": now,
+                },
+            )
+            for job_id, queue in rows:
+                settled.add(("retry", job_id))
+                woken.add(queue)
+        if by_kind["dead"]:
+            batch = by_kind["dead"]
+            rows = conn.execute(
+                self._sql["ack_dead"],
+                {**_leases(batch), "errors": [_error_json(o.error) for o in batch], "now": now},
+            )
+            settled.update(("dead", job_id) for (job_id,) in rows)
+        for i, o in outcomes:
+            ok = (o.kind, o.id) in settled
+            settled.discard((o.kind, o.id))  # a second outcome for the same job in one batch is stale
+            statuses[i] = AckStatus("ok" if ok else "lost")
+        return woken
+
+    def _settle_with_effects(self, conn: Connection, o: Outcome, now: float | None) -> AckStatus:
+        """A succeeded outcome with effects and follow-up enqueues, in a savepoint of its own:
+        if any of them fails, it and they are undone and the lease is still held."""
+        try:
+            with conn.transaction():
+                settled = conn.execute(
+                    self._sql["ack_succeeded"],
+                    {**_leases([o]), "results": [o.result], "retention": self.retention, "now": now},
+                ).fetchall()
+                if not settled:
+                    return AckStatus("lost")
+                for statement, *params in o.effects:
+                    # No parameters: no placeholders either, so a literal % needs no escaping.
+                    conn.execute(statement, (params[0] if params else None) or None, *params[1:])
+                if o.enqueues:
+                    self._insert(conn, o.enqueues, now)
+        except Exception as exc:  # whatever an effect raised, only its outcome fails
+            if conn.broken or conn.closed:
+                raise
+            return AckStatus("effects_failed", f"{type(exc).__name__}: {exc}")
+        return AckStatus("ok")
+
+    def extend(self, leases: Sequence[Lease], lease: float, now: float | None = None) -> list[str]:
+        if not leases:
+            return []
+        with self._connect() as conn:
+            rows = conn.execute(
+                self._sql["extend"],
+                {
+                    "ids": [job_id for job_id, _ in leases],
+                    "tokens": [token for _, token in leases],
+                    "lease": float(lease),
+                    "now": now,
+                },
+            )
+            held = {job_id for (job_id,) in rows}
+        return [job_id for job_id, _ in leases if job_id not in held]
+
+    def release(self, leases: Sequence[Lease]) -> int:
+        if not leases:
+            return 0
+        with self._connect() as conn, conn.transaction():
+            rows = conn.execute(
+                self._sql["release"],
+                {"ids": [job_id for job_id, _ in leases], "tokens": [token for _, token in leases]},
+            ).fetchall()
+            self._notify(conn, {queue for (queue,) in rows})
+        return len(rows)
+
+    def reclaim(self, now: float | None = None) -> Reclaimed:
+        with self._connect() as conn:
+            if conn.execute(self._sql["any_expired"], {"now": now}).fetchone() is None:
+                return Reclaimed([], [])
+            with conn.transaction():
+                rows = conn.execute(self._sql["reclaim"], {"now": now}).fetchall()
+                requeued = [job_id for job_id, state, _ in rows if state == "pending"]
+                self._notify(conn, {queue for _, state, queue in rows if state == "pending"})
+        return Reclaimed(requeued, [job_id for job_id, state, _ in rows if state == "dead"])
+
+    def _notify(self, conn: Connection, queues: set[str]) -> None:
+        if queues:
+            conn.execute(self._sql["notify"], {"channel": self.target.channel, "queues": sorted(queues)})
+
+    # -- reads and the dead letter queue -----------------------------------------------------
+
+    def cancel(self, job_id: str, now: float | None = None) -> bool:
+        with self._connect() as conn:
+            cur = conn.execute(self._sql["cancel"], {"id": job_id, "retention": self.retention, "now": now})
+            return cur.rowcount > 0
+
+    def get(self, job_id: str, now: float | None = None) -> JobInfo | None:
+        with self._connect() as conn:
+            row = conn.execute(self._sql["get"], {"id": job_id, "now": now}).fetchone()
+        return None if row is None else _job(row)
+
+    def stats(self, queues: Sequence[str] | None = None, now: float | None = None) -> list[QueueStats]:
+        with self._connect() as conn:
+            rows = conn.execute(
+                self._sql["stats"], {"queues": None if queues is None else list(queues), "now": now}
+            ).fetchall()
+        by_queue: dict[str, tuple[dict[str, dict[int, int]], list[float]]] = {
+            q: ({}, []) for q in queues or ()
+        }
+        for queue, priority, state, count, oldest, clock in rows:
+            counts, ages = by_queue.setdefault(queue, ({}, []))
+            counts.setdefault(state, {})[priority] = count
+            if oldest is not None:
+                ages.append(clock - oldest)
+        return [
+            QueueStats(queue=q, counts=c, oldest_ready_age=max(a) if a else None)
+            for q, (c, a) in sorted(by_queue.items())
+        ]
+
+    def jobs(
+        self,
+        queue: str | None = None,
+        state: str | None = None,
+        task: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        now: float | None = None,
+    ) -> list[JobInfo]:
+        stored = _LISTINGS[state][0] if state in _LISTINGS else state
+        statement = self._listings[state] if state in _LISTINGS else self._listings["finished"]
+        params = {"state": stored, "queue": queue, "task": task, "limit": limit, "offset": offset, "now": now}
+        with self._connect() as conn:
+            rows = conn.execute(statement, params).fetchall()
+        return [_job(r) for r in rows]
+
+    def beat(self, worker: WorkerInfo, ttl: float) -> None:
+        with self._connect() as conn, conn.transaction():
+            conn.execute(
+                self._sql["beat"],
+                {
+                    "id": worker.id,
+                    "info": serializer.dumps(worker).decode(),
+                    "expires": worker.last_beat + ttl,
+                },
+            )
+            conn.execute(self._sql["forget_workers"], {"before": worker.last_beat - 3600})
+
+    def workers(self, now: float | None = None) -> list[WorkerInfo]:
+        with self._connect() as conn:
+            rows = conn.execute(self._sql["workers"], {"now": now}).fetchall()
+        return [msgspec.json.decode(info, type=WorkerInfo) for (info,) in rows]
+
+    def replay(
+        self, ids: Sequence[str] | None = None, queue: str | None = None, now: float | None = None
+    ) -> int:
+        params = {"ids": None if ids is None else list(ids), "queue": queue, "now": now}
+        try:
+            with self._connect() as conn, conn.transaction():
+                if queue is not None:
+                    clash = conn.execute(self._sql["replay_clash"], params).fetchone()
+                    if clash is not None:
+                        raise KeyConflict(
+                            f"cannot replay job {clash[0]} into {queue!r}: job {clash[2]} holds key {clash[1]!r}"
+                        )
+                rows = conn.execute(self._sql["replay"], params).fetchall()
+                self._notify(conn, {q for (q,) in rows})
+        except pg_errors.UniqueViolation as exc:  # two replayed jobs bring the same key
+            raise KeyConflict(f"cannot replay into {queue!r}: two of the jobs hold the same key") from exc
+        return len(rows)
+
+    def purge(self, ids: Sequence[str] | None = None) -> int:
+        with self._connect() as conn:
+            return conn.execute(self._sql["purge"], {"ids": None if ids is None else list(ids)}).rowcount
+
+    def expire(self, now: float | None = None, limit: int = 1000) -> int:
+        with self._connect() as conn:
+            return conn.execute(self._sql["expire"], {"limit": limit, "now": now}).rowcount
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            pool, listeners = self._pool, list(self._listeners)
+            self._pool, self._listeners = None, []
+        if self._pid != os.getpid():
+            return  # forked: leave the parent's connections alone
+        os.write(self._interrupt_w, b"!")  # ends the waits in progress
+        for listener in listeners:
+            with listener.lock:
+                listener.close()
+        if pool is not None:
+            pool.close()
+        os.close(self._interrupt_r)
+        os.close(self._interrupt_w)
+
+
+def _alive(conn: Connection) -> bool:
+    """Whether an idle connection still works. The server sends an idle session nothing unless
+    it is ending it, so only a readable socket costs a round trip to find out."""
+    if conn.closed or conn.broken:
+        return False
+    if not _readable(conn.fileno()):
+        return True
+    try:
+        conn.execute("")  # reads what the server sent: an error if it ended the session
+    except psycopg.OperationalError:
+        return False
+    return True
+
+
+def _readable(fd: int) -> bool:
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
+    return bool(select.select([fd], [], [], 0)[0])
+
+
+def _share(n: int, available: Sequence[int]) -> list[int]:
+    """Deal ``n`` claims of one level round-robin to the queues that still have ready jobs."""
+    take = [0] * len(available)
+    while n > 0:
+        dealt = False
+        for i, ready in enumerate(available):
+            if n > 0 and take[i] < ready:
+                take[i] += 1
+                n -= 1
+                dealt = True
+        if not dealt:
+            break
+    return take
+
+
+def _leases(outcomes: Sequence[Outcome]) -> dict[str, list[Any]]:
+    return {"ids": [o.id for o in outcomes], "tokens": [o.token for o in outcomes]}
+
+
+def _error_json(error: dict[str, Any] | None) -> str:
+    """An error record as jsonb text; jsonb cannot hold NUL characters, so they become U+FFFD."""
+    return serializer.dumps(_without_nul(error)).decode()
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_without_nul(v) for v in value]
+    return value
+
+
+def _conflict(key: str | None, holder: str) -> KeyConflict:
+    return KeyConflict(f"key {key!r} belongs to job {holder} with a different task or payload")
+
+
+def _job(row: Sequence[Any]) -> JobInfo:
+    state, now = row[4], row[17]
+    if state == "pending":
+        state = "ready" if row[8] <= now else "scheduled"
+    return JobInfo(
+        id=row[0],
+        task=row[1],
+        queue=row[2],
+        priority=row[3],
+        state=state,
+        payload=bytes(row[5]),
+        attempt=row[6],
+        max_attempts=row[7],
+        run_at=row[8],
+        enqueued_at=row[9],
+        started_at=row[10],
+        finished_at=row[11],
+        key=row[12],
+        result=None if row[13] is None else bytes(row[13]),
+        errors=row[14],
+        worker=row[15],
+        lease_until=row[16],
+    )

@@ -1,0 +1,249 @@
+-- The broker's statements, one per "-- name:" header (loaded by queries.py).
+--
+-- {schema} is the broker's schema (a quoted identifier). {now} is the caller's "now" when it
+-- passed one (tests do) and the database's clock otherwise: the store decides due times and
+-- lease expiry, so clock skew between workers cannot fire tasks early or steal live leases.
+-- Batches arrive as parallel arrays, unnested into one row per element.
+-- Never write a percent sign outside a placeholder here: psycopg reads these as templates.
+
+-- name: enqueue
+-- Insert a batch of messages as pending jobs; a message whose (queue, key) is taken is not
+-- inserted. Each message comes back in order with whether it was inserted and the holder of its
+-- key as this statement's snapshot sees it: rows inserted by this very statement are invisible
+-- to it, so the caller resolves a key repeated within the batch.
+WITH m AS (
+    SELECT *
+      FROM unnest(%(ids)s::text[], %(tasks)s::text[], %(queues)s::text[], %(priorities)s::int[],
+                  %(payloads)s::bytea[], %(delays)s::float8[], %(run_ats)s::float8[],
+                  %(keys)s::text[], %(max_attempts)s::int[])
+           WITH ORDINALITY AS m (id, task, queue, priority, payload, delay, run_at, key, max_attempts, n)
+), inserted AS (
+    INSERT INTO {schema}.jobs (id, task, queue, priority, state, payload, run_at, enqueued_at,
+                               max_attempts, key)
+    SELECT id, task, queue, priority, 'pending', payload, coalesce(run_at, {now} + delay), {now},
+           max_attempts, key
+      FROM m
+     ORDER BY n
+        ON CONFLICT (queue, key) WHERE key IS NOT NULL DO NOTHING
+    RETURNING id
+)
+SELECT inserted.id IS NOT NULL, holder.id, holder.task = m.task AND holder.payload = m.payload
+  FROM m
+  LEFT JOIN inserted ON inserted.id = m.id
+  LEFT JOIN {schema}.jobs AS holder ON holder.queue = m.queue AND holder.key = m.key
+ ORDER BY m.n;
+
+-- name: key_holders
+-- The jobs holding (queue, key) pairs: for keys taken by a transaction that committed after
+-- the enqueue statement's snapshot.
+SELECT j.queue, j.key, j.id, j.task, j.payload
+  FROM unnest(%(queues)s::text[], %(keys)s::text[]) AS k (queue, key)
+  JOIN {schema}.jobs AS j ON j.queue = k.queue AND j.key = k.key;
+
+-- name: notify
+-- Wake the workers waiting on these queues; delivered when the transaction commits.
+SELECT pg_notify(%(channel)s, queue) FROM unnest(%(queues)s::text[]) AS queue;
+
+-- name: count_ready
+-- Ready jobs per (queue, priority), each count capped at the reservation's limit: one short
+-- index range scan each, however long the backlog.
+SELECT want.queue, want.priority,
+       (SELECT count(*)
+          FROM (SELECT 1 FROM {schema}.jobs
+                 WHERE state = 'pending' AND queue = want.queue AND priority = want.priority
+                   AND run_at <= {now}
+                 LIMIT %(limit)s) AS capped)
+  FROM unnest(%(queues)s::text[], %(priorities)s::int[]) AS want (queue, priority);
+
+-- name: claim
+-- Lease the n oldest due jobs of each (queue, priority) in one statement. SKIP LOCKED lets
+-- concurrent claimers pass each other; a row changed since the snapshot is re-checked
+-- against the WHERE clause when locked, so a job is never claimed twice.
+WITH wanted AS (
+    SELECT * FROM unnest(%(queues)s::text[], %(priorities)s::int[], %(counts)s::int[])
+                  AS w (queue, priority, n)
+), picked AS (
+    SELECT job.id
+      FROM wanted
+     CROSS JOIN LATERAL (
+           SELECT id FROM {schema}.jobs
+            WHERE state = 'pending' AND queue = wanted.queue AND priority = wanted.priority
+              AND run_at <= {now}
+            ORDER BY run_at, seq
+            LIMIT wanted.n
+              FOR UPDATE SKIP LOCKED) AS job
+)
+UPDATE {schema}.jobs AS j
+   SET state = 'running', attempt = attempt + 1, token = token + 1,
+       lease_until = {now} + %(lease)s, worker = %(worker)s, started_at = {now}
+  FROM picked
+ WHERE j.id = picked.id
+RETURNING j.id, j.task, j.queue, j.priority, j.payload, j.attempt, j.max_attempts, j.token,
+          j.run_at, j.enqueued_at, j.key;
+
+-- name: next_due
+-- Seconds from the database's clock to the earliest due time of a pending job of the queues
+-- (zero or less: one is ready), or NULL. A skip scan: one index probe per (queue, priority)
+-- present, however many jobs wait.
+WITH RECURSIVE probe AS (
+    SELECT q.queue, first.priority, first.run_at
+      FROM unnest(%(queues)s::text[]) AS q (queue)
+     CROSS JOIN LATERAL (
+           SELECT priority, run_at FROM {schema}.jobs
+            WHERE state = 'pending' AND queue = q.queue
+            ORDER BY priority, run_at LIMIT 1) AS first
+    UNION ALL
+    SELECT probe.queue, next.priority, next.run_at
+      FROM probe
+     CROSS JOIN LATERAL (
+           SELECT priority, run_at FROM {schema}.jobs
+            WHERE state = 'pending' AND queue = probe.queue AND priority > probe.priority
+            ORDER BY priority, run_at LIMIT 1) AS next
+)
+SELECT min(run_at) - extract(epoch from clock_timestamp()) FROM probe;
+
+-- name: ack_succeeded
+-- Outcomes "succeeded" of running jobs whose token still matches; returns the ids settled.
+UPDATE {schema}.jobs AS j
+   SET state = 'succeeded', result = o.result, finished_at = {now},
+       expires_at = {now} + %(retention)s, lease_until = NULL
+  FROM unnest(%(ids)s::text[], %(tokens)s::bigint[], %(results)s::bytea[]) AS o (id, token, result)
+ WHERE j.id = o.id AND j.token = o.token AND j.state = 'running'
+RETURNING j.id;
+
+-- name: ack_retry
+-- Outcomes "retry": pending again after the delay, the error appended to the history.
+UPDATE {schema}.jobs AS j
+   SET state = 'pending', run_at = {now} + o.delay, lease_until = NULL, worker = NULL,
+       errors = j.errors || jsonb_build_array(o.error)
+  FROM unnest(%(ids)s::text[], %(tokens)s::bigint[], %(delays)s::float8[], %(errors)s::jsonb[])
+       AS o (id, token, delay, error)
+ WHERE j.id = o.id AND j.token = o.token AND j.state = 'running'
+RETURNING j.id, j.queue;
+
+-- name: ack_dead
+-- Outcomes "dead": into the dead letter queue, the error appended to the history.
+UPDATE {schema}.jobs AS j
+   SET state = 'dead', finished_at = {now}, lease_until = NULL,
+       errors = j.errors || jsonb_build_array(o.error)
+  FROM unnest(%(ids)s::text[], %(tokens)s::bigint[], %(errors)s::jsonb[]) AS o (id, token, error)
+ WHERE j.id = o.id AND j.token = o.token AND j.state = 'running'
+RETURNING j.id;
+
+-- name: extend
+-- Heartbeat: push the leases still held; returns their ids (the others are lost).
+UPDATE {schema}.jobs AS j
+   SET lease_until = {now} + %(lease)s
+  FROM unnest(%(ids)s::text[], %(tokens)s::bigint[]) AS l (id, token)
+ WHERE j.id = l.id AND j.token = l.token AND j.state = 'running'
+RETURNING j.id;
+
+-- name: release
+-- Return leased, unstarted jobs to pending and give back their attempt.
+UPDATE {schema}.jobs AS j
+   SET state = 'pending', attempt = attempt - 1, lease_until = NULL, worker = NULL, started_at = NULL
+  FROM unnest(%(ids)s::text[], %(tokens)s::bigint[]) AS l (id, token)
+ WHERE j.id = l.id AND j.token = l.token AND j.state = 'running'
+RETURNING j.queue;
+
+-- name: any_expired
+-- Cheap probe of the running index before reclaim takes any lock.
+SELECT 1 FROM {schema}.jobs WHERE state = 'running' AND lease_until < {now} LIMIT 1;
+
+-- name: reclaim
+-- Expired leases: pending again, or dead once their attempts are spent; either way the lost
+-- attempt is recorded as a WorkerLost error. Leases being acknowledged right now are locked
+-- and skipped: their owner is alive.
+WITH expired AS (
+    SELECT id FROM {schema}.jobs
+     WHERE state = 'running' AND lease_until < {now}
+       FOR UPDATE SKIP LOCKED
+)
+UPDATE {schema}.jobs AS j
+   SET state = CASE WHEN j.attempt >= j.max_attempts THEN 'dead' ELSE 'pending' END,
+       finished_at = CASE WHEN j.attempt >= j.max_attempts THEN {now} END,
+       lease_until = NULL,
+       errors = j.errors || jsonb_build_array(jsonb_build_object(
+           'attempt', j.attempt,
+           'type', 'WorkerLost',
+           'message', 'worker lost: lease expired while running on ' || coalesce(j.worker, 'an unknown worker'),
+           'traceback', NULL,
+           'worker', j.worker,
+           'at', {now}))
+  FROM expired
+ WHERE j.id = expired.id
+RETURNING j.id, j.state, j.queue;
+
+-- name: cancel
+UPDATE {schema}.jobs
+   SET state = 'cancelled', finished_at = {now}, expires_at = {now} + %(retention)s
+ WHERE id = %(id)s AND state = 'pending';
+
+-- name: get
+SELECT {columns}, {now} FROM {schema}.jobs WHERE id = %(id)s;
+
+-- name: stats
+-- Counts per queue, priority and reported state, with the oldest ready due time.
+WITH clock AS (SELECT {now} AS now)
+SELECT queue, priority,
+       CASE WHEN state <> 'pending' THEN state WHEN run_at <= clock.now THEN 'ready' ELSE 'scheduled' END
+           AS reported,
+       count(*),
+       min(run_at) FILTER (WHERE state = 'pending' AND run_at <= clock.now),
+       min(clock.now)
+  FROM {schema}.jobs, clock
+ WHERE %(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[])
+ GROUP BY queue, priority, reported;
+
+-- name: jobs
+-- A page of jobs; {due} and {order} are fixed per listed state by the broker.
+WITH clock AS (SELECT {now} AS now)
+SELECT {columns}, clock.now
+  FROM {schema}.jobs, clock
+ WHERE (%(state)s::text IS NULL OR state = %(state)s::text)
+   AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+   AND (%(task)s::text IS NULL OR task = %(task)s::text)
+   {due}
+ ORDER BY {order}
+ LIMIT %(limit)s OFFSET %(offset)s;
+
+-- name: beat
+INSERT INTO {schema}.workers (id, info, expires) VALUES (%(id)s, %(info)s::jsonb, %(expires)s)
+    ON CONFLICT (id) DO UPDATE SET info = excluded.info, expires = excluded.expires;
+
+-- name: forget_workers
+-- Workers silent for an hour past their ttl are gone for good.
+DELETE FROM {schema}.workers WHERE expires < %(before)s;
+
+-- name: workers
+SELECT info::text FROM {schema}.workers WHERE expires >= {now} ORDER BY id;
+
+-- name: replay_clash
+-- A dead job whose key is held by another job of the queue it would be replayed into.
+SELECT d.id, d.key, o.id
+  FROM {schema}.jobs AS d
+  JOIN {schema}.jobs AS o ON o.queue = %(queue)s AND o.key = d.key AND o.id <> d.id
+ WHERE d.state = 'dead' AND d.key IS NOT NULL AND d.queue <> %(queue)s
+   AND (%(ids)s::text[] IS NULL OR d.id = ANY(%(ids)s::text[]))
+ LIMIT 1;
+
+-- name: replay
+-- Dead jobs ready again with their attempts reset (their error history kept).
+UPDATE {schema}.jobs
+   SET state = 'pending', attempt = 0, run_at = {now}, finished_at = NULL, started_at = NULL,
+       worker = NULL, queue = coalesce(%(queue)s, queue)
+ WHERE state = 'dead' AND (%(ids)s::text[] IS NULL OR id = ANY(%(ids)s::text[]))
+RETURNING queue;
+
+-- name: purge
+DELETE FROM {schema}.jobs
+ WHERE state = 'dead' AND (%(ids)s::text[] IS NULL OR id = ANY(%(ids)s::text[]));
+
+-- name: expire
+-- Finished jobs past their retention, at most a batch at a time so the purge never holds
+-- many row locks at once.
+DELETE FROM {schema}.jobs
+ WHERE id IN (SELECT id FROM {schema}.jobs
+               WHERE expires_at <= {now}
+               LIMIT %(limit)s
+                 FOR UPDATE SKIP LOCKED);
