@@ -16,7 +16,7 @@ from rich.table import Table
 
 from conveyor.app import Conveyor, Task
 from conveyor.brokers import redact_url
-from conveyor.errors import ConveyorError
+from conveyor.errors import ConfigurationError, ConveyorError
 from conveyor.records import JobInfo
 from conveyor.worker.loop import WorkerConfig
 from conveyor.worker.process import load_app
@@ -82,6 +82,15 @@ def main() -> None:
     "--grace", default=30.0, show_default=True, type=click.FloatRange(0), help="Shutdown grace seconds."
 )
 @click.option("--log-level", default="INFO", show_default=True)
+@click.option(
+    "--metrics-port",
+    default=None,
+    type=click.IntRange(0, 65535),
+    help="Serve Prometheus /metrics on this port.",
+)
+@click.option(
+    "--metrics-host", default="127.0.0.1", show_default=True, help="Address of the /metrics server."
+)
 def worker(
     app_path: str,
     queues: str,
@@ -91,8 +100,16 @@ def worker(
     heartbeat: float | None,
     grace: float,
     log_level: str,
+    metrics_port: int | None,
+    metrics_host: str,
 ) -> None:
-    """Run worker processes for MODULE:APP until SIGTERM or Ctrl-C."""
+    """Run worker processes for MODULE:APP until SIGTERM or Ctrl-C.
+
+    With --metrics-port, /metrics requires CONVEYOR_METRICS_TOKEN (or the dashboard's
+    credentials) to be set, and every scrape to present it.
+    """
+    from conveyor.web.credentials import Credentials
+    from conveyor.worker.metrics_server import MetricsServer
     from conveyor.worker.supervisor import Supervisor
 
     logging.basicConfig(
@@ -111,7 +128,17 @@ def worker(
         redact_url(app.url),
         ",".join(names),
     )
-    sys.exit(Supervisor(app_path, config, processes).run())
+    metrics = None
+    if metrics_port is not None:
+        try:
+            metrics = MetricsServer(app, metrics_host, metrics_port, Credentials.from_env(metrics=True))
+        except ConfigurationError as exc:
+            raise click.ClickException(str(exc)) from None
+        except OSError as exc:
+            raise click.ClickException(
+                f"cannot serve metrics on {metrics_host}:{metrics_port}: {exc}"
+            ) from None
+    sys.exit(Supervisor(app_path, config, processes, metrics).run())
 
 
 @main.command()
@@ -304,6 +331,33 @@ def dead_purge(target: str, job_ids: tuple[str, ...], purge_all: bool) -> None:
 
 
 @main.command()
+@click.argument("target", metavar="MODULE:APP|URL")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--no-auth", is_flag=True, help="Serve without authentication (trusted networks only).")
+def dashboard(target: str, host: str, port: int, no_auth: bool) -> None:
+    """Serve the web dashboard and /metrics.
+
+    Authentication comes from the environment: CONVEYOR_DASHBOARD_TOKEN (Bearer header or the
+    login form) and/or CONVEYOR_DASHBOARD_USER with CONVEYOR_DASHBOARD_PASSWORD (HTTP Basic).
+    """
+    import uvicorn
+
+    from conveyor.web.app import create_app
+    from conveyor.web.credentials import Credentials
+
+    credentials = None if no_auth else Credentials.from_env()
+    if credentials is not None and not credentials.configured:
+        raise click.ClickException(
+            "the dashboard needs credentials: set CONVEYOR_DASHBOARD_TOKEN, or CONVEYOR_DASHBOARD_USER and "
+            "CONVEYOR_DASHBOARD_PASSWORD (or pass --no-auth to serve it to anyone who can reach it)"
+        )
+    app = _target(target)
+    click.echo(f"Conveyor dashboard for {redact_url(app.url)} on http://{host}:{port}/")
+    uvicorn.run(create_app(app, credentials), host=host, port=port, log_level="warning")
+
+
+@main.command()
 @click.option(
     "--tasks", "total", default=3000, show_default=True, type=click.IntRange(100), help="Tasks to enqueue."
 )
@@ -314,3 +368,23 @@ def demo(total: int, processes: int, db: str) -> None:
     from conveyor.demo import run_demo
 
     run_demo(total=total, processes=processes, db=db, console=console)
+
+
+@main.command()
+@click.argument("url")
+def migrate(url: str) -> None:
+    """Create or upgrade a PostgreSQL store's schema (URL as for workers, ?schema=NAME included)."""
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise click.ClickException("migrate is for PostgreSQL URLs (SQLite creates its schema when opened)")
+    import psycopg
+
+    from conveyor.brokers.postgres import migrate as apply_migrations
+
+    try:
+        applied = apply_migrations(url)
+    except psycopg.Error as exc:
+        raise click.ClickException(f"{redact_url(url)}: {type(exc).__name__}: {exc}") from None
+    if applied:
+        click.echo(f"{redact_url(url)}: applied {', '.join(str(v) for v in applied)}")
+    else:
+        click.echo(f"{redact_url(url)}: up to date")

@@ -144,3 +144,6 @@ class WorkerInfo(msgspec.Struct, frozen=True):
     last_beat: float
     #: Cumulative outcomes since it started: started, succeeded, retry, dead, lost.
     counts: dict[str, int]
+    #: The same outcomes (succeeded, retry, dead, lost) per queue and priority level
+    #: (``outcomes[queue][str(level)][outcome]``; str keys keep it plain JSON).
+    outcomes: dict[str, dict[str, dict[str, int]]] = {}

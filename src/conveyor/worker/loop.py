@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from conveyor.app import Conveyor
+from conveyor.metrics import Recorder
 from conveyor.periodic import Schedule, plan
 from conveyor.priority import Fairness
 from conveyor.records import AckStatus, Delivery, Outcome, WorkerInfo
@@ -83,6 +84,9 @@ class Worker:
         self._stopped = asyncio.Event()
         #: Counters for tests and status: started, succeeded, retried, dead, lost.
         self.counts: dict[str, int] = dict.fromkeys(("started", "succeeded", "retry", "dead", "lost"), 0)
+        #: The finished ones per queue and priority level: ``outcomes[queue][str(level)][kind]``.
+        self.outcomes: dict[str, dict[str, dict[str, int]]] = {}
+        self.metrics = Recorder(app.priorities)
         self.started_at = time.time()
 
     def info(self) -> WorkerInfo:
@@ -97,6 +101,7 @@ class Worker:
             started_at=self.started_at,
             last_beat=time.time(),
             counts=dict(self.counts),
+            outcomes={q: {p: dict(c) for p, c in per.items()} for q, per in self.outcomes.items()},
         )
 
     def stop(self) -> None:
@@ -184,14 +189,17 @@ class Worker:
     def _start(self, delivery: Delivery) -> None:
         self.leases[delivery.id] = delivery
         self.counts["started"] += 1
+        self.metrics.started(delivery, time.time())
         self.running[delivery.id] = asyncio.create_task(self._execute(delivery))
 
     async def _execute(self, delivery: Delivery) -> None:
+        began = time.perf_counter()
         try:
             outcome = await self.runner.run(delivery)
         finally:
             self.running.pop(delivery.id, None)
             self._slot_free.set()
+        self.metrics.ran(delivery, time.perf_counter() - began)
         self._report(outcome)
 
     def _report(self, outcome: Outcome) -> None:
@@ -231,12 +239,18 @@ class Worker:
             log.warning("job %s: effects failed (%s); counted as a failed attempt", outcome.id, status.error)
             self._report(self._effects_failed(outcome, status.error or "effects failed"))
             return
-        self.leases.pop(outcome.id, None)
-        if status.status == "lost":
-            self.counts["lost"] += 1
+        delivery = self.leases.pop(outcome.id, None)
+        kind = "lost" if status.status == "lost" else outcome.kind
+        self.counts[kind] += 1
+        if kind == "lost":
             log.warning("job %s: lease lost before its outcome landed; another worker owns it", outcome.id)
-        else:
-            self.counts[outcome.kind] += 1
+        if delivery is not None:
+            self._finished(delivery, kind)
+
+    def _finished(self, delivery: Delivery, kind: str) -> None:
+        per_level = self.outcomes.setdefault(delivery.queue, {}).setdefault(str(delivery.priority), {})
+        per_level[kind] = per_level.get(kind, 0) + 1
+        self.metrics.finished(delivery, kind)
 
     def _effects_failed(self, outcome: Outcome, message: str) -> Outcome:
         delivery = self.leases[outcome.id]
@@ -256,16 +270,20 @@ class Worker:
 
     async def _heartbeat(self) -> None:
         await self._call(self.app.broker.beat, self.info(), self.config.heartbeat_every * 3)
+        self.metrics.heartbeat()
         leases = [(d.id, d.token) for d in self.leases.values()]
         if not leases:
             return
         lost = await self._call(self.app.broker.extend, leases, self.config.lease)
         for job_id in lost:
-            if self.leases.pop(job_id, None) is not None:
+            delivery = self.leases.pop(job_id, None)
+            if delivery is not None:
+                self._finished(delivery, "lost")
                 log.warning("job %s: lease lost (expired and reclaimed); its outcome will be refused", job_id)
 
     async def _reclaim(self) -> None:
         reclaimed = await self._call(self.app.broker.reclaim)
+        self.metrics.reclaimed(len(reclaimed.requeued), len(reclaimed.dead))
         if reclaimed.requeued or reclaimed.dead:
             log.warning(
                 "reclaimed expired leases: %d requeued, %d dead (worker lost)",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from types import FrameType
 
 from conveyor.worker.loop import WorkerConfig
+from conveyor.worker.metrics_server import MetricsServer
 from conveyor.worker.process import config_to_json
 
 log = logging.getLogger("conveyor.supervisor")
@@ -28,19 +30,24 @@ class Supervisor:
     """Keeps ``processes`` workers of ``app_path`` running until SIGTERM/SIGINT.
 
     A worker that dies (killed, crashed by a poison task) is restarted with a backoff that grows
-    while it keeps dying young; its tasks come back through lease expiry and reclaim.
+    while it keeps dying young; its tasks come back through lease expiry and reclaim. With
+    ``metrics``, the supervisor serves the merged metrics of its workers (see metrics_server).
     """
 
-    def __init__(self, app_path: str, config: WorkerConfig, processes: int = 1) -> None:
+    def __init__(
+        self, app_path: str, config: WorkerConfig, processes: int = 1, metrics: MetricsServer | None = None
+    ) -> None:
         self.app_path = app_path
         self.config = config
         self.processes = processes
+        self.metrics = metrics
         self.children: list[_Child] = []
         self._stopping = False
 
     def _spawn(self, slot: int, restarts: int = 0) -> _Child:
         cmd = [sys.executable, "-m", "conveyor.worker.process", self.app_path, config_to_json(self.config)]
-        proc = subprocess.Popen(cmd)
+        env = None if self.metrics is None else os.environ | self.metrics.child_env()
+        proc = subprocess.Popen(cmd, env=env)
         log.info("worker process %d started (pid %d)", slot, proc.pid)
         return _Child(slot, proc, time.monotonic(), restarts)
 
@@ -60,6 +67,15 @@ class Supervisor:
         """Supervise until stopped; returns the exit code."""
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        if self.metrics is not None:
+            self.metrics.start()
+        try:
+            return self._supervise()
+        finally:
+            if self.metrics is not None:
+                self.metrics.close()
+
+    def _supervise(self) -> int:
         self.children = [self._spawn(i) for i in range(self.processes)]
         restart_at: dict[int, float] = {}
         while not self._stopping:
@@ -81,6 +97,8 @@ class Supervisor:
                     )
                     restart_at[child.slot] = now + delay
                     child.restarts = restarts
+                    if self.metrics is not None:
+                        self.metrics.process_dead(child.proc.pid)
                 elif now >= restart_at[child.slot]:
                     del restart_at[child.slot]
                     self.children[i] = self._spawn(child.slot, child.restarts)

@@ -1,0 +1,152 @@
+"""Prometheus metrics.
+
+Two kinds:
+
+- *Store gauges* (queue depth per queue, priority and state; dead letter depth; oldest ready
+  age; live workers) are computed from the broker's read operations at every scrape by
+  :class:`StoreCollector`, so they are never stale and any process can serve them.
+- *Process metrics* (enqueued, started and finished counters, start delay and run time
+  histograms, lease reclaims, heartbeats) are counted where things happen: the enqueueing
+  process and the worker processes. With several worker processes they are aggregated through
+  prometheus-client's multiprocess mode (see :mod:`conveyor.worker.metrics_server`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from conveyor.brokers import Broker
+from conveyor.priority import Priorities
+from conveyor.records import Delivery
+
+#: Start delay buckets: a healthy queue starts tasks within milliseconds of their due time.
+DELAY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
+RUN_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
+
+ENQUEUED = Counter(
+    "conveyor_enqueued",
+    "Jobs created by enqueue in this process (key matches excluded).",
+    ["queue", "priority"],
+)
+STARTED = Counter("conveyor_started", "Attempts started by workers.", ["queue", "priority", "task"])
+FINISHED = Counter(
+    "conveyor_finished",
+    "Attempts finished, by outcome: succeeded, retry, dead, or lost (lease lost before the outcome landed).",
+    ["queue", "task", "outcome"],
+)
+START_DELAY = Histogram(
+    "conveyor_start_delay_seconds",
+    "Seconds from a job's due time to the start of its attempt.",
+    ["queue", "priority"],
+    buckets=DELAY_BUCKETS,
+)
+RUN_TIME = Histogram(
+    "conveyor_run_seconds", "Seconds an attempt ran, by task.", ["queue", "task"], buckets=RUN_BUCKETS
+)
+RECLAIMS = Counter(
+    "conveyor_lease_reclaims", "Expired leases reclaimed, by result: requeued or dead.", ["result"]
+)
+HEARTBEATS = Counter("conveyor_worker_heartbeats", "Heartbeats written by workers.")
+
+
+class Recorder:
+    """The worker-side hooks; label children are cached so the hot path is a dict lookup."""
+
+    def __init__(self, priorities: Priorities) -> None:
+        self.priorities = priorities
+        self._started: dict[tuple[str, int, str], tuple[Counter, Histogram, Histogram]] = {}
+        self._finished: dict[tuple[str, str, str], Counter] = {}
+
+    def _children(self, d: Delivery) -> tuple[Counter, Histogram, Histogram]:
+        key = (d.queue, d.priority, d.task)
+        children = self._started.get(key)
+        if children is None:
+            level = self.priorities.name(d.priority)
+            children = (
+                STARTED.labels(d.queue, level, d.task),
+                START_DELAY.labels(d.queue, level),
+                RUN_TIME.labels(d.queue, d.task),
+            )
+            self._started[key] = children
+        return children
+
+    def started(self, d: Delivery, now: float) -> None:
+        """An attempt starts now: count it and observe its start delay."""
+        started, delay, _ = self._children(d)
+        started.inc()
+        delay.observe(max(0.0, now - d.run_at))
+
+    def ran(self, d: Delivery, seconds: float) -> None:
+        """An attempt's function returned or raised after ``seconds``."""
+        self._children(d)[2].observe(seconds)
+
+    def finished(self, d: Delivery, outcome: str) -> None:
+        """An attempt's outcome landed (``succeeded``, ``retry``, ``dead``) or was refused (``lost``)."""
+        key = (d.queue, d.task, outcome)
+        child = self._finished.get(key)
+        if child is None:
+            child = self._finished[key] = FINISHED.labels(*key)
+        child.inc()
+
+    def heartbeat(self) -> None:
+        """A worker wrote its heartbeat."""
+        HEARTBEATS.inc()
+
+    def reclaimed(self, requeued: int, dead: int) -> None:
+        """A reclaim sweep made expired leases ready again or dead."""
+        if requeued:
+            RECLAIMS.labels("requeued").inc(requeued)
+        if dead:
+            RECLAIMS.labels("dead").inc(dead)
+
+
+def count_enqueued(queue: str, priority: str, n: int = 1) -> None:
+    """Count jobs created by an enqueue."""
+    ENQUEUED.labels(queue, priority).inc(n)
+
+
+class StoreCollector:
+    """Gauges read from the store at every scrape, through the broker's read operations."""
+
+    def __init__(self, broker: Callable[[], Broker], priorities: Priorities) -> None:
+        self.broker = broker
+        self.priorities = priorities
+
+    def collect(self) -> Iterator[Metric]:
+        """Query ``stats`` and ``workers`` and yield the gauges."""
+        broker = self.broker()
+        now = time.time()
+        depth = GaugeMetricFamily(
+            "conveyor_queue_depth",
+            "Jobs per queue, priority and state.",
+            labels=["queue", "priority", "state"],
+        )
+        dead = GaugeMetricFamily(
+            "conveyor_dead_letter_depth", "Jobs in the dead letter queue.", labels=["queue"]
+        )
+        oldest = GaugeMetricFamily(
+            "conveyor_oldest_ready_age_seconds", "Age of the oldest ready job.", labels=["queue"]
+        )
+        for qs in broker.stats(now=now):
+            for state, per_level in sorted(qs.counts.items()):
+                for level, count in sorted(per_level.items()):
+                    depth.add_metric([qs.queue, self.priorities.name(level), state], count)
+            dead.add_metric([qs.queue], qs.total("dead"))
+            oldest.add_metric([qs.queue], qs.oldest_ready_age or 0.0)
+        workers = broker.workers(now=now)
+        live = GaugeMetricFamily("conveyor_workers", "Worker processes with a live heartbeat.")
+        live.add_metric([], len(workers))
+        in_flight = GaugeMetricFamily("conveyor_worker_in_flight", "Tasks leased to live workers.")
+        in_flight.add_metric([], sum(w.in_flight for w in workers))
+        yield from (depth, dead, oldest, live, in_flight)
+
+
+def store_registry(broker: Callable[[], Broker], priorities: Priorities) -> CollectorRegistry:
+    """A registry holding only the store gauges (what the dashboard's /metrics serves)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector(broker, priorities))
+    return registry

@@ -1,0 +1,234 @@
+"""Authentication on every route, CSRF on every POST, and security headers on every response.
+
+One ASGI middleware wraps the whole dashboard, so no route (a page, the JSON API, /metrics, a
+404) answers without credentials:
+
+- ``Authorization: Bearer TOKEN`` or HTTP Basic, checked in constant time; or
+- a session cookie (HttpOnly, SameSite=Strict) set by ``POST /login`` with the token. It is
+  ``EXPIRES.HMAC(key, EXPIRES)`` with a key derived from the token, so it survives restarts and
+  dies when the token changes.
+
+Without credentials: 401, with ``WWW-Authenticate`` challenges and, for a browser, the login
+form. Every POST carries a CSRF token (form field ``csrf`` or header ``X-CSRF-Token``): an HMAC,
+under a per-process random key, of who is asking (the session, the Basic user, the bearer, or
+"anonymous" with ``--no-auth``); the login form's is bound to a nonce cookie. A POST without a
+valid one gets 403.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Callable
+from urllib.parse import parse_qs
+
+from starlette.datastructures import MutableHeaders
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from conveyor.web.credentials import Credentials, same
+
+SESSION_COOKIE = "conveyor_session"
+LOGIN_COOKIE = "conveyor_login"
+SESSION_SECONDS = 12 * 3600
+MAX_BODY = 1 << 20
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: Renders the login page: (request, next URL, CSRF token, error or None) -> HTML.
+LoginPage = Callable[[Request, str, str, str | None], str]
+
+
+def _mac(key: bytes, message: str) -> str:
+    return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
+
+
+class Security:
+    """The dashboard's guard; ``credentials=None`` serves without authentication (``--no-auth``)."""
+
+    def __init__(self, app: ASGIApp, credentials: Credentials | None, login_page: LoginPage) -> None:
+        self.app = app
+        self.credentials = credentials
+        self.login_page = login_page
+        self._csrf_key = secrets.token_bytes(32)
+        token = credentials.token if credentials is not None else None
+        self._session_key = (
+            None if token is None else hmac.digest(token.encode(), b"conveyor-session", "sha256")
+        )
+
+    # -- tokens --------------------------------------------------------------------------------
+
+    def csrf_token(self, principal: str) -> str:
+        """The CSRF token of POSTs made by ``principal``."""
+        return _mac(self._csrf_key, f"csrf:{principal}")
+
+    def _new_session(self) -> str:
+        assert self._session_key is not None
+        expires = str(int(time.time()) + SESSION_SECONDS)
+        return f"{expires}.{_mac(self._session_key, expires)}"
+
+    def _session_ok(self, cookie: str | None) -> bool:
+        if self._session_key is None or not cookie:
+            return False
+        expires, _, mac = cookie.partition(".")
+        if not expires.isdigit() or int(expires) < time.time():
+            return False
+        return same(mac, _mac(self._session_key, expires))
+
+    def principal(self, request: Request) -> str | None:
+        """Who is asking, or None when unauthenticated."""
+        if self.credentials is None:
+            return "anonymous"
+        who = self.credentials.principal(request.headers.get("authorization"))
+        if who is not None:
+            return who
+        cookie = request.cookies.get(SESSION_COOKIE)
+        return f"session:{cookie}" if self._session_ok(cookie) else None
+
+    # -- ASGI ----------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Authenticate, check CSRF, then call the app; every response gets the security headers."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        nonce = secrets.token_urlsafe(16)
+        state = scope.setdefault("state", {})
+        state["nonce"] = nonce
+        send = _with_headers(send, nonce)
+        request = Request(scope)
+        unsafe = request.method not in SAFE_METHODS
+        body = await _read_body(receive) if unsafe else b""
+        if body is None:
+            await PlainTextResponse("request body too large", 413)(scope, receive, send)
+            return
+        if request.method == "POST" and request.url.path == "/login":
+            await self._login(request, body)(scope, receive, send)
+            return
+        principal = self.principal(request)
+        if principal is None:
+            await self._unauthorized(request)(scope, receive, send)
+            return
+        state["principal"] = principal
+        state["csrf"] = self.csrf_token(principal)
+        if unsafe:
+            if not same(_csrf_of(request, body), state["csrf"]):
+                await PlainTextResponse("missing or invalid CSRF token", 403)(scope, receive, send)
+                return
+            if request.url.path == "/logout":
+                await self._logout()(scope, receive, send)
+                return
+            receive = _replay(body, receive)
+        await self.app(scope, receive, send)
+
+    def _unauthorized(self, request: Request, error: str | None = None) -> Response:
+        challenges = self.credentials.challenges() if self.credentials is not None else []
+        wants_html = "text/html" in request.headers.get("accept", "")
+        if not (wants_html and self._session_key is not None):
+            response: Response = PlainTextResponse("authentication required", 401)
+        else:
+            nonce = secrets.token_urlsafe(16)
+            path = request.url.path if request.method == "GET" else "/"
+            target = f"{path}?{request.url.query}" if request.url.query and request.method == "GET" else path
+            html = self.login_page(request, target, self.csrf_token(f"login:{nonce}"), error)
+            response = HTMLResponse(html, 401)
+            _cookie(response, request, LOGIN_COOKIE, nonce, 600)
+        for challenge in challenges:
+            response.headers.append("WWW-Authenticate", challenge)
+        return response
+
+    def _login(self, request: Request, body: bytes) -> Response:
+        nonce = request.cookies.get(LOGIN_COOKIE, "")
+        if not nonce or not same(_csrf_of(request, body), self.csrf_token(f"login:{nonce}")):
+            return PlainTextResponse("missing or invalid CSRF token", 403)
+        form = parse_qs(body.decode(errors="replace"))
+        token = form.get("token", [""])[-1]
+        if self.credentials is None or not self.credentials.check_token(token):
+            return self._unauthorized(request, "wrong token")
+        target = form.get("next", ["/"])[-1]
+        if not target.startswith("/") or target.startswith("//") or "\\" in target:
+            target = "/"
+        response = RedirectResponse(target, 303)
+        _cookie(response, request, SESSION_COOKIE, self._new_session(), SESSION_SECONDS)
+        response.delete_cookie(LOGIN_COOKIE)
+        return response
+
+    @staticmethod
+    def _logout() -> Response:
+        response = RedirectResponse("/", 303)
+        response.delete_cookie(SESSION_COOKIE)
+        return response
+
+
+def _cookie(response: Response, request: Request, name: str, value: str, max_age: int) -> None:
+    response.set_cookie(
+        name,
+        value,
+        max_age=max_age,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+
+
+def _csrf_of(request: Request, body: bytes) -> str:
+    """The CSRF token a request presents: the ``X-CSRF-Token`` header or the form field ``csrf``."""
+    header = request.headers.get("x-csrf-token")
+    if header:
+        return header
+    if request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+        return parse_qs(body.decode(errors="replace")).get("csrf", [""])[-1]
+    return ""
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    """The whole request body, or None when it exceeds ``MAX_BODY``."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` handing the app the body the middleware already read, then the client's."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
+def _with_headers(send: Send, nonce: str) -> Send:
+    """``send`` adding a nonce-based Content-Security-Policy and the other security headers."""
+    policy = (
+        f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
+        "img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    )
+
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = MutableHeaders(scope=message)
+            headers["Content-Security-Policy"] = policy
+            headers["X-Frame-Options"] = "DENY"
+            headers["X-Content-Type-Options"] = "nosniff"
+            headers["Referrer-Policy"] = "same-origin"
+            headers.setdefault("Cache-Control", "no-store")
+        await send(message)
+
+    return wrapped

@@ -1,0 +1,349 @@
+"""The dashboard's pages and JSON: each reads the store through the broker's read operations only
+(``stats``, ``jobs``, ``dead``, ``get``, ``workers``) and acts through ``replay``, ``purge``
+and ``cancel``."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import urlencode
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.templating import Jinja2Templates
+
+from conveyor.app import Conveyor
+from conveyor.errors import KeyConflict
+from conveyor.metrics import store_registry
+from conveyor.records import JobInfo
+from conveyor.web.rates import Sampler, quantile, start_delays
+from conveyor.web.redact import Redactor
+
+T = TypeVar("T")
+STATES = ("ready", "scheduled", "running", "succeeded", "dead", "cancelled")
+PAGE = 50
+#: The most dead jobs one DLQ view or bulk action goes through.
+DLQ_SCAN = 10_000
+SINCE = {"15m": 900, "1h": 3600, "24h": 86400, "7d": 7 * 86400}
+
+
+@dataclass(frozen=True)
+class DeadFilter:
+    """The DLQ filters: queue, task name, error type and how long ago the job died."""
+
+    queue: str | None
+    task: str | None
+    error: str | None
+    since: str | None
+
+    @classmethod
+    def parse(cls, params: Any) -> DeadFilter:
+        """From query parameters or form fields; empty values mean no filter."""
+
+        def get(name: str) -> str | None:
+            value = str(params.get(name) or "").strip()
+            return value or None
+
+        since = get("since")
+        return cls(get("queue"), get("task"), get("error"), since if since in SINCE else None)
+
+    def query(self) -> str:
+        """The filters as a query string."""
+        return urlencode({k: v for k, v in vars(self).items() if v})
+
+    def matches(self, info: JobInfo) -> bool:
+        """Whether a dead job passes the error-type filter (queue and task are the broker's)."""
+        if self.error is None:
+            return True
+        last = info.errors[-1] if info.errors else {}
+        return str(last.get("type", "")).lower() == self.error.lower()
+
+
+class Views:
+    """Request handlers bound to one application."""
+
+    def __init__(self, app: Conveyor, templates: Jinja2Templates, store: str) -> None:
+        self.app = app
+        self.templates = templates
+        self.store = store
+        self.sampler = Sampler()
+        self.metrics = store_registry(lambda: app.broker, app.priorities)
+
+    async def _read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await run_in_threadpool(fn, *args, **kwargs)
+
+    def _page(self, request: Request, name: str, status: int = 200, **context: Any) -> Response:
+        context.update(store=self.store, priorities=self.app.priorities)
+        return self.templates.TemplateResponse(request, name, context, status_code=status)
+
+    def _problem(self, request: Request, status: int, heading: str, what: str) -> Response:
+        return self._page(request, "problem.html", status, nav="", heading=heading, what=what)
+
+    # -- overview ------------------------------------------------------------------------------
+
+    def overview_data(self) -> dict[str, Any]:
+        """Depths per queue and priority, outcome rates, latency and the chart's series."""
+        broker = self.app.broker
+        now = time.time()
+        stats = broker.stats(now=now)
+        workers = broker.workers(now=now)
+        recent = broker.jobs(state="succeeded", limit=200, now=now)
+        self.sampler.observe(now, workers, recent)
+        rates = self.sampler.rates()
+        rows = []
+        for qs in stats:
+            for level in sorted({p for per in qs.counts.values() for p in per}):
+                rate = rates.by_level.get((qs.queue, level), {}) if rates is not None else None
+                row: dict[str, Any] = {
+                    "queue": qs.queue,
+                    "priority": self.app.priorities.name(level),
+                    **{
+                        s: qs.counts.get(s, {}).get(level, 0)
+                        for s in ("ready", "scheduled", "running", "dead")
+                    },
+                    "succeeded_per_min": None if rate is None else round(rate.get("succeeded", 0.0), 1),
+                    "failed_per_min": None if rate is None else round(rate.get("failed", 0.0), 1),
+                }
+                rows.append(row)
+        delays = start_delays(recent)
+        return {
+            "at": now,
+            "rows": rows,
+            "workers": len(workers),
+            "in_flight": sum(w.in_flight for w in workers),
+            "succeeded_per_min": None if rates is None else round(rates.succeeded, 1),
+            "failed_per_min": None if rates is None else round(rates.failed, 1),
+            "delay": {"n": len(delays), "p50": quantile(delays, 0.5), "p95": quantile(delays, 0.95)},
+            "series": self.sampler.series(),
+        }
+
+    async def overview(self, request: Request) -> Response:
+        """GET /: every queue at a glance, with the live chart."""
+        data = await self._read(self.overview_data)
+        return self._page(request, "overview.html", data=data, nav="overview")
+
+    async def api_overview(self, request: Request) -> Response:
+        """GET /api/overview: the overview as JSON (polled by the chart)."""
+        return JSONResponse(await self._read(self.overview_data))
+
+    async def metrics_endpoint(self, request: Request) -> Response:
+        """GET /metrics: the store gauges in Prometheus text format."""
+        body = await self._read(generate_latest, self.metrics)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    # -- queues and jobs -----------------------------------------------------------------------
+
+    async def queue(self, request: Request) -> Response:
+        """GET /queues/{queue}: counts per priority and state, and the jobs of one state."""
+        name = request.path_params["queue"]
+        state = request.query_params.get("state", "ready")
+        state = state if state in STATES else "ready"
+        offset = _int(request.query_params.get("offset"))
+        stats = await self._read(self.app.broker.stats, [name])
+        jobs = await self._read(self.app.broker.jobs, queue=name, state=state, limit=PAGE + 1, offset=offset)
+        counts = stats[0].counts if stats else {}
+        levels = sorted({p for per in counts.values() for p in per})
+        return self._page(
+            request,
+            "queue.html",
+            nav="overview",
+            queue=name,
+            state=state,
+            states=STATES,
+            counts=counts,
+            levels=levels,
+            oldest=stats[0].oldest_ready_age if stats else None,
+            jobs=[_row(j) for j in jobs[:PAGE]],
+            offset=offset,
+            more=len(jobs) > PAGE,
+            page=PAGE,
+        )
+
+    async def job(self, request: Request) -> Response:
+        """GET /jobs/{id}: payload, result, every attempt's error with traceback, timeline."""
+        info = await self._read(self.app.broker.get, request.path_params["id"])
+        if info is None:
+            return self._problem(request, 404, "Not found", f"no job {request.path_params['id']}")
+        task = self.app.tasks.get(info.task)
+        redactor = Redactor()
+        arguments = redactor.arguments(info.payload, task.signature if task is not None else None)
+        errors = [redactor.error(e) for e in info.errors]
+        return self._page(
+            request,
+            "job.html",
+            nav="dead" if info.state == "dead" else "overview",
+            job=info,
+            arguments=None if arguments is None else json.dumps(arguments, indent=2, ensure_ascii=False),
+            payload_size=len(info.payload),
+            result=redactor.result(info.result),
+            errors=errors,
+            timeline=_timeline(info, errors),
+            key=None if info.key is None else redactor.text(info.key),
+        )
+
+    async def job_action(self, request: Request) -> Response:
+        """POST /jobs/{id}/{action}: replay or purge a dead job, cancel a pending one."""
+        job_id, action = request.path_params["id"], request.path_params["action"]
+        broker = self.app.broker
+        if action == "replay":
+            form = await request.form()
+            queue = str(form.get("queue") or "").strip() or None
+            try:
+                await self._read(broker.replay, [job_id], queue=queue)
+            except KeyConflict as exc:
+                return self._problem(request, 409, "Cannot replay", str(exc))
+        elif action == "purge":
+            await self._read(broker.purge, [job_id])
+            return RedirectResponse("/dead?purged=1", 303)
+        elif action == "cancel":
+            await self._read(broker.cancel, job_id)
+        else:
+            return self._problem(request, 404, "Not found", f"no action {action}")
+        return RedirectResponse(f"/jobs/{job_id}", 303)
+
+    # -- dead letter queue ---------------------------------------------------------------------
+
+    def _dead_matching(self, f: DeadFilter, want: int) -> tuple[list[JobInfo], bool]:
+        """Up to ``want`` dead jobs passing the filters, newest first, and whether more exist."""
+        cutoff = time.time() - SINCE[f.since] if f.since else None
+        found: list[JobInfo] = []
+        offset = 0
+        while offset < DLQ_SCAN:
+            chunk = self.app.broker.dead(queue=f.queue, task=f.task, limit=500, offset=offset)
+            offset += len(chunk)
+            for info in chunk:
+                if cutoff is not None and (info.finished_at or 0) < cutoff:
+                    return found, False
+                if f.matches(info):
+                    if len(found) == want:
+                        return found, True
+                    found.append(info)
+            if len(chunk) < 500:
+                break
+        return found, offset >= DLQ_SCAN
+
+    async def dead(self, request: Request) -> Response:
+        """GET /dead: the dead letter queue, filtered by queue, task, error type and time."""
+        f = DeadFilter.parse(request.query_params)
+        offset = _int(request.query_params.get("offset"))
+        jobs, more = await self._read(self._dead_matching, f, offset + PAGE)
+        return self._page(
+            request,
+            "dead.html",
+            nav="dead",
+            filters=f,
+            since_choices=list(SINCE),
+            jobs=[_row(j) for j in jobs[offset:]],
+            offset=offset,
+            more=more,
+            page=PAGE,
+            tasks=sorted(self.app.tasks),
+            replayed=request.query_params.get("replayed"),
+            purged=request.query_params.get("purged"),
+            error=request.query_params.get("error_message"),
+        )
+
+    async def dead_action(self, request: Request) -> Response:
+        """POST /dead/{replay|purge}: the checked jobs, or every job matching the filters."""
+        action = request.path_params["action"]
+        if action not in ("replay", "purge"):
+            return self._problem(request, 404, "Not found", f"no action {action}")
+        form = await request.form()
+        f = DeadFilter.parse(form)
+        if form.get("scope") == "matching":
+            jobs, _ = await self._read(self._dead_matching, f, DLQ_SCAN)
+            ids = [j.id for j in jobs]
+        else:
+            ids = [str(v) for v in form.getlist("ids")]
+        back = f.query()
+        try:
+            if action == "replay":
+                queue = str(form.get("into") or "").strip() or None
+                count = await self._read(self.app.broker.replay, ids, queue=queue) if ids else 0
+            else:
+                count = await self._read(self.app.broker.purge, ids) if ids else 0
+        except KeyConflict as exc:
+            return RedirectResponse(f"/dead?{back}&{urlencode({'error_message': str(exc)})}", 303)
+        done = "replayed" if action == "replay" else "purged"
+        return RedirectResponse(f"/dead?{back}&{done}={count}", 303)
+
+    # -- scheduled and workers -----------------------------------------------------------------
+
+    async def scheduled(self, request: Request) -> Response:
+        """GET /scheduled: periodic schedules and delayed jobs, soonest first."""
+        offset = _int(request.query_params.get("offset"))
+        jobs = await self._read(self.app.broker.jobs, state="scheduled", limit=PAGE + 1, offset=offset)
+        now = time.time()
+        schedules = [
+            {
+                "task": s.task.name,
+                "queue": s.task.queue,
+                "when": f"cron {s.cron} (UTC)" if s.cron else f"every {s.every:g} s",
+                "catch_up": s.catch_up,
+                "next": s.next_after(now),
+            }
+            for s in self.app.schedules
+        ]
+        return self._page(
+            request,
+            "scheduled.html",
+            nav="scheduled",
+            schedules=schedules,
+            jobs=[_row(j) for j in jobs[:PAGE]],
+            offset=offset,
+            more=len(jobs) > PAGE,
+            page=PAGE,
+        )
+
+    async def workers(self, request: Request) -> Response:
+        """GET /workers: live workers with their in-flight tasks and last heartbeat."""
+        workers = await self._read(self.app.broker.workers)
+        return self._page(request, "workers.html", nav="workers", workers=workers)
+
+    async def not_found(self, request: Request, exc: Exception) -> Response:
+        """Any unknown path (reached only with valid credentials)."""
+        return self._problem(request, 404, "Not found", request.url.path)
+
+
+def _int(value: str | None) -> int:
+    return int(value) if value and value.isdigit() else 0
+
+
+def _row(info: JobInfo) -> dict[str, Any]:
+    """What a job list shows of a job; error messages are left out (the job page redacts them)."""
+    last = info.errors[-1] if info.errors else {}
+    return {
+        "id": info.id,
+        "task": info.task,
+        "queue": info.queue,
+        "priority": info.priority,
+        "state": info.state,
+        "attempt": info.attempt,
+        "max_attempts": info.max_attempts,
+        "run_at": info.run_at,
+        "started_at": info.started_at,
+        "finished_at": info.finished_at,
+        "error_type": last.get("type"),
+    }
+
+
+def _timeline(info: JobInfo, errors: list[dict[str, Any]]) -> list[tuple[float, str]]:
+    """The job's events in time order."""
+    events = [(info.enqueued_at, "enqueued")]
+    if info.run_at > info.enqueued_at + 0.001:
+        events.append((info.run_at, "due"))
+    events += [
+        (float(e["at"]), f"attempt {e.get('attempt')} failed: {e.get('type')}")
+        for e in errors
+        if isinstance(e.get("at"), int | float)
+    ]
+    if info.started_at is not None:
+        events.append((info.started_at, f"attempt {info.attempt} started"))
+    if info.finished_at is not None:
+        events.append((info.finished_at, info.state))
+    return sorted(events)

@@ -1,0 +1,103 @@
+"""``conveyor worker --metrics-port``: the supervisor serves /metrics for all its worker processes.
+
+Design: prometheus-client's multiprocess mode. The supervisor makes a fresh directory and hands
+it to its children only, as ``PROMETHEUS_MULTIPROC_DIR``; each worker process writes its
+counters and histograms to its own memory-mapped files there. At every scrape the supervisor
+merges the files of all children, those that died included, so counters never go backwards when
+a child is restarted; a dead child is marked with ``mark_process_dead``. The store gauges are
+computed by the supervisor itself from the broker at scrape time. The directory is removed when
+the supervisor stops.
+
+Authentication: when ``CONVEYOR_METRICS_TOKEN`` or the dashboard's credentials are set, a scrape
+must present them (``Authorization: Bearer`` or Basic); otherwise /metrics is open, as usual for
+Prometheus targets, on ``--metrics-host`` (default 127.0.0.1).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+
+from conveyor.app import Conveyor
+from conveyor.errors import ConfigurationError
+from conveyor.metrics import StoreCollector
+from conveyor.web.credentials import Credentials
+
+log = logging.getLogger("conveyor.supervisor")
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+class MetricsServer:
+    """/metrics of a supervisor: its children's metrics merged, plus the store gauges."""
+
+    def __init__(self, app: Conveyor, host: str, port: int, credentials: Credentials) -> None:
+        if not credentials.configured:
+            raise ConfigurationError(
+                "serving /metrics needs credentials: set CONVEYOR_METRICS_TOKEN (or the dashboard's "
+                "CONVEYOR_DASHBOARD_TOKEN, or CONVEYOR_DASHBOARD_USER and CONVEYOR_DASHBOARD_PASSWORD)"
+            )
+        self.directory = tempfile.mkdtemp(prefix="conveyor-metrics-")
+        registry = CollectorRegistry(auto_describe=False)
+        multiprocess.MultiProcessCollector(registry, path=self.directory)  # type: ignore[no-untyped-call]
+        registry.register(StoreCollector(lambda: app.broker, app.priorities))
+        self.httpd = HTTPServer((host, port), _handler(registry, credentials))
+        # One serving thread: scrapes are rare, and the store connection stays one.
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="conveyor-metrics", daemon=True)
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (useful with port 0)."""
+        return int(self.httpd.server_address[1])
+
+    def child_env(self) -> dict[str, str]:
+        """Environment variables for worker processes."""
+        return {MULTIPROC_ENV: self.directory}
+
+    def start(self) -> None:
+        """Serve in a background thread."""
+        self._thread.start()
+
+    def process_dead(self, pid: int) -> None:
+        """Bookkeeping for a worker process that exited (its counters are kept)."""
+        multiprocess.mark_process_dead(pid, self.directory)  # type: ignore[no-untyped-call]
+
+    def close(self) -> None:
+        """Stop serving and remove the directory."""
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _handler(registry: CollectorRegistry, credentials: Credentials) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if credentials.principal(self.headers.get("Authorization")) is None:
+                self.send_response(401)
+                for challenge in credentials.challenges():
+                    self.send_header("WWW-Authenticate", challenge)
+                self.end_headers()
+                return
+            if self.path.split("?", 1)[0] != "/metrics":
+                self.send_error(404)
+                return
+            try:
+                body = generate_latest(registry)
+            except Exception:
+                log.exception("collecting metrics failed")
+                self.send_error(500)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            log.debug("metrics: " + format, *args)
+
+    return Handler
