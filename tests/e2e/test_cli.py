@@ -72,3 +72,43 @@ def test_demo_runs_the_mixed_workload(tmp_path: Path) -> None:
     assert "0 early" in out
     assert "32 / 32 (of 32)" in out  # ledger rows = distinct orders = orders: exactly once
     assert "duplicate enqueues deduplicated" in out
+
+
+def test_status_watch_refreshes_until_interrupted(sqlite_cluster: Cluster) -> None:
+    """``status --watch`` redraws in a terminal: a job enqueued after it started shows up."""
+    import os
+    import pty
+    import signal
+    import subprocess
+    import time
+
+    primary, secondary = pty.openpty()
+    env = {**sqlite_cluster.env, "COLUMNS": "200", "LINES": "40", "TERM": "xterm"}
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "conveyor", "status", "e2e_app:app", "--watch"],
+        stdin=secondary,
+        stdout=secondary,
+        stderr=secondary,
+        env=env,
+        close_fds=True,
+    )
+    os.close(secondary)
+    seen = b""
+
+    def read_until(needle: bytes) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + 30
+        while needle not in seen:
+            assert time.monotonic() < deadline, f"never drew {needle!r}: {seen[-2000:]!r}"
+            seen += os.read(primary, 65536)
+
+    try:
+        read_until(b"oldest ready")
+        assert b" high " not in seen  # nothing enqueued yet
+        sqlite_cluster.cli("enqueue", "e2e_app:app", "ok", "--priority", "high")
+        read_until(b" high ")
+        watch.send_signal(signal.SIGINT)
+        assert watch.wait(timeout=30) == 0
+    finally:
+        watch.kill()
+        os.close(primary)
