@@ -23,6 +23,12 @@ def sqlite_cluster(tmp_path: Path) -> Iterator[Cluster]:
     yield from _cluster(SQLiteStore(tmp_path), tmp_path)
 
 
+@pytest.fixture
+def postgres_cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """Worker processes against a fresh schema on the PostgreSQL server."""
+    yield from _cluster(STORES["postgres"](tmp_path), tmp_path)
+
+
 def _cluster(store: Store, tmp_path: Path) -> Iterator[Cluster]:
     sys.path.insert(0, str(HERE))
     c = Cluster(tmp_path, store)

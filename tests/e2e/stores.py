@@ -68,24 +68,28 @@ class PostgresStore(Store):
     name = "postgres"
 
     def __init__(self, tmp_path: Path) -> None:
-        import psycopg
-
         self.schema = f"conveyor_e2e_{os.urandom(4).hex()}"
         self.url = f"{POSTGRES_URL}?schema={self.schema}"
-        self.conn = psycopg.connect(POSTGRES_URL, autocommit=True)
-        self.conn.execute(f"CREATE SCHEMA {self.schema}")
-        self.conn.execute(f"CREATE TABLE {self.schema}.ledger (n INTEGER)")
+        self._sql(f"CREATE SCHEMA {self.schema}")
+        self._sql(f"CREATE TABLE {self.schema}.ledger (n INTEGER)")
         self.ledger_env = {
             "E2E_LEDGER": "sql",
             "E2E_LEDGER_SQL": f"INSERT INTO {self.schema}.ledger (n) VALUES (%s)",
         }
 
+    def _sql(self, statement: str) -> list[Any]:
+        """A connection per statement: tests restart the server under a store."""
+        import psycopg
+
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            cur = conn.execute(statement)
+            return cur.fetchall() if cur.description else []
+
     def ledger(self) -> list[int]:
-        return [n for (n,) in self.conn.execute(f"SELECT n FROM {self.schema}.ledger").fetchall()]
+        return [n for (n,) in self._sql(f"SELECT n FROM {self.schema}.ledger")]
 
     def close(self) -> None:
-        self.conn.execute(f"DROP SCHEMA {self.schema} CASCADE")
-        self.conn.close()
+        self._sql(f"DROP SCHEMA {self.schema} CASCADE")
 
 
 def _available(module: str) -> bool:

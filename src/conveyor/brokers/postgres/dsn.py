@@ -58,7 +58,7 @@ def parse(url: str) -> Target:
     if len(schemas) > 1:
         raise ConfigurationError(f"schema given more than once in {display!r}")
     schema = schemas[0] if schemas else DEFAULT_SCHEMA
-    if not _SCHEMA_NAME.match(schema):
+    if not _SCHEMA_NAME.fullmatch(schema):
         raise ConfigurationError(
             f"invalid schema {schema!r} in {display!r}: letters, digits and _, at most 48 characters"
         )
