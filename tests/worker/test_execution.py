@@ -351,3 +351,32 @@ def test_enqueue_refuses_a_task_name_the_app_does_not_know(app: Conveyor) -> Non
     with pytest.raises(UnknownTask, match=r"typo\.send_emial"):
         app.enqueue_many([stray])
     assert app.broker.stats() == []
+
+
+def test_outcomes_pending_at_stop_are_flushed_and_the_flusher_returns(app: Conveyor) -> None:
+    """Regression: outcomes reported in the same tick as the stop were flushed, then the flush
+    loop waited forever for a wake-up nobody sent, so a SIGTERMed worker never exited."""
+    from conveyor.records import Outcome
+    from conveyor.worker.loop import Worker, WorkerConfig
+
+    @app.task
+    def noop() -> None: ...
+
+    job = noop.enqueue()
+    worker = Worker(app, WorkerConfig(queues=["default"]))
+    [delivery] = app.broker.reserve(["default"], 1, 30.0, worker.id, worker.fairness)
+    worker.leases[delivery.id] = delivery
+
+    async def stop_with_an_outcome_pending() -> None:
+        flusher = asyncio.create_task(worker._flush_loop())
+        await asyncio.sleep(0)  # the flusher now waits for work
+        worker._report(Outcome(delivery.id, delivery.token, "succeeded", result=b"null"))
+        worker._stopped.set()
+        worker._outbox_ready.set()
+        await asyncio.wait_for(flusher, timeout=10)
+
+    try:
+        asyncio.run(stop_with_an_outcome_pending())
+    finally:
+        worker._io.shutdown(wait=True)
+    assert job.status() == "succeeded"

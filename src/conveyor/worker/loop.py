@@ -231,7 +231,8 @@ class Worker:
                 continue
             for outcome, status in zip(batch, statuses, strict=True):
                 self._settled(outcome, status)
-            if self._outbox:
+            if self._outbox or self._stopped.is_set():
+                # Once stopped nothing else wakes this loop: look again, to flush or to return.
                 self._outbox_ready.set()
 
     def _settled(self, outcome: Outcome, status: AckStatus) -> None:
