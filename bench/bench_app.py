@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from conveyor import Conveyor
 
 app = Conveyor()  # CONVEYOR_URL
@@ -15,3 +17,9 @@ def noop(n: int) -> None:
 @app.task(queue="bench")
 async def anoop(n: int) -> None:
     """Does nothing, natively async."""
+
+
+@app.task(queue="bench")
+def work(seconds: float) -> None:
+    """Busy for ``seconds``: the backlog that high-priority tasks must overtake."""
+    time.sleep(seconds)
