@@ -42,9 +42,19 @@ def _ledger_effect(n: int) -> None:
 
 
 @app.task(retry=RetryPolicy(max_attempts=3, base=0.01))
-def poison() -> None:
-    """Kills its worker process every time."""
+def poison(how: str = "exit") -> None:
+    """Kills its worker process every time: ``exit`` (os._exit) or ``segfault`` (a NULL read)."""
+    if how == "segfault":
+        import ctypes
+
+        ctypes.string_at(0)
     os._exit(3)
+
+
+@app.task(retry=RetryPolicy(max_attempts=3, base=0.01))
+def hog() -> None:
+    """Raises MemoryError every time, as an allocation too large for the host would."""
+    raise MemoryError("cannot allocate 64 GiB")
 
 
 @app.task

@@ -39,11 +39,12 @@ def test_sigkill_mid_task_is_reclaimed_and_completed_elsewhere(cluster: Cluster)
     assert sorted(cluster.ledger()) == [0, 1, 2, 3]
 
 
-def test_poison_task_ends_dead_and_others_keep_flowing(cluster: Cluster) -> None:
+@pytest.mark.parametrize("how", ["exit", "segfault"])
+def test_poison_task_ends_dead_and_others_keep_flowing(cluster: Cluster, how: str) -> None:
     from e2e_app import ok, poison
 
     sup = cluster.supervisor("--processes", "1", "--concurrency", "1", "--lease", "0.5", "--heartbeat", "0.1")
-    bad = poison.enqueue()
+    bad = poison.enqueue(how)
     with pytest.raises(JobFailed, match="worker lost"):
         bad.result(timeout=60)
     info = bad.info()
@@ -52,6 +53,18 @@ def test_poison_task_ends_dead_and_others_keep_flowing(cluster: Cluster) -> None
     assert [e["type"] for e in info.errors] == ["WorkerLost"] * 3
     assert ok.enqueue().result(timeout=30) == "ok"
     assert sup.poll() is None, "the supervisor must survive its workers' deaths"
+
+
+def test_memory_error_is_a_failed_attempt_and_the_worker_survives(cluster: Cluster) -> None:
+    from e2e_app import hog, ok
+
+    worker = cluster.worker(concurrency=2, **FAST)
+    bad = hog.enqueue()
+    with pytest.raises(JobFailed, match="MemoryError"):
+        bad.result(timeout=60)
+    assert [e["type"] for e in bad.info().errors] == ["MemoryError"] * 3
+    assert ok.enqueue().result(timeout=30) == "ok"
+    assert worker.poll() is None
 
 
 def test_sigterm_finishes_the_running_task(cluster: Cluster) -> None:
