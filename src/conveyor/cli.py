@@ -12,12 +12,14 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from conveyor.app import Conveyor, Task
 from conveyor.brokers import redact_url
 from conveyor.errors import ConfigurationError, ConveyorError
 from conveyor.records import JobInfo
+from conveyor.redact import Redactor
 from conveyor.worker.loop import WorkerConfig
 from conveyor.worker.process import load_app
 
@@ -223,22 +225,41 @@ def job(target: str, job_id: str) -> None:
     _show(app, info)
 
 
+def _redacted(app: Conveyor, info: JobInfo) -> tuple[Redactor, dict[str, Any] | None]:
+    """A redactor that knows the job's secret arguments, and the arguments with them masked."""
+    task = app.tasks.get(info.task)
+    redactor = Redactor()
+    return redactor, redactor.arguments(info.payload, task.signature if task is not None else None)
+
+
+def _last_error(app: Conveyor, info: JobInfo) -> dict[str, Any]:
+    return _redacted(app, info)[0].error(info.errors[-1]) if info.errors else {}
+
+
 def _show(app: Conveyor, info: JobInfo) -> None:
+    """One job, with secret-named arguments masked and scrubbed from its errors and result."""
+    redactor, arguments = _redacted(app, info)
+    errors = [redactor.error(e) for e in info.errors]
+    key = None if info.key is None else redactor.text(info.key)
     console.print(
         f"[bold]{info.id}[/] {info.task} queue={info.queue} priority={app.priorities.name(info.priority)}"
     )
-    console.print(f"state: [bold]{info.state}[/]  attempt {info.attempt}/{info.max_attempts}  key={info.key}")
+    console.print(f"state: [bold]{info.state}[/]  attempt {info.attempt}/{info.max_attempts}  key={key}")
     console.print(
         f"enqueued {_when(info.enqueued_at)}  due {_when(info.run_at)}  started {_when(info.started_at)}"
         f"  finished {_when(info.finished_at)}"
     )
-    console.print(f"payload: {info.payload.decode(errors='replace')}", markup=False)
-    if info.result is not None:
-        console.print(f"result: {info.result.decode(errors='replace')}", markup=False)
-    for err in info.errors:
+    if arguments is None:
+        console.print(f"payload: {len(info.payload)} bytes that do not decode (not shown)", markup=False)
+    else:
+        console.print(f"arguments: {json.dumps(arguments, ensure_ascii=False)}", markup=False)
+    result = redactor.result(info.result)
+    if result is not None:
+        console.print(f"result: {result}", markup=False)
+    for err in errors:
         console.print(
-            f"[red]attempt {err.get('attempt')}[/] {_when(err.get('at'))} on {err.get('worker')}: "
-            f"{err.get('type')}: {err.get('message')}"
+            f"[red]attempt {err.get('attempt')}[/] {_when(err.get('at'))} on {escape(str(err.get('worker')))}: "
+            + escape(f"{err.get('type')}: {err.get('message')}")
         )
         if err.get("traceback"):
             console.print(err["traceback"], markup=False, highlight=False)
@@ -261,7 +282,7 @@ def dead_list(target: str, queue: str | None, task: str | None, limit: int, as_j
     jobs = app.broker.dead(queue=queue, task=task, limit=limit)
     if as_json:
         for info in jobs:
-            last = info.errors[-1] if info.errors else {}
+            last = _last_error(app, info)
             click.echo(
                 json.dumps(
                     {
@@ -279,7 +300,7 @@ def dead_list(target: str, queue: str | None, task: str | None, limit: int, as_j
     for col in ("id", "task", "queue", "attempts", "died", "last error"):
         table.add_column(col)
     for info in jobs:
-        last = info.errors[-1] if info.errors else {}
+        last = _last_error(app, info)
         table.add_row(
             info.id,
             info.task,

@@ -72,3 +72,9 @@ def heartbeat_tick() -> None:
     """Records which tick ran, and where."""
     key = current_job().key or ""
     current_job().execute("INSERT INTO ticks (tick, worker_pid) VALUES (?, ?)", (key, os.getpid()))
+
+
+@app.task(retry=RetryPolicy(max_attempts=2, base=0.01))
+def login(user: str, password: str) -> None:
+    """Fails repeating its secret argument, as careless error messages do."""
+    raise PermissionError(f"login refused for {user} with password {password}")

@@ -11,7 +11,7 @@ from web_helpers import AUTH, Client, make_dead
 import conveyor.app
 from conveyor import Conveyor
 from conveyor.brokers.sqlite import SQLiteBroker
-from conveyor.web.redact import Redactor
+from conveyor.redact import Redactor
 
 CANARY = "canary-secret-123"
 URL_CANARY = "url-canary-pw-987"

@@ -21,8 +21,8 @@ from conveyor.app import Conveyor
 from conveyor.errors import KeyConflict
 from conveyor.metrics import store_registry
 from conveyor.records import JobInfo
+from conveyor.redact import Redactor
 from conveyor.web.rates import Sampler, quantile, start_delays
-from conveyor.web.redact import Redactor
 
 T = TypeVar("T")
 STATES = ("ready", "scheduled", "running", "succeeded", "dead", "cancelled")

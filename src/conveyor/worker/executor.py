@@ -17,6 +17,7 @@ from conveyor import context, serializer
 from conveyor.app import Conveyor, Task
 from conveyor.errors import Retry, SerializationError
 from conveyor.records import Delivery, Outcome
+from conveyor.redact import Redactor
 
 log = logging.getLogger("conveyor.worker")
 
@@ -103,6 +104,8 @@ class Runner:
         except BaseException as exc:  # noqa: BLE001 - every failure of user code is an outcome
             outcome = failure(delivery, self.worker, exc, task, self.rng)
             then = "dead letter queue" if outcome.kind == "dead" else f"retry in {outcome.delay:.2f} s"
+            redactor = Redactor()  # the message may repeat a secret argument: logs get it masked
+            redactor.arguments(delivery.payload, task.signature)
             log.warning(
                 "job %s %s attempt %d/%d failed: %s: %s (%s)",
                 delivery.id,
@@ -110,7 +113,7 @@ class Runner:
                 delivery.attempt,
                 delivery.max_attempts,
                 type(exc).__name__,
-                exc,
+                redactor.text(str(exc)),
                 then,
             )
             return outcome

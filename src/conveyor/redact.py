@@ -1,6 +1,6 @@
-"""Keeping secrets out of every view: payloads, results, errors and tracebacks.
+"""Keeping secrets out of everything shown of a job (dashboard and CLI): payloads, results, errors.
 
-Three rules, applied to everything the dashboard shows of a job:
+Three rules, applied to everything shown of a job:
 
 1. A value whose argument or dict key name looks secret (password, secret, token, api_key,
    authorization, ...) is replaced by ``***``; positional arguments are named through the
