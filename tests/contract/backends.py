@@ -155,3 +155,31 @@ if importlib.util.find_spec("psycopg") is not None:
         transaction=_pg_transaction,
         drop_store=_pg_drop,
     )
+
+
+# -- Redis: a fresh key prefix per test in a database of its own, deleted at teardown ---------
+
+REDIS_URL = os.environ.get("CONVEYOR_TEST_REDIS_CONTRACT", "redis://127.0.0.1:6379/9")
+
+
+def _redis_store(tmp_path: Path) -> str:
+    return f"{REDIS_URL}?prefix=ct-{os.urandom(5).hex()}"
+
+
+def _redis_drop(url: str) -> None:
+    from redis.client import Redis
+
+    from conveyor.brokers.redis.url import parse
+
+    target = parse(url)
+    client = Redis.from_url(target.url)
+    try:
+        keys = list(client.scan_iter(match=f"{target.prefix}:*", count=1000))
+        for start in range(0, len(keys), 500):
+            client.unlink(*keys[start : start + 500])
+    finally:
+        client.close()
+
+
+if importlib.util.find_spec("redis") is not None:
+    BACKENDS["redis"] = Backend("redis", _redis_store, drop_store=_redis_drop)
