@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test browser lint typecheck check bench clean
+.PHONY: demo test system-deps lint typecheck check bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,14 +16,17 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/conveyor demo
 
-test: $(STAMP) browser
+test: $(STAMP) system-deps
 	$(BIN)/pytest
 
-# The dashboard's browser test drives Debian's Chromium through Playwright (never `playwright install`).
-browser:
-	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		echo "installing chromium (apt-get)"; \
-		apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+# System tools some tests drive, from Debian's packages: chromium for the dashboard's browser test
+# (through Playwright, never `playwright install`), faketime for the clock-skew test.
+SYSTEM_DEPS := /usr/bin/chromium:chromium /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1:faketime
+system-deps:
+	@missing=""; for dep in $(SYSTEM_DEPS); do [ -e "$${dep%%:*}" ] || missing="$$missing $${dep##*:}"; done; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing$$missing (apt-get)"; \
+		apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
 lint: $(STAMP)

@@ -14,22 +14,23 @@ from stores import STORES, SQLiteStore, Store
 @pytest.fixture(params=list(STORES))
 def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
     """Worker processes against a fresh store of each backend."""
-    yield from _cluster(STORES[request.param](tmp_path), tmp_path)
+    yield from cluster_of(STORES[request.param](tmp_path), tmp_path)
 
 
 @pytest.fixture
 def sqlite_cluster(tmp_path: Path) -> Iterator[Cluster]:
     """Worker processes against a fresh SQLite store (for what does not depend on the backend)."""
-    yield from _cluster(SQLiteStore(tmp_path), tmp_path)
+    yield from cluster_of(SQLiteStore(tmp_path), tmp_path)
 
 
 @pytest.fixture
 def postgres_cluster(tmp_path: Path) -> Iterator[Cluster]:
     """Worker processes against a fresh schema on the PostgreSQL server."""
-    yield from _cluster(STORES["postgres"](tmp_path), tmp_path)
+    yield from cluster_of(STORES["postgres"](tmp_path), tmp_path)
 
 
-def _cluster(store: Store, tmp_path: Path) -> Iterator[Cluster]:
+def cluster_of(store: Store, tmp_path: Path) -> Iterator[Cluster]:
+    """A cluster on ``store``, torn down with everything it stored."""
     sys.path.insert(0, str(HERE))
     c = Cluster(tmp_path, store)
     try:

@@ -57,11 +57,12 @@ class Cluster:
         self.app.close()
         self.app.url = self.url
 
-    def worker(self, **config: Any) -> subprocess.Popen[bytes]:
-        """One worker process (no supervisor), so a test can kill exactly it."""
+    def worker(self, env: dict[str, str] | None = None, **config: Any) -> subprocess.Popen[bytes]:
+        """One worker process (no supervisor), so a test can kill exactly it; ``env`` adds to
+        its environment."""
         config.setdefault("queues", ["default"])
         cmd = [sys.executable, "-m", "conveyor.worker.process", "e2e_app:app", json.dumps(config)]
-        return self._spawn(cmd)
+        return self._spawn(cmd, env)
 
     def supervisor(self, *args: str) -> subprocess.Popen[bytes]:
         """``conveyor worker e2e_app:app ARGS``."""
@@ -81,9 +82,9 @@ class Cluster:
             assert proc.returncode == 0, proc.stderr + proc.stdout
         return proc
 
-    def _spawn(self, cmd: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(self, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = open(self.logs / f"worker-{len(self.procs)}.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, env=self.env | (env or {}), stdout=log, stderr=subprocess.STDOUT)
         self.procs.append(proc)
         return proc
 
