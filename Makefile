@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test system-deps lint typecheck check bench clean
+.PHONY: demo test system-deps chaos lint typecheck check bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+
+# The crash storm at soak size (100,000 tasks per backend, a kill every ~2 s, a store restart).
+chaos: $(STAMP) system-deps
+	CONVEYOR_CHAOS=soak $(BIN)/pytest -s -p no:cacheprovider tests/e2e/test_chaos.py --timeout 7200
 
 check: lint typecheck test
 

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import collections
-import random
 import signal
-import time
-from pathlib import Path
 
 import pytest
 from harness import Cluster, wait_for
@@ -94,38 +90,3 @@ def test_zombie_worker_cannot_complete_a_reclaimed_task(cluster: Cluster) -> Non
     info = job.info()
     assert info.attempt == 2
     assert len(cluster.executions()) == 2  # delivered twice, effective once
-
-
-def test_every_effect_exactly_once_while_workers_are_killed(cluster: Cluster, tmp_path: Path) -> None:
-    from e2e_app import app, record
-
-    total = 3000
-    for start in range(0, total, 500):
-        app.enqueue_many(record.message(n, 0.004) for n in range(start, start + 500))
-    config = {"concurrency": 8, **FAST}
-    workers = [cluster.worker(**config), cluster.worker(**config)]
-    rng = random.Random(7)
-    kills = 0
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        stats = app.broker.stats(["default"])[0]
-        if stats.total("succeeded") + stats.total("dead") == total:
-            break
-        time.sleep(0.4)
-        if kills < 6:
-            victim = rng.randrange(len(workers))
-            workers[victim].kill()
-            workers[victim].wait()
-            workers[victim] = cluster.worker(**config)
-            kills += 1
-    stats = app.broker.stats(["default"])[0]
-    assert stats.total("succeeded") == total, stats
-    assert kills >= 3
-    ledger = cluster.ledger()
-    duplicates = [n for n, c in collections.Counter(ledger).items() if c > 1]
-    assert duplicates == []
-    assert sorted(ledger) == list(range(total))
-    executions = cluster.executions()
-    tokens = [line.split()[:2] for line in executions]
-    assert len({tuple(t) for t in tokens}) == len(tokens), "a fencing token was handed out twice"
-    assert len(executions) >= total

@@ -1,0 +1,131 @@
+"""Crash storm (scenario A): thousands of tasks, workers SIGKILLed at random and restarted, and
+the store itself hard-restarted once half way, on every backend; then an offline check of the
+whole history.
+
+``make test`` runs the CI size; ``make chaos`` the soak (``CONVEYOR_CHAOS=soak``: 100,000 tasks).
+
+The checker asserts, from the store, the ledger and the execution log:
+- no loss: every job the client saw enqueued ends succeeded (none dead, none left over);
+- effects exactly once: one ledger row per task, no task twice;
+- leases exclusive: every execution ran under a fencing token no other execution had;
+- bounded duplicates: executions beyond one per task are at most what the kills and the restart
+  can explain (the tasks in flight at each);
+- attempts bounded by ``max_attempts``.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import random
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from harness import Cluster
+from stores import STORES, SQLiteStore, Store
+
+from conftest import cluster_of
+
+pytestmark = pytest.mark.slow
+
+SOAK = os.environ.get("CONVEYOR_CHAOS") == "soak"
+TASKS = 100_000 if SOAK else 3_000
+WORKERS = 3
+CONCURRENCY = 8
+KILL_EVERY = 2.0 if SOAK else 0.5
+CONFIG = {"lease": 1.0, "heartbeat": 0.2, "reclaim_interval": 0.2, "concurrency": CONCURRENCY}
+
+
+def _restart_postgres() -> None:
+    """An immediate shutdown: no checkpoint, sessions cut off, recovery from the WAL on start."""
+    version = sorted(os.listdir("/etc/postgresql"))[-1]
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", "-m", "immediate", version, "main", "restart"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+
+
+def _durable_sqlite(tmp_path: Path) -> Store:
+    store = SQLiteStore(tmp_path)
+    store.url += "?synchronous=full"
+    return store
+
+
+#: How each backend's store is made and hard-restarted (None: its processes are the store, and
+#: SIGKILLing them while they write is its crash).
+BACKENDS: dict[str, tuple[Callable[[Path], Store], Callable[[], None] | None]] = {
+    "sqlite": (_durable_sqlite, None),
+}
+if "postgres" in STORES:
+    BACKENDS["postgres"] = (STORES["postgres"], _restart_postgres)
+
+
+@pytest.fixture(params=list(BACKENDS))
+def storm(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[Cluster, Callable[[], None] | None]]:
+    make, restart = BACKENDS[request.param]
+    for cluster in cluster_of(make(tmp_path), tmp_path):
+        yield cluster, restart
+
+
+def test_crash_storm_loses_nothing_and_duplicates_no_effect(
+    storm: tuple[Cluster, Callable[[], None] | None],
+) -> None:
+    cluster, restart = storm
+    from e2e_app import app, record
+
+    ids: list[str] = []
+    for start in range(0, TASKS, 1000):
+        jobs = app.enqueue_many(record.message(n, 0.002) for n in range(start, min(TASKS, start + 1000)))
+        ids += [j.id for j in jobs]
+    workers = [cluster.worker(**CONFIG) for _ in range(WORKERS)]
+    rng = random.Random(11)
+    kills = restarts = 0
+
+    def finished() -> int:
+        stats = app.broker.stats(["default"])[0]
+        return stats.total("succeeded") + stats.total("dead")
+
+    deadline = time.monotonic() + (3600 if SOAK else 150)
+    next_kill = time.monotonic() + KILL_EVERY
+    while (done := finished()) < TASKS:
+        assert time.monotonic() < deadline, f"only {done} of {TASKS} finished"
+        if restart is not None and not restarts and done >= TASKS // 2:
+            restart()
+            restarts += 1
+        if time.monotonic() >= next_kill:
+            victim = rng.randrange(WORKERS)
+            workers[victim].send_signal(signal.SIGKILL)
+            workers[victim].wait()
+            workers[victim] = cluster.worker(**CONFIG)
+            kills += 1
+            next_kill = time.monotonic() + KILL_EVERY * rng.uniform(0.5, 1.5)
+        time.sleep(0.05)
+    cluster.stop_all()
+
+    # No loss, nothing dead, attempts bounded.
+    infos = [app.broker.get(i) for i in ids]
+    assert all(info is not None and info.state == "succeeded" for info in infos)
+    assert max(info.attempt for info in infos if info is not None) <= 10
+    # Effects exactly once.
+    ledger = cluster.ledger()
+    assert [n for n, c in collections.Counter(ledger).items() if c > 1] == []
+    assert sorted(ledger) == list(range(TASKS))
+    # Leases exclusive, duplicates bounded.
+    executions = [line.split() for line in cluster.executions()]
+    tokens = [(n, token) for n, token, _pid in executions]
+    assert len(set(tokens)) == len(tokens), "two executions ran under the same fencing token"
+    extra = len(executions) - TASKS
+    in_flight = CONCURRENCY  # a killed worker can have run at most this many tasks unacknowledged
+    assert 0 <= extra <= (kills + restarts * WORKERS) * in_flight, (extra, kills, restarts)
+    assert kills >= 3
+    print(
+        f"chaos: {TASKS} tasks, {kills} kills, {restarts} store restarts, {extra} duplicate deliveries, 0 lost"
+    )
