@@ -81,6 +81,36 @@ def test_always_failing_task_is_dead_with_every_error(app: Conveyor, run_worker)
     assert [d.id for d in app.broker.dead()] == [job.id]
 
 
+def test_gaps_between_attempts_follow_the_policy_within_its_jitter(app: Conveyor, run_worker) -> None:
+    """Attempt n+1 starts between half and all of the policy's n-th delay after attempt n failed
+    (equal jitter), plus a little scheduling slack; the DLQ then holds exactly the failed set."""
+    policy = RetryPolicy(max_attempts=5, base=0.1, factor=2, max_delay=0.5, jitter="equal")
+
+    @app.task(retry=policy)
+    def broken(n: int) -> None:
+        raise ValueError(f"bad input {n}")
+
+    @app.task
+    def fine() -> str:
+        return "ok"
+
+    with run_worker(app):
+        failing = [broken.enqueue(n) for n in range(4)]
+        good = [fine.enqueue() for _ in range(10)]
+        for job in failing:
+            with pytest.raises(JobFailed):
+                job.result(timeout=30)
+        assert all(j.result(timeout=10) == "ok" for j in good)
+    assert sorted(d.id for d in app.broker.dead()) == sorted(j.id for j in failing)
+    for job in failing:
+        info = job.info()
+        assert len(info.errors) == 5
+        for n in range(1, 5):
+            nominal = min(policy.max_delay, policy.base * policy.factor ** (n - 1))
+            gap = info.errors[n]["at"] - info.errors[n - 1]["at"]
+            assert nominal / 2 - 0.005 <= gap <= nominal + 1.0, (n, gap, nominal)  # never early
+
+
 def test_give_up_on_goes_straight_to_the_dlq(app: Conveyor, run_worker) -> None:
     @app.task(retry=RetryPolicy(max_attempts=5, base=0.01, give_up_on=(KeyError,)))
     def lookup() -> None:
