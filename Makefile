@@ -42,8 +42,13 @@ chaos: $(STAMP) system-deps
 
 check: lint typecheck test
 
+# `conveyor bench` on each backend of this machine (SQLite file, local PostgreSQL and Redis).
+BENCH_URLS ?= sqlite:////tmp/conveyor-bench.db postgresql://postgres@127.0.0.1:5432/test?schema=conveyor_bench redis://127.0.0.1:6379/12
 bench: $(STAMP)
-	$(BIN)/python bench/throughput.py
+	mkdir -p bench/results
+	for url in $(BENCH_URLS); do \
+		name=$${url%%:*}; $(BIN)/conveyor bench "$$url" --json bench/results/$$name.json || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) conveyor-demo.db*

@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -389,6 +390,52 @@ def demo(total: int, processes: int, db: str) -> None:
     from conveyor.demo import run_demo
 
     run_demo(total=total, processes=processes, db=db, console=console)
+
+
+@main.command()
+@click.argument("url", envvar="CONVEYOR_URL")
+@click.option(
+    "--tasks", default=20000, show_default=True, type=click.IntRange(100), help="No-op tasks per run."
+)
+@click.option("--workers", default="1,2,4", show_default=True, help="Worker process counts to compare.")
+@click.option(
+    "--concurrency", default=32, show_default=True, type=click.IntRange(1), help="Tasks at once per process."
+)
+@click.option(
+    "--task", "task_name", default="noop", type=click.Choice(["noop", "anoop"]), help="Sync or async no-op."
+)
+@click.option(
+    "--backlog", default=100000, show_default=True, help="Low no-ops queued behind the urgent ones."
+)
+@click.option("--samples", default=200, show_default=True, help="Urgent and delayed tasks measured.")
+@click.option(
+    "--json", "json_path", default=None, type=click.Path(dir_okay=False), help="Write results here."
+)
+def bench(
+    url: str,
+    tasks: int,
+    workers: str,
+    concurrency: int,
+    task_name: str,
+    backlog: int,
+    samples: int,
+    json_path: str | None,
+) -> None:
+    """Measure throughput, priority latency, delay accuracy and cost on the store at URL.
+
+    Runs on fresh queues of that store (default $CONVEYOR_URL) with real worker processes.
+    """
+    from conveyor.benchmark import run, to_json
+
+    try:
+        counts = [int(w) for w in workers.split(",")]
+    except ValueError:
+        raise click.BadParameter("--workers takes comma-separated process counts, e.g. 1,2,4") from None
+    console.print(f"[bold]conveyor bench[/] on {redact_url(url)}")
+    report = run(url, tasks, counts, task_name, backlog, samples, concurrency, console.print)
+    if json_path:
+        report.url = redact_url(url)
+        Path(json_path).write_text(to_json(report))
 
 
 @main.command()

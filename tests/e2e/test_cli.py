@@ -112,3 +112,23 @@ def test_status_watch_refreshes_until_interrupted(sqlite_cluster: Cluster) -> No
     finally:
         watch.kill()
         os.close(primary)
+
+
+def test_bench_measures_a_store_and_writes_json(tmp_path: Path) -> None:
+    import subprocess
+
+    out = tmp_path / "bench.json"
+    url = f"sqlite:///{tmp_path}/bench.db"
+    cmd = [sys.executable, "-m", "conveyor", "bench", url, "--tasks", "300", "--workers", "1"]
+    cmd += ["--backlog", "3000", "--samples", "10", "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    [run] = report["throughput"]
+    assert run["workers"] == 1 and run["drain"] > 0 and run["worker_cpu_us_per_task"] > 0
+    assert (
+        report["priority"]["samples"] == 10 and report["priority"]["p99_ms"] >= report["priority"]["p50_ms"]
+    )
+    assert report["delay"]["early"] == 0
+    assert report["bytes_per_queued_task"] > 0
+    assert "end to end" in proc.stdout and "lateness" in proc.stdout

@@ -1,0 +1,303 @@
+"""``conveyor bench``: throughput, priority latency, delay accuracy and cost on any store.
+
+Every run uses a fresh queue name, so it needs no empty store and leaves earlier jobs alone
+(its own finished jobs expire with the retention). Worker processes are real
+(``python -m conveyor.worker.process conveyor.benchmark:app``) and all times that matter are the
+store's: start delay is ``started_at - enqueued_at``, lateness ``started_at - run_at``.
+
+Figures on a shared machine are noisy: compare ratios between runs of the same machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from conveyor.app import Conveyor, Job
+
+#: The benchmark's tasks; workers import this module with ``CONVEYOR_URL`` set by the runner.
+app = Conveyor()
+
+
+@app.task(queue="bench")
+def noop(n: int) -> None:
+    """Does nothing: Conveyor's own cost per task."""
+
+
+@app.task(queue="bench")
+async def anoop(n: int) -> None:
+    """Does nothing, natively async."""
+
+
+@dataclass
+class Throughput:
+    workers: int
+    enqueue_one_by_one: float
+    enqueue_batched: float
+    drain: float
+    end_to_end: float
+    worker_cpu_us_per_task: float
+
+
+@dataclass
+class Latency:
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+    samples: int
+    early: int = 0
+    #: Low tasks finished per second while the urgent ones were measured (priority runs).
+    backlog_drain: float | None = None
+
+
+@dataclass
+class Report:
+    url: str
+    task: str
+    tasks: int
+    throughput: list[Throughput] = field(default_factory=list)
+    priority: Latency | None = None
+    delay: Latency | None = None
+    bytes_per_queued_task: float | None = None
+
+
+def percentiles(values_ms: Sequence[float], early: int = 0) -> Latency:
+    ordered = sorted(values_ms)
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    return Latency(statistics.median(ordered), at(0.95), at(0.99), ordered[-1], len(ordered), early)
+
+
+class Bench:
+    """One store, many runs; each run on its own queue."""
+
+    def __init__(self, url: str, concurrency: int = 32) -> None:
+        self.url = url
+        self.concurrency = concurrency
+        os.environ["CONVEYOR_URL"] = url
+        app.close()
+        app.url = url
+
+    @contextmanager
+    def workers(self, queue: str, count: int, concurrency: int | None = None) -> Iterator[list[int]]:
+        """``count`` worker processes serving ``queue``; yields their pids, stops them after."""
+        config = json.dumps({"queues": [queue], "concurrency": concurrency or self.concurrency})
+        env = os.environ | {"CONVEYOR_URL": self.url, "CONVEYOR_LOG_LEVEL": "WARNING"}
+        cmd = [sys.executable, "-m", "conveyor.worker.process", "conveyor.benchmark:app", config]
+        procs = [subprocess.Popen(cmd, env=env) for _ in range(count)]
+        try:
+            yield [p.pid for p in procs]
+        finally:
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                try:
+                    p.wait(60)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+
+    def _until(self, queue: str, state: str, count: int, timeout: float = 600) -> None:
+        deadline = time.monotonic() + timeout
+        while app.broker.stats([queue])[0].total(state) < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{queue}: fewer than {count} {state} after {timeout} s")
+            time.sleep(0.01)
+
+    def throughput(self, tasks: int, workers: int, task_name: str = "noop") -> Throughput:
+        """Enqueue ``tasks`` no-ops (a tenth one by one, the rest in batches of 1000), then drain."""
+        task = noop if task_name == "noop" else anoop
+        queue = f"bench-{uuid.uuid4().hex[:8]}"
+        single = max(1, min(2000, tasks // 10))
+        started = time.perf_counter()
+        for i in range(single):
+            task.enqueue(i, queue=queue)
+        one_by_one = single / (time.perf_counter() - started)
+        t0 = time.perf_counter()
+        for start in range(single, tasks, 1000):
+            app.enqueue_many(task.message(i, queue=queue) for i in range(start, min(tasks, start + 1000)))
+        batched = (tasks - single) / max(time.perf_counter() - t0, 1e-9)
+        t0 = time.perf_counter()
+        with self.workers(queue, workers) as pids:
+            self._until(queue, "succeeded", tasks)
+            drained = time.perf_counter()
+            cpu = sum(_cpu_seconds(pid) for pid in pids)
+        return Throughput(
+            workers=workers,
+            enqueue_one_by_one=one_by_one,
+            enqueue_batched=batched,
+            drain=tasks / (drained - t0),
+            end_to_end=tasks / (drained - started),
+            worker_cpu_us_per_task=cpu / tasks * 1e6,
+        )
+
+    def priority(self, backlog: int, samples: int, workers: int = 2) -> Latency:
+        """Start delay of high-priority no-ops arriving every 20 ms while a low backlog of no-ops
+        drains at full speed; also records how fast the backlog drained meanwhile."""
+        queue = f"bench-{uuid.uuid4().hex[:8]}"
+        for start in range(0, backlog, 1000):
+            app.enqueue_many(
+                noop.message(i, queue=queue, priority="low") for i in range(start, min(backlog, start + 1000))
+            )
+        with self.workers(queue, workers):
+            self._until(queue, "succeeded", 1)
+            before, t0 = app.broker.stats([queue])[0].total("succeeded"), time.perf_counter()
+            high = []
+            for i in range(samples):
+                high.append(noop.enqueue(i, queue=queue, priority="high"))
+                time.sleep(0.02)
+            stats = app.broker.stats([queue])[0]
+            rate = (stats.total("succeeded") - before) / (time.perf_counter() - t0)
+            dry = stats.total("ready") == 0
+            delays = [1000 * (info.started_at - info.enqueued_at) for info in _finished(high)]
+        result = percentiles(delays)
+        result.backlog_drain = rate
+        if dry:
+            print(f"warning: the backlog ran dry during the priority run; raise --backlog above {backlog}")
+        return result
+
+    def delay(self, samples: int, workers: int = 2) -> Latency:
+        """Lateness of tasks due 1-3 s ahead while the workers idle; counts any started early."""
+        queue = f"bench-{uuid.uuid4().hex[:8]}"
+        with self.workers(queue, workers):
+            jobs = app.enqueue_many(
+                noop.message(i, queue=queue, delay=1.0 + 2.0 * i / samples) for i in range(samples)
+            )
+            infos = _finished(jobs, timeout=60)
+        lateness = [1000 * (info.started_at - info.run_at) for info in infos]
+        return percentiles(lateness, early=sum(1 for x in lateness if x < 0))
+
+    def bytes_per_queued_task(self, tasks: int = 10_000) -> float | None:
+        """Store growth per queued no-op task (Redis memory, database or file size)."""
+        queue = f"bench-{uuid.uuid4().hex[:8]}"
+        measure = _store_size(self.url)
+        if measure is None:
+            return None
+        before = measure()
+        for start in range(0, tasks, 1000):
+            app.enqueue_many(noop.message(i, queue=queue) for i in range(start, min(tasks, start + 1000)))
+        grown = (measure() - before) / tasks
+        with self.workers(queue, 2):
+            self._until(queue, "succeeded", tasks)
+        return grown
+
+
+def _finished(jobs: list[Job], timeout: float = 600) -> list[Any]:
+    infos = []
+    for job in jobs:
+        job.result(timeout=timeout)
+        info = job.info()
+        assert info.started_at is not None
+        infos.append(info)
+    return infos
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of a live process so far (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _store_size(url: str) -> Callable[[], float] | None:
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///").split("?", 1)[0])
+
+        def sqlite_size() -> float:
+            """Pages in use (the WAL's included), not the file's size: freed pages are reused."""
+            import sqlite3
+
+            with contextlib.closing(sqlite3.connect(path)) as db:
+                used = (
+                    db.execute("PRAGMA page_count").fetchone()[0]
+                    - db.execute("PRAGMA freelist_count").fetchone()[0]
+                )
+                return float(used * db.execute("PRAGMA page_size").fetchone()[0])
+
+        return sqlite_size
+    if url.startswith(("redis://", "rediss://")):
+        import redis
+
+        client = redis.Redis.from_url(url.split("?", 1)[0])
+
+        def redis_size() -> float:
+            return float(client.info("memory")["used_memory"])
+
+        return redis_size
+    if url.startswith(("postgresql://", "postgres://")):
+        import psycopg
+
+        from conveyor.brokers.postgres.dsn import parse
+
+        target = parse(url)
+
+        def postgres_size() -> float:
+            with psycopg.connect(target.conninfo, autocommit=True) as conn:
+                row = conn.execute(
+                    "SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c"
+                    " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind = 'r'",
+                    [target.schema],
+                ).fetchone()
+            return float(row[0] or 0) if row else 0.0
+
+        return postgres_size
+    return None
+
+
+def run(
+    url: str,
+    tasks: int,
+    workers: Sequence[int],
+    task_name: str,
+    backlog: int,
+    samples: int,
+    concurrency: int,
+    report: Callable[[str], None],
+) -> Report:
+    """Every measurement on one store; ``report`` gets a line as each finishes."""
+    bench = Bench(url, concurrency)
+    result = Report(url=url, task=task_name, tasks=tasks)
+    for w in workers:
+        t = bench.throughput(tasks, w, task_name)
+        result.throughput.append(t)
+        report(
+            f"{task_name} x{tasks}, {w} worker process(es): enqueue {t.enqueue_one_by_one:,.0f}/s one by one, "
+            f"{t.enqueue_batched:,.0f}/s batched; drain {t.drain:,.0f}/s; end to end {t.end_to_end:,.0f}/s; "
+            f"worker CPU {t.worker_cpu_us_per_task:,.0f} µs/task"
+        )
+    result.priority = bench.priority(backlog, samples)
+    p = result.priority
+    report(
+        f"high-priority start delay behind a low backlog draining at {p.backlog_drain or 0:,.0f}/s: "
+        f"p50 {p.p50_ms:.1f} ms, p95 {p.p95_ms:.1f} ms, p99 {p.p99_ms:.1f} ms, max {p.max_ms:.1f} ms"
+    )
+    result.delay = bench.delay(samples)
+    d = result.delay
+    report(
+        f"delayed-task lateness: p50 {d.p50_ms:.1f} ms, p99 {d.p99_ms:.1f} ms, max {d.max_ms:.1f} ms, {d.early} early"
+    )
+    result.bytes_per_queued_task = bench.bytes_per_queued_task()
+    if result.bytes_per_queued_task is not None:
+        report(f"store growth per queued task: {result.bytes_per_queued_task:,.0f} bytes")
+    app.close()
+    return result
+
+
+def to_json(report: Report) -> str:
+    return json.dumps(asdict(report), indent=2)
