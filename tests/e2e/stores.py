@@ -11,8 +11,6 @@ from typing import Any
 
 REDIS_URL = os.environ.get("CONVEYOR_TEST_REDIS", "redis://127.0.0.1:6379/10")
 POSTGRES_URL = os.environ.get("CONVEYOR_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
-#: A Redis ledger key in the queue's hash slot, so the effect runs inside the ack script.
-REDIS_LEDGER = "conveyor:{default}:e2e-ledger"
 
 
 class Store:
@@ -46,21 +44,27 @@ class SQLiteStore(Store):
 
 
 class RedisStore(Store):
+    """A fresh key prefix per test, its keys deleted at the end (the database is shared)."""
+
     name = "redis"
 
     def __init__(self, tmp_path: Path) -> None:
-        import redis
+        from redis.client import Redis
 
-        self.url = REDIS_URL
-        self.client = redis.Redis.from_url(self.url)
-        self.client.flushdb()
-        self.ledger_env = {"E2E_LEDGER": "redis", "E2E_LEDGER_KEY": REDIS_LEDGER}
+        self.prefix = f"e2e-{os.urandom(5).hex()}"
+        self.url = f"{REDIS_URL}{'&' if '?' in REDIS_URL else '?'}prefix={self.prefix}"
+        self.client = Redis.from_url(REDIS_URL)
+        #: In the queue's hash slot, so the effect runs inside the ack script.
+        self.ledger_key = f"{self.prefix}:{{default}}:e2e-ledger"
+        self.ledger_env = {"E2E_LEDGER": "redis", "E2E_LEDGER_KEY": self.ledger_key}
 
     def ledger(self) -> list[int]:
-        return [int(n) for n in self.client.lrange(REDIS_LEDGER, 0, -1)]
+        return [int(n) for n in self.client.lrange(self.ledger_key, 0, -1)]
 
     def close(self) -> None:
-        self.client.flushdb()
+        keys = list(self.client.scan_iter(match=f"{self.prefix}:*", count=1000))
+        for start in range(0, len(keys), 500):
+            self.client.unlink(*keys[start : start + 500])
         self.client.close()
 
 

@@ -1,0 +1,615 @@
+"""The Redis backend: one Lua script per operation, pub/sub wake-ups, Cluster-ready key layout.
+
+Every operation is one script call per queue, sent for all queues of a call in one pipelined
+round trip (one per node on a cluster); a reservation makes two (due counts for the priority
+split, then the claim). The scripts read the store's clock (``TIME``) unless the caller passes
+``now``. Idle workers sleep in ``wait`` on a pub/sub subscription to their queues' wake-up
+channels, which scripts publish to when they make work pending, with the timeout cut to the
+earliest due time of a scheduled task.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import msgspec
+from redis.backoff import ExponentialBackoff
+from redis.client import PubSub, Redis
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from conveyor import serializer
+from conveyor.brokers.base import Broker, Lease
+from conveyor.brokers.redis.scripts import Call, Scripts
+from conveyor.brokers.redis.url import parse
+from conveyor.brokers.redis.wire import (
+    adopt_fields,
+    delivery,
+    job,
+    message_args,
+    now_arg,
+    optional,
+    outcome_args,
+    pairs,
+    raise_conflict,
+    rows,
+    share,
+)
+from conveyor.errors import ConfigurationError, KeyConflict
+from conveyor.priority import Fairness
+from conveyor.records import (
+    AckStatus,
+    Delivery,
+    Enqueued,
+    JobInfo,
+    Message,
+    Outcome,
+    QueueStats,
+    Reclaimed,
+    WorkerInfo,
+)
+
+#: How many (job id -> queue) entries of this process's leases to remember.
+_LEASE_BOOK = 100_000
+#: Seconds between a process's additions of a queue to the registry of queues.
+_REREGISTER = 60.0
+#: Longest wait for a subscription to be confirmed.
+_SUBSCRIBE_TIMEOUT = 5.0
+
+
+class RedisBroker(Broker):
+    """Jobs in Redis (or a Redis Cluster); any number of hosts may share it."""
+
+    def __init__(
+        self, url: str, retention: float = 86400.0, retries: int = 12, socket_timeout: float = 30.0
+    ) -> None:
+        """``retries``: attempts again, with exponential backoff (50 ms doubling to 2 s), of a
+        call whose connection failed or timed out: about 15 s of the server being away."""
+        self.target = parse(url)
+        self.display_url = self.target.display
+        self.retention = retention
+        self._scripts = Scripts()
+        retry = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=retries)
+        options: dict[str, Any] = {
+            "retry": retry,
+            "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": 10.0,
+            "socket_keepalive": True,
+            "health_check_interval": 30,
+        }
+        self._client: Any = (
+            RedisCluster.from_url(self.target.url, **options)
+            if self.target.cluster
+            else Redis.from_url(self.target.url, **options)
+        )
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._subscribers: list[PubSub] = []
+        self._leases: collections.OrderedDict[str, str] = collections.OrderedDict()
+        self._registered: dict[str, float] = {}  # queue -> when this process last added it
+        self._pid = os.getpid()
+        self._closed = False
+        self._expire_from = 0
+
+    def __repr__(self) -> str:
+        return f"RedisBroker({self.display_url!r})"
+
+    # -- keys --------------------------------------------------------------------------------
+
+    def _base(self, queue: str) -> str:
+        return f"{self.target.prefix}:{{{queue}}}"
+
+    def _keys(self, queue: str, *names: str) -> list[str]:
+        base = self._base(queue)
+        return [f"{base}:{name}" for name in names]
+
+    @property
+    def _queues_key(self) -> str:
+        return f"{self.target.prefix}:queues"
+
+    @property
+    def _workers_key(self) -> str:
+        return f"{self.target.prefix}:workers"
+
+    def _run(self, calls: Sequence[Call]) -> list[Any]:
+        if self._closed:
+            raise ConfigurationError(f"broker for {self.display_url} is closed")
+        return self._scripts.run(self._client, calls)
+
+    def _known_queues(self) -> list[str]:
+        return sorted(q.decode() for q in self._client.smembers(self._queues_key))
+
+    def _register(self, queues: Iterable[str]) -> None:
+        """Add queues to the registry that cross-queue reads loop over; again now and then, in
+        case the registry was lost (a flushed database, a restart without persistence)."""
+        clock = time.monotonic()
+        stale = sorted({q for q in queues if clock - self._registered.get(q, -_REREGISTER) >= _REREGISTER})
+        if stale:
+            self._client.sadd(self._queues_key, *stale)
+            self._registered.update(dict.fromkeys(stale, clock))
+
+    # -- enqueue -----------------------------------------------------------------------------
+
+    def enqueue(
+        self, messages: Sequence[Message], now: float | None = None, connection: Any = None
+    ) -> list[Enqueued]:
+        if connection is not None:
+            raise ConfigurationError(
+                "Redis has no caller transactions: enqueue follow-up tasks with current_job().enqueue()"
+            )
+        if not messages:
+            return []
+        by_queue: dict[str, list[int]] = {}
+        for i, m in enumerate(messages):
+            by_queue.setdefault(m.queue, []).append(i)
+        self._register(by_queue)
+
+        def calls(check: bool) -> list[Call]:
+            return [
+                (
+                    "enqueue",
+                    self._keys(q, "jobs", "keys", "counts"),
+                    [now_arg(now), "1" if check else "0", *message_args(messages[i] for i in indexes)],
+                )
+                for q, indexes in by_queue.items()
+            ]
+
+        if len(by_queue) > 1:  # a conflict in one queue must leave the others untouched
+            for reply in self._run(calls(check=True)):
+                raise_conflict(reply)
+        out: list[Enqueued | None] = [None] * len(messages)
+        for indexes, reply in zip(by_queue.values(), self._run(calls(check=False)), strict=True):
+            raise_conflict(reply)
+            for n, i in enumerate(indexes):
+                out[i] = Enqueued(reply[1 + 2 * n].decode(), reply[2 + 2 * n] == 1)
+        return [e for e in out if e is not None]
+
+    # -- reserve -----------------------------------------------------------------------------
+
+    def reserve(
+        self,
+        queues: Sequence[str],
+        limit: int,
+        lease: float,
+        worker: str,
+        fairness: Fairness,
+        now: float | None = None,
+    ) -> list[Delivery]:
+        if limit <= 0 or not queues:
+            return []
+        queues = list(dict.fromkeys(queues))
+        if len(queues) == 1:  # one round trip: the script splits the limit with the round robin
+            (queue,) = queues
+            state = [x for pair in zip(fairness.weights, fairness.current, strict=True) for x in pair]
+            args = [now_arg(now), repr(float(lease)), worker, "fair", limit, *state]
+            (reply,) = self._run([("reserve", self._keys(queue, "jobs", "running", "counts"), args)])
+            fairness.current[:] = [int(x) for x in reply[1 : 1 + reply[0]]]
+            out = [delivery(f, queue) for f in rows(reply, 1 + reply[0])]
+        else:
+            out = self._reserve_across(queues, limit, lease, worker, fairness, now)
+        out.sort(key=lambda d: (d.priority, d.run_at))
+        with self._lock:
+            for d in out:
+                self._leases[d.id] = d.queue
+                self._leases.move_to_end(d.id)
+            while len(self._leases) > _LEASE_BOOK:
+                self._leases.popitem(last=False)
+        return out
+
+    def _reserve_across(
+        self,
+        queues: list[str],
+        limit: int,
+        lease: float,
+        worker: str,
+        fairness: Fairness,
+        now: float | None,
+    ) -> list[Delivery]:
+        """Several queues, in different slots maybe: count their due tasks per level (one round
+        trip), split the limit across levels and queues here, then claim (another)."""
+        levels = len(fairness.weights)
+        replies = self._run([("ready", self._keys(q, "jobs"), [now_arg(now), levels, limit]) for q in queues])
+        ready = [[int(reply[1 + level]) for reply in replies] for level in range(levels)]
+        take = fairness.split([sum(per_queue) for per_queue in ready], limit)
+        per_queue = [[0] * levels for _ in queues]
+        for level, wanted in enumerate(take):
+            for qi, n in enumerate(share(wanted, ready[level])):
+                per_queue[qi][level] = n
+        chosen = [(qi, q) for qi, q in enumerate(queues) if any(per_queue[qi])]
+        claimed = self._run(
+            [
+                (
+                    "reserve",
+                    self._keys(q, "jobs", "running", "counts"),
+                    [replies[qi][0], repr(float(lease)), worker, "take", *per_queue[qi]],
+                )
+                for qi, q in chosen
+            ]
+        )
+        return [
+            delivery(f, q)
+            for (_, q), reply in zip(chosen, claimed, strict=True)
+            for f in rows(reply, 1 + reply[0])
+        ]
+
+    # -- wait --------------------------------------------------------------------------------
+
+    def wait(self, queues: Sequence[str], timeout: float) -> None:
+        try:
+            sub = self._subscriber(queues)
+            if sub is None:  # just subscribed: a wake-up sent before that is lost, so look now
+                return
+            dues = self._run([("next_due", self._keys(q, "jobs", "counts"), []) for q in queues])
+            for due in dues:
+                if due:
+                    timeout = min(timeout, float(due))
+            deadline = time.monotonic() + max(0.0, timeout)
+            while True:
+                remaining = deadline - time.monotonic()
+                message = sub.get_message(timeout=max(0.0, remaining))
+                if message is not None and message["type"] in ("message", b"message"):
+                    while sub.get_message(timeout=0.0) is not None:  # one wake-up is enough
+                        pass
+                    return
+                if remaining <= 0:
+                    return
+        except Exception as exc:
+            if self._closed:  # close() pulled the connection from under the wait
+                return
+            if not isinstance(exc, RedisConnectionError | RedisTimeoutError):
+                raise
+            self._drop_subscriber()  # the next wait subscribes again; the caller looks meanwhile
+
+    def _subscriber(self, queues: Sequence[str]) -> PubSub | None:
+        """This thread's subscription, moved to ``queues``' channels; None if it changed now."""
+        if self._pid != os.getpid():  # forked: the parent's subscriptions are not ours
+            self._pid, self._local, self._subscribers = os.getpid(), threading.local(), []
+        sub: PubSub | None = getattr(self._local, "sub", None)
+        wanted = {f"{self._base(q)}:wake" for q in queues}
+        current: set[str] = getattr(self._local, "channels", set())
+        if sub is not None and current == wanted:
+            return sub
+        if sub is None:
+            sub = self._client.pubsub()
+            with self._lock:
+                if self._closed:
+                    sub.close()
+                    raise ConfigurationError(f"broker for {self.display_url} is closed")
+                self._subscribers.append(sub)
+            self._local.sub = sub
+        if current - wanted:
+            sub.unsubscribe(*sorted(current - wanted))
+        new = wanted - current
+        if new:
+            sub.subscribe(*sorted(new))
+            waiting = {c.encode() for c in new}
+            deadline = time.monotonic() + _SUBSCRIBE_TIMEOUT
+            while waiting and time.monotonic() < deadline:
+                message = sub.get_message(timeout=max(0.0, deadline - time.monotonic()))
+                if message is not None and message["type"] in ("subscribe", b"subscribe"):
+                    waiting.discard(message["channel"])
+        self._local.channels = wanted
+        return None
+
+    def _drop_subscriber(self) -> None:
+        sub: PubSub | None = getattr(self._local, "sub", None)
+        self._local.sub, self._local.channels = None, set()
+        if sub is not None:
+            with self._lock:
+                if sub in self._subscribers:
+                    self._subscribers.remove(sub)
+            with contextlib.suppress(RedisError, OSError):
+                sub.close()
+
+    # -- outcomes ----------------------------------------------------------------------------
+
+    def _locate(self, ids: Sequence[str]) -> dict[str, str]:
+        """The queue of each job id: this process's leases first, then a look in every queue."""
+        with self._lock:
+            found = {i: self._leases[i] for i in ids if i in self._leases}
+        missing = [i for i in ids if i not in found]
+        if missing:
+            found |= {found_job.id: found_job.queue for found_job in self._find(missing, None)}
+        return found
+
+    def _forget(self, ids: Iterable[str]) -> None:
+        with self._lock:
+            for i in ids:
+                self._leases.pop(i, None)
+
+    def ack(self, outcomes: Sequence[Outcome], now: float | None = None) -> list[AckStatus]:
+        if not outcomes:
+            return []
+        where = self._locate([o.id for o in outcomes])
+        statuses: list[AckStatus] = [AckStatus("lost")] * len(outcomes)
+        by_queue: dict[str, list[int]] = {}
+        for i, o in enumerate(outcomes):
+            if o.id in where:
+                by_queue.setdefault(where[o.id], []).append(i)
+        later: dict[int, list[Message]] = {}  # follow-ups to other slots of a cluster, after the ack
+        calls: list[Call] = []
+        for queue, indexes in by_queue.items():
+            targets: list[str] = []
+            args: list[Any] = [now_arg(now), repr(float(self.retention))]
+            for i in indexes:
+                o = outcomes[i]
+                args += outcome_args(o)
+                follow = list(o.enqueues) if o.kind == "succeeded" else []
+                if self.target.cluster:
+                    slot = key_slot(self._base(queue).encode())
+                    later[i] = [m for m in follow if key_slot(self._base(m.queue).encode()) != slot]
+                    follow = [m for m in follow if m not in later[i]]
+                args.append(len(follow))
+                for m in follow:
+                    if m.queue not in targets:
+                        targets.append(m.queue)
+                    args += [targets.index(m.queue) + 1, *message_args([m])]
+            self._register(targets)
+            keys = self._keys(queue, "jobs", "keys", "counts", "running", "dead", "done")
+            for t in targets:
+                keys += self._keys(t, "jobs", "keys", "counts")
+            calls.append(("ack", keys, args))
+        for indexes, reply in zip(by_queue.values(), self._run(calls), strict=True):
+            for n, i in enumerate(indexes):
+                status, detail = reply[2 * n].decode(), reply[2 * n + 1].decode(errors="replace")
+                statuses[i] = AckStatus(status, detail or None)
+        follow_ups = [m for i, ms in later.items() if statuses[i].status == "ok" for m in ms]
+        if follow_ups:
+            self.enqueue(follow_ups, now=now)
+        self._forget(o.id for o, s in zip(outcomes, statuses, strict=True) if s.status != "effects_failed")
+        return statuses
+
+    def extend(self, leases: Sequence[Lease], lease: float, now: float | None = None) -> list[str]:
+        if not leases:
+            return []
+        by_queue = self._by_queue(leases)
+        replies = self._run(
+            [
+                (
+                    "extend",
+                    self._keys(q, "jobs", "running"),
+                    [now_arg(now), repr(float(lease)), *pairs(held)],
+                )
+                for q, held in by_queue.items()
+            ]
+        )
+        lost = {i.decode() for reply in replies for i in reply}
+        located = {job_id for held in by_queue.values() for job_id, _ in held}
+        return [job_id for job_id, _ in leases if job_id in lost or job_id not in located]
+
+    def release(self, leases: Sequence[Lease]) -> int:
+        if not leases:
+            return 0
+        by_queue = self._by_queue(leases)
+        replies = self._run(
+            [
+                ("release", self._keys(q, "jobs", "running", "counts"), pairs(held))
+                for q, held in by_queue.items()
+            ]
+        )
+        self._forget(job_id for job_id, _ in leases)
+        return sum(int(n) for n in replies)
+
+    def _by_queue(self, leases: Sequence[Lease]) -> dict[str, list[Lease]]:
+        where = self._locate([job_id for job_id, _ in leases])
+        by_queue: dict[str, list[Lease]] = {}
+        for job_id, token in leases:
+            if job_id in where:
+                by_queue.setdefault(where[job_id], []).append((job_id, token))
+        return by_queue
+
+    def reclaim(self, now: float | None = None) -> Reclaimed:
+        replies = self._run(
+            [
+                ("reclaim", self._keys(q, "jobs", "running", "counts", "dead"), [now_arg(now)])
+                for q in self._known_queues()
+            ]
+        )
+        requeued: list[str] = []
+        dead: list[str] = []
+        for reply in replies:
+            for n in range(0, len(reply), 2):
+                (requeued if reply[n] == b"requeued" else dead).append(reply[n + 1].decode())
+        return Reclaimed(requeued, dead)
+
+    # -- reads and the dead letter queue -----------------------------------------------------
+
+    def _find(self, ids: Sequence[str], now: float | None) -> list[JobInfo]:
+        """Jobs by id, looked up in every known queue in one round trip."""
+        queues = self._known_queues()
+        replies = self._run([("get", self._keys(q, "jobs"), [now_arg(now), *ids]) for q in queues])
+        return [
+            job(f, q, float(reply[0]))
+            for q, reply in zip(queues, replies, strict=True)
+            for f in rows(reply, 1)
+        ]
+
+    def cancel(self, job_id: str, now: float | None = None) -> bool:
+        replies = self._run(
+            [
+                (
+                    "cancel",
+                    self._keys(q, "jobs", "counts", "done"),
+                    [now_arg(now), repr(self.retention), job_id],
+                )
+                for q in self._known_queues()
+            ]
+        )
+        return any(replies)
+
+    def get(self, job_id: str, now: float | None = None) -> JobInfo | None:
+        found = self._find([job_id], now)
+        return found[0] if found else None
+
+    def stats(self, queues: Sequence[str] | None = None, now: float | None = None) -> list[QueueStats]:
+        names = self._known_queues() if queues is None else list(dict.fromkeys(queues))
+        replies = self._run([("stats", self._keys(q, "jobs", "counts"), [now_arg(now)]) for q in names])
+        out = []
+        for q, reply in zip(names, replies, strict=True):
+            clock = float(reply[0])
+            counts: dict[str, dict[int, int]] = {}
+            oldest: float | None = None
+            for n in range(1, len(reply), 3):
+                state, level = reply[n].decode(), int(reply[n + 1])
+                if state == "oldest":
+                    due = float(reply[n + 2])
+                    oldest = due if oldest is None else min(oldest, due)
+                elif int(reply[n + 2]):
+                    counts.setdefault(state, {})[level] = int(reply[n + 2])
+            out.append(QueueStats(q, counts, None if oldest is None else clock - oldest))
+        return sorted(out, key=lambda s: s.queue)
+
+    def jobs(
+        self,
+        queue: str | None = None,
+        state: str | None = None,
+        task: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        now: float | None = None,
+    ) -> list[JobInfo]:
+        names = self._known_queues() if queue is None else [queue]
+        args = [now_arg(now), state or "", optional(task), offset + limit]
+        replies = self._run(
+            [("jobs", self._keys(q, "jobs", "counts", "running", "dead", "done"), args) for q in names]
+        )
+        found = [
+            (float(f[17]), job(f, q, float(reply[0])))
+            for q, reply in zip(names, replies, strict=True)
+            for f in rows(reply, 1)
+        ]
+        if state in ("scheduled", "ready"):
+            found.sort(key=lambda s_j: (s_j[1].run_at, s_j[0]))
+        elif state == "running":
+            found.sort(key=lambda s_j: (s_j[1].started_at or 0.0, s_j[0]))
+        elif state is None:
+            found.sort(key=lambda s_j: -s_j[0])
+        else:
+            found.sort(key=lambda s_j: (-(s_j[1].finished_at or 0.0), -s_j[0]))
+        return [j for _, j in found[offset : offset + limit]]
+
+    def beat(self, worker: WorkerInfo, ttl: float) -> None:
+        entry = repr(worker.last_beat + ttl).encode() + b" " + serializer.dumps(worker)
+        self._client.hset(self._workers_key, worker.id, entry)
+
+    def workers(self, now: float | None = None) -> list[WorkerInfo]:
+        if now is None:
+            seconds, micros = self._client.time()
+            now = seconds + micros / 1_000_000
+        live: list[WorkerInfo] = []
+        gone: list[bytes] = []
+        for worker_id, entry in self._client.hgetall(self._workers_key).items():
+            expires, _, info = entry.partition(b" ")
+            if float(expires) >= now:
+                live.append(msgspec.json.decode(info, type=WorkerInfo))
+            elif float(expires) < now - 3600:
+                gone.append(worker_id)
+        if gone:
+            self._client.hdel(self._workers_key, *gone)
+        return sorted(live, key=lambda w: w.id)
+
+    def replay(
+        self, ids: Sequence[str] | None = None, queue: str | None = None, now: float | None = None
+    ) -> int:
+        sources: dict[str, list[str] | None] = {}  # queue -> its dead jobs to replay (None: all)
+        if ids is None:
+            sources = dict.fromkeys(self._known_queues())
+        else:
+            for j in self._find(ids, now):
+                if j.state == "dead":
+                    sources[j.queue] = [*(sources.get(j.queue) or []), j.id]
+        moving: dict[str, list[list[Any]]] = {}  # raw job rows, by the queue they leave
+        others = [q for q in sources if q != queue] if queue is not None else []
+        listed = self._run(
+            [
+                ("jobs", self._keys(q, "jobs", "counts", "running", "dead", "done"), ["", "dead", "", 2**31])
+                for q in others
+            ]
+        )
+        for q, reply in zip(others, listed, strict=True):
+            wanted = sources[q]
+            moving[q] = [f for f in rows(reply, 1) if wanted is None or f[0].decode() in wanted]
+        count = 0
+        if queue is not None and any(moving.values()):
+            self._register([queue])
+            args = [
+                now_arg(now),
+                *(x for leaving in moving.values() for f in leaving for x in adopt_fields(f)),
+            ]
+            (reply,) = self._run([("adopt", self._keys(queue, "jobs", "keys", "counts"), args)])
+            if reply[0] == b"conflict":
+                job_id, key, holder = (x.decode() for x in reply[1:4])
+                raise KeyConflict(
+                    f"cannot replay job {job_id} into {queue!r}: job {holder} holds key {key!r}"
+                )
+            count += int(reply[1])
+            self._run(
+                [
+                    (
+                        "purge",
+                        self._keys(q, "jobs", "keys", "counts", "dead"),
+                        ["0", *(f[0] for f in leaving)],
+                    )
+                    for q, leaving in moving.items()
+                    if leaving
+                ]
+            )
+        in_place = [(q, wanted) for q, wanted in sources.items() if q not in moving]
+        replies = self._run(
+            [
+                (
+                    "replay",
+                    self._keys(q, "jobs", "counts", "dead"),
+                    [now_arg(now), "1" if wanted is None else "0", *(wanted or [])],
+                )
+                for q, wanted in in_place
+            ]
+        )
+        return count + sum(int(n) for n in replies)
+
+    def purge(self, ids: Sequence[str] | None = None) -> int:
+        args = ["1"] if ids is None else ["0", *ids]
+        replies = self._run(
+            [("purge", self._keys(q, "jobs", "keys", "counts", "dead"), args) for q in self._known_queues()]
+        )
+        return sum(int(n) for n in replies)
+
+    def expire(self, now: float | None = None, limit: int = 1000) -> int:
+        queues = self._known_queues()
+        if not queues:
+            return 0
+        # Each call starts at the next queue, so one queue's long tail cannot starve the others.
+        self._expire_from = (self._expire_from + 1) % len(queues)
+        count = 0
+        for q in queues[self._expire_from :] + queues[: self._expire_from]:
+            if count >= limit:
+                break
+            (n,) = self._run(
+                [("expire", self._keys(q, "jobs", "keys", "counts", "done"), [now_arg(now), limit - count])]
+            )
+            count += int(n)
+        return count
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            subscribers, self._subscribers = list(self._subscribers), []
+        if self._pid != os.getpid():
+            return  # forked: leave the parent's connections alone
+        for sub in subscribers:
+            with contextlib.suppress(RedisError, OSError):
+                sub.close()
+        self._client.close()

@@ -1,0 +1,196 @@
+-- Shared helpers, prepended to every operation script by scripts.py. Defines no keys.
+--
+-- A queue's keys all start with its base "<prefix>:{<queue>}" and so share one hash slot:
+--   <base>:jobs        hash  job id -> MessagePack record (layout below)
+--   <base>:keys        hash  idempotency key -> job id
+--   <base>:counts      hash  "<state><level>" -> number of jobs (p, r, s, d, c; zero fields removed)
+--   <base>:running     zset  job id, scored by lease expiry
+--   <base>:dead        zset  job id, scored by finish time
+--   <base>:done        zset  succeeded and cancelled job ids, scored by retention expiry
+--   <base>:pending:<L> zset  scheduled and ready jobs of level L, scored by due time (see member)
+-- The pending zsets are named in the scripts from KEYS[1] (<base>:jobs) since a queue's levels
+-- are only known from its records; they are in the same slot as KEYS[1].
+-- Wake-ups are published on the channel "<base>:wake" (message: empty).
+--
+-- Numbers reach redis.call as strings formatted by fmt: Lua's own conversion keeps 14 digits.
+
+-- Record fields. Those a pending job may lack come last and a record is stored without its
+-- trailing absent fields, which keeps a queued job's record in a small allocation.
+local R_TASK, R_PRIO, R_PAYLOAD, R_RUN_AT, R_ENQUEUED, R_ATTEMPT, R_MAX, R_TOKEN, R_STATE, R_SEQ =
+  1, 2, 3, 4, 5, 6, 7, 8, 9, 10
+local R_KEY, R_LEASE, R_WORKER, R_STARTED, R_FINISHED, R_RESULT, R_ERRORS = 11, 12, 13, 14, 15, 16, 17
+local R_FIELDS = 17
+
+local function fmt(x)
+  if not x then return '' end
+  return string.format('%.17g', x)
+end
+
+-- The caller's "now", or the store's clock when it passed ''.
+local function clock(arg)
+  if arg ~= nil and arg ~= '' then return tonumber(arg) end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+
+-- Enqueue order across queues: the store's clock in microseconds.
+local function sequence()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+
+-- Optional strings cross the wire as '' (none) or '=' .. value.
+local function opt_in(s)
+  if s == '' then return false end
+  return string.sub(s, 2)
+end
+
+local function opt_out(v)
+  if not v then return '' end
+  return '=' .. v
+end
+
+-- A pending zset member: 7 bytes of the job's enqueue sequence, then its id, so jobs due at
+-- the same time leave in enqueue order.
+local function member(id, r)
+  local s, bytes = r[R_SEQ], {}
+  for k = 7, 1, -1 do
+    bytes[k] = string.char(s % 256)
+    s = math.floor(s / 256)
+  end
+  return table.concat(bytes) .. id
+end
+
+local function member_id(m) return string.sub(m, 8) end
+
+local function base_of(jobs) return string.sub(jobs, 1, -6) end
+local function pending_key(jobs, level) return base_of(jobs) .. ':pending:' .. level end
+local function wake(jobs) redis.call('PUBLISH', base_of(jobs) .. ':wake', '') end
+
+local function load(jobs, id)
+  local raw = redis.call('HGET', jobs, id)
+  if raw then return cmsgpack.unpack(raw) end
+  return nil
+end
+
+local function save(jobs, id, r)
+  local last = 0
+  for i = 1, R_FIELDS do
+    if r[i] == nil then r[i] = false end
+    if r[i] ~= false then last = i end
+  end
+  local packed = {}
+  for i = 1, last do packed[i] = r[i] end
+  redis.call('HSET', jobs, id, cmsgpack.pack(packed))
+end
+
+-- A new pending record.
+local function record(task, prio, payload, run_at, enqueued_at, max, token, seq, key, errors)
+  return {task, prio, payload, run_at, enqueued_at, 0, max, token, 'p', seq, key, false, false,
+    false, false, false, errors}
+end
+
+local function bump(counts, field, by)
+  if redis.call('HINCRBY', counts, field, by) <= 0 then redis.call('HDEL', counts, field) end
+end
+
+-- Levels with jobs pending, from the counts hash.
+local function pending_levels(counts)
+  local levels = {}
+  local fields = redis.call('HKEYS', counts)
+  for _, f in ipairs(fields) do
+    if string.sub(f, 1, 1) == 'p' then levels[#levels + 1] = tonumber(string.sub(f, 2)) end
+  end
+  table.sort(levels)
+  return levels
+end
+
+-- Errors are kept as JSON text and appended without decoding, so floats keep every digit.
+local function append_error(errors, err)
+  if not errors or errors == '[]' then return '[' .. err .. ']' end
+  return string.sub(errors, 1, -2) .. ',' .. err .. ']'
+end
+
+-- A record as 18 reply fields: id, task, priority, state, payload, attempt, max_attempts, token,
+-- run_at, enqueued_at, started_at, finished_at, key, result, errors, worker, lease_until, seq.
+local function emit(out, id, r)
+  local n = #out
+  out[n + 1] = id
+  out[n + 2] = r[R_TASK]
+  out[n + 3] = tostring(r[R_PRIO])
+  out[n + 4] = r[R_STATE]
+  out[n + 5] = r[R_PAYLOAD]
+  out[n + 6] = tostring(r[R_ATTEMPT])
+  out[n + 7] = tostring(r[R_MAX])
+  out[n + 8] = tostring(r[R_TOKEN])
+  out[n + 9] = fmt(r[R_RUN_AT])
+  out[n + 10] = fmt(r[R_ENQUEUED])
+  out[n + 11] = fmt(r[R_STARTED])
+  out[n + 12] = fmt(r[R_FINISHED])
+  out[n + 13] = opt_out(r[R_KEY])
+  out[n + 14] = opt_out(r[R_RESULT])
+  out[n + 15] = r[R_ERRORS] or '[]'
+  out[n + 16] = opt_out(r[R_WORKER])
+  out[n + 17] = fmt(r[R_LEASE])
+  out[n + 18] = fmt(r[R_SEQ])
+end
+
+-- Messages from ARGV, 8 fields each from position i: id, task, priority, payload, delay,
+-- run_at ('' for none), key (optional string), max_attempts.
+local function read_message(i)
+  return {
+    id = ARGV[i], task = ARGV[i + 1], prio = tonumber(ARGV[i + 2]), payload = ARGV[i + 3],
+    delay = tonumber(ARGV[i + 4]), run_at = ARGV[i + 5] ~= '' and tonumber(ARGV[i + 5]) or false,
+    key = opt_in(ARGV[i + 6]), max = tonumber(ARGV[i + 7]),
+  }
+end
+
+-- Decide, writing nothing, which messages are new: returns a plan ({id, created, write} per
+-- message) or nil and the conflict {key, holder id}. A message whose id exists was stored by
+-- an earlier try of the same call (a retry after a lost reply): it counts as created.
+local function plan_enqueue(jobs, keys, msgs)
+  local plan, held = {}, {}
+  for i, m in ipairs(msgs) do
+    if redis.call('HEXISTS', jobs, m.id) == 1 then
+      plan[i] = {m.id, 1, false}
+    elseif m.key then
+      local h = held[m.key]
+      if not h then
+        local hid = redis.call('HGET', keys, m.key)
+        local r = hid and load(jobs, hid)
+        if r then h = {hid, r[R_TASK], r[R_PAYLOAD]} end
+      end
+      if h then
+        if h[2] ~= m.task or h[3] ~= m.payload then return nil, {m.key, h[1]} end
+        plan[i] = {h[1], 0, false}
+      else
+        held[m.key] = {m.id, m.task, m.payload}
+        plan[i] = {m.id, 1, true}
+      end
+    else
+      plan[i] = {m.id, 1, true}
+    end
+  end
+  return plan
+end
+
+local function write_enqueue(jobs, keys, counts, msgs, plan, now)
+  local seq, wrote = sequence(), false
+  for i, m in ipairs(msgs) do
+    if plan[i][3] then
+      local due = m.run_at or (now + m.delay)
+      local r = record(m.task, m.prio, m.payload, due, now, m.max, 0, seq + i, m.key, false)
+      save(jobs, m.id, r)
+      redis.call('ZADD', pending_key(jobs, m.prio), fmt(due), member(m.id, r))
+      bump(counts, 'p' .. m.prio, 1)
+      if m.key then redis.call('HSET', keys, m.key, m.id) end
+      wrote = true
+    end
+  end
+  if wrote then wake(jobs) end
+end
+
+-- Drop a job's idempotency key if the job still holds it.
+local function free_key(keys, id, r)
+  if r[R_KEY] and redis.call('HGET', keys, r[R_KEY]) == id then redis.call('HDEL', keys, r[R_KEY]) end
+end

@@ -1,0 +1,71 @@
+-- reserve: lease due tasks of one queue, FIFO by due time within each level.
+--
+-- KEYS[1] <base>:jobs   KEYS[2] <base>:running   KEYS[3] <base>:counts
+-- ARGV[1] now   ARGV[2] lease seconds   ARGV[3] worker id   ARGV[4] mode, then either
+--   mode 'take': how many to take from level 0, 1, ...
+--   mode 'fair': the limit, then weight and current value per level of the caller's smooth
+--     weighted round robin (conveyor.priority.Fairness), which splits the limit here across
+--     the levels with due tasks, exactly as Fairness.split does
+-- Returns {k, k values of the round robin's new current values (k = 0 for 'take'), then the
+-- leased jobs, 18 fields each (see emit)}, their attempt and token already counted.
+-- Scheduled and ready tasks share the pending zsets: a task is due once its score (due time)
+-- is <= now, so promotion of delayed tasks is this range, within the same script.
+
+local now = clock(ARGV[1])
+local lease_until = now + tonumber(ARGV[2])
+local take, current = {}, {}
+
+if ARGV[4] == 'take' then
+  for i = 5, #ARGV do take[#take + 1] = tonumber(ARGV[i]) end
+else
+  local limit, weights, left = tonumber(ARGV[5]), {}, {}
+  for i = 6, #ARGV, 2 do
+    local level = #weights
+    weights[level + 1] = tonumber(ARGV[i])
+    current[level + 1] = tonumber(ARGV[i + 1])
+    left[level + 1] = redis.call('ZCOUNT', pending_key(KEYS[1], level), '-inf', fmt(now))
+    take[level + 1] = 0
+  end
+  for _ = 1, limit do
+    local total, best = 0, nil
+    for l = 1, #weights do
+      if left[l] <= 0 then
+        current[l] = 0
+      else
+        current[l] = current[l] + weights[l]
+        total = total + weights[l]
+        if not best or current[l] > current[best] then best = l end
+      end
+    end
+    if not best then break end
+    current[best] = current[best] - total
+    take[best] = take[best] + 1
+    left[best] = left[best] - 1
+  end
+end
+
+local out = {#current}
+for l = 1, #current do out[#out + 1] = current[l] end
+for l = 1, #take do
+  local level, n = l - 1, take[l]
+  if n > 0 then
+    local pk = pending_key(KEYS[1], level)
+    for _, m in ipairs(redis.call('ZRANGEBYSCORE', pk, '-inf', fmt(now), 'LIMIT', 0, n)) do
+      redis.call('ZREM', pk, m)
+      local id = member_id(m)
+      local r = load(KEYS[1], id)
+      r[R_ATTEMPT] = r[R_ATTEMPT] + 1
+      r[R_TOKEN] = r[R_TOKEN] + 1
+      r[R_STATE] = 'r'
+      r[R_LEASE] = lease_until
+      r[R_WORKER] = ARGV[3]
+      r[R_STARTED] = now
+      save(KEYS[1], id, r)
+      redis.call('ZADD', KEYS[2], fmt(lease_until), id)
+      bump(KEYS[3], 'p' .. level, -1)
+      bump(KEYS[3], 'r' .. level, 1)
+      emit(out, id, r)
+    end
+  end
+end
+return out

@@ -1,0 +1,57 @@
+"""Store URLs: redis-py's ``redis://`` / ``rediss://`` URL plus Conveyor's own options."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+from conveyor.brokers import redact_url
+from conveyor.errors import ConfigurationError
+
+DEFAULT_PREFIX = "conveyor"
+_PREFIX = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a broker's keys live."""
+
+    #: The URL without Conveyor's options, for redis-py; holds the password, so never log it.
+    url: str = field(repr=False)
+    #: The URL with its password replaced, safe to log.
+    display: str = ""
+    #: First part of every key name (``<prefix>:{<queue>}:...``).
+    prefix: str = DEFAULT_PREFIX
+    #: Connect with redis-py's ``RedisCluster``.
+    cluster: bool = False
+
+
+def parse(url: str) -> Target:
+    """Split ``url`` into redis-py's URL and Conveyor's ``prefix`` and ``cluster`` options."""
+    display = redact_url(url)
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ConfigurationError(f"not a Redis URL: {display!r}")
+    kept: list[tuple[str, str]] = []
+    prefix, cluster = DEFAULT_PREFIX, False
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name == "prefix":
+            prefix = value
+        elif name == "cluster":
+            if value.lower() not in _TRUE | _FALSE:
+                raise ConfigurationError(f"invalid cluster={value!r} in {display!r}: use 1 or 0")
+            cluster = value.lower() in _TRUE
+        else:
+            kept.append((name, value))
+    if not _PREFIX.fullmatch(prefix):
+        raise ConfigurationError(
+            f"invalid prefix {prefix!r} in {display!r}: letters, digits and _ . : -, at most 64 characters"
+        )
+    if cluster and parts.path not in ("", "/", "/0"):
+        raise ConfigurationError(f"a Redis Cluster has only database 0: {display!r}")
+    return Target(
+        url=parts._replace(query=urlencode(kept)).geturl(), display=display, prefix=prefix, cluster=cluster
+    )

@@ -1,0 +1,158 @@
+"""How broker calls cross to the scripts and back: arguments out, reply fields in."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import msgspec
+
+from conveyor import serializer
+from conveyor.brokers.base import Lease
+from conveyor.errors import KeyConflict
+from conveyor.records import Delivery, JobInfo, Message, Outcome, State
+
+#: Reply fields per job (see ``emit`` in lib.lua).
+FIELDS = 18
+STATES: dict[bytes, State] = {b"r": "running", b"s": "succeeded", b"d": "dead", b"c": "cancelled"}
+
+
+def now_arg(now: float | None) -> str:
+    """``now`` for a script: '' lets the script read the store's clock."""
+    return "" if now is None else repr(float(now))
+
+
+def optional(value: str | bytes | None) -> bytes:
+    """An optional string for a script: b'' for None, else b'=' and the value."""
+    if value is None:
+        return b""
+    return b"=" + (value.encode() if isinstance(value, str) else value)
+
+
+def message_args(messages: Iterable[Message]) -> list[Any]:
+    """Messages as ``read_message`` in lib.lua reads them, 8 arguments each."""
+    args: list[Any] = []
+    for m in messages:
+        args += [
+            m.id,
+            m.task,
+            m.priority,
+            m.payload,
+            repr(float(m.delay)),
+            "" if m.run_at is None else repr(float(m.run_at)),
+            optional(m.key),
+            m.max_attempts,
+        ]
+    return args
+
+
+def command_arg(value: Any) -> bytes | str:
+    """An effect's argument: bytes and str as they are, floats exactly, the rest by str()."""
+    if isinstance(value, bytes | str):
+        return value
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def outcome_args(o: Outcome) -> list[Any]:
+    """An outcome as ack.lua reads it, without its follow-up enqueues (the caller adds them)."""
+    args: list[Any] = [
+        o.id,
+        o.token,
+        o.kind,
+        optional(o.result),
+        repr(float(o.delay)),
+        serializer.dumps(o.error) if o.kind != "succeeded" else b"",
+    ]
+    effects = o.effects if o.kind == "succeeded" else ()
+    args.append(len(effects))
+    for effect in effects:
+        command, *rest = effect
+        params = list(rest[0]) if rest and isinstance(rest[0], list | tuple) else rest
+        args += [1 + len(params), command_arg(command), *(command_arg(p) for p in params)]
+    return args
+
+
+def pairs(leases: Sequence[Lease]) -> list[Any]:
+    return [x for job_id, token in leases for x in (job_id, token)]
+
+
+def adopt_fields(f: list[Any]) -> list[Any]:
+    """A dead job's row (see ``emit``) as ``adopt`` takes it: its token and order travel along,
+    so a token handed out before the replay stays stale."""
+    return [f[0], f[1], f[2], f[4], f[12], f[6], f[14], f[9], f[7], f[17]]
+
+
+def raise_conflict(reply: list[Any]) -> None:
+    if reply[0] == b"conflict":
+        key, holder = reply[1].decode(), reply[2].decode()
+        raise KeyConflict(f"key {key!r} belongs to job {holder} with a different task or payload")
+
+
+def share(n: int, available: Sequence[int]) -> list[int]:
+    """Deal ``n`` claims of one level round-robin to the queues that still have due jobs."""
+    take = [0] * len(available)
+    while n > 0:
+        dealt = False
+        for i, ready in enumerate(available):
+            if n > 0 and take[i] < ready:
+                take[i] += 1
+                n -= 1
+                dealt = True
+        if not dealt:
+            break
+    return take
+
+
+def rows(reply: list[Any], start: int) -> Iterator[list[Any]]:
+    for i in range(start, len(reply), FIELDS):
+        yield reply[i : i + FIELDS]
+
+
+def float_or_none(raw: bytes) -> float | None:
+    return float(raw) if raw else None
+
+
+def text_or_none(raw: bytes) -> str | None:
+    return raw[1:].decode() if raw else None
+
+
+def delivery(f: list[Any], queue: str) -> Delivery:
+    return Delivery(
+        id=f[0].decode(),
+        task=f[1].decode(),
+        queue=queue,
+        priority=int(f[2]),
+        payload=bytes(f[4]),
+        attempt=int(f[5]),
+        max_attempts=int(f[6]),
+        token=int(f[7]),
+        run_at=float(f[8]),
+        enqueued_at=float(f[9]),
+        key=text_or_none(f[12]),
+    )
+
+
+def job(f: list[Any], queue: str, now: float) -> JobInfo:
+    run_at = float(f[8])
+    state = STATES.get(f[3]) or ("ready" if run_at <= now else "scheduled")
+    return JobInfo(
+        id=f[0].decode(),
+        task=f[1].decode(),
+        queue=queue,
+        priority=int(f[2]),
+        state=state,
+        payload=bytes(f[4]),
+        attempt=int(f[5]),
+        max_attempts=int(f[6]),
+        run_at=run_at,
+        enqueued_at=float(f[9]),
+        started_at=float_or_none(f[10]),
+        finished_at=float_or_none(f[11]),
+        key=text_or_none(f[12]),
+        result=f[13][1:] if f[13] else None,
+        errors=msgspec.json.decode(f[14]),
+        worker=text_or_none(f[15]),
+        lease_until=float_or_none(f[16]),
+    )

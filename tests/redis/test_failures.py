@@ -1,0 +1,88 @@
+"""Failures of the store: dropped connections and a Redis restart; acks retried by token."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from servers import server
+
+from conveyor.brokers.redis import RedisBroker
+from conveyor.ids import new_id
+from conveyor.priority import Fairness
+from conveyor.records import Message, Outcome
+
+FAIRNESS = (6, 3, 1)
+
+
+def message(**fields) -> Message:
+    return Message(id=new_id(), task="t", queue="q", priority=1, payload=b"[[],{}]", **fields)
+
+
+def kill_clients(admin, name: str) -> int:
+    """``CLIENT KILL`` every connection named ``name``; return how many."""
+    ids = [c["id"] for c in admin.client_list() if c.get("name") == name]
+    for client_id in ids:
+        admin.client_kill_filter(_id=client_id)
+    return len(ids)
+
+
+def test_operations_succeed_after_the_connection_is_killed(store_url, admin, open_redis):
+    name = f"conveyor-test-{os.urandom(4).hex()}"
+    broker = open_redis(f"{store_url}&client_name={name}")
+    first = message()
+    broker.enqueue([first])
+    (d,) = broker.reserve(["q"], 10, 30.0, "w1", Fairness(FAIRNESS))
+    broker.wait(["q"], timeout=0.01)  # a subscription too
+    broker.stats(["q"])  # and a command connection
+
+    assert kill_clients(admin, name) == 2
+
+    second = message()
+    assert broker.enqueue([second])[0].created
+    assert [s.status for s in broker.ack([Outcome(d.id, d.token, "succeeded")])] == ["ok"]
+    broker.wait(["q"], timeout=0.5)  # returns, subscribing again, rather than raising
+    (again,) = broker.reserve(["q"], 10, 30.0, "w1", Fairness(FAIRNESS))
+    assert again.id == second.id
+
+
+def test_a_restart_with_aof_always_keeps_acknowledged_work_and_acks_wait_for_it(tmp_path):
+    with server(tmp_path, "--appendonly", "yes", "--appendfsync", "always") as redis_server:
+        broker = RedisBroker(f"redis://127.0.0.1:{redis_server.port}/0", retention=3600.0)
+        try:
+            ids = [e.id for e in broker.enqueue([message() for _ in range(100)])]
+            leased = broker.reserve(["q"], 10, 300.0, "w1", Fairness(FAIRNESS))
+
+            redis_server.kill()  # a crash: only what was fsynced survives
+            restart = threading.Timer(1.0, redis_server.start)
+            restart.start()
+            # The ack is sent while Redis is down: it is retried with backoff until it is back,
+            # and its scripts are loaded again (a restarted Redis has none).
+            statuses = broker.ack([Outcome(d.id, d.token, "succeeded") for d in leased])
+            restart.join()
+
+            assert [s.status for s in statuses] == ["ok"] * 10
+            rest = broker.reserve(["q"], 200, 300.0, "w1", Fairness(FAIRNESS))
+            assert sorted(d.id for d in [*leased, *rest]) == sorted(ids)
+            # A retried ack (its reply lost) is refused by its spent token: no second effect.
+            assert broker.ack([Outcome(leased[0].id, leased[0].token, "succeeded")])[0].status == "lost"
+            assert broker.stats(["q"])[0].total("succeeded") == 10
+        finally:
+            broker.close()
+
+
+def test_without_redis_the_error_comes_after_the_retries(tmp_path):
+    with server(tmp_path) as redis_server:
+        port = redis_server.port
+    broker = RedisBroker(f"redis://127.0.0.1:{port}/0", retries=2)
+    start = time.monotonic()
+    try:
+        broker.enqueue([message()])
+    except Exception as exc:
+        assert "ConnectionError" in type(exc).__name__
+    else:
+        raise AssertionError("enqueue succeeded without a server")
+    finally:
+        broker.close()
+    assert time.monotonic() - start < 10

@@ -1,0 +1,58 @@
+"""Bounded memory: what a queued and a finished task cost in Redis, and that retention frees it."""
+
+from __future__ import annotations
+
+from conveyor.ids import new_id
+from conveyor.priority import Fairness
+from conveyor.records import Message, Outcome
+
+TASKS = 10_000
+#: The target is under 300 bytes per queued task with a small payload; the bound leaves room
+#: for other Redis versions and allocators.
+QUEUED_BOUND = 400
+FINISHED_BOUND = 450
+
+
+def used(admin, prefix: str) -> int:
+    """Bytes of every key of the store, counted exactly (``MEMORY USAGE ... SAMPLES 0``)."""
+    return sum(admin.memory_usage(key, samples=0) or 0 for key in admin.scan_iter(match=f"{prefix}:*"))
+
+
+def test_bytes_per_queued_and_finished_task(open_redis, admin, capsys):
+    broker = open_redis()
+    prefix = broker.target.prefix
+    messages = [
+        Message(id=new_id(), task="send_email", queue="emails", priority=1, payload=b"[[42],{}]")
+        for _ in range(TASKS)
+    ]
+    for start in range(0, TASKS, 1000):
+        broker.enqueue(messages[start : start + 1000])
+    queued = used(admin, prefix) / TASKS
+
+    fairness = Fairness((6, 3, 1))
+    while batch := broker.reserve(["emails"], 500, 60.0, "w1", fairness):
+        assert {s.status for s in broker.ack([Outcome(d.id, d.token, "succeeded") for d in batch])} == {"ok"}
+    finished = used(admin, prefix) / TASKS
+
+    with capsys.disabled():
+        print(f"\nRedis memory per task: queued {queued:.0f} B, finished (kept) {finished:.0f} B")
+    assert queued < QUEUED_BOUND
+    assert finished < FINISHED_BOUND
+
+
+def test_retention_frees_finished_tasks_and_their_keys(open_redis, admin):
+    broker = open_redis()
+    prefix = broker.target.prefix
+    messages = [
+        Message(id=new_id(), task="t", queue="q", priority=0, payload=b"[[],{}]", key=f"k{n}")
+        for n in range(500)
+    ]
+    broker.enqueue(messages, now=1000.0)
+    while batch := broker.reserve(["q"], 100, 60.0, "w1", Fairness((6, 3, 1)), now=1000.0):
+        broker.ack([Outcome(d.id, d.token, "succeeded", result=b"1") for d in batch], now=1001.0)
+    assert broker.cancel(messages[0].id, now=1001.0) is False
+
+    assert broker.expire(now=1001.0 + 3600.0 + 1, limit=10_000) == 500
+
+    left = {key.decode() for key in admin.scan_iter(match=f"{prefix}:*")}
+    assert left == {f"{prefix}:queues"}
