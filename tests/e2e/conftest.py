@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import HERE, Cluster
-from stores import STORES, SQLiteStore, Store
+from harness import Cluster, cluster_of
+from stores import STORES, SQLiteStore
 
 
 @pytest.fixture(params=list(STORES))
@@ -27,16 +26,3 @@ def sqlite_cluster(tmp_path: Path) -> Iterator[Cluster]:
 def postgres_cluster(tmp_path: Path) -> Iterator[Cluster]:
     """Worker processes against a fresh schema on the PostgreSQL server."""
     yield from cluster_of(STORES["postgres"](tmp_path), tmp_path)
-
-
-def cluster_of(store: Store, tmp_path: Path) -> Iterator[Cluster]:
-    """A cluster on ``store``, torn down with everything it stored."""
-    sys.path.insert(0, str(HERE))
-    c = Cluster(tmp_path, store)
-    try:
-        yield c
-    finally:
-        c.stop_all()
-        c.app.close()
-        store.close()
-        sys.path.remove(str(HERE))

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -108,3 +108,16 @@ class Cluster:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+
+
+def cluster_of(store: Store, tmp_path: Path) -> Iterator[Cluster]:
+    """A cluster on ``store``, torn down with everything it stored."""
+    sys.path.insert(0, str(HERE))
+    c = Cluster(tmp_path, store)
+    try:
+        yield c
+    finally:
+        c.stop_all()
+        c.app.close()
+        store.close()
+        sys.path.remove(str(HERE))

@@ -48,12 +48,12 @@ class RedisStore(Store):
 
     name = "redis"
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, server_url: str = REDIS_URL) -> None:
         from redis.client import Redis
 
         self.prefix = f"e2e-{os.urandom(5).hex()}"
-        self.url = f"{REDIS_URL}{'&' if '?' in REDIS_URL else '?'}prefix={self.prefix}"
-        self.client = Redis.from_url(REDIS_URL)
+        self.url = f"{server_url}{'&' if '?' in server_url else '?'}prefix={self.prefix}"
+        self.client = Redis.from_url(server_url)
         #: In the queue's hash slot, so the effect runs inside the ack script.
         self.ledger_key = f"{self.prefix}:{{default}}:e2e-ledger"
         self.ledger_env = {"E2E_LEDGER": "redis", "E2E_LEDGER_KEY": self.ledger_key}

@@ -13,10 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import Cluster, wait_for
+from harness import Cluster, cluster_of, wait_for
 from stores import STORES
-
-from conftest import cluster_of
 
 pytestmark = pytest.mark.slow
 

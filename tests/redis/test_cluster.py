@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from redis.client import Redis
-from servers import cluster
+from redis_servers import cluster
 
 from conveyor.brokers.redis import RedisBroker
 from conveyor.ids import new_id

@@ -6,7 +6,7 @@ import os
 import threading
 import time
 
-from servers import server
+from redis_servers import server
 
 from conveyor.brokers.redis import RedisBroker
 from conveyor.ids import new_id
