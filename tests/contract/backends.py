@@ -183,3 +183,15 @@ def _redis_drop(url: str) -> None:
 
 if importlib.util.find_spec("redis") is not None:
     BACKENDS["redis"] = Backend("redis", _redis_store, drop_store=_redis_drop)
+
+
+def _redis_acl_store(tmp_path: Path) -> str:
+    """A store on a private Redis, as a user limited to its keys and refused dangerous commands."""
+    from redis_servers import ACL_PASSWORD, ACL_USER, acl_server
+
+    port = acl_server().port
+    return f"redis://{ACL_USER}:{ACL_PASSWORD}@127.0.0.1:{port}/0?prefix=ct-{os.urandom(5).hex()}"
+
+
+if importlib.util.find_spec("redis") is not None:
+    BACKENDS["redis-acl"] = Backend("redis-acl", _redis_acl_store, drop_store=_redis_drop)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import random
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,16 +52,22 @@ def free_cluster_ports(n: int) -> list[int]:
 class Server:
     """One redis-server on a loopback port, its files in ``directory``."""
 
-    def __init__(self, directory: Path, port: int, *options: str) -> None:
-        self.directory, self.port, self.options = directory, port, options
+    def __init__(self, directory: Path, port: int, *options: str, tls_ca: Path | None = None) -> None:
+        self.directory, self.port, self.options, self.tls_ca = directory, port, options, tls_ca
         self.proc: subprocess.Popen[bytes] | None = None
         directory.mkdir(parents=True, exist_ok=True)
+
+    def client(self) -> Redis:
+        """An admin client (the default user), over TLS when the server only speaks TLS."""
+        if self.tls_ca is not None:
+            return Redis(host="127.0.0.1", port=self.port, ssl=True, ssl_ca_certs=str(self.tls_ca))
+        return Redis(port=self.port)
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [
                 REDIS_SERVER,
-                "--port",
+                *(["--port", "0", "--tls-port"] if self.tls_ca is not None else ["--port"]),
                 str(self.port),
                 "--bind",
                 "127.0.0.1",
@@ -74,7 +82,7 @@ class Server:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        client = Redis(port=self.port)
+        client = self.client()
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -152,3 +160,103 @@ def cluster(directory: Path, masters: int = 3) -> Iterator[list[Server]]:
     finally:
         for node in nodes:
             node.kill()
+
+
+@contextlib.contextmanager
+def tls_server(directory: Path) -> Iterator[Server]:
+    """A redis-server speaking only TLS, with a certificate for 127.0.0.1 from a fresh test CA
+    (``server.tls_ca``)."""
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=directory, timeout=60)
+
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=conveyor-test-ca",
+    )
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    )
+    (directory / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.cnf",
+    )
+    options = ["--tls-cert-file", "server.pem", "--tls-key-file", "server.key"]
+    options += ["--tls-ca-cert-file", "ca.pem", "--tls-auth-clients", "no"]
+    s = Server(directory, free_port(), *options, tls_ca=directory / "ca.pem")
+    s.start()
+    try:
+        yield s
+    finally:
+        s.kill()
+
+
+#: The restricted user of :func:`acl_server`: its own keys and channels, no dangerous commands.
+ACL_USER, ACL_PASSWORD = "conveyor", "acl-test-password"
+ACL_KEYS = "ct-*"
+_acl: Server | None = None
+
+
+def acl_server() -> Server:
+    """A private redis-server (one per test process, killed at exit) with the user ``conveyor``
+    restricted to keys and channels matching ``ct-*`` and refused @dangerous and @admin
+    commands (FLUSHALL, CONFIG, KEYS, ...): what a production deployment should grant."""
+    global _acl
+    if _acl is None:
+        server = Server(Path(tempfile.mkdtemp(prefix="conveyor-acl-")), free_port())
+        server.start()
+        atexit.register(server.kill)
+        admin = server.client()
+        try:
+            admin.execute_command(
+                "ACL",
+                "SETUSER",
+                ACL_USER,
+                "reset",
+                "on",
+                f">{ACL_PASSWORD}",
+                f"~{ACL_KEYS}",
+                f"&{ACL_KEYS}",
+                "+@all",
+                "-@dangerous",
+                "-@admin",
+            )
+        finally:
+            admin.close()
+        _acl = server
+    return _acl
