@@ -19,9 +19,19 @@ Grants, for a schema ``conveyor`` and roles ``conveyor_admin`` (migrates) and ``
     GRANT USAGE ON SCHEMA conveyor TO conveyor_worker;
     GRANT SELECT ON conveyor.conveyor_migrations TO conveyor_worker;
     GRANT SELECT, INSERT, UPDATE, DELETE ON conveyor.jobs, conveyor.workers TO conveyor_worker;
+    GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA conveyor TO conveyor_worker;
 
 LISTEN/NOTIFY and advisory locks need no grants. The jobs table's identity column needs no
-sequence grant.
+sequence grant. The function (``reserve``: a whole reservation in one round trip) runs with the
+caller's rights; PUBLIC may execute new functions unless the database revoked that.
+
+Throughput: a reserve, an ack batch and an enqueue batch without keys are one statement and one
+commit each, and every commit waits for its WAL flush, so acknowledged outcomes survive a server
+crash. Where losing the last fraction of a second of commits in a crash is acceptable
+(finished tasks may then run again, and a claim's attempt may go uncounted), the URL can turn
+the wait off for the broker's sessions: ``?schema=conveyor&options=-csynchronous_commit%3Doff``.
+The broker never does so itself: keep the default unless re-running tasks after a server crash
+is acceptable.
 """
 
 from conveyor.brokers.postgres.broker import PostgresBroker

@@ -140,8 +140,12 @@ class PostgresBroker(Broker):
         if not messages:
             return []
         if connection is None:
-            with self._connect() as conn, conn.transaction():
-                return self._insert(conn, messages, now)
+            with self._connect() as conn:
+                if all(m.key is None for m in messages):
+                    return self._insert_unkeyed(conn, messages, now)  # one statement, one round trip
+                # Pipelined: BEGIN travels with the insert, the wake-up with COMMIT.
+                with conn.pipeline(), conn.transaction():
+                    return self._insert(conn, messages, now)
         if not isinstance(connection, psycopg.Connection):
             raise ConfigurationError("connection must be a psycopg Connection to the store's database")
         status = connection.info.transaction_status
@@ -160,6 +164,28 @@ class PostgresBroker(Broker):
             raise
         connection.execute("RELEASE SAVEPOINT conveyor_enqueue")
         return out
+
+    def _insert_unkeyed(
+        self, conn: Connection, messages: Sequence[Message], now: float | None
+    ) -> list[Enqueued]:
+        """Insert messages without keys and wake their queues in one statement: nothing can
+        conflict, so every one is created (in the open transaction, if any)."""
+        conn.cursor(row_factory=tuple_row).execute(
+            self._sql["enqueue_unkeyed"],
+            {
+                "ids": [m.id for m in messages],
+                "tasks": [m.task for m in messages],
+                "queues": [m.queue for m in messages],
+                "priorities": [m.priority for m in messages],
+                "payloads": [m.payload for m in messages],
+                "delays": [float(m.delay) for m in messages],
+                "run_ats": [None if m.run_at is None else float(m.run_at) for m in messages],
+                "max_attempts": [m.max_attempts for m in messages],
+                "now": now,
+                "channel": self.target.channel,
+            },
+        )
+        return [Enqueued(m.id, True) for m in messages]
 
     def _insert(self, conn: Connection, messages: Sequence[Message], now: float | None) -> list[Enqueued]:
         """Insert in the open transaction, NOTIFY the queues of new jobs; KeyConflict leaves the
@@ -243,58 +269,46 @@ class PostgresBroker(Broker):
             return []
         queues = list(dict.fromkeys(queues))
         levels = len(fairness.weights)
-        with self._connect() as conn, conn.transaction():
-            pairs = [(q, level) for level in range(levels) for q in queues]
-            counts = conn.execute(
-                self._sql["count_ready"],
-                {
-                    "queues": [q for q, _ in pairs],
-                    "priorities": [p for _, p in pairs],
-                    "limit": limit,
-                    "now": now,
-                },
-            )
-            ready = [[0] * len(queues) for _ in range(levels)]
-            position = {q: i for i, q in enumerate(queues)}
-            for queue, level, n in counts:
-                ready[level][position[queue]] = n
-            take = fairness.split([sum(per_queue) for per_queue in ready], limit)
-            wanted = [
-                (queue, level, n)
-                for level, wanted_here in enumerate(take)
-                for queue, n in zip(queues, _share(wanted_here, ready[level]), strict=True)
-                if n
-            ]
-            if not wanted:
-                return []
+        with self._connect() as conn:
+            if levels * len(queues) == 1:  # one queue, one level: the split is the limit itself
+                return self._claim(conn, [(queues[0], 0, limit)], lease, worker, now)
+            # Counts, split and claim in one statement (the schema's reserve function), which
+            # hands back the worker's new fairness state in its last row.
             rows = conn.execute(
-                self._sql["claim"],
+                self._sql["reserve"],
                 {
-                    "queues": [w[0] for w in wanted],
-                    "priorities": [w[1] for w in wanted],
-                    "counts": [w[2] for w in wanted],
+                    "queues": queues,
+                    "weights": list(fairness.weights),
+                    "fair": list(fairness.current),
+                    "limit": limit,
                     "lease": float(lease),
                     "worker": worker,
                     "now": now,
                 },
             ).fetchall()
-        rows.sort(key=lambda r: (r[3], r[8]))
-        return [
-            Delivery(
-                id=r[0],
-                task=r[1],
-                queue=r[2],
-                priority=r[3],
-                payload=bytes(r[4]),
-                attempt=r[5],
-                max_attempts=r[6],
-                token=r[7],
-                run_at=r[8],
-                enqueued_at=r[9],
-                key=r[10],
-            )
-            for r in rows
-        ]
+        fairness.current[:] = rows.pop()[11]
+        return _deliveries(rows)
+
+    def _claim(
+        self,
+        conn: Connection,
+        wanted: list[tuple[str, int, int]],
+        lease: float,
+        worker: str,
+        now: float | None,
+    ) -> list[Delivery]:
+        rows = conn.execute(
+            self._sql["claim"],
+            {
+                "queues": [w[0] for w in wanted],
+                "priorities": [w[1] for w in wanted],
+                "counts": [w[2] for w in wanted],
+                "lease": float(lease),
+                "worker": worker,
+                "now": now,
+            },
+        ).fetchall()
+        return _deliveries(rows)
 
     # -- wait --------------------------------------------------------------------------------
 
@@ -347,13 +361,25 @@ class PostgresBroker(Broker):
         if not outcomes:
             return []
         statuses: dict[int, AckStatus] = {}
-        with self._connect() as conn, conn.transaction():
-            simple = [(i, o) for i, o in enumerate(outcomes) if not (o.effects or o.enqueues)]
-            woken = self._settle(conn, simple, now, statuses)
-            for i, o in enumerate(outcomes):
-                if i not in statuses:
-                    statuses[i] = self._settle_with_effects(conn, o, now)
-            self._notify(conn, woken)
+        simple = [(i, o) for i, o in enumerate(outcomes) if not (o.effects or o.enqueues)]
+        with self._connect() as conn:
+            if len(simple) == len(outcomes):
+                # Without effects: one statement per kind, each waking the queues it touches.
+                # One kind (the usual batch) is one autocommit statement: one round trip, one
+                # commit. Several kinds share a pipelined transaction (BEGIN and the statements
+                # in one round trip, COMMIT in a second).
+                kinds = {o.kind for _, o in simple}
+                if len(kinds) == 1:
+                    self._settle(conn, simple, now, statuses)
+                else:
+                    with conn.pipeline(), conn.transaction():
+                        self._settle(conn, simple, now, statuses)
+            else:
+                with conn.transaction():
+                    self._settle(conn, simple, now, statuses)
+                    for i, o in enumerate(outcomes):
+                        if i not in statuses:
+                            statuses[i] = self._settle_with_effects(conn, o, now)
         return [statuses[i] for i in range(len(outcomes))]
 
     def _settle(
@@ -362,51 +388,64 @@ class PostgresBroker(Broker):
         outcomes: list[tuple[int, Outcome]],
         now: float | None,
         statuses: dict[int, AckStatus],
-    ) -> set[str]:
-        """Outcomes without effects, one statement per kind; return the queues of retries."""
-        woken: set[str] = set()
-        settled: set[tuple[str, str]] = set()  # (kind, job id)
+    ) -> None:
+        """Outcomes without effects, one statement per kind (retries wake their queues); all
+        are sent before any result is read, so in a pipeline they share one round trip."""
         by_kind = {
             kind: [o for _, o in outcomes if o.kind == kind] for kind in ("succeeded", "retry", "dead")
         }
+        cursors: list[tuple[str, psycopg.Cursor[tuple[Any, ...]]]] = []
         if by_kind["succeeded"]:
             batch = by_kind["succeeded"]
-            rows = conn.execute(
-                self._sql["ack_succeeded"],
-                {
-                    **_leases(batch),
-                    "results": [o.result for o in batch],
-                    "retention": self.retention,
-                    "now": now,
-                },
+            cursors.append(
+                (
+                    "succeeded",
+                    conn.execute(
+                        self._sql["ack_succeeded"],
+                        {
+                            **_leases(batch),
+                            "results": [o.result for o in batch],
+                            "retention": self.retention,
+                            "now": now,
+                        },
+                    ),
+                )
             )
-            settled.update(("succeeded", job_id) for (job_id,) in rows)
         if by_kind["retry"]:
             batch = by_kind["retry"]
-            rows = conn.execute(
-                self._sql["ack_retry"],
-                {
-                    **_leases(batch),
-                    "delays": [float(o.delay) for o in batch],
-                    "errors": [_error_json(o.error) for o in batch],
-                    "now": now,
-                },
+            cursors.append(
+                (
+                    "retry",
+                    conn.execute(
+                        self._sql["ack_retry"],
+                        {
+                            **_leases(batch),
+                            "delays": [float(o.delay) for o in batch],
+                            "errors": [_error_json(o.error) for o in batch],
+                            "channel": self.target.channel,
+                            "now": now,
+                        },
+                    ),
+                )
             )
-            for job_id, queue in rows:
-                settled.add(("retry", job_id))
-                woken.add(queue)
         if by_kind["dead"]:
             batch = by_kind["dead"]
-            rows = conn.execute(
-                self._sql["ack_dead"],
-                {**_leases(batch), "errors": [_error_json(o.error) for o in batch], "now": now},
+            cursors.append(
+                (
+                    "dead",
+                    conn.execute(
+                        self._sql["ack_dead"],
+                        {**_leases(batch), "errors": [_error_json(o.error) for o in batch], "now": now},
+                    ),
+                )
             )
-            settled.update(("dead", job_id) for (job_id,) in rows)
+        settled: set[tuple[str, str]] = set()  # (kind, job id)
+        for kind, cur in cursors:
+            settled.update((kind, job_id) for (job_id,) in cur.fetchall())
         for i, o in outcomes:
             ok = (o.kind, o.id) in settled
             settled.discard((o.kind, o.id))  # a second outcome for the same job in one batch is stale
             statuses[i] = AckStatus("ok" if ok else "lost")
-        return woken
 
     def _settle_with_effects(self, conn: Connection, o: Outcome, now: float | None) -> AckStatus:
         """A succeeded outcome with effects and follow-up enqueues, in a savepoint of its own:
@@ -601,21 +640,6 @@ def _readable(fd: int) -> bool:
     return bool(select.select([fd], [], [], 0)[0])
 
 
-def _share(n: int, available: Sequence[int]) -> list[int]:
-    """Deal ``n`` claims of one level round-robin to the queues that still have ready jobs."""
-    take = [0] * len(available)
-    while n > 0:
-        dealt = False
-        for i, ready in enumerate(available):
-            if n > 0 and take[i] < ready:
-                take[i] += 1
-                n -= 1
-                dealt = True
-        if not dealt:
-            break
-    return take
-
-
 def _leases(outcomes: Sequence[Outcome]) -> dict[str, list[Any]]:
     return {"ids": [o.id for o in outcomes], "tokens": [o.token for o in outcomes]}
 
@@ -662,3 +686,24 @@ def _job(row: Sequence[Any]) -> JobInfo:
         worker=row[15],
         lease_until=row[16],
     )
+
+
+def _deliveries(rows: list[tuple[Any, ...]]) -> list[Delivery]:
+    """Claimed rows as deliveries, most urgent level first, then by due time."""
+    rows.sort(key=lambda r: (r[3], r[8]))
+    return [
+        Delivery(
+            id=r[0],
+            task=r[1],
+            queue=r[2],
+            priority=r[3],
+            payload=bytes(r[4]),
+            attempt=r[5],
+            max_attempts=r[6],
+            token=r[7],
+            run_at=r[8],
+            enqueued_at=r[9],
+            key=r[10],
+        )
+        for r in rows
+    ]

@@ -33,6 +33,24 @@ SELECT inserted.id IS NOT NULL, holder.id, holder.task = m.task AND holder.paylo
   LEFT JOIN {schema}.jobs AS holder ON holder.queue = m.queue AND holder.key = m.key
  ORDER BY m.n;
 
+-- name: enqueue_unkeyed
+-- The common case in one round trip: a batch without keys cannot conflict, so every message is
+-- inserted, and the queues are woken by the same statement (delivered when it commits).
+WITH inserted AS (
+    INSERT INTO {schema}.jobs (id, task, queue, priority, state, payload, run_at, enqueued_at,
+                               max_attempts)
+    SELECT id, task, queue, priority, 'pending', payload, coalesce(run_at, {now} + delay), {now},
+           max_attempts
+      FROM unnest(%(ids)s::text[], %(tasks)s::text[], %(queues)s::text[], %(priorities)s::int[],
+                  %(payloads)s::bytea[], %(delays)s::float8[], %(run_ats)s::float8[],
+                  %(max_attempts)s::int[])
+           WITH ORDINALITY AS m (id, task, queue, priority, payload, delay, run_at, max_attempts, n)
+     ORDER BY n
+    RETURNING queue
+)
+SELECT count(pg_notify(%(channel)s, queue))
+  FROM (SELECT DISTINCT queue FROM inserted ORDER BY queue) AS woken;
+
 -- name: key_holders
 -- The jobs holding (queue, key) pairs: for keys taken by a transaction that committed after
 -- the enqueue statement's snapshot.
@@ -46,7 +64,7 @@ SELECT pg_notify(%(channel)s, queue) FROM unnest(%(queues)s::text[]) AS queue;
 
 -- name: count_ready
 -- Ready jobs per (queue, priority), each count capped at the reservation's limit: one short
--- index range scan each, however long the backlog.
+-- index range scan each, however long the backlog. (The reserve function runs this query.)
 SELECT want.queue, want.priority,
        (SELECT count(*)
           FROM (SELECT 1 FROM {schema}.jobs
@@ -55,8 +73,15 @@ SELECT want.queue, want.priority,
                  LIMIT %(limit)s) AS capped)
   FROM unnest(%(queues)s::text[], %(priorities)s::int[]) AS want (queue, priority);
 
+-- name: reserve
+-- The whole reservation in one round trip: the schema's reserve function (migration 0002) runs
+-- count_ready, the fair split and claim below; its last row is the worker's new fairness state.
+SELECT * FROM {schema}.reserve(%(queues)s::text[], %(weights)s::int[], %(fair)s::int[],
+                               %(limit)s::int, %(lease)s::float8, %(worker)s::text, %(now)s::float8);
+
 -- name: claim
--- Lease the n oldest due jobs of each (queue, priority) in one statement. SKIP LOCKED lets
+-- Lease the n oldest due jobs of each (queue, priority) in one statement (the reserve function
+-- runs this query with the split it computed; one queue with one level runs it directly). SKIP LOCKED lets
 -- concurrent claimers pass each other; a row changed since the snapshot is re-checked
 -- against the WHERE clause when locked, so a job is never claimed twice.
 WITH wanted AS (
@@ -112,14 +137,21 @@ UPDATE {schema}.jobs AS j
 RETURNING j.id;
 
 -- name: ack_retry
--- Outcomes "retry": pending again after the delay, the error appended to the history.
-UPDATE {schema}.jobs AS j
-   SET state = 'pending', run_at = {now} + o.delay, lease_until = NULL, worker = NULL,
-       errors = j.errors || jsonb_build_array(o.error)
-  FROM unnest(%(ids)s::text[], %(tokens)s::bigint[], %(delays)s::float8[], %(errors)s::jsonb[])
-       AS o (id, token, delay, error)
- WHERE j.id = o.id AND j.token = o.token AND j.state = 'running'
-RETURNING j.id, j.queue;
+-- Outcomes "retry": pending again after the delay, the error appended to the history; wakes
+-- the queues of the retried jobs in the same statement (delivered when it commits).
+WITH retried AS (
+    UPDATE {schema}.jobs AS j
+       SET state = 'pending', run_at = {now} + o.delay, lease_until = NULL, worker = NULL,
+           errors = j.errors || jsonb_build_array(o.error)
+      FROM unnest(%(ids)s::text[], %(tokens)s::bigint[], %(delays)s::float8[], %(errors)s::jsonb[])
+           AS o (id, token, delay, error)
+     WHERE j.id = o.id AND j.token = o.token AND j.state = 'running'
+    RETURNING j.id, j.queue
+), woken AS (
+    SELECT count(pg_notify(%(channel)s, queue)) AS n
+      FROM (SELECT DISTINCT queue FROM retried ORDER BY queue) AS q
+)
+SELECT retried.id FROM retried, woken;
 
 -- name: ack_dead
 -- Outcomes "dead": into the dead letter queue, the error appended to the history.

@@ -50,3 +50,114 @@ CREATE TABLE {schema}.workers (
     info    jsonb            NOT NULL,
     expires double precision NOT NULL
 );
+-- Reserve in one round trip: count the ready jobs of each (queue, level), split the reservation
+-- across the levels by smooth weighted round robin (conveyor.priority.Fairness.split, from the
+-- worker's state in "fair", which the last row hands back), deal each level's share to its
+-- queues round robin, and claim. The counts and the claim are the broker's count_ready and
+-- claim statements; the split is the same arithmetic as Fairness.split, step for step.
+-- Rows: the claimed jobs (fair NULL), then one row with only fair: the worker's new state.
+CREATE FUNCTION {schema}.reserve(
+    queues text[], weights integer[], fair integer[], lim integer, lease double precision,
+    worker_id text, at double precision
+) RETURNS TABLE (r_id text, r_task text, r_queue text, r_priority integer, r_payload bytea,
+                 r_attempt integer, r_max_attempts integer, r_token bigint,
+                 r_run_at double precision, r_enqueued_at double precision, r_key text,
+                 r_fair integer[])
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    levels  integer := coalesce(array_length(weights, 1), 0);
+    nq      integer := coalesce(array_length(queues, 1), 0);
+    clock   double precision := coalesce(at, extract(epoch from now()));
+    ready   integer[];  -- per (level, queue): (level * nq) + queue + 1
+    lft     integer[] := array_fill(0, ARRAY[levels]);
+    take    integer[] := array_fill(0, ARRAY[levels]);
+    cur     integer[] := fair;
+    got     integer[];
+    want_q  text[] := '{}';
+    want_p  integer[] := '{}';
+    want_n  integer[] := '{}';
+    total   integer;
+    best    integer;
+    n       integer;
+    dealt   boolean;
+BEGIN
+    SELECT array_agg(c.n ORDER BY w.ord) INTO ready
+      FROM generate_series(0, levels * nq - 1) AS w (ord)
+     CROSS JOIN LATERAL (
+           SELECT count(*)::integer AS n
+             FROM (SELECT 1 FROM {schema}.jobs AS j
+                    WHERE j.state = 'pending' AND j.queue = queues[w.ord % nq + 1]
+                      AND j.priority = w.ord / nq AND j.run_at <= clock
+                    LIMIT lim) AS capped) AS c;
+    FOR l IN 1 .. levels LOOP
+        FOR q IN 1 .. nq LOOP
+            lft[l] := lft[l] + ready[(l - 1) * nq + q];
+        END LOOP;
+    END LOOP;
+    FOR step IN 1 .. lim LOOP
+        total := 0;
+        best := 0;
+        FOR l IN 1 .. levels LOOP
+            IF lft[l] <= 0 THEN
+                cur[l] := 0;
+                CONTINUE;
+            END IF;
+            cur[l] := cur[l] + weights[l];
+            total := total + weights[l];
+            IF best = 0 OR cur[l] > cur[best] THEN
+                best := l;
+            END IF;
+        END LOOP;
+        EXIT WHEN best = 0;
+        cur[best] := cur[best] - total;
+        take[best] := take[best] + 1;
+        lft[best] := lft[best] - 1;
+    END LOOP;
+    FOR l IN 1 .. levels LOOP
+        n := take[l];
+        got := array_fill(0, ARRAY[nq]);
+        WHILE n > 0 LOOP
+            dealt := false;
+            FOR q IN 1 .. nq LOOP
+                IF n > 0 AND got[q] < ready[(l - 1) * nq + q] THEN
+                    got[q] := got[q] + 1;
+                    n := n - 1;
+                    dealt := true;
+                END IF;
+            END LOOP;
+            EXIT WHEN NOT dealt;
+        END LOOP;
+        FOR q IN 1 .. nq LOOP
+            IF got[q] > 0 THEN
+                want_q := want_q || queues[q];
+                want_p := want_p || (l - 1);
+                want_n := want_n || got[q];
+            END IF;
+        END LOOP;
+    END LOOP;
+    IF cardinality(want_q) > 0 THEN
+        RETURN QUERY
+        WITH picked AS (
+            SELECT job.id
+              FROM unnest(want_q, want_p, want_n) AS w (queue, priority, n)
+             CROSS JOIN LATERAL (
+                   SELECT j.id FROM {schema}.jobs AS j
+                    WHERE j.state = 'pending' AND j.queue = w.queue AND j.priority = w.priority
+                      AND j.run_at <= clock
+                    ORDER BY j.run_at, j.seq
+                    LIMIT w.n
+                      FOR UPDATE SKIP LOCKED) AS job
+        )
+        UPDATE {schema}.jobs AS j
+           SET state = 'running', attempt = j.attempt + 1, token = j.token + 1,
+               lease_until = clock + lease, worker = worker_id, started_at = clock
+          FROM picked
+         WHERE j.id = picked.id
+        RETURNING j.id, j.task, j.queue, j.priority, j.payload, j.attempt, j.max_attempts, j.token,
+                  j.run_at, j.enqueued_at, j.key, NULL::integer[];
+    END IF;
+    RETURN QUERY SELECT NULL::text, NULL::text, NULL::text, NULL::integer, NULL::bytea,
+                        NULL::integer, NULL::integer, NULL::bigint, NULL::double precision,
+                        NULL::double precision, NULL::text, cur;
+END
+$fn$;
