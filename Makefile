@@ -52,3 +52,10 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) conveyor-demo.db*
+
+# The same throughput / priority / delay protocol against the peer task queues (Celery, Dramatiq, Huey, arq,
+# SAQ, taskiq, RQ on Redis; procrastinate, pgqueuer on PostgreSQL), each in its own virtualenv under
+# bench/peers/.venvs (created on first use). See bench/peers/README.md.
+.PHONY: bench-peers
+bench-peers: $(STAMP)
+	python3 bench/peers/run.py --json bench/peers/results.json

@@ -1,0 +1,56 @@
+"""Conveyor itself through the same harness: async task, concurrency 32 per worker process, batched enqueue.
+
+The store comes from ``CONVEYOR_URL`` (run.py sets it per Conveyor row: SQLite, PostgreSQL, Redis).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import probe
+
+from conveyor import Conveyor
+
+URL = os.environ["CONVEYOR_URL"]
+STORE = URL.split(":")[0].replace("postgresql", "postgres")
+ENQUEUE = "batched (app.enqueue_many, 1,000 per call)"
+CONCURRENCY = "concurrency 32 per worker process (python -m conveyor.worker.process), async task"
+PRIORITY = "priority='high' for high, 'low' for the backlog (levels high/normal/low, weights 6:3:1)"
+DELAY = "enqueue(run_at=Unix time)"
+QUEUE = os.environ.get("PEER_QUEUE", "peersbench")
+
+app = Conveyor(URL)
+
+
+@app.task(name="peers.t", queue=QUEUE)
+async def t(kind: str, ref: float) -> None:
+    await probe.arecord(kind, ref)
+
+
+def enqueue_batch(kind: str, n: int) -> None:
+    priority = "low" if kind == "l" else "normal"
+    for start in range(0, n, 1000):
+        app.enqueue_many(t.message(kind, 0.0, priority=priority) for _ in range(min(1000, n - start)))
+
+
+def enqueue_one(kind: str, ref: float) -> None:
+    t.enqueue(kind, ref, priority="high" if kind == "h" else "normal")
+
+
+def enqueue_delayed(due: float) -> float:
+    t.enqueue("d", due, run_at=due)
+    return due
+
+
+def close() -> None:
+    app.close()
+
+
+def worker_cmd(phase: str) -> list[str]:
+    config = json.dumps({"queues": [QUEUE], "concurrency": 32})
+    os.environ.setdefault(
+        "CONVEYOR_LOG_LEVEL", "WARNING"
+    )  # inherited by the workers, as in bench/throughput.py
+    return [sys.executable, "-m", "conveyor.worker.process", "peer_conveyor:app", config]

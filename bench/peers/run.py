@@ -1,0 +1,294 @@
+"""Peer benchmark: the same throughput / priority / delay protocol against Conveyor and its peers.
+
+    python3 bench/peers/run.py [--peers celery,rq,...] [--tasks 20000] [--json out.json] [--md out.md]
+
+Each peer runs in its own virtualenv (bench/peers/.venvs/<peer>, created on first use from
+requirements-<peer>.txt); Conveyor runs from the project's .venv. Redis peers use Redis db 14 (flushed
+before every phase), PostgreSQL peers a database ``peers`` (dropped and created before every phase).
+See README.md beside this file for the protocol and each peer's settings. Standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+VENVS = HERE / ".venvs"
+PG = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-q"]
+CONVEYOR_PG_URL = "postgresql://postgres@127.0.0.1:5432/test?schema=conveyor_peers"
+
+# name -> (store, extra environment); order is the table's order
+PEERS: dict[str, tuple[str, dict[str, str]]] = {
+    "conveyor-redis": ("redis", {"CONVEYOR_URL": "redis://127.0.0.1:6379/13"}),
+    "celery": ("redis", {}),
+    "dramatiq": ("redis", {}),
+    "huey": ("redis", {}),
+    "arq": ("redis", {}),
+    "saq": ("redis", {}),
+    "taskiq": ("redis", {}),
+    "rq": ("redis", {}),
+    "conveyor-postgres": ("postgres", {"CONVEYOR_URL": CONVEYOR_PG_URL}),
+    "procrastinate": ("postgres", {}),
+    "pgqueuer": ("postgres", {}),
+    "conveyor-sqlite": ("sqlite", {"CONVEYOR_URL": "sqlite:////tmp/peers-conveyor.db"}),
+    # extra rows: the same peers with their documented poll interval lowered from its default
+    "arq-poll50ms": ("redis", {"ARQ_POLL_DELAY": "0.05"}),
+    "procrastinate-poll100ms": ("postgres", {"PROCRASTINATE_POLL": "0.1"}),
+}
+DEFAULT_PEERS = list(PEERS)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def python_for(peer: str) -> Path:
+    """The peer's interpreter, creating its virtualenv from its pinned requirements on first use."""
+    if peer.startswith("conveyor"):
+        python = ROOT / ".venv" / "bin" / "python"
+        if not python.exists():
+            subprocess.run(["make", "-C", str(ROOT), ".venv/.installed"], check=True)
+        return python
+    peer = peer.split("-", 1)[0]  # variants (arq-poll50ms) share the peer's venv
+    venv = VENVS / peer
+    requirements = (HERE / f"requirements-{peer}.txt").read_text()
+    stamp = venv / ".requirements"
+    if not stamp.exists() or stamp.read_text() != requirements:
+        log(f"{peer}: creating {venv.relative_to(ROOT)}")
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run(
+            [str(venv / "bin" / "pip"), "install", "--quiet", "-r", str(HERE / f"requirements-{peer}.txt")],
+            check=True,
+        )
+        stamp.write_text(requirements)
+    return venv / "bin" / "python"
+
+
+def psql(db: str, sql: str) -> None:
+    subprocess.run([*PG, "-d", db, "-c", sql], check=True, capture_output=True)
+
+
+def reset_store(peer: str) -> None:
+    """A fresh store for one phase (Redis db 14 is flushed by the harness itself)."""
+    if peer == "conveyor-sqlite":
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"/tmp/peers-conveyor.db{suffix}").unlink(missing_ok=True)
+    elif peer == "conveyor-postgres":
+        psql("test", "DROP SCHEMA IF EXISTS conveyor_peers CASCADE")
+    elif PEERS[peer][0] == "postgres":
+        psql("test", "DROP DATABASE IF EXISTS peers WITH (FORCE)")
+        psql("test", "CREATE DATABASE peers")
+
+
+def harness(peer: str, phase: str, *args: str, timeout: float = 1800) -> dict[str, Any]:
+    env = os.environ | PEERS[peer][1]
+    # a fresh Conveyor queue per phase: Redis db 13 is shared and never flushed here
+    env["PEER_QUEUE"] = f"peersbench-{phase}-{int(time.time())}"
+    cmd = [str(python_for(peer)), str(HERE / "harness.py"), peer, phase, *args]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=HERE)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except BaseException:
+        # SIGTERM lets the harness stop its workers' process groups before it exits
+        proc.terminate()
+        try:
+            proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+        raise
+    if proc.returncode != 0:
+        tail = (err or out).strip().splitlines()[-3:]
+        raise RuntimeError(" | ".join(tail) or f"exit code {proc.returncode}")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def run_peer(peer: str, tasks: int, samples: int) -> dict[str, Any]:
+    store = PEERS[peer][0]
+    result: dict[str, Any] = {"peer": peer, "store": store, "errors": {}}
+    if peer == "conveyor-redis":
+        check = subprocess.run(
+            [str(python_for(peer)), "-c", "import conveyor.brokers.redis"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if check.returncode != 0:
+            result["errors"]["install"] = (
+                "conveyor.brokers.redis does not import: " + check.stderr.strip()[-200:]
+            )
+            return result
+    try:
+        result["info"] = harness(peer, "info", timeout=600)
+    except Exception as exc:  # a peer that fails to install is reported, not fatal
+        result["errors"]["install"] = str(exc)
+        return result
+    for phase in ("throughput", "priority", "delay"):
+        if phase == "priority" and not result["info"]["priority"]:
+            continue
+        if phase == "delay" and not result["info"]["delay"]:
+            continue
+        args = ["--tasks", str(tasks), "--samples", str(samples)]
+        if phase == "priority":
+            # a backlog that lasts well past the 4 s of high arrivals at this peer's own drain rate
+            rate = result.get("throughput", {}).get("drain_steady_per_s", 5000)
+            args += ["--backlog", str(max(2000, min(100_000, int(rate * 8))))]
+        log(f"{peer}: {phase}")
+        try:
+            reset_store(peer)
+            result[phase] = harness(peer, phase, *args)
+            log(f"{peer}: {phase} {json.dumps(result[phase])}")
+        except Exception as exc:
+            result["errors"][phase] = str(exc)
+            log(f"{peer}: {phase} FAILED: {exc}")
+    return result
+
+
+def fmt(value: float | None, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    if not a or not b:
+        return "-"
+    return f"{a / b:.1f}x" if a / b >= 10 else f"{a / b:.2f}x"
+
+
+def enqueue_rates(t: dict[str, Any]) -> tuple[float | None, float | None]:
+    """(one by one, batched) tasks/s; older result files have only the overall figure."""
+    if "enqueue_one_by_one_per_s" in t:
+        return t["enqueue_one_by_one_per_s"], t["enqueue_batched_per_s"]
+    if str(t.get("enqueue_mode", "")).startswith("batched"):
+        return None, t["enqueue_per_s"]
+    return t["enqueue_per_s"], None
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    lines = [
+        "| peer | store | enqueue/s one by one / batched | drain/s (steady) | e2e/s | "
+        "high p50 / p99 ms (backlog drain/s) | delay late p50 / p99 / max ms | early |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        t, p, d = r.get("throughput"), r.get("priority"), r.get("delay")
+        if not t:
+            why = "; ".join(f"{k}: {v}" for k, v in r["errors"].items())[:160]
+            lines.append(f"| {r['peer']} | {r['store']} | failed: {why} | | | | | |")
+            continue
+        one, batch = enqueue_rates(t)
+        if p:
+            high = (
+                f"{fmt(p['high_p50_ms'], 1)} / {fmt(p['high_p99_ms'], 1)} "
+                f"({fmt(p['backlog_drain_per_s_meanwhile'])}/s)"
+            )
+            if p["backlog_left_after_last_high"] <= 0:
+                high += " (backlog ran out)"
+        else:
+            high = "failed" if "priority" in r["errors"] else "no priorities"
+        if d:
+            late = f"{fmt(d['late_p50_ms'], 1)} / {fmt(d['late_p99_ms'], 1)} / {fmt(d['late_max_ms'], 1)}"
+            early = str(d["early"])
+        else:
+            late, early = ("failed" if "delay" in r["errors"] else "no delayed tasks"), "-"
+        lines.append(
+            f"| {r['peer']} | {r['store']} | {fmt(one)} / {fmt(batch)} | "
+            f"{fmt(t['drain_per_s'])} ({fmt(t['drain_steady_per_s'])}) | {fmt(t['e2e_per_s'])} | {high} | "
+            f"{late} | {early} |"
+        )
+    return "\n".join(lines)
+
+
+def best(t: dict[str, Any]) -> float | None:
+    one, batch = enqueue_rates(t)
+    return max(x for x in (one, batch, 0.0) if x is not None) or None
+
+
+def ratios(results: list[dict[str, Any]]) -> str:
+    conveyor = {r["store"]: r for r in results if r["peer"].startswith("conveyor") and r.get("throughput")}
+    lines = [
+        "| peer | store | Conveyor enqueue ÷ peer, one by one | Conveyor enqueue ÷ peer, each at best | "
+        "Conveyor drain ÷ peer | Conveyor e2e ÷ peer | peer high p99 ÷ Conveyor | peer lateness p99 ÷ Conveyor |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        c = conveyor.get(r["store"])
+        if r["peer"].startswith("conveyor") or not r.get("throughput") or not c:
+            continue
+        t, ct = r["throughput"], c["throughput"]
+        hp = ratio((r.get("priority") or {}).get("high_p99_ms"), (c.get("priority") or {}).get("high_p99_ms"))
+        dl = ratio((r.get("delay") or {}).get("late_p99_ms"), (c.get("delay") or {}).get("late_p99_ms"))
+        lines.append(
+            f"| {r['peer']} | {r['store']} | {ratio(enqueue_rates(ct)[0], enqueue_rates(t)[0])} | "
+            f"{ratio(best(ct), best(t))} | "
+            f"{ratio(ct['drain_per_s'], t['drain_per_s'])} | {ratio(ct['e2e_per_s'], t['e2e_per_s'])} | "
+            f"{hp} | {dl} |"
+        )
+    return "\n".join(lines)
+
+
+def report(results: list[dict[str, Any]], started: str, tasks: int) -> str:
+    return (
+        f"Peer benchmark, {started}, N={tasks} no-op tasks, 2 worker processes, "
+        f"{os.cpu_count()} CPUs, stores on this host. drain/s includes worker start-up; (steady) excludes it. "
+        f"Priority: start delay of 200 high tasks arriving every 20 ms behind a draining low backlog "
+        f"(its drain rate meanwhile in brackets). Delay: lateness of 200 tasks due 1-3 s ahead.\n\n"
+        f"{table(results)}\n\nRatios (same store, same run):\n\n{ratios(results)}\n"
+    )
+
+
+def main() -> None:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: the running phase stops its workers
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--peers", default=",".join(DEFAULT_PEERS), help="comma-separated, from: " + ", ".join(PEERS)
+    )
+    parser.add_argument("--tasks", type=int, default=20000)
+    parser.add_argument("--samples", type=int, default=200, help="high-priority and delayed tasks per test")
+    parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--md", default=None, help="write the tables here (Markdown; default: beside --json)")
+    parser.add_argument("--render", default=None, help="only print the tables of an earlier --json file")
+    args = parser.parse_args()
+    if args.json and not args.md:
+        args.md = str(Path(args.json).with_suffix(".md"))
+    if args.render:
+        data = json.loads(Path(args.render).read_text())
+        print(report(data["results"], data["started"], data["tasks"]))
+        return
+    names = [p.strip() for p in args.peers.split(",") if p.strip()]
+    unknown = [p for p in names if p not in PEERS]
+    if unknown:
+        parser.error(f"unknown peers: {', '.join(unknown)}")
+    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    results = []
+    for peer in names:
+        log(f"{peer}: start")
+        results.append(run_peer(peer, args.tasks, args.samples))
+        if args.json:  # keep what we have if a later peer hangs
+            Path(args.json).write_text(
+                json.dumps({"started": started, "tasks": args.tasks, "results": results}, indent=2)
+            )
+    text = report(results, started, args.tasks)
+    print(text)
+    if args.md:
+        Path(args.md).write_text(text)
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps({"started": started, "tasks": args.tasks, "results": results}, indent=2)
+        )
+
+
+if __name__ == "__main__":
+    main()
