@@ -50,7 +50,5 @@ def close() -> None:
 
 def worker_cmd(phase: str) -> list[str]:
     config = json.dumps({"queues": [QUEUE], "concurrency": 32})
-    os.environ.setdefault(
-        "CONVEYOR_LOG_LEVEL", "WARNING"
-    )  # inherited by the workers, as in conveyor bench
+    os.environ.setdefault("CONVEYOR_LOG_LEVEL", "WARNING")  # inherited by the workers, as in conveyor bench
     return [sys.executable, "-m", "conveyor.worker.process", "peer_conveyor:app", config]
