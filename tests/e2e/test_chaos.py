@@ -32,7 +32,10 @@ from stores import STORES, RedisStore, SQLiteStore, Store
 pytestmark = pytest.mark.slow
 
 SOAK = os.environ.get("CONVEYOR_CHAOS") == "soak"
-TASKS = 100_000 if SOAK else 3_000
+TASKS = 100_000 if SOAK else 5_000
+#: Each task sleeps this long, so a run lasts at least TASKS * SLEEP / (WORKERS * CONCURRENCY)
+#: seconds (5 s at CI size) whatever the speed of the worker: long enough for the kills.
+SLEEP = 0.025
 WORKERS = 3
 CONCURRENCY = 8
 KILL_EVERY = 2.0 if SOAK else 0.5
@@ -99,7 +102,7 @@ def test_crash_storm_loses_nothing_and_duplicates_no_effect(
 
     ids: list[str] = []
     for start in range(0, TASKS, 1000):
-        jobs = app.enqueue_many(record.message(n, 0.002) for n in range(start, min(TASKS, start + 1000)))
+        jobs = app.enqueue_many(record.message(n, SLEEP) for n in range(start, min(TASKS, start + 1000)))
         ids += [j.id for j in jobs]
     workers = [cluster.worker(**CONFIG) for _ in range(WORKERS)]
     rng = random.Random(11)

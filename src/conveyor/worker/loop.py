@@ -71,12 +71,15 @@ class Worker:
         self.config = config or WorkerConfig()
         self.id = self.config.worker_id
         self.fairness = Fairness(app.priorities.weights)
-        self.runner = Runner(app, self.id, self.config.concurrency)
+        self.runner = Runner(app, self.id, self._finished_runs)
         # One thread owns the store connection for the loop's calls; waits get their own.
         self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="conveyor-io")
         self._waiter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="conveyor-wait")
         self.leases: dict[str, Delivery] = {}
-        self.running: dict[str, asyncio.Task[None]] = {}
+        #: Deliveries running in this process, by job id.
+        self.running: dict[str, Delivery] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._outbox: list[Outcome] = []
         self._outbox_ready = asyncio.Event()
         self._slot_free = asyncio.Event()
@@ -190,17 +193,20 @@ class Worker:
         self.leases[delivery.id] = delivery
         self.counts["started"] += 1
         self.metrics.started(delivery, time.time())
-        self.running[delivery.id] = asyncio.create_task(self._execute(delivery))
+        self.running[delivery.id] = delivery
+        self._idle.clear()
+        self.runner.start(delivery)
 
-    async def _execute(self, delivery: Delivery) -> None:
-        began = time.perf_counter()
-        try:
-            outcome = await self.runner.run(delivery)
-        finally:
-            self.running.pop(delivery.id, None)
-            self._slot_free.set()
-        self.metrics.ran(delivery, time.perf_counter() - began)
-        self._report(outcome)
+    def _finished_runs(self, batch: list[tuple[Delivery, Outcome, float]]) -> None:
+        """Outcomes of runs that ended together: free their slots, send them to the store."""
+        for delivery, outcome, seconds in batch:
+            if self.running.pop(delivery.id, None) is not None:
+                self.metrics.ran(delivery, seconds)
+                self._outbox.append(outcome)
+        self._outbox_ready.set()
+        self._slot_free.set()
+        if not self.running:
+            self._idle.set()
 
     def _report(self, outcome: Outcome) -> None:
         self._outbox.append(outcome)
@@ -317,10 +323,11 @@ class Worker:
         """Give running tasks ``grace`` seconds, then release the rest without counting an attempt."""
         if self.running:
             log.info("waiting up to %.0f s for %d running tasks", self.config.grace, len(self.running))
-            await asyncio.wait(list(self.running.values()), timeout=self.config.grace)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), self.config.grace)
         unfinished = [(job_id, self.leases[job_id].token) for job_id in self.running if job_id in self.leases]
-        for task in self.running.values():
-            task.cancel()
+        self.runner.abandon(list(self.running))
+        self.running.clear()
         if unfinished:
             released = await self._call(self.app.broker.release, unfinished)
             for job_id, _ in unfinished:
