@@ -116,10 +116,26 @@ class Bench:
         while app.broker.stats([queue])[0].total(state) < count:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{queue}: fewer than {count} {state} after {timeout} s")
-            time.sleep(0.01)
+            time.sleep(0.005)
+
+    def _serving(self, queue: str, count: int, timeout: float = 60) -> float:
+        """Wait until ``count`` workers serving ``queue`` have registered; return that moment."""
+        deadline = time.monotonic() + timeout
+        while sum(1 for w in app.broker.workers() if queue in w.queues) < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{queue}: fewer than {count} workers up after {timeout} s")
+            time.sleep(0.001)
+        return time.perf_counter()
 
     def throughput(self, tasks: int, workers: int, task_name: str = "noop") -> Throughput:
-        """Enqueue ``tasks`` no-ops (a tenth one by one, the rest in batches of 1000), then drain."""
+        """Three runs of ``tasks`` no-ops:
+
+        - enqueue: a tenth one by one, the rest in batches of 1000, with no worker running;
+        - drain: that backlog, from the moment the first worker process is up (process start-up
+          and imports are not the queue's cost) to the last success; worker CPU over the same span;
+        - end to end: workers up and idle, then a producer enqueues in batches of 1000 while they
+          run; from the first enqueue to the last success.
+        """
         task = noop if task_name == "noop" else anoop
         queue = f"bench-{uuid.uuid4().hex[:8]}"
         single = max(1, min(2000, tasks // 10))
@@ -131,17 +147,25 @@ class Bench:
         for start in range(single, tasks, 1000):
             app.enqueue_many(task.message(i, queue=queue) for i in range(start, min(tasks, start + 1000)))
         batched = (tasks - single) / max(time.perf_counter() - t0, 1e-9)
-        t0 = time.perf_counter()
         with self.workers(queue, workers) as pids:
+            t0 = self._serving(queue, 1)
+            cpu0 = sum(_cpu_seconds(pid) for pid in pids)
             self._until(queue, "succeeded", tasks)
-            drained = time.perf_counter()
-            cpu = sum(_cpu_seconds(pid) for pid in pids)
+            drain = tasks / (time.perf_counter() - t0)
+            cpu = sum(_cpu_seconds(pid) for pid in pids) - cpu0
+        queue = f"bench-{uuid.uuid4().hex[:8]}"
+        with self.workers(queue, workers):
+            t0 = self._serving(queue, workers)
+            for start in range(0, tasks, 1000):
+                app.enqueue_many(task.message(i, queue=queue) for i in range(start, min(tasks, start + 1000)))
+            self._until(queue, "succeeded", tasks)
+            end_to_end = tasks / (time.perf_counter() - t0)
         return Throughput(
             workers=workers,
             enqueue_one_by_one=one_by_one,
             enqueue_batched=batched,
-            drain=tasks / (drained - t0),
-            end_to_end=tasks / (drained - started),
+            drain=drain,
+            end_to_end=end_to_end,
             worker_cpu_us_per_task=cpu / tasks * 1e6,
         )
 

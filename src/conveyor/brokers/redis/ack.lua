@@ -6,7 +6,8 @@
 -- ARGV[1] now   ARGV[2] retention seconds
 -- ARGV[3..] per outcome: id, token, kind (succeeded|retry|dead), result (optional string),
 --   delay, error JSON, n effects, then per effect: argc, command, args...; n follow-ups, then
---   per follow-up: index of its queue's KEYS triple (1 = KEYS[7..9]) and 8 message fields.
+--   per follow-up the index of its queue's KEYS triple (1 = KEYS[7..9]), then (if any) the
+--   follow-up messages packed (see read_messages: one argument, then one per payload).
 -- Returns {status, detail, ...} per outcome: 'ok', 'lost' (not running with this token:
 -- nothing changed) or 'effects_failed' with the error (the job stays running, its lease held).
 -- Effects run before the job leaves running, so a failing effect leaves the job's state
@@ -33,30 +34,42 @@ local function effects_error(first, n)
   return nil, j
 end
 
+-- First pass: parse the outcomes; then load their records in one go.
+local entries, ids = {}, {}
 while i <= #ARGV do
-  local id, token, kind = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
-  local result, delay, err = opt_in(ARGV[i + 3]), tonumber(ARGV[i + 4]), ARGV[i + 5]
-  local n_effects = tonumber(ARGV[i + 6])
-  local effects_at = i + 7
-  local j = effects_at
-  for _ = 1, n_effects do j = j + tonumber(ARGV[j]) + 1 end
+  local e = {
+    id = ARGV[i], token = tonumber(ARGV[i + 1]), kind = ARGV[i + 2], result = opt_in(ARGV[i + 3]),
+    delay = tonumber(ARGV[i + 4]), err = ARGV[i + 5], n_effects = tonumber(ARGV[i + 6]),
+    effects_at = i + 7, follow = {},
+  }
+  local j = e.effects_at
+  for _ = 1, e.n_effects do j = j + tonumber(ARGV[j]) + 1 end
   local n_follow = tonumber(ARGV[j])
-  local follow = {}
-  for f = 1, n_follow do
-    local at = j + 1 + (f - 1) * 9
-    follow[f] = {t = tonumber(ARGV[at]), m = read_message(at + 1)}
+  if n_follow > 0 then
+    for f, m in ipairs(read_messages(j + 1 + n_follow)) do
+      e.follow[f] = {t = tonumber(ARGV[j + f]), m = m}
+    end
+    i = j + 2 + 2 * n_follow
+  else
+    i = j + 1
   end
-  i = j + 1 + n_follow * 9
+  entries[#entries + 1] = e
+  ids[#ids + 1] = e.id
+end
+local records = load_many(jobs, ids)
 
-  local r = load(jobs, id)
-  if not r or r[R_STATE] ~= 'r' or r[R_TOKEN] ~= token then
+-- Writes common to every outcome are gathered and sent once at the end.
+local saves, unleased, finished, t, seen = {}, {}, {}, {}, {}
+for n, e in ipairs(entries) do
+  local r = records[n]
+  if seen[e.id] or not r or r[R_STATE] ~= 'r' or r[R_TOKEN] ~= e.token then
     out[#out + 1] = 'lost'
     out[#out + 1] = ''
   else
     local level = r[R_PRIO]
     local failure = nil
     local targets = {}
-    for _, f in ipairs(follow) do
+    for _, f in ipairs(e.follow) do
       local tg = targets[f.t]
       if not tg then
         local k = 7 + (f.t - 1) * 3
@@ -74,41 +87,50 @@ while i <= #ARGV do
       end
       tg.plan = plan
     end
-    if not failure and n_effects > 0 then failure = effects_error(effects_at, n_effects) end
+    if not failure and e.n_effects > 0 then failure = effects_error(e.effects_at, e.n_effects) end
     if failure then
       out[#out + 1] = 'effects_failed'
       out[#out + 1] = failure
     else
+      seen[e.id] = true
       for _, tg in pairs(targets) do write_enqueue(tg.jobs, tg.keys, tg.counts, tg.msgs, tg.plan, now) end
-      redis.call('ZREM', running, id)
+      unleased[#unleased + 1] = e.id
       r[R_LEASE] = false
-      bump(counts, 'r' .. level, -1)
-      if kind == 'succeeded' then
+      tally(t, 'r' .. level, -1)
+      if e.kind == 'succeeded' then
         r[R_STATE] = 's'
-        r[R_RESULT] = result
+        r[R_RESULT] = e.result
         r[R_FINISHED] = now
-        redis.call('ZADD', done, fmt(now + retention), id)
-        bump(counts, 's' .. level, 1)
-      elseif kind == 'retry' then
+        finished[#finished + 1] = fmt(now + retention)
+        finished[#finished + 1] = e.id
+        tally(t, 's' .. level, 1)
+      elseif e.kind == 'retry' then
         r[R_STATE] = 'p'
-        r[R_RUN_AT] = now + delay
+        r[R_RUN_AT] = now + e.delay
         r[R_WORKER] = false
-        r[R_ERRORS] = append_error(r[R_ERRORS], err)
-        redis.call('ZADD', pending_key(jobs, level), fmt(r[R_RUN_AT]), member(id, r))
-        bump(counts, 'p' .. level, 1)
+        r[R_ERRORS] = append_error(r[R_ERRORS], e.err)
+        redis.call('ZADD', pending_key(jobs, level), fmt(r[R_RUN_AT]), member(e.id, r))
+        tally(t, 'p' .. level, 1)
         woken = true
       else
         r[R_STATE] = 'd'
         r[R_FINISHED] = now
-        r[R_ERRORS] = append_error(r[R_ERRORS], err)
-        redis.call('ZADD', dead, fmt(now), id)
-        bump(counts, 'd' .. level, 1)
+        r[R_ERRORS] = append_error(r[R_ERRORS], e.err)
+        redis.call('ZADD', dead, fmt(now), e.id)
+        tally(t, 'd' .. level, 1)
       end
-      save(jobs, id, r)
+      saves[#saves + 1] = e.id
+      saves[#saves + 1] = pack_record(r)
       out[#out + 1] = 'ok'
       out[#out + 1] = ''
     end
   end
+end
+if #saves > 0 then
+  call_many('HSET', jobs, saves, 2)
+  call_many('ZREM', running, unleased, 1)
+  if #finished > 0 then call_many('ZADD', done, finished, 2) end
+  settle(counts, t)
 end
 if woken then wake(jobs) end
 return out

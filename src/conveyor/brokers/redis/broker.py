@@ -36,10 +36,10 @@ from conveyor.brokers.redis.wire import (
     adopt_fields,
     delivery,
     job,
-    message_args,
     now_arg,
     optional,
     outcome_args,
+    packed_messages,
     pairs,
     raise_conflict,
     rows,
@@ -160,7 +160,7 @@ class RedisBroker(Broker):
                 (
                     "enqueue",
                     self._keys(q, "jobs", "keys", "counts"),
-                    [now_arg(now), "1" if check else "0", *message_args(messages[i] for i in indexes)],
+                    [now_arg(now), "1" if check else "0", *packed_messages([messages[i] for i in indexes])],
                 )
                 for q, indexes in by_queue.items()
             ]
@@ -354,7 +354,9 @@ class RedisBroker(Broker):
                 for m in follow:
                     if m.queue not in targets:
                         targets.append(m.queue)
-                    args += [targets.index(m.queue) + 1, *message_args([m])]
+                    args.append(targets.index(m.queue) + 1)
+                if follow:
+                    args += packed_messages(follow)
             self._register(targets)
             keys = self._keys(queue, "jobs", "keys", "counts", "running", "dead", "done")
             for t in targets:

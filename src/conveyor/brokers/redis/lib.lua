@@ -53,12 +53,7 @@ end
 -- A pending zset member: 7 bytes of the job's enqueue sequence, then its id, so jobs due at
 -- the same time leave in enqueue order.
 local function member(id, r)
-  local s, bytes = r[R_SEQ], {}
-  for k = 7, 1, -1 do
-    bytes[k] = string.char(s % 256)
-    s = math.floor(s / 256)
-  end
-  return table.concat(bytes) .. id
+  return struct.pack('>I7', r[R_SEQ]) .. id
 end
 
 local function member_id(m) return string.sub(m, 8) end
@@ -73,7 +68,8 @@ local function load(jobs, id)
   return nil
 end
 
-local function save(jobs, id, r)
+-- A record's stored form: MessagePack of its fields up to the last present one.
+local function pack_record(r)
   local last = 0
   for i = 1, R_FIELDS do
     if r[i] == nil then r[i] = false end
@@ -81,7 +77,40 @@ local function save(jobs, id, r)
   end
   local packed = {}
   for i = 1, last do packed[i] = r[i] end
-  redis.call('HSET', jobs, id, cmsgpack.pack(packed))
+  return cmsgpack.pack(packed)
+end
+
+local function save(jobs, id, r)
+  redis.call('HSET', jobs, id, pack_record(r))
+end
+
+-- Run `cmd key args...` over a flat argument list in chunks (Lua's unpack is bounded by the C
+-- stack); `width` arguments belong together (2 for field/value or score/member pairs).
+local CHUNK = 1000
+local function call_many(cmd, key, args, width)
+  local step = CHUNK * width
+  for i = 1, #args, step do
+    redis.call(cmd, key, unpack(args, i, math.min(#args, i + step - 1)))
+  end
+end
+
+-- Stored records of `ids` as MessagePack (false for those missing), one HMGET per chunk.
+local function raw_many(jobs, ids)
+  local out = {}
+  for i = 1, #ids, CHUNK do
+    local raws = redis.call('HMGET', jobs, unpack(ids, i, math.min(#ids, i + CHUNK - 1)))
+    for k, raw in ipairs(raws) do out[i + k - 1] = raw end
+  end
+  return out
+end
+
+-- Records of `ids` (nil for those missing).
+local function load_many(jobs, ids)
+  local out = {}
+  for i, raw in ipairs(raw_many(jobs, ids)) do
+    if raw then out[i] = cmsgpack.unpack(raw) end
+  end
+  return out
 end
 
 -- A new pending record.
@@ -92,6 +121,14 @@ end
 
 local function bump(counts, field, by)
   if redis.call('HINCRBY', counts, field, by) <= 0 then redis.call('HDEL', counts, field) end
+end
+
+-- Count changes of a batch, summed per field and written once each by settle.
+local function tally(t, field, by) t[field] = (t[field] or 0) + by end
+local function settle(counts, t)
+  for field, by in pairs(t) do
+    if by ~= 0 then bump(counts, field, by) end
+  end
 end
 
 -- Levels with jobs pending, from the counts hash.
@@ -135,23 +172,27 @@ local function emit(out, id, r)
   out[n + 18] = fmt(r[R_SEQ])
 end
 
--- Messages from ARGV, 8 fields each from position i: id, task, priority, payload, delay,
--- run_at ('' for none), key (optional string), max_attempts.
-local function read_message(i)
-  return {
-    id = ARGV[i], task = ARGV[i + 1], prio = tonumber(ARGV[i + 2]), payload = ARGV[i + 3],
-    delay = tonumber(ARGV[i + 4]), run_at = ARGV[i + 5] ~= '' and tonumber(ARGV[i + 5]) or false,
-    key = opt_in(ARGV[i + 6]), max = tonumber(ARGV[i + 7]),
-  }
+-- Messages from ARGV[at] (wire.packed_messages): a MessagePack array of [id, task, priority,
+-- delay, run_at (nil for none), key (nil for none), max_attempts], then their payloads in
+-- ARGV[at + 1], ARGV[at + 2], ...
+local function read_messages(at)
+  local msgs = {}
+  for i, a in ipairs(cmsgpack.unpack(ARGV[at])) do
+    msgs[i] = {id = a[1], task = a[2], prio = a[3], payload = ARGV[at + i], delay = a[4],
+      run_at = a[5] or false, key = a[6] or false, max = a[7]}
+  end
+  return msgs
 end
 
 -- Decide, writing nothing, which messages are new: returns a plan ({id, created, write} per
 -- message) or nil and the conflict {key, holder id}. A message whose id exists was stored by
 -- an earlier try of the same call (a retry after a lost reply): it counts as created.
 local function plan_enqueue(jobs, keys, msgs)
-  local plan, held = {}, {}
+  local plan, held, ids = {}, {}, {}
+  for i, m in ipairs(msgs) do ids[i] = m.id end
+  local stored = raw_many(jobs, ids)
   for i, m in ipairs(msgs) do
-    if redis.call('HEXISTS', jobs, m.id) == 1 then
+    if stored[i] then
       plan[i] = {m.id, 1, false}
     elseif m.key then
       local h = held[m.key]
@@ -175,19 +216,36 @@ local function plan_enqueue(jobs, keys, msgs)
 end
 
 local function write_enqueue(jobs, keys, counts, msgs, plan, now)
-  local seq, wrote = sequence(), false
+  local seq = sequence()
+  local records, pending, key_ids, t = {}, {}, {}, {}
   for i, m in ipairs(msgs) do
     if plan[i][3] then
       local due = m.run_at or (now + m.delay)
-      local r = record(m.task, m.prio, m.payload, due, now, m.max, 0, seq + i, m.key, false)
-      save(jobs, m.id, r)
-      redis.call('ZADD', pending_key(jobs, m.prio), fmt(due), member(m.id, r))
-      bump(counts, 'p' .. m.prio, 1)
-      if m.key then redis.call('HSET', keys, m.key, m.id) end
-      wrote = true
+      -- A new record, packed as pack_record would: its absent trailing fields left off.
+      local r = {m.task, m.prio, m.payload, due, now, 0, m.max, 0, 'p', seq + i}
+      if m.key then r[R_KEY] = m.key end
+      records[#records + 1] = m.id
+      records[#records + 1] = cmsgpack.pack(r)
+      local zs = pending[m.prio]
+      if not zs then
+        zs = {}
+        pending[m.prio] = zs
+      end
+      zs[#zs + 1] = fmt(due)
+      zs[#zs + 1] = member(m.id, r)
+      tally(t, 'p' .. m.prio, 1)
+      if m.key then
+        key_ids[#key_ids + 1] = m.key
+        key_ids[#key_ids + 1] = m.id
+      end
     end
   end
-  if wrote then wake(jobs) end
+  if #records == 0 then return end
+  call_many('HSET', jobs, records, 2)
+  for level, zs in pairs(pending) do call_many('ZADD', pending_key(jobs, level), zs, 2) end
+  if #key_ids > 0 then call_many('HSET', keys, key_ids, 2) end
+  settle(counts, t)
+  wake(jobs)
 end
 
 -- Drop a job's idempotency key if the job still holds it.

@@ -46,26 +46,42 @@ end
 
 local out = {#current}
 for l = 1, #current do out[#out + 1] = current[l] end
+local saves, leased, t = {}, {}, {}
 for l = 1, #take do
   local level, n = l - 1, take[l]
   if n > 0 then
     local pk = pending_key(KEYS[1], level)
-    for _, m in ipairs(redis.call('ZRANGEBYSCORE', pk, '-inf', fmt(now), 'LIMIT', 0, n)) do
-      redis.call('ZREM', pk, m)
-      local id = member_id(m)
-      local r = load(KEYS[1], id)
-      r[R_ATTEMPT] = r[R_ATTEMPT] + 1
-      r[R_TOKEN] = r[R_TOKEN] + 1
-      r[R_STATE] = 'r'
-      r[R_LEASE] = lease_until
-      r[R_WORKER] = ARGV[3]
-      r[R_STARTED] = now
-      save(KEYS[1], id, r)
-      redis.call('ZADD', KEYS[2], fmt(lease_until), id)
-      bump(KEYS[3], 'p' .. level, -1)
-      bump(KEYS[3], 'r' .. level, 1)
-      emit(out, id, r)
+    -- The due members are the zset's lowest ranks: remove them by rank in one command.
+    local members = redis.call('ZRANGEBYSCORE', pk, '-inf', fmt(now), 'LIMIT', 0, n)
+    if #members > 0 then
+      redis.call('ZREMRANGEBYRANK', pk, 0, #members - 1)
+      local ids = {}
+      for k, m in ipairs(members) do ids[k] = member_id(m) end
+      local records = load_many(KEYS[1], ids)
+      for k, id in ipairs(ids) do
+        local r = records[k]
+        if r then
+          r[R_ATTEMPT] = r[R_ATTEMPT] + 1
+          r[R_TOKEN] = r[R_TOKEN] + 1
+          r[R_STATE] = 'r'
+          r[R_LEASE] = lease_until
+          r[R_WORKER] = ARGV[3]
+          r[R_STARTED] = now
+          saves[#saves + 1] = id
+          saves[#saves + 1] = pack_record(r)
+          leased[#leased + 1] = fmt(lease_until)
+          leased[#leased + 1] = id
+          tally(t, 'p' .. level, -1)
+          tally(t, 'r' .. level, 1)
+          emit(out, id, r)
+        end
+      end
     end
   end
+end
+if #saves > 0 then
+  call_many('HSET', KEYS[1], saves, 2)
+  call_many('ZADD', KEYS[2], leased, 2)
+  settle(KEYS[3], t)
 end
 return out

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import msgspec
@@ -14,6 +14,7 @@ from conveyor.records import Delivery, JobInfo, Message, Outcome, State
 
 #: Reply fields per job (see ``emit`` in lib.lua).
 FIELDS = 18
+_packer = msgspec.msgpack.Encoder()
 STATES: dict[bytes, State] = {b"r": "running", b"s": "succeeded", b"d": "dead", b"c": "cancelled"}
 
 
@@ -29,21 +30,14 @@ def optional(value: str | bytes | None) -> bytes:
     return b"=" + (value.encode() if isinstance(value, str) else value)
 
 
-def message_args(messages: Iterable[Message]) -> list[Any]:
-    """Messages as ``read_message`` in lib.lua reads them, 8 arguments each."""
-    args: list[Any] = []
-    for m in messages:
-        args += [
-            m.id,
-            m.task,
-            m.priority,
-            m.payload,
-            repr(float(m.delay)),
-            "" if m.run_at is None else repr(float(m.run_at)),
-            optional(m.key),
-            m.max_attempts,
-        ]
-    return args
+def packed_messages(messages: Sequence[Message]) -> list[Any]:
+    """Messages as ``read_messages`` in lib.lua reads them: one MessagePack array of
+    [id, task, priority, delay, run_at, key, max_attempts] arrays, then each payload as an
+    argument of its own (Redis' cmsgpack has no binary type, and payloads are any bytes)."""
+    fields = _packer.encode(
+        [(m.id, m.task, m.priority, float(m.delay), m.run_at, m.key, m.max_attempts) for m in messages]
+    )
+    return [fields, *(m.payload for m in messages)]
 
 
 def command_arg(value: Any) -> bytes | str:
