@@ -261,7 +261,9 @@ def _store_size(url: str) -> Callable[[], float] | None:
         client = redis.Redis.from_url(url.split("?", 1)[0])
 
         def redis_size() -> float:
-            return float(client.info("memory")["used_memory"])
+            """Every benchmark queue's keys, counted exactly (MEMORY USAGE with SAMPLES 0)."""
+            keys = client.scan_iter(match="*{bench-*", count=1000)
+            return float(sum(client.memory_usage(key, samples=0) or 0 for key in keys))
 
         return redis_size
     if url.startswith(("postgresql://", "postgres://")):

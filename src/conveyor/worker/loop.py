@@ -169,6 +169,7 @@ class Worker:
                 continue
             for delivery in batch:
                 self._start(delivery)
+            self.metrics.started(batch, time.time())
             if len(batch) < free and not self._stopping.is_set():
                 wait = asyncio.get_running_loop().run_in_executor(
                     self._waiter, broker.wait, queues, self.config.idle_wait
@@ -192,17 +193,18 @@ class Worker:
     def _start(self, delivery: Delivery) -> None:
         self.leases[delivery.id] = delivery
         self.counts["started"] += 1
-        self.metrics.started(delivery, time.time())
         self.running[delivery.id] = delivery
         self._idle.clear()
         self.runner.start(delivery)
 
     def _finished_runs(self, batch: list[tuple[Delivery, Outcome, float]]) -> None:
         """Outcomes of runs that ended together: free their slots, send them to the store."""
+        ran = []
         for delivery, outcome, seconds in batch:
             if self.running.pop(delivery.id, None) is not None:
-                self.metrics.ran(delivery, seconds)
+                ran.append((delivery, seconds))
                 self._outbox.append(outcome)
+        self.metrics.ran(ran)
         self._outbox_ready.set()
         self._slot_free.set()
         if not self.running:
@@ -235,29 +237,32 @@ class Worker:
                 backoff = min(backoff * 2, 5.0)
                 self._outbox_ready.set()
                 continue
-            for outcome, status in zip(batch, statuses, strict=True):
-                self._settled(outcome, status)
+            settled = (
+                self._settled(outcome, status) for outcome, status in zip(batch, statuses, strict=True)
+            )
+            self._finished([done for done in settled if done is not None])
             if self._outbox or self._stopped.is_set():
                 # Once stopped nothing else wakes this loop: look again, to flush or to return.
                 self._outbox_ready.set()
 
-    def _settled(self, outcome: Outcome, status: AckStatus) -> None:
+    def _settled(self, outcome: Outcome, status: AckStatus) -> tuple[Delivery, str] | None:
+        """Book an outcome the store answered; the delivery and how it ended, if it was ours."""
         if status.status == "effects_failed" and outcome.id in self.leases:
             log.warning("job %s: effects failed (%s); counted as a failed attempt", outcome.id, status.error)
             self._report(self._effects_failed(outcome, status.error or "effects failed"))
-            return
+            return None
         delivery = self.leases.pop(outcome.id, None)
         kind = "lost" if status.status == "lost" else outcome.kind
         self.counts[kind] += 1
         if kind == "lost":
             log.warning("job %s: lease lost before its outcome landed; another worker owns it", outcome.id)
-        if delivery is not None:
-            self._finished(delivery, kind)
+        return None if delivery is None else (delivery, kind)
 
-    def _finished(self, delivery: Delivery, kind: str) -> None:
-        per_level = self.outcomes.setdefault(delivery.queue, {}).setdefault(str(delivery.priority), {})
-        per_level[kind] = per_level.get(kind, 0) + 1
-        self.metrics.finished(delivery, kind)
+    def _finished(self, ended: list[tuple[Delivery, str]]) -> None:
+        for delivery, kind in ended:
+            per_level = self.outcomes.setdefault(delivery.queue, {}).setdefault(str(delivery.priority), {})
+            per_level[kind] = per_level.get(kind, 0) + 1
+        self.metrics.finished(ended)
 
     def _effects_failed(self, outcome: Outcome, message: str) -> Outcome:
         delivery = self.leases[outcome.id]
@@ -285,7 +290,7 @@ class Worker:
         for job_id in lost:
             delivery = self.leases.pop(job_id, None)
             if delivery is not None:
-                self._finished(delivery, "lost")
+                self._finished([(delivery, "lost")])
                 log.warning("job %s: lease lost (expired and reclaimed); its outcome will be refused", job_id)
 
     async def _reclaim(self) -> None:
