@@ -405,7 +405,7 @@ def demo(total: int, processes: int, db: str) -> None:
     "--task", "task_name", default="noop", type=click.Choice(["noop", "anoop"]), help="Sync or async no-op."
 )
 @click.option(
-    "--backlog", default=100000, show_default=True, help="Low no-ops queued behind the urgent ones."
+    "--backlog", default=250_000, show_default=True, help="Low no-ops queued behind the urgent ones."
 )
 @click.option("--samples", default=200, show_default=True, help="Urgent and delayed tasks measured.")
 @click.option(

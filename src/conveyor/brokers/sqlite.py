@@ -8,6 +8,7 @@ they commit, so a new task starts within milliseconds without polling.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import select
 import socket
@@ -87,6 +88,7 @@ class SQLiteBroker(Broker):
         self._busy_ms = int(options.get("busy_timeout", "30000"))
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
+        self._lock_fds: list[int] = []
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
         self._listener_name = ""
@@ -102,6 +104,7 @@ class SQLiteBroker(Broker):
     def _db(self) -> sqlite3.Connection:
         if self._pid != os.getpid():  # forked: the parent's connections and socket are not ours
             self._pid, self._local, self._connections = os.getpid(), threading.local(), []
+            self._lock_fds = []
             self._listener, self._listening = None, ""
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
@@ -114,23 +117,42 @@ class SQLiteBroker(Broker):
                 self._connections.append(db)
         return db
 
+    def _writer_lock(self) -> int:
+        """This thread's descriptor of the file every writer of the store locks around its
+        transaction (flock locks belong to an open file, so each thread opens its own)."""
+        self._db()  # resets this process's thread state after a fork
+        fd: int | None = getattr(self._local, "writer", None)
+        if fd is None:
+            fd = os.open(f"{self.path}-writer.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._local.writer = fd
+            with self._lock:
+                self._lock_fds.append(fd)
+        return fd
+
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction. Writers queue on a blocking flock before ``BEGIN IMMEDIATE``:
+        SQLite's own busy handler retries with sleeps of up to 100 ms, and under contention from
+        busy workers a producer could wait seconds; a blocked flock wakes at the release."""
         db = self._db()
-        db.execute("BEGIN IMMEDIATE")
+        fd = self._writer_lock()
+        fcntl.flock(fd, fcntl.LOCK_EX)
         try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
 
     # -- enqueue -----------------------------------------------------------------------------
 
     def enqueue(
         self, messages: Sequence[Message], now: float | None = None, connection: Any = None
     ) -> list[Enqueued]:
-        now = time.time() if now is None else now
         if connection is not None:
             if not isinstance(connection, sqlite3.Connection):
                 raise ConfigurationError("connection must be a sqlite3.Connection to the store's file")
@@ -138,15 +160,15 @@ class SQLiteBroker(Broker):
             # fall back to their periodic check if the commit comes later.
             connection.execute("SAVEPOINT conveyor_enqueue")
             try:
-                out = self._insert(connection, messages, now)
+                out = self._insert(connection, messages, time.time() if now is None else now)
             except BaseException:
                 connection.execute("ROLLBACK TO conveyor_enqueue")
                 connection.execute("RELEASE conveyor_enqueue")
                 raise
             connection.execute("RELEASE conveyor_enqueue")
         else:
-            with self._write() as db:
-                out = self._insert(db, messages, now)
+            with self._write() as db:  # the clock read once the write lock is held
+                out = self._insert(db, messages, time.time() if now is None else now)
         if any(e.created for e in out):
             self._notify({m.queue for m in messages})
         return out
@@ -589,6 +611,10 @@ class SQLiteBroker(Broker):
                 with contextlib.suppress(sqlite3.Error):
                     db.close()
             self._connections.clear()
+            for fd in self._lock_fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._lock_fds.clear()
         self._local = threading.local()
 
 
