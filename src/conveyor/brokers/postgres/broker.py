@@ -14,6 +14,7 @@ import contextlib
 import os
 import select
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -316,10 +317,11 @@ class PostgresBroker(Broker):
         listener = self._listener()
         if listener is None:  # just started listening: what came before it may have been missed
             return
+        asked = time.monotonic()  # before the query: errs early (one more look), never late
         with self._connect() as conn:
             (due_in,) = conn.execute(self._sql["next_due"], {"queues": list(queues)}).fetchone() or (None,)
         if due_in is not None:
-            timeout = min(timeout, max(0.0, due_in))
+            timeout = min(timeout, max(0.0, asked + due_in - time.monotonic()))
         with listener.lock:
             if self._closed:
                 return

@@ -53,7 +53,11 @@ class Listener:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
-                events = selector.select(remaining)
+                if remaining <= 0.002:
+                    # epoll counts whole milliseconds, rounding up; sleep is exact.
+                    time.sleep(remaining)
+                    return self._drain(queues)
+                events = selector.select(remaining - 0.001)
                 if any(key.data == "interrupt" for key, _ in events):
                     return False
                 if events:

@@ -250,19 +250,26 @@ class RedisBroker(Broker):
             sub = self._subscriber(queues)
             if sub is None:  # just subscribed: a wake-up sent before that is lost, so look now
                 return
+            # Timed from before the call: the store's "now" came later, so this errs early,
+            # which costs one more look; late would delay the task.
+            asked = time.monotonic()
             dues = self._run([("next_due", self._keys(q, "jobs", "counts"), []) for q in queues])
             for due in dues:
                 if due:
                     timeout = min(timeout, float(due))
-            deadline = time.monotonic() + max(0.0, timeout)
+            deadline = asked + max(0.0, timeout)
             while True:
                 remaining = deadline - time.monotonic()
-                message = sub.get_message(timeout=max(0.0, remaining))
+                if remaining <= 0:
+                    return
+                if remaining <= 0.002:
+                    # poll() counts whole milliseconds, rounding up; sleep is exact.
+                    time.sleep(remaining)
+                    return
+                message = sub.get_message(timeout=remaining - 0.001)
                 if message is not None and message["type"] in ("message", b"message"):
                     while sub.get_message(timeout=0.0) is not None:  # one wake-up is enough
                         pass
-                    return
-                if remaining <= 0:
                     return
         except Exception as exc:
             if self._closed:  # close() pulled the connection from under the wait
