@@ -104,6 +104,7 @@ def test_crash_storm_loses_nothing_and_duplicates_no_effect(
     for start in range(0, TASKS, 1000):
         jobs = app.enqueue_many(record.message(n, SLEEP) for n in range(start, min(TASKS, start + 1000)))
         ids += [j.id for j in jobs]
+    began = time.monotonic()
     workers = [cluster.worker(**CONFIG) for _ in range(WORKERS)]
     rng = random.Random(11)
     kills = restarts = 0
@@ -147,5 +148,6 @@ def test_crash_storm_loses_nothing_and_duplicates_no_effect(
     assert kills >= 3
     assert restarts == (restart is not None)
     print(
-        f"chaos: {TASKS} tasks, {kills} kills, {restarts} store restarts, {extra} duplicate deliveries, 0 lost"
+        f"chaos: {TASKS} tasks, {kills} kills, {restarts} store restarts, 0 lost, 0 duplicate effects, "
+        f"{extra} duplicate deliveries, 0 dead, {time.monotonic() - began:.0f} s"
     )
