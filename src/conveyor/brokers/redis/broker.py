@@ -33,6 +33,7 @@ from conveyor.brokers.base import Broker, Lease
 from conveyor.brokers.redis.scripts import Call, Scripts
 from conveyor.brokers.redis.url import parse
 from conveyor.brokers.redis.wire import (
+    DELIVERY_FIELDS,
     adopt_fields,
     delivery,
     job,
@@ -195,7 +196,7 @@ class RedisBroker(Broker):
             args = [now_arg(now), repr(float(lease)), worker, "fair", limit, *state]
             (reply,) = self._run([("reserve", self._keys(queue, "jobs", "running", "counts"), args)])
             fairness.current[:] = [int(x) for x in reply[1 : 1 + reply[0]]]
-            out = [delivery(f, queue) for f in rows(reply, 1 + reply[0])]
+            out = [delivery(f, queue) for f in rows(reply, 1 + reply[0], DELIVERY_FIELDS)]
         else:
             out = self._reserve_across(queues, limit, lease, worker, fairness, now)
         out.sort(key=lambda d: (d.priority, d.run_at))
@@ -240,7 +241,7 @@ class RedisBroker(Broker):
         return [
             delivery(f, q)
             for (_, q), reply in zip(chosen, claimed, strict=True)
-            for f in rows(reply, 1 + reply[0])
+            for f in rows(reply, 1 + reply[0], DELIVERY_FIELDS)
         ]
 
     # -- wait --------------------------------------------------------------------------------

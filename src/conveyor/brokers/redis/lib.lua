@@ -172,6 +172,22 @@ local function emit(out, id, r)
   out[n + 18] = fmt(r[R_SEQ])
 end
 
+-- A leased job as the 10 reply fields a worker needs: id, task, priority, payload, attempt,
+-- max_attempts, token, run_at, enqueued_at, key (see wire.delivery).
+local function emit_delivery(out, id, r)
+  local n = #out
+  out[n + 1] = id
+  out[n + 2] = r[R_TASK]
+  out[n + 3] = r[R_PRIO]
+  out[n + 4] = r[R_PAYLOAD]
+  out[n + 5] = r[R_ATTEMPT]
+  out[n + 6] = r[R_MAX]
+  out[n + 7] = r[R_TOKEN]
+  out[n + 8] = fmt(r[R_RUN_AT])
+  out[n + 9] = fmt(r[R_ENQUEUED])
+  out[n + 10] = opt_out(r[R_KEY])
+end
+
 -- Messages from ARGV[at] (wire.packed_messages): a MessagePack array of [id, task, priority,
 -- delay, run_at (nil for none), key (nil for none), max_attempts], then their payloads in
 -- ARGV[at + 1], ARGV[at + 2], ...

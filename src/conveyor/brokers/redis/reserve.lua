@@ -73,7 +73,7 @@ for l = 1, #take do
           leased[#leased + 1] = id
           tally(t, 'p' .. level, -1)
           tally(t, 'r' .. level, 1)
-          emit(out, id, r)
+          emit_delivery(out, id, r)
         end
       end
     end

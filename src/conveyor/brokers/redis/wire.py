@@ -12,8 +12,9 @@ from conveyor.brokers.base import Lease
 from conveyor.errors import KeyConflict
 from conveyor.records import Delivery, JobInfo, Message, Outcome, State
 
-#: Reply fields per job (see ``emit`` in lib.lua).
+#: Reply fields per job (see ``emit`` in lib.lua), and per leased job (``emit_delivery``).
 FIELDS = 18
+DELIVERY_FIELDS = 10
 _packer = msgspec.msgpack.Encoder()
 STATES: dict[bytes, State] = {b"r": "running", b"s": "succeeded", b"d": "dead", b"c": "cancelled"}
 
@@ -99,9 +100,9 @@ def share(n: int, available: Sequence[int]) -> list[int]:
     return take
 
 
-def rows(reply: list[Any], start: int) -> Iterator[list[Any]]:
-    for i in range(start, len(reply), FIELDS):
-        yield reply[i : i + FIELDS]
+def rows(reply: list[Any], start: int, width: int = FIELDS) -> Iterator[list[Any]]:
+    for i in range(start, len(reply), width):
+        yield reply[i : i + width]
 
 
 def float_or_none(raw: bytes) -> float | None:
@@ -113,18 +114,19 @@ def text_or_none(raw: bytes) -> str | None:
 
 
 def delivery(f: list[Any], queue: str) -> Delivery:
+    """A leased job from the reserve script's fields (``emit_delivery`` in lib.lua)."""
     return Delivery(
         id=f[0].decode(),
         task=f[1].decode(),
         queue=queue,
-        priority=int(f[2]),
-        payload=bytes(f[4]),
-        attempt=int(f[5]),
-        max_attempts=int(f[6]),
-        token=int(f[7]),
-        run_at=float(f[8]),
-        enqueued_at=float(f[9]),
-        key=text_or_none(f[12]),
+        priority=f[2],
+        payload=f[3],
+        attempt=f[4],
+        max_attempts=f[5],
+        token=f[6],
+        run_at=float(f[7]),
+        enqueued_at=float(f[8]),
+        key=text_or_none(f[9]),
     )
 
 
