@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import logging
 import queue
@@ -269,7 +270,8 @@ class Runner:
             self._poked = True
         if poke:
             assert self._loop is not None
-            self._loop.call_soon_threadsafe(self._collect)
+            with contextlib.suppress(RuntimeError):  # the loop closed: an abandoned run ended late
+                self._loop.call_soon_threadsafe(self._collect)
 
     def _decode(self, delivery: Delivery) -> tuple[list[Any], dict[str, Any]]:
         return serializer.decode_args(delivery.payload, self.app.max_payload)
