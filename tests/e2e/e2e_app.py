@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
+import signal
+import sys
+import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
 
+import conveyor.brokers
 from conveyor import Conveyor, RetryPolicy, current_job
 
 app = Conveyor()  # CONVEYOR_URL, set by the test
@@ -39,6 +48,94 @@ def _ledger_effect(n: int) -> None:
         current_job().execute("RPUSH", (os.environ["E2E_LEDGER_KEY"], n))
     else:
         current_job().execute(os.environ["E2E_LEDGER_SQL"], (n,))
+
+
+@app.task(retry=RetryPolicy(max_attempts=10, base=0.01, max_delay=0.1))
+def record_or_fail_first(n: int, seconds: float) -> int:
+    """As ``record``, but the first attempt raises after its sleep: its outcome is a retry."""
+    _log_execution(n)
+    time.sleep(seconds)
+    if current_job().attempt == 1:
+        raise RuntimeError(f"first attempt of {n} fails")
+    _ledger_effect(n)
+    return n
+
+
+@app.task(retry=RetryPolicy(max_attempts=3, base=0.01))
+def gil_hog(n: int, fifo: str) -> int:
+    """On its first attempt, blocks in a C call that keeps the GIL until the test writes a byte
+    to ``fifo``: every other thread of the worker process, heartbeats included, stands still
+    meanwhile. Later attempts run at once. Writes ledger row ``n`` with the acknowledgement."""
+    _log_execution(n)
+    if current_job().attempt == 1:
+        _read_holding_the_gil(fifo)
+    _ledger_effect(n)
+    return n
+
+
+def _read_holding_the_gil(fifo: str) -> None:
+    """``read(2)`` one byte from ``fifo`` through ``ctypes.PyDLL``, whose calls keep the GIL
+    (``CDLL`` releases it), as a C extension that never releases it would."""
+    fd = os.open(fifo, os.O_RDWR)  # read-write: opening a FIFO does not wait for a writer
+    try:
+        libc = ctypes.PyDLL(None)
+        libc.read.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
+        byte = ctypes.create_string_buffer(1)
+        with _no_other_thread_in_a_store_call():
+            libc.read(fd, byte, 1)
+    finally:
+        os.close(fd)
+
+
+_BROKERS = str(Path(conveyor.brokers.__file__).parent) + os.sep
+
+
+def _in_a_store_call() -> bool:
+    """Whether a thread of this process other than the caller is inside the broker's code."""
+    me = threading.get_ident()
+    for ident, frame in sys._current_frames().items():
+        f: FrameType | None = frame
+        while ident != me and f is not None:
+            if f.f_code.co_filename.startswith(_BROKERS):
+                return True
+            f = f.f_back
+    return False
+
+
+@contextlib.contextmanager
+def _no_other_thread_in_a_store_call(patience: float = 10.0) -> Iterator[None]:
+    """Enter the block when no other thread of this process is inside a store call, and keep
+    the GIL until the block first releases it.
+
+    A process frozen inside a store transaction would freeze that transaction's locks with it
+    (SQLite's write lock: every writer of the store would wait for it), which is not what the
+    tests that freeze a worker are about. A forced GIL switch (every ``sys.getswitchinterval``)
+    could let another thread start a store call between the check and the block; switching is
+    made so rare that it cannot, and the pause lets every thread already waiting for the GIL
+    wait again under the new interval.
+    """
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1000.0)
+    try:
+        time.sleep(0.01)
+        give_up = time.monotonic() + patience
+        while _in_a_store_call():
+            if time.monotonic() > give_up:
+                raise RuntimeError(f"a store call was still running after {patience} s")
+            time.sleep(0.001)
+        yield
+    finally:
+        sys.setswitchinterval(previous)
+
+
+def _pause(signum: int, frame: FrameType | None) -> None:
+    """SIGUSR1: SIGSTOP this process, outside any store call (see above), until SIGCONT."""
+    with _no_other_thread_in_a_store_call():
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+
+if os.environ.get("E2E_PAUSABLE"):
+    signal.signal(signal.SIGUSR1, _pause)
 
 
 @app.task(retry=RetryPolicy(max_attempts=3, base=0.01))

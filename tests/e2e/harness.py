@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ from typing import Any
 from stores import Store
 
 from conveyor import Conveyor
+from conveyor.records import WorkerInfo
 
 HERE = Path(__file__).parent
 
@@ -88,6 +90,25 @@ class Cluster:
         self.procs.append(proc)
         return proc
 
+    def pause(self, proc: subprocess.Popen[bytes]) -> None:
+        """SIGSTOP a worker started with ``env=PAUSABLE``, at a moment none of its threads is
+        inside a store call (see ``e2e_app._pause``); return once it is stopped."""
+        proc.send_signal(signal.SIGUSR1)
+        wait_for(lambda: _state(proc) == "T", what=f"worker {proc.pid} to stop")
+
+    def resume(self, proc: subprocess.Popen[bytes]) -> None:
+        proc.send_signal(signal.SIGCONT)
+        wait_for(lambda: _state(proc) != "T", what=f"worker {proc.pid} to resume")
+
+    def worker_id(self, proc: subprocess.Popen[bytes]) -> str:
+        """The id a worker process gives itself (and the store records on its jobs)."""
+        return f"{socket.gethostname()}:{proc.pid}"
+
+    def registered(self, proc: subprocess.Popen[bytes]) -> WorkerInfo | None:
+        """What a worker process last reported with its heartbeat (its counts), if its entry in
+        the store's worker registry is current."""
+        return next((w for w in self.app.broker.workers() if w.id == self.worker_id(proc)), None)
+
     def log_text(self) -> str:
         return "".join(p.read_text(errors="replace") for p in sorted(self.logs.glob("worker-*.log")))
 
@@ -108,6 +129,16 @@ class Cluster:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+
+
+#: Environment of a worker that ``Cluster.pause`` can stop.
+PAUSABLE = {"E2E_PAUSABLE": "1"}
+
+
+def _state(proc: subprocess.Popen[bytes]) -> str:
+    """The process's state letter in /proc (``T``: stopped); what follows the last ``)``, since
+    the command name in parentheses may contain anything."""
+    return Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
 def cluster_of(store: Store, tmp_path: Path) -> Iterator[Cluster]:
