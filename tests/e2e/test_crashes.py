@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import collections
 import signal
+import time
 
 import pytest
-from harness import Cluster, wait_for
+from harness import PAUSABLE, Cluster, wait_for
 
 from conveyor import JobFailed
 
@@ -75,18 +77,53 @@ def test_sigterm_finishes_the_running_task(cluster: Cluster) -> None:
     assert cluster.ledger() == [1]
 
 
-def test_zombie_worker_cannot_complete_a_reclaimed_task(cluster: Cluster) -> None:
-    from e2e_app import record
+def started_by(cluster: Cluster, n: int, pid: int) -> bool:
+    """Whether process ``pid`` has begun running task ``n`` (execution lines are "n token pid")."""
+    return any(line.split()[::2] == [str(n), str(pid)] for line in cluster.executions())
 
-    zombie = cluster.worker(concurrency=1, lease=0.5, heartbeat=0.1, reclaim_interval=0.1)
-    job = record.enqueue(7, 1.0)
-    wait_for(lambda: running(cluster) == 1, what="the zombie to take the task")
-    zombie.send_signal(signal.SIGSTOP)
-    cluster.worker(concurrency=1, lease=0.5, heartbeat=0.1, reclaim_interval=0.1)
-    assert job.result(timeout=30) == 7
-    zombie.send_signal(signal.SIGCONT)
-    wait_for(lambda: "lease lost" in cluster.log_text(), what="the zombie to report its lost lease")
-    assert cluster.ledger() == [7], "the zombie's late acknowledgement must not commit its effect"
-    info = job.info()
-    assert info.attempt == 2
-    assert len(cluster.executions()) == 2  # delivered twice, effective once
+
+def test_zombie_worker_cannot_complete_a_reclaimed_task(cluster: Cluster) -> None:
+    """Scenario B. A worker is SIGSTOPped for twice its lease while it runs a task, three times;
+    each time another worker reclaims the task and finishes it, and when the zombie resumes its
+    late outcome is refused: an acknowledgement (with its effect) twice, a retry once. Refusals
+    counted by the zombie = pauses; every effect once; nothing the zombie reported is recorded."""
+    from e2e_app import record, record_or_fail_first
+
+    lease, run = 1.0, 0.8
+    config = {"lease": lease, "heartbeat": 0.2, "reclaim_interval": 0.2, "concurrency": 1}
+    zombie = cluster.worker(env=PAUSABLE, **config)
+    zombie_id = cluster.worker_id(zombie)
+    rounds = [record, record_or_fail_first, record]  # the late outcome: ack, retry, ack
+    jobs = []
+    for n, task in enumerate(rounds):
+        job = task.enqueue(n, run)
+        jobs.append(job)
+        wait_for(lambda n=n: started_by(cluster, n, zombie.pid), what="the zombie to start the task")
+        cluster.pause(zombie)
+        paused = time.monotonic()
+        before = job.info()
+        assert (before.state, before.attempt, before.worker) == ("running", 1, zombie_id)
+        rescuer = cluster.worker(**config)
+        assert job.result(timeout=30) == n
+        time.sleep(max(0.0, paused + 2 * lease - time.monotonic()))  # the pause lasts 2x the lease
+        cluster.resume(zombie)
+        wait_for(
+            lambda n=n: (w := cluster.registered(zombie)) is not None and w.counts["lost"] == n + 1,
+            what="the zombie to count its refused outcome",
+        )
+        rescuer.terminate()
+        assert rescuer.wait(15) == 0
+
+    counts = cluster.registered(zombie).counts  # type: ignore[union-attr]
+    assert counts == {"started": 3, "succeeded": 0, "retry": 0, "dead": 0, "lost": 3}
+    assert "lease lost" in cluster.log_text()
+    assert sorted(cluster.ledger()) == [0, 1, 2], "a zombie's late acknowledgement committed its effect"
+    for n, job in enumerate(jobs):
+        info = job.info()
+        assert (info.state, info.attempt, info.result) == ("succeeded", 2, str(n).encode())
+        # Only the reclaim is recorded: the zombie's refused retry added no RuntimeError.
+        assert [(e["type"], e["worker"]) for e in info.errors] == [("WorkerLost", zombie_id)]
+    runs = [line.split() for line in cluster.executions()]
+    delivered = collections.Counter(int(n) for n, _, _ in runs)
+    assert delivered == {0: 2, 1: 2, 2: 2}  # delivered twice, effective once
+    assert len({(n, token) for n, token, _ in runs}) == len(runs), "two runs had the same fencing token"
