@@ -9,7 +9,6 @@ subprocesses of the race test can import it too.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
@@ -146,15 +145,15 @@ class _Postgres(Backend):
         return QmarkEffects(url, retention=retention)
 
 
-if importlib.util.find_spec("psycopg") is not None:
-    BACKENDS["postgres"] = _Postgres(
-        "postgres",
-        _pg_store,
-        sql_effects=True,
-        run_sql=_pg_sql,
-        transaction=_pg_transaction,
-        drop_store=_pg_drop,
-    )
+# Registered whether or not psycopg is installed: without it, these tests fail, never vanish.
+BACKENDS["postgres"] = _Postgres(
+    "postgres",
+    _pg_store,
+    sql_effects=True,
+    run_sql=_pg_sql,
+    transaction=_pg_transaction,
+    drop_store=_pg_drop,
+)
 
 
 # -- Redis: a fresh key prefix per test in a database of its own, deleted at teardown ---------
@@ -181,8 +180,7 @@ def _redis_drop(url: str) -> None:
         client.close()
 
 
-if importlib.util.find_spec("redis") is not None:
-    BACKENDS["redis"] = Backend("redis", _redis_store, drop_store=_redis_drop)
+BACKENDS["redis"] = Backend("redis", _redis_store, drop_store=_redis_drop)
 
 
 def _redis_acl_store(tmp_path: Path) -> str:
@@ -193,5 +191,4 @@ def _redis_acl_store(tmp_path: Path) -> str:
     return f"redis://{ACL_USER}:{ACL_PASSWORD}@127.0.0.1:{port}/0?prefix=ct-{os.urandom(5).hex()}"
 
 
-if importlib.util.find_spec("redis") is not None:
-    BACKENDS["redis-acl"] = Backend("redis-acl", _redis_acl_store, drop_store=_redis_drop)
+BACKENDS["redis-acl"] = Backend("redis-acl", _redis_acl_store, drop_store=_redis_drop)
