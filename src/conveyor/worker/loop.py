@@ -30,9 +30,8 @@ class WorkerConfig:
 
     Attributes:
         queues: queues served, all with the same standing; priority levels span them.
-        concurrency: tasks leased at once, running or finished and awaiting acknowledgement;
-            the worker reserves only for free slots, so no task waits in a local buffer
-            behind others.
+        concurrency: tasks run at once; the worker reserves only for free slots, so no task
+            waits in a local buffer behind others.
         lease: seconds a reservation is valid without a heartbeat.
         heartbeat: seconds between lease extensions (default lease / 3).
         reclaim_interval: seconds between sweeps for expired leases (default lease / 2, at most 5).
@@ -73,11 +72,8 @@ class Worker:
         self.id = self.config.worker_id
         self.fairness = Fairness(app.priorities.weights)
         self.runner = Runner(app, self.id, self._finished_runs)
-        # Store calls leave the event loop on threads: one for reservations and upkeep, one for
-        # acknowledgements (so a batch's ack and the next reservation overlap their round trips
-        # and commits), one for waits.
+        # One thread owns the store connection for the loop's calls; waits get their own.
         self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="conveyor-io")
-        self._acks = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="conveyor-ack")
         self._waiter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="conveyor-wait")
         self.leases: dict[str, Delivery] = {}
         #: Deliveries running in this process, by job id.
@@ -118,9 +114,6 @@ class Worker:
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
 
-    async def _ack(self, batch: list[Outcome]) -> list[AckStatus]:
-        return await asyncio.get_running_loop().run_in_executor(self._acks, self.app.broker.ack, batch)
-
     async def run(self) -> None:
         """Serve until :meth:`stop`; then finish or release in-flight tasks and flush outcomes."""
         broker = self.app.broker
@@ -149,7 +142,6 @@ class Worker:
                 await self._call(broker.beat, self.info(), -1.0)
             self.runner.shutdown()
             self._waiter.shutdown(wait=False, cancel_futures=True)
-            self._acks.shutdown(wait=True)
             self._io.shutdown(wait=True)
             log.info("worker %s stopped: %s", self.id, self.counts)
 
@@ -160,10 +152,7 @@ class Worker:
         queues = list(self.config.queues)
         backoff = 0.05
         while not self._stopping.is_set():
-            # A lease ends when its outcome is acknowledged, not when the task returns: counting
-            # leases keeps at most `concurrency` tasks run-but-unacknowledged per worker, which is
-            # what a crash can make run again.
-            free = self.config.concurrency - len(self.leases)
+            free = self.config.concurrency - len(self.running)
             if free <= 0:
                 self._slot_free.clear()
                 await self._until(self._slot_free.wait())
@@ -239,7 +228,7 @@ class Worker:
                 continue
             batch, self._outbox = self._outbox, []
             try:
-                statuses = await self._ack(batch)
+                statuses = await self._call(self.app.broker.ack, batch)
                 backoff = 0.05
             except Exception:
                 log.exception("ack of %d outcomes failed; retrying in %.2f s", len(batch), backoff)
@@ -252,7 +241,6 @@ class Worker:
                 self._settled(outcome, status) for outcome, status in zip(batch, statuses, strict=True)
             )
             self._finished([done for done in settled if done is not None])
-            self._slot_free.set()
             if self._outbox or self._stopped.is_set():
                 # Once stopped nothing else wakes this loop: look again, to flush or to return.
                 self._outbox_ready.set()
@@ -303,7 +291,6 @@ class Worker:
             delivery = self.leases.pop(job_id, None)
             if delivery is not None:
                 self._finished([(delivery, "lost")])
-                self._slot_free.set()
                 log.warning("job %s: lease lost (expired and reclaimed); its outcome will be refused", job_id)
 
     async def _reclaim(self) -> None:
