@@ -119,7 +119,8 @@ def test_bench_measures_a_store_and_writes_json(tmp_path: Path) -> None:
 
     out = tmp_path / "bench.json"
     url = f"sqlite:///{tmp_path}/bench.db"
-    cmd = [sys.executable, "-m", "conveyor", "bench", url, "--tasks", "300", "--workers", "1"]
+    # Enough tasks that the drain's worker CPU (counted in 10 ms clock ticks) is never 0.
+    cmd = [sys.executable, "-m", "conveyor", "bench", url, "--tasks", "3000", "--workers", "1"]
     cmd += ["--backlog", "3000", "--samples", "10", "--json", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr
