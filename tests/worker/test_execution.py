@@ -201,6 +201,30 @@ def test_sync_timeout_stops_the_attempt(app: Conveyor, run_worker) -> None:
     assert [e["type"] for e in job.info().errors] == ["TaskTimeout", "TaskTimeout"]
 
 
+def test_a_thread_stuck_past_its_timeout_does_not_hold_up_the_next_task(app: Conveyor, run_worker) -> None:
+    """A timed-out call blocked in C cannot be interrupted; with one slot, the next task must get
+    a new thread rather than wait behind it."""
+    release = threading.Event()
+
+    @app.task(timeout=0.2, retry=RetryPolicy(max_attempts=1))
+    def stuck() -> None:
+        release.wait()  # a blocking lock acquire: the injected TaskTimeout lands only after it
+
+    @app.task
+    def after() -> str:
+        return "ran"
+
+    try:
+        with run_worker(app, concurrency=1):
+            first = stuck.enqueue()
+            with pytest.raises(JobFailed, match="timeout"):
+                first.result(timeout=10)
+            assert after.enqueue().result(timeout=10) == "ran"  # while the first call still blocks
+            assert not release.is_set()
+    finally:
+        release.set()
+
+
 def test_async_timeout(app: Conveyor, run_worker) -> None:
     @app.task(timeout=0.1, retry=RetryPolicy(max_attempts=1))
     async def slow() -> None:
