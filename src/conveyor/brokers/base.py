@@ -154,3 +154,26 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Release connections and wake-up listeners."""
+
+
+def claimed(rows: list[Any]) -> list[Delivery]:
+    """Rows of a SQL claim as deliveries, most urgent level first, then by due time. A row holds
+    id, task, queue, priority, payload, attempt, max_attempts, token, run_at, enqueued_at, key:
+    the order both SQL backends' claims return them in."""
+    rows.sort(key=lambda r: (r[3], r[8]))
+    return [
+        Delivery(
+            id=r[0],
+            task=r[1],
+            queue=r[2],
+            priority=r[3],
+            payload=bytes(r[4]),
+            attempt=r[5],
+            max_attempts=r[6],
+            token=r[7],
+            run_at=r[8],
+            enqueued_at=r[9],
+            key=r[10],
+        )
+        for r in rows
+    ]

@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 import msgspec
 
 from conveyor import serializer
-from conveyor.brokers.base import Broker, Lease
+from conveyor.brokers.base import Broker, Lease, claimed
 from conveyor.errors import ConfigurationError, KeyConflict
 from conveyor.priority import Fairness
 from conveyor.records import (
@@ -112,22 +112,14 @@ class SQLiteBroker(Broker):
             db.execute("PRAGMA journal_mode = WAL")
             db.execute(f"PRAGMA synchronous = {self._synchronous}")
             db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
-            self._local.db = db
+            # Writers queue on this file (see _write); flock locks belong to an open file, so
+            # each thread opens its own.
+            writer = os.open(f"{self.path}-writer.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._local.db, self._local.writer = db, writer
             with self._lock:
                 self._connections.append(db)
+                self._lock_fds.append(writer)
         return db
-
-    def _writer_lock(self) -> int:
-        """This thread's descriptor of the file every writer of the store locks around its
-        transaction (flock locks belong to an open file, so each thread opens its own)."""
-        self._db()  # resets this process's thread state after a fork
-        fd: int | None = getattr(self._local, "writer", None)
-        if fd is None:
-            fd = os.open(f"{self.path}-writer.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            self._local.writer = fd
-            with self._lock:
-                self._lock_fds.append(fd)
-        return fd
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -135,7 +127,7 @@ class SQLiteBroker(Broker):
         SQLite's own busy handler retries with sleeps of up to 100 ms, and under contention from
         busy workers a producer could wait seconds; a blocked flock wakes at the release."""
         db = self._db()
-        fd = self._writer_lock()
+        fd: int = self._local.writer
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             db.execute("BEGIN IMMEDIATE")
@@ -224,23 +216,7 @@ class SQLiteBroker(Broker):
                     if n:
                         params = {"now": now, "lease": lease, "worker": worker, "queue": q}
                         rows += db.execute(_CLAIM, params | {"priority": level, "limit": n}).fetchall()
-        rows.sort(key=lambda r: (r[3], r[8]))
-        return [
-            Delivery(
-                id=r[0],
-                task=r[1],
-                queue=r[2],
-                priority=r[3],
-                payload=bytes(r[4]),
-                attempt=r[5],
-                max_attempts=r[6],
-                token=r[7],
-                run_at=r[8],
-                enqueued_at=r[9],
-                key=r[10],
-            )
-            for r in rows
-        ]
+        return claimed(rows)
 
     # -- wait --------------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from psycopg.rows import tuple_row
 from psycopg_pool import ConnectionPool
 
 from conveyor import serializer
-from conveyor.brokers.base import Broker, Lease
+from conveyor.brokers.base import Broker, Lease, claimed
 from conveyor.brokers.postgres import migrate as migrations
 from conveyor.brokers.postgres import queries
 from conveyor.brokers.postgres.dsn import parse
@@ -173,18 +173,7 @@ class PostgresBroker(Broker):
         conflict, so every one is created (in the open transaction, if any)."""
         conn.cursor(row_factory=tuple_row).execute(
             self._sql["enqueue_unkeyed"],
-            {
-                "ids": [m.id for m in messages],
-                "tasks": [m.task for m in messages],
-                "queues": [m.queue for m in messages],
-                "priorities": [m.priority for m in messages],
-                "payloads": [m.payload for m in messages],
-                "delays": [float(m.delay) for m in messages],
-                "run_ats": [None if m.run_at is None else float(m.run_at) for m in messages],
-                "max_attempts": [m.max_attempts for m in messages],
-                "now": now,
-                "channel": self.target.channel,
-            },
+            {**_columns(messages), "now": now, "channel": self.target.channel},
         )
         return [Enqueued(m.id, True) for m in messages]
 
@@ -194,18 +183,7 @@ class PostgresBroker(Broker):
         cur = conn.cursor(row_factory=tuple_row)  # the caller's connection may have another
         rows = cur.execute(
             self._sql["enqueue"],
-            {
-                "ids": [m.id for m in messages],
-                "tasks": [m.task for m in messages],
-                "queues": [m.queue for m in messages],
-                "priorities": [m.priority for m in messages],
-                "payloads": [m.payload for m in messages],
-                "delays": [float(m.delay) for m in messages],
-                "run_ats": [None if m.run_at is None else float(m.run_at) for m in messages],
-                "keys": [m.key for m in messages],
-                "max_attempts": [m.max_attempts for m in messages],
-                "now": now,
-            },
+            {**_columns(messages), "keys": [m.key for m in messages], "now": now},
         ).fetchall()
         out: list[Enqueued | None] = []
         created: dict[tuple[str, str | None], Message] = {}
@@ -288,7 +266,7 @@ class PostgresBroker(Broker):
                 },
             ).fetchall()
         fairness.current[:] = rows.pop()[11]
-        return _deliveries(rows)
+        return claimed(rows)
 
     def _claim(
         self,
@@ -309,7 +287,7 @@ class PostgresBroker(Broker):
                 "now": now,
             },
         ).fetchall()
-        return _deliveries(rows)
+        return claimed(rows)
 
     # -- wait --------------------------------------------------------------------------------
 
@@ -665,6 +643,20 @@ def _conflict(key: str | None, holder: str) -> KeyConflict:
     return KeyConflict(f"key {key!r} belongs to job {holder} with a different task or payload")
 
 
+def _columns(messages: Sequence[Message]) -> dict[str, list[Any]]:
+    """Messages as the enqueue statements' column arrays (unnest'ed into rows)."""
+    return {
+        "ids": [m.id for m in messages],
+        "tasks": [m.task for m in messages],
+        "queues": [m.queue for m in messages],
+        "priorities": [m.priority for m in messages],
+        "payloads": [m.payload for m in messages],
+        "delays": [float(m.delay) for m in messages],
+        "run_ats": [None if m.run_at is None else float(m.run_at) for m in messages],
+        "max_attempts": [m.max_attempts for m in messages],
+    }
+
+
 def _job(row: Sequence[Any]) -> JobInfo:
     state, now = row[4], row[17]
     if state == "pending":
@@ -688,24 +680,3 @@ def _job(row: Sequence[Any]) -> JobInfo:
         worker=row[15],
         lease_until=row[16],
     )
-
-
-def _deliveries(rows: list[tuple[Any, ...]]) -> list[Delivery]:
-    """Claimed rows as deliveries, most urgent level first, then by due time."""
-    rows.sort(key=lambda r: (r[3], r[8]))
-    return [
-        Delivery(
-            id=r[0],
-            task=r[1],
-            queue=r[2],
-            priority=r[3],
-            payload=bytes(r[4]),
-            attempt=r[5],
-            max_attempts=r[6],
-            token=r[7],
-            run_at=r[8],
-            enqueued_at=r[9],
-            key=r[10],
-        )
-        for r in rows
-    ]
