@@ -3,6 +3,7 @@ tasks write through their transactional effects and the test reads back."""
 
 from __future__ import annotations
 
+import abc
 import os
 import sqlite3
 from pathlib import Path
@@ -12,7 +13,7 @@ REDIS_URL = os.environ.get("CONVEYOR_TEST_REDIS", "redis://127.0.0.1:6379/10")
 POSTGRES_URL = os.environ.get("CONVEYOR_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
-class Store:
+class Store(abc.ABC):
     """One backend's fresh store: its URL, and how the e2e tasks' ledger is kept there."""
 
     name = ""
@@ -20,10 +21,11 @@ class Store:
     ledger_env: dict[str, str]
     url: str
 
+    @abc.abstractmethod
     def ledger(self) -> list[int]:
-        raise NotImplementedError
+        """The ledger rows the tasks wrote, one per successful effect."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a store in the test's tmp_path has nothing to remove
         """Remove everything the test stored."""
 
 
