@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import msgspec
+import pytest
+
 from conveyor.ids import new_id
 from conveyor.priority import Fairness
 from conveyor.records import Message, Outcome
@@ -38,6 +41,49 @@ def test_bytes_per_queued_and_finished_task(open_redis, admin, capsys):
         print(f"\nRedis memory per task: queued {queued:.0f} B, finished (kept) {finished:.0f} B")
     assert queued < QUEUED_BOUND
     assert finished < FINISHED_BOUND
+
+
+def stored(admin, broker, queue: str, job_id: str) -> list:
+    raw = admin.hget(f"{broker.target.prefix}:{{{queue}}}:jobs", job_id)
+    return msgspec.msgpack.decode(raw)
+
+
+def test_a_queued_record_stores_its_enqueue_time_and_sequence_relative(open_redis, admin):
+    """Absolute, the two fields would take 9 bytes each and push a small job's record (and every
+    queued task) into jemalloc's next size class."""
+    broker = open_redis()
+    plain = Message(id=new_id(), task="t", queue="q", priority=1, payload=b"[[],{}]")
+    later = Message(id=new_id(), task="t", queue="q", priority=1, payload=b"[[],{}]", delay=2.5)
+    broker.enqueue([plain, later])  # on the store's clock, which also gives the sequence
+
+    record = stored(admin, broker, "q", plain.id)
+    assert record[4] is False  # the enqueue time is the due time
+    assert abs(record[9]) < 2**31  # the sequence, relative to the enqueue time
+    assert len(admin.hget(f"{broker.target.prefix}:{{q}}:jobs", plain.id)) <= 32
+
+    first, second = broker.get(plain.id), broker.get(later.id)
+    assert first.enqueued_at == first.run_at
+    assert stored(admin, broker, "q", later.id)[4] == second.enqueued_at  # delayed: kept whole
+    assert second.run_at - second.enqueued_at == pytest.approx(2.5)
+    assert [j.id for j in broker.jobs("q")] == [later.id, plain.id]  # newest first, by sequence
+
+
+def test_records_stored_with_absolute_fields_still_read_right(open_redis, admin):
+    """Records written before the relative layout keep their meaning."""
+    broker = open_redis()
+    now = 1_800_000_000.5
+    old, new = Message(id=new_id(), task="t", queue="q", priority=0, payload=b"[[1],{}]"), None
+    broker.enqueue([old], now=now)
+    record = stored(admin, broker, "q", old.id)
+    record[4], record[9] = now, 1_800_000_000_500_000 + 77
+    admin.hset(f"{broker.target.prefix}:{{q}}:jobs", old.id, msgspec.msgpack.encode(record))
+    new = Message(id=new_id(), task="t", queue="q", priority=0, payload=b"[[2],{}]")
+    broker.enqueue([new], now=now)
+
+    assert broker.get(old.id).enqueued_at == now
+    (delivery,) = broker.reserve(["q"], 1, 60.0, "w1", Fairness((6, 3, 1)), now=now + 1)
+    assert delivery.id == old.id  # due at the same time as the newer job, and enqueued first
+    assert delivery.enqueued_at == now
 
 
 def test_retention_frees_finished_tasks_and_their_keys(open_redis, admin):

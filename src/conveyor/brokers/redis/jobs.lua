@@ -54,7 +54,7 @@ elseif state == 'succeeded' or state == 'cancelled' then
 elseif state == '' then
   local flat, all = redis.call('HGETALL', KEYS[1]), {}
   for i = 1, #flat, 2 do
-    local r = cmsgpack.unpack(flat[i + 1])
+    local r = unpack_record(flat[i + 1])
     if wanted(r, nil) then all[#all + 1] = {flat[i], r} end
   end
   table.sort(all, function(a, b) return a[2][R_SEQ] > b[2][R_SEQ] end)

@@ -62,13 +62,29 @@ local function base_of(jobs) return string.sub(jobs, 1, -6) end
 local function pending_key(jobs, level) return base_of(jobs) .. ':pending:' .. level end
 local function wake(jobs) redis.call('PUBLISH', base_of(jobs) .. ':wake', '') end
 
+-- Two fields are stored relative to others, which keeps a queued job's record in jemalloc's
+-- 64-byte class (absolute values take 9 bytes each): the enqueue time as nil when it equals the
+-- due time (a job without delay), and the sequence as its difference from the enqueue time in
+-- microseconds when that difference is small. Absolute sequences (any time after 1970-01-01
+-- 00:36) are larger than the bound, so a stored value is read unambiguously.
+local SEQ_DELTA = 2147483648
+
+local function unpack_record(raw)
+  local r = cmsgpack.unpack(raw)
+  if not r[R_ENQUEUED] then r[R_ENQUEUED] = r[R_RUN_AT] end
+  local s = r[R_SEQ]
+  if s > -SEQ_DELTA and s < SEQ_DELTA then r[R_SEQ] = math.floor(r[R_ENQUEUED] * 1000000) + s end
+  return r
+end
+
 local function load(jobs, id)
   local raw = redis.call('HGET', jobs, id)
-  if raw then return cmsgpack.unpack(raw) end
+  if raw then return unpack_record(raw) end
   return nil
 end
 
--- A record's stored form: MessagePack of its fields up to the last present one.
+-- A record's stored form: MessagePack of its fields up to the last present one, the enqueue
+-- time and sequence made relative (see unpack_record). `r` itself is left as it was.
 local function pack_record(r)
   local last = 0
   for i = 1, R_FIELDS do
@@ -77,6 +93,10 @@ local function pack_record(r)
   end
   local packed = {}
   for i = 1, last do packed[i] = r[i] end
+  local enqueued = r[R_ENQUEUED]
+  if enqueued == r[R_RUN_AT] then packed[R_ENQUEUED] = false end
+  local delta = r[R_SEQ] - math.floor(enqueued * 1000000)
+  if delta > -SEQ_DELTA and delta < SEQ_DELTA then packed[R_SEQ] = delta end
   return cmsgpack.pack(packed)
 end
 
@@ -108,7 +128,7 @@ end
 local function load_many(jobs, ids)
   local out = {}
   for i, raw in ipairs(raw_many(jobs, ids)) do
-    if raw then out[i] = cmsgpack.unpack(raw) end
+    if raw then out[i] = unpack_record(raw) end
   end
   return out
 end
@@ -237,11 +257,10 @@ local function write_enqueue(jobs, keys, counts, msgs, plan, now)
   for i, m in ipairs(msgs) do
     if plan[i][3] then
       local due = m.run_at or (now + m.delay)
-      -- A new record, packed as pack_record would: its absent trailing fields left off.
       local r = {m.task, m.prio, m.payload, due, now, 0, m.max, 0, 'p', seq + i}
       if m.key then r[R_KEY] = m.key end
       records[#records + 1] = m.id
-      records[#records + 1] = cmsgpack.pack(r)
+      records[#records + 1] = pack_record(r)
       local zs = pending[m.prio]
       if not zs then
         zs = {}
