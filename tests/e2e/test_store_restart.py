@@ -35,7 +35,7 @@ def test_postgres_restarted_mid_run_loses_nothing(postgres_cluster: Cluster) -> 
 
     total = 2000
     for start in range(0, total, 500):
-        app.enqueue_many(record.message(n, 0.002) for n in range(start, start + 500))
+        app.enqueue_many(record.message(n, 0.02) for n in range(start, start + 500))
     workers = [cluster.worker(concurrency=8, **FAST) for _ in range(2)]
 
     def finished() -> int:
@@ -44,6 +44,8 @@ def test_postgres_restarted_mid_run_loses_nothing(postgres_cluster: Cluster) -> 
 
     wait_for(lambda: finished() >= total // 10, timeout=60, what="the run to get going")
     _restart_postgres()
+    # 2.5 s of work at least (2000 x 20 ms over 16 slots): the restart fell inside the run.
+    assert finished() < total, "the run ended before the restart"
     assert all(w.poll() is None for w in workers), "a worker died with the store"
     wait_for(lambda: finished() == total, timeout=120, what="every task to finish after the restart")
 
