@@ -395,7 +395,7 @@ def demo(total: int, processes: int, db: str) -> None:
 @main.command()
 @click.argument("url", envvar="CONVEYOR_URL")
 @click.option(
-    "--tasks", default=20000, show_default=True, type=click.IntRange(100), help="No-op tasks per run."
+    "--tasks", default=100_000, show_default=True, type=click.IntRange(100), help="No-op tasks per run."
 )
 @click.option("--workers", default="1,2,4", show_default=True, help="Worker process counts to compare.")
 @click.option(
