@@ -177,3 +177,31 @@ def claimed(rows: list[Any]) -> list[Delivery]:
         )
         for r in rows
     ]
+
+
+def job_row(row: Sequence[Any], now: float, errors: list[dict[str, Any]]) -> JobInfo:
+    """A SQL job row as a JobInfo; a pending job is ready once due at ``now``. A row holds id,
+    task, queue, priority, state, payload, attempt, max_attempts, run_at, enqueued_at, started_at,
+    finished_at, key, result, errors (decoded by the caller: ``errors``), worker, lease_until."""
+    state = row[4]
+    if state == "pending":
+        state = "ready" if row[8] <= now else "scheduled"
+    return JobInfo(
+        id=row[0],
+        task=row[1],
+        queue=row[2],
+        priority=row[3],
+        state=state,
+        payload=bytes(row[5]),
+        attempt=row[6],
+        max_attempts=row[7],
+        run_at=row[8],
+        enqueued_at=row[9],
+        started_at=row[10],
+        finished_at=row[11],
+        key=row[12],
+        result=None if row[13] is None else bytes(row[13]),
+        errors=errors,
+        worker=row[15],
+        lease_until=row[16],
+    )

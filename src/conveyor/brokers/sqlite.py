@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 import msgspec
 
 from conveyor import serializer
-from conveyor.brokers.base import Broker, Lease, claimed
+from conveyor.brokers.base import Broker, Lease, claimed, job_row
 from conveyor.errors import ConfigurationError, KeyConflict
 from conveyor.priority import Fairness
 from conveyor.records import (
@@ -612,25 +612,4 @@ def _spread(n: int, available: Sequence[int]) -> list[int]:
 
 
 def _job(row: Sequence[Any], now: float) -> JobInfo:
-    state = row[4]
-    if state == "pending":
-        state = "ready" if row[8] <= now else "scheduled"
-    return JobInfo(
-        id=row[0],
-        task=row[1],
-        queue=row[2],
-        priority=row[3],
-        state=state,
-        payload=bytes(row[5]),
-        attempt=row[6],
-        max_attempts=row[7],
-        run_at=row[8],
-        enqueued_at=row[9],
-        started_at=row[10],
-        finished_at=row[11],
-        key=row[12],
-        result=None if row[13] is None else bytes(row[13]),
-        errors=serializer.loads(row[14]),
-        worker=row[15],
-        lease_until=row[16],
-    )
+    return job_row(row, now, serializer.loads(row[14]))

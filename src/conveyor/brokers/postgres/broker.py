@@ -25,7 +25,7 @@ from psycopg.rows import tuple_row
 from psycopg_pool import ConnectionPool
 
 from conveyor import serializer
-from conveyor.brokers.base import Broker, Lease, claimed
+from conveyor.brokers.base import Broker, Lease, claimed, job_row
 from conveyor.brokers.postgres import migrate as migrations
 from conveyor.brokers.postgres import queries
 from conveyor.brokers.postgres.dsn import parse
@@ -658,25 +658,5 @@ def _columns(messages: Sequence[Message]) -> dict[str, list[Any]]:
 
 
 def _job(row: Sequence[Any]) -> JobInfo:
-    state, now = row[4], row[17]
-    if state == "pending":
-        state = "ready" if row[8] <= now else "scheduled"
-    return JobInfo(
-        id=row[0],
-        task=row[1],
-        queue=row[2],
-        priority=row[3],
-        state=state,
-        payload=bytes(row[5]),
-        attempt=row[6],
-        max_attempts=row[7],
-        run_at=row[8],
-        enqueued_at=row[9],
-        started_at=row[10],
-        finished_at=row[11],
-        key=row[12],
-        result=None if row[13] is None else bytes(row[13]),
-        errors=row[14],
-        worker=row[15],
-        lease_until=row[16],
-    )
+    """The server's clock (row[17]) decides ready or scheduled; jsonb errors arrive decoded."""
+    return job_row(row, row[17], row[14])
