@@ -109,7 +109,7 @@ for n, e in ipairs(entries) do
         r[R_RUN_AT] = now + e.delay
         r[R_WORKER] = false
         r[R_ERRORS] = append_error(r[R_ERRORS], e.err)
-        redis.call('ZADD', pending_key(jobs, level), fmt(r[R_RUN_AT]), member(e.id, r))
+        redis.call('ZADD', pending_key(jobs, level), fmt(r[R_RUN_AT]), member(e.id, r[R_SEQ]))
         tally(t, 'p' .. level, 1)
         woken = true
       else

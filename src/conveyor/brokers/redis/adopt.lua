@@ -24,7 +24,7 @@ for i = 2, #ARGV, 10 do
     local r = record(ARGV[i + 1], level, ARGV[i + 3], now, tonumber(ARGV[i + 7]), tonumber(ARGV[i + 5]),
       tonumber(ARGV[i + 8]), tonumber(ARGV[i + 9]), key, ARGV[i + 6])
     save(KEYS[1], id, r)
-    redis.call('ZADD', pending_key(KEYS[1], level), fmt(now), member(id, r))
+    redis.call('ZADD', pending_key(KEYS[1], level), fmt(now), member(id, r[R_SEQ]))
     bump(KEYS[3], 'p' .. level, 1)
     if key then redis.call('HSET', KEYS[2], key, id) end
     n = n + 1

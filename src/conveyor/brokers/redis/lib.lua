@@ -52,8 +52,8 @@ end
 
 -- A pending zset member: 7 bytes of the job's enqueue sequence, then its id, so jobs due at
 -- the same time leave in enqueue order.
-local function member(id, r)
-  return struct.pack('>I7', r[R_SEQ]) .. id
+local function member(id, seq)
+  return struct.pack('>I7', seq) .. id
 end
 
 local function member_id(m) return string.sub(m, 8) end
@@ -77,6 +77,14 @@ local function unpack_record(raw)
   return r
 end
 
+-- Make a packed copy's enqueue time and sequence relative; `enqueued` and `seq` are absolute.
+local function relate(packed, enqueued, seq)
+  packed[R_ENQUEUED] = enqueued ~= packed[R_RUN_AT] and enqueued
+  local delta = seq - math.floor(enqueued * 1000000)
+  packed[R_SEQ] = (delta > -SEQ_DELTA and delta < SEQ_DELTA) and delta or seq
+  return packed
+end
+
 local function load(jobs, id)
   local raw = redis.call('HGET', jobs, id)
   if raw then return unpack_record(raw) end
@@ -93,11 +101,7 @@ local function pack_record(r)
   end
   local packed = {}
   for i = 1, last do packed[i] = r[i] end
-  local enqueued = r[R_ENQUEUED]
-  if enqueued == r[R_RUN_AT] then packed[R_ENQUEUED] = false end
-  local delta = r[R_SEQ] - math.floor(enqueued * 1000000)
-  if delta > -SEQ_DELTA and delta < SEQ_DELTA then packed[R_SEQ] = delta end
-  return cmsgpack.pack(packed)
+  return cmsgpack.pack(relate(packed, r[R_ENQUEUED], r[R_SEQ]))
 end
 
 local function save(jobs, id, r)
@@ -253,16 +257,13 @@ end
 
 local function write_enqueue(jobs, keys, counts, msgs, plan, now)
   local seq = sequence()
-  local floor_us, now_s = math.floor(now * 1000000), fmt(now)
+  local now_s = fmt(now)
   local records, pending, key_ids, t = {}, {}, {}, {}
   for i, m in ipairs(msgs) do
     if plan[i][3] then
       local due = m.run_at or (now + m.delay)
       -- Packed as pack_record would pack it, without its general loop: the hot path of enqueue.
-      local r = {m.task, m.prio, m.payload, due, false, 0, m.max, 0, 'p', seq + i - floor_us}
-      if due ~= now then r[R_ENQUEUED] = now end
-      if r[R_SEQ] <= -SEQ_DELTA or r[R_SEQ] >= SEQ_DELTA then r[R_SEQ] = seq + i end
-      local at = struct.pack('>I7', seq + i) .. m.id
+      local r = relate({m.task, m.prio, m.payload, due, false, 0, m.max, 0, 'p', false}, now, seq + i)
       if m.key then r[R_KEY] = m.key end
       records[#records + 1] = m.id
       records[#records + 1] = cmsgpack.pack(r)
@@ -272,7 +273,7 @@ local function write_enqueue(jobs, keys, counts, msgs, plan, now)
         pending[m.prio] = zs
       end
       zs[#zs + 1] = (due == now and now_s) or fmt(due)
-      zs[#zs + 1] = at
+      zs[#zs + 1] = member(m.id, seq + i)
       if m.key then
         key_ids[#key_ids + 1] = m.key
         key_ids[#key_ids + 1] = m.id

@@ -27,7 +27,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. fmt(now)
       out[#out + 1] = 'dead'
     else
       r[R_STATE] = 'p'
-      redis.call('ZADD', pending_key(KEYS[1], level), fmt(r[R_RUN_AT]), member(id, r))
+      redis.call('ZADD', pending_key(KEYS[1], level), fmt(r[R_RUN_AT]), member(id, r[R_SEQ]))
       bump(KEYS[3], 'p' .. level, 1)
       out[#out + 1] = 'requeued'
       requeued = true

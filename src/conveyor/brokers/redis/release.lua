@@ -17,7 +17,7 @@ for i = 1, #ARGV, 2 do
     r[R_STARTED] = false
     save(KEYS[1], id, r)
     redis.call('ZREM', KEYS[2], id)
-    redis.call('ZADD', pending_key(KEYS[1], level), fmt(r[R_RUN_AT]), member(id, r))
+    redis.call('ZADD', pending_key(KEYS[1], level), fmt(r[R_RUN_AT]), member(id, r[R_SEQ]))
     bump(KEYS[3], 'r' .. level, -1)
     bump(KEYS[3], 'p' .. level, 1)
     n = n + 1
