@@ -364,22 +364,21 @@ class Worker:
     async def _drain(self) -> None:
         """Release held tasks at once; give running ones ``grace`` seconds, then release the rest.
         A released task goes back to its queue without counting an attempt."""
-        if self.held:
-            held = [(d.id, d.token) for d in self.held]
-            self.held.clear()
-            await self._call(self.app.broker.release, held)
-            for job_id, _ in held:
-                self.leases.pop(job_id, None)
-            log.info("released %d reserved tasks that had not started", len(held))
+        held = [d.id for d in self.held]
+        self.held.clear()
+        if held:
+            log.info("released %d reserved tasks that had not started", await self._release(held))
         if self.running:
             log.info("waiting up to %.0f s for %d running tasks", self.config.grace, len(self.running))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), self.config.grace)
-        unfinished = [(job_id, self.leases[job_id].token) for job_id in self.running if job_id in self.leases]
-        self.runner.abandon(list(self.running))
+        unfinished = list(self.running)
+        self.runner.abandon(unfinished)
         self.running.clear()
         if unfinished:
-            released = await self._call(self.app.broker.release, unfinished)
-            for job_id, _ in unfinished:
-                self.leases.pop(job_id, None)
-            log.warning("released %d unfinished tasks back to their queues", released)
+            log.warning("released %d unfinished tasks back to their queues", await self._release(unfinished))
+
+    async def _release(self, job_ids: list[str]) -> int:
+        """Give back the leases still held on ``job_ids``; how many went back to their queues."""
+        leases = [(job_id, self.leases.pop(job_id).token) for job_id in job_ids if job_id in self.leases]
+        return await self._call(self.app.broker.release, leases) if leases else 0
