@@ -1,5 +1,6 @@
 """Reserving ahead of free slots: only while tasks are fast, never ahead of an urgent task, and
-given back at stop. Driven through a real worker and store; ``reserve`` is only observed."""
+given back at stop; driven through a real worker and store (``reserve`` only observed). The
+urgent task behind held fast ones, end to end, is in test_scheduling."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from typing import Any
 import pytest
 
 from conveyor import Conveyor
-from conveyor.worker.loop import FAST_STREAK
+from conveyor.records import Delivery
+from conveyor.worker.loop import FAST_STREAK, Worker, WorkerConfig
 
 
 def observe_reserves(app: Conveyor, monkeypatch: pytest.MonkeyPatch, mark: Callable[[], Any]) -> list:
@@ -70,32 +72,20 @@ def test_a_slow_run_turns_the_look_ahead_off(app: Conveyor, run_worker, monkeypa
     assert after and all(limit == 1 for limit in after)
 
 
-def test_an_urgent_task_starts_ahead_of_held_low_ones(app: Conveyor, run_worker) -> None:
-    starts: list[str] = []
-    lock = threading.Lock()
+def test_a_newly_reserved_urgent_task_goes_ahead_of_held_lower_ones(app: Conveyor) -> None:
+    """The worker's holding order, most urgent level first, then as the store gave them."""
 
-    @app.task(priority="low")
-    def report(n: int) -> None:
-        with lock:
-            starts.append("low")
+    def delivery(n: int, priority: int) -> Delivery:
+        return Delivery(
+            id=f"j{n}", task="t", queue="default", priority=priority, payload=b"[[],{}]",
+            attempt=1, max_attempts=1, token=1, run_at=0.0, enqueued_at=0.0, key=None,
+        )  # fmt: skip
 
-    @app.task(priority="high")
-    def urgent() -> None:
-        with lock:
-            starts.append("high")
-
-    for i in range(0, 20_000, 1000):
-        app.enqueue_many(report.message(n) for n in range(i, i + 1000))
-    with run_worker(app, concurrency=1):
-        while len(starts) < 500:  # well past the streak: the worker holds lows ahead
-            time.sleep(0.005)
-        with lock:
-            before = len(starts)
-        urgent.enqueue().result(timeout=10)
-    # At most the one running and the one reserved while the enqueue committed start first;
-    # the held low ones wait behind it.
-    assert starts.index("high") <= before + 2
-    assert app.broker.stats(["default"])[0].total("ready") > 10_000
+    worker = Worker(app, WorkerConfig(concurrency=1))
+    worker._hold([delivery(1, 2), delivery(2, 2)])
+    worker._hold([delivery(3, 1), delivery(4, 0), delivery(5, 2)])
+    assert [d.id for d in worker.held] == ["j4", "j3", "j1", "j2", "j5"]
+    assert set(worker.leases) == {"j1", "j2", "j3", "j4", "j5"}
 
 
 def test_held_tasks_go_back_to_the_queue_at_once_at_stop(app: Conveyor, run_worker) -> None:
