@@ -4,6 +4,7 @@ urgent task behind held fast ones, end to end, is in test_scheduling."""
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from collections.abc import Callable
@@ -128,3 +129,34 @@ def test_held_tasks_go_back_to_the_queue_at_once_at_stop(app: Conveyor, run_work
     assert info is not None and (info.state, info.attempt) == ("ready", 0)
     assert held in {b.id for b in behind}
     assert job.status() == "succeeded"
+
+
+def test_a_held_task_whose_lease_was_lost_never_starts_here(app: Conveyor, run_worker) -> None:
+    runs: collections.Counter[int] = collections.Counter()
+    release = threading.Event()
+
+    @app.task
+    def quick(n: int) -> None:
+        runs[n] += 1
+
+    @app.task
+    def blocker() -> None:
+        release.wait(10)
+
+    app.enqueue_many([quick.message(n) for n in range(FAST_STREAK + 10)])
+    # Leases lapse long before the next heartbeat, and the worker's own sweep requeues them.
+    with run_worker(app, concurrency=1, lease=0.3, heartbeat=1.0, reclaim_interval=0.1) as worker:
+        while sum(runs.values()) < FAST_STREAK + 10:
+            time.sleep(0.005)
+        blocker.enqueue()
+        behind = {job.id: job for job in (quick.enqueue(n) for n in range(1000, 1003))}
+        while not worker.held:
+            time.sleep(0.005)
+        (held,) = [d.id for d in worker.held]
+        while held in worker.leases:  # the heartbeat found the lease gone
+            time.sleep(0.01)
+        assert not worker.held
+        release.set()
+        behind[held].result(timeout=10)
+    ran = [n for n in range(1000, 1003) if runs[n]]
+    assert all(runs[n] == 1 for n in ran), runs  # run once, by its new lease, not the stale one
