@@ -81,7 +81,7 @@ for l = 1, #take do
 end
 if #saves > 0 then
   call_many('HSET', KEYS[1], saves, 2)
-  call_many('ZADD', KEYS[2], leased, 2)
+  zadd_skiplist(KEYS[2], leased)
   settle(KEYS[3], t)
 end
 return out
