@@ -15,7 +15,7 @@
 -- Wakes waiters of the queue (retries) and of the follow-ups' queues.
 
 local now = clock(ARGV[1])
-local retention = tonumber(ARGV[2])
+local expires_s = fmt(now + tonumber(ARGV[2]))
 local jobs, keys, counts, running, dead, done = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local out = {}
 local woken = false
@@ -101,7 +101,7 @@ for n, e in ipairs(entries) do
         r[R_STATE] = 's'
         r[R_RESULT] = e.result
         r[R_FINISHED] = now
-        finished[#finished + 1] = fmt(now + retention)
+        finished[#finished + 1] = expires_s
         finished[#finished + 1] = e.id
         tally(t, 's' .. level, 1)
       elseif e.kind == 'retry' then

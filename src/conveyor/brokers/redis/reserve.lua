@@ -47,6 +47,7 @@ end
 local out = {#current}
 for l = 1, #current do out[#out + 1] = current[l] end
 local saves, leased, t = {}, {}, {}
+local lease_s = fmt(lease_until)
 for l = 1, #take do
   local level, n = l - 1, take[l]
   if n > 0 then
@@ -58,6 +59,7 @@ for l = 1, #take do
       local ids = {}
       for k, m in ipairs(members) do ids[k] = member_id(m) end
       local records = load_many(KEYS[1], ids)
+      local claimed = 0
       for k, id in ipairs(ids) do
         local r = records[k]
         if r then
@@ -69,13 +71,14 @@ for l = 1, #take do
           r[R_STARTED] = now
           saves[#saves + 1] = id
           saves[#saves + 1] = pack_record(r)
-          leased[#leased + 1] = fmt(lease_until)
+          leased[#leased + 1] = lease_s
           leased[#leased + 1] = id
-          tally(t, 'p' .. level, -1)
-          tally(t, 'r' .. level, 1)
+          claimed = claimed + 1
           emit_delivery(out, id, r)
         end
       end
+      tally(t, 'p' .. level, -claimed)
+      tally(t, 'r' .. level, claimed)
     end
   end
 end

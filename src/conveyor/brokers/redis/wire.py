@@ -115,6 +115,7 @@ def text_or_none(raw: bytes) -> str | None:
 
 def delivery(f: list[Any], queue: str) -> Delivery:
     """A leased job from the reserve script's fields (``emit_delivery`` in lib.lua)."""
+    run_at = float(f[7])
     return Delivery(
         id=f[0].decode(),
         task=f[1].decode(),
@@ -124,8 +125,8 @@ def delivery(f: list[Any], queue: str) -> Delivery:
         attempt=f[4],
         max_attempts=f[5],
         token=f[6],
-        run_at=float(f[7]),
-        enqueued_at=float(f[8]),
+        run_at=run_at,
+        enqueued_at=float(f[8]) if f[8] else run_at,
         key=text_or_none(f[9]),
     )
 
