@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 import math
 import types
 from collections.abc import Iterator
@@ -343,6 +344,32 @@ def test_message_uses_task_queue_and_priority(app: Conveyor) -> None:
 def test_message_wrong_arguments(add: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     with pytest.raises(ArgumentError, match="add"):
         add.message(*args, **kwargs)
+
+
+def _kw_only(a: int, *, k: int) -> None: ...
+def _defaults(a: int, b: int = 1, *, c: int = 2) -> None: ...
+def _pos_only(a: int, /, b: int, *rest: int) -> None: ...
+def _none() -> None: ...
+def _var_kw(a: int, b: int, **kw: int) -> None: ...
+
+
+@pytest.mark.parametrize("fn", [_kw_only, _defaults, _pos_only, _none, _var_kw])
+def test_positional_calls_are_accepted_exactly_when_they_bind(app: Conveyor, fn: Any) -> None:
+    """``message`` counts positional arguments instead of calling Signature.bind when it can:
+    the count must accept and refuse exactly what bind does."""
+    task = app.task(name=fn.__name__)(fn)
+    for n in range(5):
+        args = tuple(range(n))
+        try:
+            inspect.signature(fn).bind(*args)
+            binds = True
+        except TypeError:
+            binds = False
+        if binds:
+            task.message(*args)
+        else:
+            with pytest.raises(ArgumentError, match=fn.__name__):
+                task.message(*args)
 
 
 def test_argument_error_is_a_type_error(add: Task[Any, Any]) -> None:
