@@ -326,6 +326,7 @@ class Worker:
             delivery = self.leases.pop(job_id, None)
             if delivery is not None and delivery in self.held:  # never started: no longer ours
                 self.held.remove(delivery)
+                self._slot_free.set()  # room to reserve in its place
             if delivery is not None:
                 self._finished([(delivery, "lost")])
                 log.warning("job %s: lease lost (expired and reclaimed); its outcome will be refused", job_id)
