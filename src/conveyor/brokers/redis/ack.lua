@@ -4,10 +4,10 @@
 -- KEYS[5] <base>:dead   KEYS[6] <base>:done
 -- KEYS[7..] per queue receiving follow-up enqueues: <qbase>:jobs, <qbase>:keys, <qbase>:counts
 -- ARGV[1] now   ARGV[2] retention seconds
--- ARGV[3..] per outcome: id, token, kind (succeeded|retry|dead), result (optional string),
---   delay, error JSON, n effects, then per effect: argc, command, args...; n follow-ups, then
---   per follow-up the index of its queue's KEYS triple (1 = KEYS[7..9]), then (if any) the
---   follow-up messages packed (see read_messages: one argument, then one per payload).
+-- ARGV[3] the outcomes, one MessagePack array of [id, token, kind (succeeded|retry|dead),
+--   result (optional string), delay, error JSON, effects (arrays of command and arguments),
+--   follow-ups (per follow-up the index of its queue's KEYS triple, 1 = KEYS[7..9])]
+-- ARGV[4..] (if any follow-ups) their messages, in outcome order, packed (see read_messages).
 -- Returns {status, detail, ...} per outcome: 'ok', 'lost' (not running with this token:
 -- nothing changed) or 'effects_failed' with the error (the job stays running, its lease held).
 -- Effects run before the job leaves running, so a failing effect leaves the job's state
@@ -19,42 +19,30 @@ local expires_s = fmt(now + tonumber(ARGV[2]))
 local jobs, keys, counts, running, dead, done = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local out = {}
 local woken = false
-local i = 3
 
-local function effects_error(first, n)
-  local j = first
-  for _ = 1, n do
-    local argc = tonumber(ARGV[j])
-    local ok, res = pcall(redis.call, unpack(ARGV, j + 1, j + argc))
+local function effects_error(effects)
+  for _, command in ipairs(effects) do
+    local ok, res = pcall(redis.call, unpack(command))
     if not ok then
-      return (type(res) == 'table' and res.err) or tostring(res), nil
+      return (type(res) == 'table' and res.err) or tostring(res)
     end
-    j = j + argc + 1
   end
-  return nil, j
+  return nil
 end
 
--- First pass: parse the outcomes; then load their records in one go.
+-- First pass: read the outcomes; then load their records in one go.
 local entries, ids = {}, {}
-while i <= #ARGV do
-  local e = {
-    id = ARGV[i], token = tonumber(ARGV[i + 1]), kind = ARGV[i + 2], result = opt_in(ARGV[i + 3]),
-    delay = tonumber(ARGV[i + 4]), err = ARGV[i + 5], n_effects = tonumber(ARGV[i + 6]),
-    effects_at = i + 7, follow = {},
-  }
-  local j = e.effects_at
-  for _ = 1, e.n_effects do j = j + tonumber(ARGV[j]) + 1 end
-  local n_follow = tonumber(ARGV[j])
-  if n_follow > 0 then
-    for f, m in ipairs(read_messages(j + 1 + n_follow)) do
-      e.follow[f] = {t = tonumber(ARGV[j + f]), m = m}
-    end
-    i = j + 2 + 2 * n_follow
-  else
-    i = j + 1
+local follow_msgs = ARGV[4] and read_messages(4) or {}
+local k = 0
+for n, o in ipairs(cmsgpack.unpack(ARGV[3])) do
+  local e = {id = o[1], token = o[2], kind = o[3], result = opt_in(o[4]), delay = o[5], err = o[6],
+    effects = o[7], follow = {}}
+  for f, target in ipairs(o[8]) do
+    k = k + 1
+    e.follow[f] = {t = target, m = follow_msgs[k]}
   end
-  entries[#entries + 1] = e
-  ids[#ids + 1] = e.id
+  entries[n] = e
+  ids[n] = e.id
 end
 local records = load_many(jobs, ids)
 
@@ -87,7 +75,7 @@ for n, e in ipairs(entries) do
       end
       tg.plan = plan
     end
-    if not failure and e.n_effects > 0 then failure = effects_error(e.effects_at, e.n_effects) end
+    if not failure and #e.effects > 0 then failure = effects_error(e.effects) end
     if failure then
       out[#out + 1] = 'effects_failed'
       out[#out + 1] = failure

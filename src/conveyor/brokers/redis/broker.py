@@ -39,8 +39,9 @@ from conveyor.brokers.redis.wire import (
     job,
     now_arg,
     optional,
-    outcome_args,
+    outcome_entry,
     packed_messages,
+    packed_outcomes,
     pairs,
     raise_conflict,
     rows,
@@ -349,22 +350,23 @@ class RedisBroker(Broker):
         calls: list[Call] = []
         for queue, indexes in by_queue.items():
             targets: list[str] = []
-            args: list[Any] = [now_arg(now), repr(float(self.retention))]
+            entries: list[list[Any]] = []
+            follow_ups: list[Message] = []
             for i in indexes:
                 o = outcomes[i]
-                args += outcome_args(o)
                 follow = list(o.enqueues) if o.kind == "succeeded" else []
                 if self.target.cluster:
                     slot = key_slot(self._base(queue).encode())
                     later[i] = [m for m in follow if key_slot(self._base(m.queue).encode()) != slot]
                     follow = [m for m in follow if m not in later[i]]
-                args.append(len(follow))
                 for m in follow:
                     if m.queue not in targets:
                         targets.append(m.queue)
-                    args.append(targets.index(m.queue) + 1)
-                if follow:
-                    args += packed_messages(follow)
+                entries.append(outcome_entry(o, [targets.index(m.queue) + 1 for m in follow]))
+                follow_ups += follow
+            args: list[Any] = [now_arg(now), repr(float(self.retention)), packed_outcomes(entries)]
+            if follow_ups:
+                args += packed_messages(follow_ups)
             self._register(targets)
             keys = self._keys(queue, "jobs", "keys", "counts", "running", "dead", "done")
             for t in targets:
@@ -374,9 +376,9 @@ class RedisBroker(Broker):
             for n, i in enumerate(indexes):
                 status, detail = reply[2 * n].decode(), reply[2 * n + 1].decode(errors="replace")
                 statuses[i] = AckStatus(status, detail or None)
-        follow_ups = [m for i, ms in later.items() if statuses[i].status == "ok" for m in ms]
-        if follow_ups:
-            self.enqueue(follow_ups, now=now)
+        elsewhere = [m for i, ms in later.items() if statuses[i].status == "ok" for m in ms]
+        if elsewhere:
+            self.enqueue(elsewhere, now=now)
         self._forget(o.id for o, s in zip(outcomes, statuses, strict=True) if s.status != "effects_failed")
         return statuses
 

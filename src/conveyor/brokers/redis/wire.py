@@ -41,32 +41,56 @@ def packed_messages(messages: Sequence[Message]) -> list[Any]:
     return [fields, *(m.payload for m in messages)]
 
 
-def command_arg(value: Any) -> bytes | str:
+def lua_string(value: bytes | str) -> msgspec.Raw | str:
+    """Any bytes as a MessagePack str, which Lua reads as the same bytes (Redis' cmsgpack reads
+    no bin type; a Lua string is any bytes, so only a Python reader would mind non-UTF-8)."""
+    if isinstance(value, str):
+        return value
+    n = len(value)
+    if n < 32:
+        head = bytes((0xA0 | n,))
+    elif n < 0x100:
+        head = b"\xd9" + n.to_bytes(1, "big")
+    elif n < 0x10000:
+        head = b"\xda" + n.to_bytes(2, "big")
+    else:
+        head = b"\xdb" + n.to_bytes(4, "big")
+    return msgspec.Raw(head + value)
+
+
+def command_arg(value: Any) -> msgspec.Raw | str:
     """An effect's argument: bytes and str as they are, floats exactly, the rest by str()."""
     if isinstance(value, bytes | str):
-        return value
+        return lua_string(value)
     if isinstance(value, float):
         return repr(value)
     return str(value)
 
 
-def outcome_args(o: Outcome) -> list[Any]:
-    """An outcome as ack.lua reads it, without its follow-up enqueues (the caller adds them)."""
-    args: list[Any] = [
-        o.id,
-        o.token,
-        o.kind,
-        optional(o.result),
-        repr(float(o.delay)),
-        serializer.dumps(o.error) if o.kind != "succeeded" else b"",
-    ]
+def outcome_entry(o: Outcome, follow_targets: list[int]) -> list[Any]:
+    """An outcome as ack.lua reads it from its packed list: id, token, kind, result (optional
+    string), delay, error JSON, effects (each a list of command and arguments), and the queue
+    index of each follow-up enqueue (the messages themselves travel packed after the list)."""
     effects = o.effects if o.kind == "succeeded" else ()
-    args.append(len(effects))
+    commands = []
     for effect in effects:
         command, *rest = effect
         params = list(rest[0]) if rest and isinstance(rest[0], list | tuple) else rest
-        args += [1 + len(params), command_arg(command), *(command_arg(p) for p in params)]
-    return args
+        commands.append([command_arg(command), *(command_arg(p) for p in params)])
+    return [
+        o.id,
+        o.token,
+        o.kind,
+        lua_string(optional(o.result)),
+        float(o.delay),
+        lua_string(serializer.dumps(o.error) if o.kind != "succeeded" else b""),
+        commands,
+        follow_targets,
+    ]
+
+
+def packed_outcomes(entries: list[list[Any]]) -> bytes:
+    return _packer.encode(entries)
 
 
 def pairs(leases: Sequence[Lease]) -> list[Any]:
