@@ -31,6 +31,19 @@ def observe_reserves(app: Conveyor, monkeypatch: pytest.MonkeyPatch, mark: Calla
     return seen
 
 
+def warm_up(worker: Worker, batch: Callable[[], list[Any]]) -> None:
+    """Run batches of fast tasks until the worker reserves ahead: FAST_STREAK runs in a row under
+    a millisecond each, which one run slowed by a loaded machine starts over."""
+    deadline = time.monotonic() + 60
+    while worker._fast_runs < FAST_STREAK:
+        assert time.monotonic() < deadline, "the tasks never ran fast enough for the look-ahead"
+        messages = batch()
+        done = worker.counts["succeeded"] + len(messages)
+        worker.app.enqueue_many(messages)
+        while worker.counts["succeeded"] < done:
+            time.sleep(0.005)
+
+
 def test_fast_tasks_are_reserved_ahead_and_each_runs_once(app: Conveyor, run_worker, monkeypatch) -> None:
     runs: list[int] = []
 
@@ -62,8 +75,9 @@ def test_a_slow_run_turns_the_look_ahead_off(app: Conveyor, run_worker, monkeypa
         time.sleep(0.005)
 
     limits = observe_reserves(app, monkeypatch, lambda: len(slow_started))
-    app.enqueue_many([quick.message() for _ in range(300)] + [slow.message() for _ in range(20)])
-    with run_worker(app, concurrency=1):
+    with run_worker(app, concurrency=1) as worker:
+        warm_up(worker, lambda: [quick.message() for _ in range(FAST_STREAK + 10)])
+        app.enqueue_many([quick.message() for _ in range(10)] + [slow.message() for _ in range(20)])
         while len(slow_started) < 20:
             time.sleep(0.005)
     assert max(limit for limit, _ in limits) == 2
@@ -90,22 +104,18 @@ def test_a_newly_reserved_urgent_task_goes_ahead_of_held_lower_ones(app: Conveyo
 
 
 def test_held_tasks_go_back_to_the_queue_at_once_at_stop(app: Conveyor, run_worker) -> None:
-    fast_runs: list[int] = []
     release = threading.Event()
 
     @app.task
-    def quick() -> None:
-        fast_runs.append(1)
+    def quick() -> None: ...
 
     @app.task
     def blocker() -> None:
         release.wait(10)
 
-    app.enqueue_many([quick.message() for _ in range(FAST_STREAK + 10)])
     released_early: list[bool] = []
     with run_worker(app, concurrency=1, grace=10) as worker:
-        while len(fast_runs) < FAST_STREAK + 10:
-            time.sleep(0.005)
+        warm_up(worker, lambda: [quick.message() for _ in range(FAST_STREAK + 10)])
         job = blocker.enqueue()
         behind = [quick.enqueue() for _ in range(3)]
         while not (job.id in worker.running and worker.held):
@@ -143,11 +153,9 @@ def test_a_held_task_whose_lease_was_lost_never_starts_here(app: Conveyor, run_w
     def blocker() -> None:
         release.wait(10)
 
-    app.enqueue_many([quick.message(n) for n in range(FAST_STREAK + 10)])
     # Leases lapse long before the next heartbeat, and the worker's own sweep requeues them.
     with run_worker(app, concurrency=1, lease=0.3, heartbeat=1.0, reclaim_interval=0.1) as worker:
-        while sum(runs.values()) < FAST_STREAK + 10:
-            time.sleep(0.005)
+        warm_up(worker, lambda: [quick.message(n) for n in range(FAST_STREAK + 10)])
         blocker.enqueue()
         behind = {job.id: job for job in (quick.enqueue(n) for n in range(1000, 1003))}
         while not worker.held:
