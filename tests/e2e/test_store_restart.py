@@ -54,4 +54,7 @@ def test_postgres_restarted_mid_run_loses_nothing(postgres_cluster: Cluster) -> 
     ledger = cluster.ledger()
     assert [n for n, c in collections.Counter(ledger).items() if c > 1] == []
     assert sorted(ledger) == list(range(total))
-    assert "reserve failed" in cluster.log_text() or "failed; retrying" in cluster.log_text()
+    # The workers met the restart: one of their calls failed and was retried, or their pool
+    # found connections closed under it (then the calls waited for a new one and never failed).
+    noticed = ("reserve failed", "failed; retrying", "discarding closed connection")
+    assert any(sign in cluster.log_text() for sign in noticed), cluster.log_text()[-2000:]
