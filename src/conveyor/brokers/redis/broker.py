@@ -352,11 +352,11 @@ class RedisBroker(Broker):
             targets: list[str] = []
             entries: list[list[Any]] = []
             follow_ups: list[Message] = []
+            slot = key_slot(self._base(queue).encode()) if self.target.cluster else None
             for i in indexes:
                 o = outcomes[i]
                 follow = list(o.enqueues) if o.kind == "succeeded" else []
-                if self.target.cluster:
-                    slot = key_slot(self._base(queue).encode())
+                if slot is not None:
                     later[i] = [m for m in follow if key_slot(self._base(m.queue).encode()) != slot]
                     follow = [m for m in follow if m not in later[i]]
                 for m in follow:
