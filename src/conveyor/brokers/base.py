@@ -38,6 +38,10 @@ class Broker(abc.ABC):
     display_url: str
     #: Seconds finished (succeeded or cancelled) jobs, their results and their keys are kept.
     retention: float
+    #: Whether writes from two threads proceed at once. A worker then reserves on a thread of its
+    #: own, beside the one that acknowledges; where writers take turns (SQLite), a second thread
+    #: would only split the batches that the turns amortize.
+    parallel_writes: bool = True
 
     @abc.abstractmethod
     def enqueue(

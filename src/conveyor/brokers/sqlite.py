@@ -78,6 +78,8 @@ def _path_from_url(url: str) -> tuple[str, dict[str, str]]:
 class SQLiteBroker(Broker):
     """Conveyor's embedded default; safe for several worker processes on one host."""
 
+    parallel_writes = False  # one writer at a time (see _write)
+
     def __init__(self, url: str, retention: float = 86400.0) -> None:
         self.path, options = _path_from_url(url)
         self.display_url = url

@@ -82,7 +82,10 @@ class Worker:
         self.id = self.config.worker_id
         self.fairness = Fairness(app.priorities.weights)
         self.runner = Runner(app, self.id, self._finished_runs)
-        # One thread owns the store connection for the loop's calls; waits get their own.
+        # One thread owns the store connection for the loop's calls, waits get their own, and
+        # so do reservations where the store takes writes in parallel (see Broker.parallel_writes):
+        # then a batch of acks or a heartbeat never holds back the next reservation.
+        self._fetcher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="conveyor-fetch")
         self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="conveyor-io")
         self._waiter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="conveyor-wait")
         self.leases: dict[str, Delivery] = {}
@@ -155,6 +158,7 @@ class Worker:
                 await self._call(broker.beat, self.info(), -1.0)
             self.runner.shutdown()
             self._waiter.shutdown(wait=False, cancel_futures=True)
+            self._fetcher.shutdown(wait=True)
             self._io.shutdown(wait=True)
             log.info("worker %s stopped: %s", self.id, self.counts)
 
@@ -163,6 +167,7 @@ class Worker:
     async def _fetch_loop(self) -> None:
         broker = self.app.broker
         queues = list(self.config.queues)
+        fetcher = self._fetcher if broker.parallel_writes else self._io
         backoff = 0.05
         while not self._stopping.is_set():
             free = self._room()
@@ -171,8 +176,8 @@ class Worker:
                 await self._until(self._slot_free.wait())
                 continue
             try:
-                batch = await self._call(
-                    broker.reserve, queues, free, self.config.lease, self.id, self.fairness
+                batch = await asyncio.get_running_loop().run_in_executor(
+                    fetcher, broker.reserve, queues, free, self.config.lease, self.id, self.fairness
                 )
                 backoff = 0.05
             except Exception:
