@@ -22,36 +22,65 @@ _decoder = msgspec.json.Decoder()
 #: Exact types only: a subclass of str/int/float (other than bool) may carry state or
 #: behaviour that JSON drops, so it is refused by name rather than silently flattened.
 _SCALARS = frozenset({str, bool, type(None)})
+#: Integers JSON readers take exactly: the int64 and uint64 range.
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 
 
-def _check(value: Any, where: str) -> None:
-    """Refuse anything that is not plain JSON; iterative so deep nesting cannot overflow the stack."""
-    stack: list[tuple[Any, str, int]] = [(value, where, 0)]
+#: A value being checked: (value, depth, parent node or None, label). The label is an index or
+#: key below the root; at the root, the place named in errors: a string, or (task, argument).
+_Node = tuple[Any, int, Any, Any]
+
+
+def _plain(value: Any) -> bool:
+    """A scalar that needs no walk: the common argument, checked without building a node."""
+    kind = type(value)
+    return kind in _SCALARS or (kind is int and _INT_MIN <= value <= _INT_MAX)
+
+
+def _path(node: _Node) -> str:
+    """The place of a checked value, as errors name it: ``send: argument 'to'[2]``."""
+    parts = []
+    while node[2] is not None:
+        label = node[3]
+        parts.append(f"[{label}]" if type(label) is int else f"[{label!r}]")
+        node = node[2]
+    root = node[3]
+    if isinstance(root, tuple):
+        task, name = root
+        root = f"{task}: argument {name if type(name) is int else repr(name)}"
+    return str(root) + "".join(reversed(parts))
+
+
+def _check(*roots: _Node) -> None:
+    """Refuse anything that is not plain JSON; iterative so deep nesting cannot overflow the stack.
+    Places are worked out only for an error, not for every value checked."""
+    stack = list(reversed(roots))  # the first argument is reported first
     while stack:
-        item, path, depth = stack.pop()
+        node = stack.pop()
+        item, depth = node[0], node[1]
         kind = type(item)
         if kind in _SCALARS:
             continue
         if kind is int:
-            if not -(2**63) <= item < 2**64:
-                raise SerializationError(f"{path}: integer {item} is outside the 64-bit range")
+            if not _INT_MIN <= item <= _INT_MAX:
+                raise SerializationError(f"{_path(node)}: integer {item} is outside the 64-bit range")
             continue
         if kind is float:
             if not math.isfinite(item):
-                raise SerializationError(f"{path}: {item!r} is not a JSON number")
+                raise SerializationError(f"{_path(node)}: {item!r} is not a JSON number")
             continue
         if depth >= MAX_DEPTH:
-            raise SerializationError(f"{path}: nested deeper than {MAX_DEPTH} levels")
+            raise SerializationError(f"{_path(node)}: nested deeper than {MAX_DEPTH} levels")
         if kind is list or kind is tuple:
-            stack.extend((v, f"{path}[{i}]", depth + 1) for i, v in enumerate(item))
+            stack.extend((v, depth + 1, node, i) for i, v in enumerate(item))
         elif kind is dict:
             for k, v in item.items():
                 if type(k) is not str:
-                    raise SerializationError(f"{path}: dict key {k!r} is not a string")
-                stack.append((v, f"{path}[{k!r}]", depth + 1))
+                    raise SerializationError(f"{_path(node)}: dict key {k!r} is not a string")
+                stack.append((v, depth + 1, node, k))
         else:
             raise SerializationError(
-                f"{path}: {type(item).__name__} is not JSON-serializable "
+                f"{_path(node)}: {type(item).__name__} is not JSON-serializable "
                 "(Conveyor accepts None, bool, int, float, str, list and dict with str keys)"
             )
 
@@ -71,10 +100,11 @@ def encode_args(task: str, args: tuple[Any, ...], kwargs: dict[str, Any], max_si
         SerializationError: an argument is not JSON; the message names it.
         PayloadTooLarge: the encoding is longer than ``max_size`` bytes.
     """
-    for i, arg in enumerate(args):
-        _check(arg, f"{task}: argument {i}")
-    for name, arg in kwargs.items():
-        _check(arg, f"{task}: argument {name!r}")
+    roots: list[_Node] = [(arg, 0, None, (task, i)) for i, arg in enumerate(args) if not _plain(arg)]
+    if kwargs:
+        roots += [(arg, 0, None, (task, name)) for name, arg in kwargs.items() if not _plain(arg)]
+    if roots:
+        _check(*roots)
     data = _encode((args, kwargs), f"{task}: arguments")
     if len(data) > max_size:
         raise PayloadTooLarge(f"{task}: arguments encode to {len(data)} bytes, over the limit of {max_size}")
@@ -101,7 +131,7 @@ def decode_args(payload: bytes, max_size: int) -> tuple[list[Any], dict[str, Any
 
 def encode_value(value: Any, where: str = "result") -> bytes:
     """Encode a result (or any JSON value)."""
-    _check(value, where)
+    _check((value, 0, None, where))
     return _encode(value, where)
 
 
