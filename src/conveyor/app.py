@@ -38,6 +38,8 @@ DEFAULT_URL = "sqlite:///conveyor.db"
 RESERVED = frozenset({"priority", "delay", "run_at", "key", "queue", "connection"})
 MAX_KEY_LENGTH = 255
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+#: Queue names already found valid (up to 4096 of them): a message per call skips the pattern.
+_valid_queues: set[str] = set()
 
 
 class Conveyor:
@@ -401,8 +403,12 @@ def _positional_arity(signature: inspect.Signature) -> tuple[int, float] | None:
 
 
 def _check_queue(queue: str) -> str:
+    if type(queue) is str and queue in _valid_queues:
+        return queue
     if not isinstance(queue, str) or not _QUEUE_NAME.fullmatch(queue):
         raise ConfigurationError(f"invalid queue name {queue!r}: use 1-128 of A-Z a-z 0-9 _ . : -")
+    if len(_valid_queues) < 4096:
+        _valid_queues.add(queue)
     return queue
 
 
