@@ -170,12 +170,12 @@ class RedisBroker(Broker):
         if len(by_queue) > 1:  # a conflict in one queue must leave the others untouched
             for reply in self._run(calls(check=True)):
                 raise_conflict(reply)
-        out: list[Enqueued | None] = [None] * len(messages)
+        out = [Enqueued(m.id, True) for m in messages]  # the script names only the others
         for indexes, reply in zip(by_queue.values(), self._run(calls(check=False)), strict=True):
             raise_conflict(reply)
-            for n, i in enumerate(indexes):
-                out[i] = Enqueued(reply[1 + 2 * n].decode(), reply[2 + 2 * n] == 1)
-        return [e for e in out if e is not None]
+            for n in range(1, len(reply), 3):
+                out[indexes[reply[n] - 1]] = Enqueued(reply[n + 1].decode(), reply[n + 2] == 1)
+        return out
 
     # -- reserve -----------------------------------------------------------------------------
 
