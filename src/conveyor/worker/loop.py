@@ -208,10 +208,12 @@ class Worker:
             work.cancel()
 
     def _room(self) -> int:
-        """How many tasks to reserve now: the free slots, plus a look-ahead of ``concurrency``
-        while tasks are fast."""
+        """How many tasks to reserve now: leases up to ``concurrency``, twice that while tasks
+        are fast (the look-ahead). Leases count until the store has taken their outcome, so a
+        worker killed while its acks are in flight has run at most that many tasks unacknowledged,
+        however far reservations (on their own thread) ran ahead of the acks."""
         ahead = self.config.concurrency if self._fast_runs >= FAST_STREAK else 0
-        return self.config.concurrency + ahead - len(self.running) - len(self.held)
+        return self.config.concurrency + ahead - len(self.leases)
 
     def _hold(self, batch: list[Delivery]) -> None:
         """Queue reserved deliveries to start, ahead of held ones of a lower priority level."""
@@ -281,6 +283,7 @@ class Worker:
                 self._settled(outcome, status) for outcome, status in zip(batch, statuses, strict=True)
             )
             self._finished([done for done in settled if done is not None])
+            self._slot_free.set()  # settled leases make room to reserve
             if self._outbox or self._stopped.is_set():
                 # Once stopped nothing else wakes this loop: look again, to flush or to return.
                 self._outbox_ready.set()
