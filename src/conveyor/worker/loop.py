@@ -98,7 +98,8 @@ class Worker:
         self._idle.set()
         self._outbox: list[Outcome] = []
         self._outbox_ready = asyncio.Event()
-        self._slot_free = asyncio.Event()
+        #: Set whenever _room() may have grown: a lease settled or lost, or the look-ahead began.
+        self._room_grew = asyncio.Event()
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
         #: Counters for tests and status: started, succeeded, retried, dead, lost.
@@ -172,8 +173,8 @@ class Worker:
         while not self._stopping.is_set():
             free = self._room()
             if free <= 0:
-                self._slot_free.clear()
-                await self._until(self._slot_free.wait())
+                self._room_grew.clear()
+                await self._until(self._room_grew.wait())
                 continue
             try:
                 batch = await asyncio.get_running_loop().run_in_executor(
@@ -240,6 +241,7 @@ class Worker:
     def _finished_runs(self, batch: list[tuple[Delivery, Outcome, float]]) -> None:
         """Outcomes of runs that ended together: free their slots, send them to the store."""
         ran = []
+        was_ahead = self._fast_runs >= FAST_STREAK
         for delivery, outcome, seconds in batch:
             if self.running.pop(delivery.id, None) is not None:
                 ran.append((delivery, seconds))
@@ -248,7 +250,8 @@ class Worker:
         self.metrics.ran(ran)
         self._outbox_ready.set()
         self._fill()
-        self._slot_free.set()
+        if not was_ahead and self._fast_runs >= FAST_STREAK:  # the look-ahead begins: room to reserve
+            self._room_grew.set()
         if not self.running:
             self._idle.set()
 
@@ -283,7 +286,7 @@ class Worker:
                 self._settled(outcome, status) for outcome, status in zip(batch, statuses, strict=True)
             )
             self._finished([done for done in settled if done is not None])
-            self._slot_free.set()  # settled leases make room to reserve
+            self._room_grew.set()  # settled leases make room to reserve
             if self._outbox or self._stopped.is_set():
                 # Once stopped nothing else wakes this loop: look again, to flush or to return.
                 self._outbox_ready.set()
@@ -334,8 +337,8 @@ class Worker:
             delivery = self.leases.pop(job_id, None)
             if delivery is not None and delivery in self.held:  # never started: no longer ours
                 self.held.remove(delivery)
-                self._slot_free.set()  # room to reserve in its place
             if delivery is not None:
+                self._room_grew.set()  # room to reserve in its place
                 self._finished([(delivery, "lost")])
                 log.warning("job %s: lease lost (expired and reclaimed); its outcome will be refused", job_id)
 

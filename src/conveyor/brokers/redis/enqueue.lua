@@ -4,8 +4,8 @@
 -- ARGV[1] now ('' = the store's clock)
 -- ARGV[2] '1' to only check the keys (write nothing), '0' to store
 -- ARGV[3..] the messages, packed (see read_messages)
--- Returns {'ok', index, id, created (1/0), ...} for the messages (1-based, in order) not created
--- under their own id, those an idempotency key resolved to another job; or
+-- Returns {'ok', index, holder id, 0, ...} for the messages (1-based, in order) not created, those
+-- an idempotency key resolved to another job (a created one always keeps its own id); or
 -- {'conflict', key, holder id} having stored nothing when a key is held by a job with another
 -- task or payload (also by an earlier message of the batch).
 -- Wakes the queue's waiters when it stored a job.
@@ -17,7 +17,7 @@ if not plan then return {'conflict', conflict[1], conflict[2]} end
 if ARGV[2] == '0' then write_enqueue(KEYS[1], KEYS[2], KEYS[3], msgs, plan, now) end
 local out = {'ok'}
 for i, p in ipairs(plan) do
-  if p[2] == 0 or p[1] ~= msgs[i].id then
+  if p[2] == 0 then
     out[#out + 1] = i
     out[#out + 1] = p[1]
     out[#out + 1] = p[2]
