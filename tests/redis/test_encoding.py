@@ -1,5 +1,7 @@
-"""The lease index is a skiplist: as a listpack (any zset of up to 128 short members, which a
-worker's leases are) every insert scans and parses the stored scores, ten times the cost."""
+"""Encodings chosen for speed. The lease index is a skiplist: as a listpack (any zset of up to
+128 short members, which a worker's leases are) every insert scans and parses the stored scores,
+ten times the cost. Enqueue concatenates records from pre-packed pieces, which must give the
+bytes the general packer would."""
 
 from __future__ import annotations
 
@@ -42,3 +44,39 @@ def test_a_listpack_lease_index_is_converted_on_the_next_reservation(open_redis,
     second = broker.reserve(["q"], 2, 60.0, "w1", Fairness((6, 3, 1)))
     assert admin.object("encoding", running) == b"skiplist"
     assert sorted(m.decode() for m in admin.zrange(running, 0, -1)) == sorted(d.id for d in first + second)
+
+
+def test_enqueue_writes_each_record_as_pack_record_would(open_redis, admin):
+    """enqueue builds records by concatenating pieces packed once per batch; every shape of
+    message must come out as the bytes the general packer gives (which every script reads)."""
+    from conveyor.brokers.redis.scripts import _read
+
+    broker = open_redis()
+    jobs = f"{broker.target.prefix}:{{q}}:jobs"
+    canonical = _read("lib") + "\nreturn pack_record(unpack_record(ARGV[1]))"
+    # The pending member named by the record's sequence, which reserve and cancel remove.
+    member = _read("lib") + "\nreturn member(ARGV[2], unpack_record(ARGV[1])[R_SEQ])"
+
+    def message(n: int, **fields) -> Message:
+        fields.setdefault("payload", f"[[{n}],{{}}]".encode())
+        return Message(id=new_id(), task=f"t{n % 2}", queue="q", **fields)
+
+    for now in (None, 1_700_000_000.25, 12.5):  # the store's clock; a caller's; one far from it
+        batch = [
+            message(1, priority=0),
+            message(2, priority=2, delay=2.5),
+            message(3, priority=1, run_at=1_900_000_000.125),
+            message(4, priority=1, key=f"k-{new_id()}"),
+            message(5, priority=0, key=f"k-{new_id()}", delay=1.0, max_attempts=9),
+            message(6, priority=1, run_at=1.0),
+            message(7, priority=0, payload=b"\x00\xff not utf-8"),
+        ]
+        assert all(e.created for e in broker.enqueue(batch, now=now))
+        for m in batch:
+            raw = admin.hget(jobs, m.id)
+            assert raw == admin.eval(canonical, 0, raw), m
+            pending = f"{broker.target.prefix}:{{q}}:pending:{m.priority}"
+            assert admin.zscore(pending, admin.eval(member, 0, raw, m.id)) is not None, m
+            info = broker.get(m.id)
+            stored = (info.task, info.priority, info.payload, info.key, info.max_attempts)
+            assert stored == (m.task, m.priority, m.payload, m.key, m.max_attempts)

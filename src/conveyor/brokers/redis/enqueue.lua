@@ -17,10 +17,10 @@ if not plan then return {'conflict', conflict[1], conflict[2]} end
 if ARGV[2] == '0' then write_enqueue(KEYS[1], KEYS[2], KEYS[3], msgs, plan, now) end
 local out = {'ok'}
 for i, p in ipairs(plan) do
-  if p[2] == 0 then
+  if type(p) == 'string' then
     out[#out + 1] = i
-    out[#out + 1] = p[1]
-    out[#out + 1] = p[2]
+    out[#out + 1] = p
+    out[#out + 1] = 0
   end
 end
 return out

@@ -32,12 +32,28 @@ def optional(value: str | bytes | None) -> bytes:
 
 
 def packed_messages(messages: Sequence[Message]) -> list[Any]:
-    """Messages as ``read_messages`` in lib.lua reads them: one MessagePack array of
-    [id, task, priority, delay, run_at, key, max_attempts] arrays, then each payload as an
-    argument of its own (Redis' cmsgpack has no binary type, and payloads are any bytes)."""
-    fields = _packer.encode(
-        [(m.id, m.task, m.priority, float(m.delay), m.run_at, m.key, m.max_attempts) for m in messages]
-    )
+    """Messages as ``read_messages`` in lib.lua reads them: one MessagePack array of [shapes,
+    runs, ids, keys], then each payload as an argument of its own (Redis' cmsgpack has no binary
+    type, and payloads are any bytes). A shape is what a batch's messages mostly share: [task,
+    priority, delay, run_at, max_attempts]; runs are [count, shape index] pairs in order, and
+    keys maps a message's (1-based) index to its idempotency key."""
+    shapes: dict[tuple[str, int, float, float | None, int], int] = {}
+    runs: list[int] = []
+    ids: list[str] = []
+    keys: dict[int, str] = {}
+    last = 0
+    for n, m in enumerate(messages, 1):
+        shape = (m.task, m.priority, float(m.delay), m.run_at, m.max_attempts)
+        index = shapes.setdefault(shape, len(shapes) + 1)
+        if index == last:
+            runs[-2] += 1
+        else:
+            runs += (1, index)
+            last = index
+        ids.append(m.id)
+        if m.key is not None:
+            keys[n] = m.key
+    fields = _packer.encode([list(shapes), runs, ids, keys or None])
     return [fields, *(m.payload for m in messages)]
 
 
