@@ -6,7 +6,8 @@
 -- ARGV[1] now   ARGV[2] retention seconds
 -- ARGV[3] the outcomes, one MessagePack array of [id, token, kind (succeeded|retry|dead),
 --   result (optional string), delay, error JSON, effects (arrays of command and arguments),
---   follow-ups (per follow-up the index of its queue's KEYS triple, 1 = KEYS[7..9])]
+--   follow-ups (per follow-up the index of its queue's KEYS triple, 1 = KEYS[7..9])]; a plain
+--   success (no result, effects or follow-ups) travels as [id, token] alone
 -- ARGV[4..] (if any follow-ups) their messages, in outcome order, packed (see read_messages).
 -- Returns {status, detail, ...} per outcome: 'ok', 'lost' (not running with this token:
 -- nothing changed) or 'effects_failed' with the error (the job stays running, its lease held).
@@ -30,41 +31,49 @@ local function effects_error(effects)
   return nil
 end
 
--- First pass: read the outcomes; then load their records in one go.
-local entries, ids = {}, {}
-local follow_msgs = ARGV[4] and read_messages(4) or {}
+-- First pass: read the outcomes; then load their records in one go. Outcomes are read as
+-- unpacked, fields by index (below); follow-ups are paired with their messages.
+local O_ID, O_TOKEN, O_KIND, O_RESULT, O_DELAY, O_ERR, O_EFFECTS, O_FOLLOW = 1, 2, 3, 4, 5, 6, 7, 8
+local NONE = {}
+local entries, ids, follows = cmsgpack.unpack(ARGV[3]), {}, {}
+local follow_msgs = ARGV[4] and read_messages(4) or NONE
 local k = 0
-for n, o in ipairs(cmsgpack.unpack(ARGV[3])) do
-  local e = {id = o[1], token = o[2], kind = o[3], result = opt_in(o[4]), delay = o[5], err = o[6],
-    effects = o[7], follow = {}}
-  for f, target in ipairs(o[8]) do
-    k = k + 1
-    e.follow[f] = {t = target, m = follow_msgs[k]}
+for n, o in ipairs(entries) do
+  ids[n] = o[O_ID]
+  local targets = o[O_FOLLOW]
+  if targets and #targets > 0 then
+    local f = {}
+    for j, target in ipairs(targets) do
+      k = k + 1
+      f[j] = {t = target, m = follow_msgs[k]}
+    end
+    follows[n] = f
   end
-  entries[n] = e
-  ids[n] = e.id
 end
 local records = load_many(jobs, ids)
 
 -- Writes common to every outcome are gathered and sent once at the end.
 local saves, unleased, finished, t, seen = {}, {}, {}, {}, {}
-for n, e in ipairs(entries) do
-  local r = records[n]
-  if seen[e.id] or not r or r[R_STATE] ~= 'r' or r[R_TOKEN] ~= e.token then
+for n, o in ipairs(entries) do
+  local r, id = records[n], o[O_ID]
+  if seen[id] or not r or r[R_STATE] ~= 'r' or r[R_TOKEN] ~= o[O_TOKEN] then
     out[#out + 1] = 'lost'
     out[#out + 1] = ''
   else
     local level = r[R_PRIO]
     local failure = nil
-    local targets = {}
-    for _, f in ipairs(e.follow) do
-      local tg = targets[f.t]
-      if not tg then
-        local k = 7 + (f.t - 1) * 3
-        tg = {jobs = KEYS[k], keys = KEYS[k + 1], counts = KEYS[k + 2], msgs = {}}
-        targets[f.t] = tg
+    local targets = NONE
+    if follows[n] then
+      targets = {}
+      for _, f in ipairs(follows[n]) do
+        local tg = targets[f.t]
+        if not tg then
+          local k = 7 + (f.t - 1) * 3
+          tg = {jobs = KEYS[k], keys = KEYS[k + 1], counts = KEYS[k + 2], msgs = {}}
+          targets[f.t] = tg
+        end
+        tg.msgs[#tg.msgs + 1] = f.m
       end
-      tg.msgs[#tg.msgs + 1] = f.m
     end
     for _, tg in pairs(targets) do
       local plan, conflict = plan_enqueue(tg.jobs, tg.keys, tg.msgs)
@@ -75,39 +84,41 @@ for n, e in ipairs(entries) do
       end
       tg.plan = plan
     end
-    if not failure and #e.effects > 0 then failure = effects_error(e.effects) end
+    local effects = o[O_EFFECTS]
+    if not failure and effects and #effects > 0 then failure = effects_error(effects) end
     if failure then
       out[#out + 1] = 'effects_failed'
       out[#out + 1] = failure
     else
-      seen[e.id] = true
+      seen[id] = true
       for _, tg in pairs(targets) do write_enqueue(tg.jobs, tg.keys, tg.counts, tg.msgs, tg.plan, now) end
-      unleased[#unleased + 1] = e.id
+      unleased[#unleased + 1] = id
       r[R_LEASE] = false
       tally(t, 'r' .. level, -1)
-      if e.kind == 'succeeded' then
+      local kind = o[O_KIND] or 'succeeded'
+      if kind == 'succeeded' then
         r[R_STATE] = 's'
-        r[R_RESULT] = e.result
+        r[R_RESULT] = o[O_RESULT] and opt_in(o[O_RESULT])
         r[R_FINISHED] = now
         finished[#finished + 1] = expires_s
-        finished[#finished + 1] = e.id
+        finished[#finished + 1] = id
         tally(t, 's' .. level, 1)
-      elseif e.kind == 'retry' then
+      elseif kind == 'retry' then
         r[R_STATE] = 'p'
-        r[R_RUN_AT] = now + e.delay
+        r[R_RUN_AT] = now + o[O_DELAY]
         r[R_WORKER] = false
-        r[R_ERRORS] = append_error(r[R_ERRORS], e.err)
-        redis.call('ZADD', pending_key(jobs, level), fmt(r[R_RUN_AT]), member(e.id, r[R_SEQ]))
+        r[R_ERRORS] = append_error(r[R_ERRORS], o[O_ERR])
+        redis.call('ZADD', pending_key(jobs, level), fmt(r[R_RUN_AT]), member(id, r[R_SEQ]))
         tally(t, 'p' .. level, 1)
         woken = true
       else
         r[R_STATE] = 'd'
         r[R_FINISHED] = now
-        r[R_ERRORS] = append_error(r[R_ERRORS], e.err)
-        redis.call('ZADD', dead, fmt(now), e.id)
+        r[R_ERRORS] = append_error(r[R_ERRORS], o[O_ERR])
+        redis.call('ZADD', dead, fmt(now), id)
         tally(t, 'd' .. level, 1)
       end
-      saves[#saves + 1] = e.id
+      saves[#saves + 1] = id
       saves[#saves + 1] = pack_record(r)
       out[#out + 1] = 'ok'
       out[#out + 1] = ''

@@ -86,7 +86,10 @@ def command_arg(value: Any) -> msgspec.Raw | str:
 def outcome_entry(o: Outcome, follow_targets: list[int]) -> list[Any]:
     """An outcome as ack.lua reads it from its packed list: id, token, kind, result (optional
     string), delay, error JSON, effects (each a list of command and arguments), and the queue
-    index of each follow-up enqueue (the messages themselves travel packed after the list)."""
+    index of each follow-up enqueue (the messages themselves travel packed after the list).
+    A plain success, the common outcome, is only its id and token."""
+    if o.kind == "succeeded" and o.result is None and not o.effects and not follow_targets:
+        return [o.id, o.token]
     effects = o.effects if o.kind == "succeeded" else ()
     commands = []
     for effect in effects:
