@@ -80,3 +80,36 @@ def test_enqueue_writes_each_record_as_pack_record_would(open_redis, admin):
             info = broker.get(m.id)
             stored = (info.task, info.priority, info.payload, info.key, info.max_attempts)
             assert stored == (m.task, m.priority, m.payload, m.key, m.max_attempts)
+
+
+def test_reserve_reads_every_field_back_from_the_stored_record(open_redis):
+    """A leased job's fields come back as enqueued: payloads of every MessagePack str size class
+    (the record stores them as Lua strings), any bytes, and the enqueue time the record keeps
+    relative to the due time."""
+    broker = open_redis()
+    sizes = (0, 1, 31, 32, 255, 256, 65_535, 65_536)
+    batch = [
+        Message(id=new_id(), task=f"t{n}", queue="q", priority=n % 3, payload=bytes([n % 251]) * n)
+        for n in sizes
+    ]
+    batch.append(Message(id=new_id(), task="t", queue="q", priority=0, payload=b"\xff\x00", key="k-1"))
+    delayed = Message(id=new_id(), task="t", queue="q", priority=1, payload=b"[]", delay=5.0, max_attempts=7)
+    now = 1_700_000_000.5
+    broker.enqueue([*batch, delayed], now=now)
+    leased = broker.reserve(["q"], 100, 60.0, "w1", Fairness((6, 3, 1)), now=now)
+    assert sorted(d.id for d in leased) == sorted(m.id for m in batch)
+    by_id = {d.id: d for d in leased}
+    for m in batch:
+        d = by_id[m.id]
+        assert (d.task, d.priority, d.payload, d.key, d.max_attempts) == (
+            m.task,
+            m.priority,
+            m.payload,
+            m.key,
+            m.max_attempts,
+        )
+        assert (d.attempt, d.run_at, d.enqueued_at, d.queue) == (1, now, now, "q")
+
+    (late,) = broker.reserve(["q"], 100, 60.0, "w1", Fairness((6, 3, 1)), now=now + 6)
+    assert (late.id, late.run_at, late.enqueued_at, late.max_attempts) == (delayed.id, now + 5, now, 7)
+    assert late.token > 0
