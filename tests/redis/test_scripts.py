@@ -51,3 +51,27 @@ def test_any_bytes_reach_lua_intact_inside_a_packed_list(admin, size):
     packed = msgspec.msgpack.encode(["before", lua_string(value), "after"])
     script = "local t = cmsgpack.unpack(ARGV[1]); return {t[1], t[2], t[3]}"
     assert admin.eval(script, 0, packed) == [b"before", value, b"after"]
+
+
+def test_calls_load_the_scripts_again_after_the_server_lost_them(open_redis, admin):
+    """A restarted Redis has no scripts: a single call (sent on its own) and several calls (one
+    pipeline) each get NOSCRIPT, load what they need and run once."""
+    from conveyor.ids import new_id
+    from conveyor.priority import Fairness
+    from conveyor.records import Message
+
+    broker = open_redis()
+
+    def message(queue: str) -> Message:
+        return Message(id=new_id(), task="t", queue=queue, priority=1, payload=b"[[],{}]")
+
+    admin.script_flush()
+    one = message("a")
+    assert broker.enqueue([one])[0].created
+    admin.script_flush()
+    two = [message("a"), message("b")]  # two queues: a check and a write pipeline of two calls
+    assert all(e.created for e in broker.enqueue(two))
+    assert {s.queue: s.total("ready") for s in broker.stats(["a", "b"])} == {"a": 2, "b": 1}
+    admin.script_flush()
+    leased = broker.reserve(["a"], 10, 60.0, "w1", Fairness((6, 3, 1)))
+    assert sorted(d.id for d in leased) == sorted([one.id, two[0].id])

