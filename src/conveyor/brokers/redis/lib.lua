@@ -77,11 +77,18 @@ local function unpack_record(raw)
   return r
 end
 
+-- A sequence as stored: relative to `base`, the enqueue time in whole microseconds, when that
+-- difference is small, else absolute.
+local function stored_seq(seq, base)
+  local delta = seq - base
+  if delta > -SEQ_DELTA and delta < SEQ_DELTA then return delta end
+  return seq
+end
+
 -- Make a packed copy's enqueue time and sequence relative; `enqueued` and `seq` are absolute.
 local function relate(packed, enqueued, seq)
   packed[R_ENQUEUED] = enqueued ~= packed[R_RUN_AT] and enqueued
-  local delta = seq - math.floor(enqueued * 1000000)
-  packed[R_SEQ] = (delta > -SEQ_DELTA and delta < SEQ_DELTA) and delta or seq
+  packed[R_SEQ] = stored_seq(seq, math.floor(enqueued * 1000000))
   return packed
 end
 
@@ -307,13 +314,12 @@ local function write_enqueue(jobs, keys, counts, msgs, plan, now)
       end
       local due = shape[S_RUN_AT] or (now + shape[S_DELAY])
       local s = seq + i
-      local delta = s - base
-      if delta <= -SEQ_DELTA or delta >= SEQ_DELTA then delta = s end
+      local stored = stored_seq(s, base)
       local rec
       if due == now then
-        rec = (key and p[2] or p[1]) .. cmsgpack.pack(m[M_PAYLOAD]) .. now_p .. p[3] .. cmsgpack.pack(delta)
+        rec = (key and p[2] or p[1]) .. cmsgpack.pack(m[M_PAYLOAD]) .. now_p .. p[3] .. cmsgpack.pack(stored)
       else
-        rec = (key and p[2] or p[1]) .. cmsgpack.pack(m[M_PAYLOAD], due) .. p[4] .. cmsgpack.pack(delta)
+        rec = (key and p[2] or p[1]) .. cmsgpack.pack(m[M_PAYLOAD], due) .. p[4] .. cmsgpack.pack(stored)
       end
       if key then
         rec = rec .. cmsgpack.pack(key)
