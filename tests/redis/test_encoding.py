@@ -5,6 +5,7 @@ bytes the general packer would."""
 
 from __future__ import annotations
 
+from conveyor.brokers.redis.scripts import _read
 from conveyor.ids import new_id
 from conveyor.priority import Fairness
 from conveyor.records import Message, Outcome
@@ -49,8 +50,6 @@ def test_a_listpack_lease_index_is_converted_on_the_next_reservation(open_redis,
 def test_enqueue_writes_each_record_as_pack_record_would(open_redis, admin):
     """enqueue builds records by concatenating pieces packed once per batch; every shape of
     message must come out as the bytes the general packer gives (which every script reads)."""
-    from conveyor.brokers.redis.scripts import _read
-
     broker = open_redis()
     jobs = f"{broker.target.prefix}:{{q}}:jobs"
     canonical = _read("lib") + "\nreturn pack_record(unpack_record(ARGV[1]))"

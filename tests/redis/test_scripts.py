@@ -9,6 +9,9 @@ import pytest
 
 from conveyor.brokers.redis.scripts import NAMES, Scripts
 from conveyor.brokers.redis.wire import lua_string
+from conveyor.ids import new_id
+from conveyor.priority import Fairness
+from conveyor.records import Message
 
 PACKAGE = resources.files("conveyor.brokers.redis")
 
@@ -56,10 +59,6 @@ def test_any_bytes_reach_lua_intact_inside_a_packed_list(admin, size):
 def test_calls_load_the_scripts_again_after_the_server_lost_them(open_redis, admin):
     """A restarted Redis has no scripts: a single call (sent on its own) and several calls (one
     pipeline) each get NOSCRIPT, load what they need and run once."""
-    from conveyor.ids import new_id
-    from conveyor.priority import Fairness
-    from conveyor.records import Message
-
     broker = open_redis()
 
     def message(queue: str) -> Message:
