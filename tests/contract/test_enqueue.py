@@ -214,3 +214,19 @@ def test_a_foreign_connection_is_refused(broker, t0):
         broker.enqueue([m], now=t0, connection=object())
 
     assert broker.get(m.id, now=t0) is None
+
+
+def test_whole_and_fractional_times_mix_in_one_batch(broker, t0):
+    """Delays and due times given as ints beside floats (SQL stores send each column as one
+    typed array, where ints and floats must not mix)."""
+    batch = [
+        make_message(delay=2),
+        make_message(delay=0.5),
+        make_message(run_at=int(t0) + 10),
+        make_message(run_at=t0 + 20.25),
+    ]
+    enqueue(broker, t0, *batch)
+
+    due = [info(broker, m.id, now=t0).run_at for m in batch]
+
+    assert due == pytest.approx([t0 + 2, t0 + 0.5, int(t0) + 10, t0 + 20.25])
