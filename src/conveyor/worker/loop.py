@@ -83,11 +83,15 @@ class Worker:
         self.fairness = Fairness(app.priorities.weights)
         self.runner = Runner(app, self.id, self._finished_runs)
         # One thread owns the store connection for the loop's calls, waits get their own, and
-        # so do reservations where the store takes writes in parallel (see Broker.parallel_writes):
-        # then a batch of acks or a heartbeat never holds back the next reservation.
-        self._fetcher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="conveyor-fetch")
-        self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="conveyor-io")
-        self._waiter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="conveyor-wait")
+        # so do reservations and sweeps where the store takes writes in parallel (see
+        # Broker.parallel_writes): then a batch of acks or a heartbeat never holds back the next
+        # reservation, and a sweep that reads far (expired leases among a table's dead index
+        # entries, a retention purge) never holds back the acks that make room for it.
+        parallel, pool = app.broker.parallel_writes, concurrent.futures.ThreadPoolExecutor
+        self._io = pool(1, thread_name_prefix="conveyor-io")
+        self._fetcher = pool(1, thread_name_prefix="conveyor-fetch") if parallel else self._io
+        self._sweeper = pool(1, thread_name_prefix="conveyor-sweep") if parallel else self._io
+        self._waiter = pool(1, thread_name_prefix="conveyor-wait")
         self.leases: dict[str, Delivery] = {}
         #: Deliveries running in this process, by job id.
         self.running: dict[str, Delivery] = {}
@@ -131,6 +135,9 @@ class Worker:
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
 
+    async def _sweep(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._sweeper, fn)
+
     async def run(self) -> None:
         """Serve until :meth:`stop`; then finish or release in-flight tasks and flush outcomes."""
         broker = self.app.broker
@@ -159,8 +166,8 @@ class Worker:
                 await self._call(broker.beat, self.info(), -1.0)
             self.runner.shutdown()
             self._waiter.shutdown(wait=False, cancel_futures=True)
-            self._fetcher.shutdown(wait=True)
-            self._io.shutdown(wait=True)
+            for pool in dict.fromkeys((self._fetcher, self._sweeper, self._io)):
+                pool.shutdown(wait=True)
             log.info("worker %s stopped: %s", self.id, self.counts)
 
     # -- fetching ----------------------------------------------------------------------------
@@ -168,7 +175,6 @@ class Worker:
     async def _fetch_loop(self) -> None:
         broker = self.app.broker
         queues = list(self.config.queues)
-        fetcher = self._fetcher if broker.parallel_writes else self._io
         backoff = 0.05
         while not self._stopping.is_set():
             free = self._room()
@@ -178,7 +184,7 @@ class Worker:
                 continue
             try:
                 batch = await asyncio.get_running_loop().run_in_executor(
-                    fetcher, broker.reserve, queues, free, self.config.lease, self.id, self.fairness
+                    self._fetcher, broker.reserve, queues, free, self.config.lease, self.id, self.fairness
                 )
                 backoff = 0.05
             except Exception:
@@ -343,7 +349,7 @@ class Worker:
                 log.warning("job %s: lease lost (expired and reclaimed); its outcome will be refused", job_id)
 
     async def _reclaim(self) -> None:
-        reclaimed = await self._call(self.app.broker.reclaim)
+        reclaimed = await self._sweep(self.app.broker.reclaim)
         self.metrics.reclaimed(len(reclaimed.requeued), len(reclaimed.dead))
         if reclaimed.requeued or reclaimed.dead:
             log.warning(
@@ -353,7 +359,7 @@ class Worker:
             )
 
     async def _expire(self) -> None:
-        while await self._call(self.app.broker.expire) >= 1000:
+        while await self._sweep(self.app.broker.expire) >= 1000:
             pass
 
     async def _periodic(self, schedules: list[Schedule]) -> None:
