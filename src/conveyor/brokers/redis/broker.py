@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import msgspec
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.client import PubSub, Redis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
@@ -90,11 +90,13 @@ class RedisBroker(Broker):
             "socket_keepalive": True,
             "health_check_interval": 30,
         }
-        self._client: Any = (
-            RedisCluster.from_url(self.target.url, **options)
-            if self.target.cluster
-            else Redis.from_url(self.target.url, **options)
-        )
+        self._client: Any = self._connect(options)
+        # Subscriptions get a client that never reconnects behind the wait's back: redis-py
+        # would subscribe again silently, losing the wake-ups published meanwhile without the
+        # caller knowing to look (wait() drops a broken subscription and returns instead), and
+        # a wait would outlive close() on its new connection. Made on first use.
+        self._options = options | {"retry": Retry(NoBackoff(), retries=0)}
+        self._subscribing: Any = None
         self._lock = threading.Lock()
         self._local = threading.local()
         self._subscribers: list[PubSub] = []
@@ -106,6 +108,11 @@ class RedisBroker(Broker):
 
     def __repr__(self) -> str:
         return f"RedisBroker({self.display_url!r})"
+
+    def _connect(self, options: dict[str, Any]) -> Any:
+        if self.target.cluster:
+            return RedisCluster.from_url(self.target.url, **options)
+        return Redis.from_url(self.target.url, **options)
 
     # -- keys --------------------------------------------------------------------------------
 
@@ -290,11 +297,12 @@ class RedisBroker(Broker):
         if sub is not None and current == wanted:
             return sub
         if sub is None:
-            sub = self._client.pubsub()
             with self._lock:
                 if self._closed:
-                    sub.close()
                     raise ConfigurationError(f"broker for {self.display_url} is closed")
+                if self._subscribing is None:
+                    self._subscribing = self._connect(self._options)
+                sub = self._subscribing.pubsub()
                 self._subscribers.append(sub)
             self._local.sub = sub
         if current - wanted:
@@ -624,4 +632,6 @@ class RedisBroker(Broker):
         for sub in subscribers:
             with contextlib.suppress(RedisError, OSError):
                 sub.close()
+        if self._subscribing is not None:
+            self._subscribing.close()
         self._client.close()
