@@ -13,6 +13,24 @@ from typing import Any
 import pytest
 
 from conveyor import Conveyor
+from conveyor.brokers import Broker
+
+
+def hold(
+    monkeypatch: pytest.MonkeyPatch, broker: Broker, method: str
+) -> tuple[threading.Event, threading.Event]:
+    """Make every call of ``broker.<method>`` wait for the second event; the first is set when a
+    call has begun."""
+    real = getattr(broker, method)
+    entered, release = threading.Event(), threading.Event()
+
+    def held(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        release.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(broker, method, held)
+    return entered, release
 
 
 def test_a_reservation_goes_ahead_while_an_ack_is_in_flight(store_url: str, run_worker, monkeypatch) -> None:
@@ -28,18 +46,8 @@ def test_a_reservation_goes_ahead_while_an_ack_is_in_flight(store_url: str, run_
     def slow() -> None:
         go.wait(30)
 
-    broker = app.broker
-    assert broker.parallel_writes
-    real_ack = broker.ack
-    acking = threading.Event()
-    release = threading.Event()
-
-    def ack(outcomes: Any, *args: Any, **kwargs: Any) -> Any:
-        acking.set()
-        release.wait(30)
-        return real_ack(outcomes, *args, **kwargs)
-
-    monkeypatch.setattr(broker, "ack", ack)
+    assert app.broker.parallel_writes
+    acking, release = hold(monkeypatch, app.broker, "ack")
     app.enqueue_many([slow.message(), quick.message("first")])
     with run_worker(app, concurrency=3) as worker:
         try:
@@ -75,15 +83,7 @@ def test_outcomes_on_their_way_count_against_the_room(store_url: str, run_worker
     def tick(n: int) -> None:
         ran.append(n)
 
-    broker = app.broker
-    real_ack = broker.ack
-    release = threading.Event()
-
-    def ack(outcomes: Any, *args: Any, **kwargs: Any) -> Any:
-        release.wait(30)
-        return real_ack(outcomes, *args, **kwargs)
-
-    monkeypatch.setattr(broker, "ack", ack)
+    _, release = hold(monkeypatch, app.broker, "ack")
     app.enqueue_many(tick.message(n) for n in range(40))
     with run_worker(app, concurrency=4) as worker:
         try:
@@ -115,17 +115,7 @@ def test_a_slow_sweep_does_not_hold_back_acks(store_url: str, run_worker, monkey
     def tick(n: int) -> None:
         ran.append(n)
 
-    broker = app.broker
-    real = getattr(broker, sweep)
-    sweeping = threading.Event()
-    release = threading.Event()
-
-    def held(*args: Any, **kwargs: Any) -> Any:
-        sweeping.set()
-        release.wait(30)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(broker, sweep, held)
+    sweeping, release = hold(monkeypatch, app.broker, sweep)
     with run_worker(app, concurrency=4, **{f"{sweep}_interval": 0.01}) as worker:
         try:
             deadline = time.monotonic() + 10
