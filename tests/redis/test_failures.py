@@ -47,6 +47,30 @@ def test_operations_succeed_after_the_connection_is_killed(store_url, admin, ope
     assert again.id == second.id
 
 
+def test_a_wait_returns_when_its_subscription_is_dropped(store_url, admin, open_redis):
+    """Wake-ups published while a subscription is down are lost, so a wait whose connection
+    breaks returns for its caller to look at the queue, instead of subscribing again inside the
+    client and sleeping on past them."""
+    name = f"conveyor-test-{os.urandom(4).hex()}"
+    broker = open_redis(f"{store_url}&client_name={name}")
+    subscribed, returned = threading.Event(), threading.Event()
+
+    def wait() -> None:
+        broker.wait(["q"], timeout=0.01)  # this thread's subscription
+        subscribed.set()
+        broker.wait(["q"], timeout=30.0)
+        returned.set()
+
+    thread = threading.Thread(target=wait, daemon=True)
+    thread.start()
+    assert subscribed.wait(10)
+    started = time.monotonic()
+    assert kill_clients(admin, name) >= 1
+
+    assert returned.wait(10), "the wait slept on after its subscription was dropped"
+    assert time.monotonic() - started < 10
+
+
 def test_a_restart_with_aof_always_keeps_acknowledged_work_and_acks_wait_for_it(tmp_path):
     with server(tmp_path, "--appendonly", "yes", "--appendfsync", "always") as redis_server:
         broker = RedisBroker(f"redis://127.0.0.1:{redis_server.port}/0", retention=3600.0)
