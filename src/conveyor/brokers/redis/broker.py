@@ -95,7 +95,7 @@ class RedisBroker(Broker):
         # would subscribe again silently, losing the wake-ups published meanwhile without the
         # caller knowing to look (wait() drops a broken subscription and returns instead), and
         # a wait would outlive close() on its new connection. Made on first use.
-        self._options = options | {"retry": Retry(NoBackoff(), retries=0)}
+        self._subscription_options = options | {"retry": Retry(NoBackoff(), retries=0)}
         self._subscribing: Any = None
         self._lock = threading.Lock()
         self._local = threading.local()
@@ -301,7 +301,7 @@ class RedisBroker(Broker):
                 if self._closed:
                     raise ConfigurationError(f"broker for {self.display_url} is closed")
                 if self._subscribing is None:
-                    self._subscribing = self._connect(self._options)
+                    self._subscribing = self._connect(self._subscription_options)
                 sub = self._subscribing.pubsub()
                 self._subscribers.append(sub)
             self._local.sub = sub
