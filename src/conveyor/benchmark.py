@@ -2,8 +2,11 @@
 
 Every run uses a fresh queue name, so it needs no empty store and leaves earlier jobs alone
 (its own finished jobs expire with the retention). Worker processes are real
-(``python -m conveyor.worker.process conveyor.benchmark:app``) and all times that matter are the
-store's: start delay is ``started_at - enqueued_at``, lateness ``started_at - run_at``.
+(``python -m conveyor.worker.process conveyor.benchmark:app``). A latency run's tasks return the
+moment they began to run, by the clock of the host running the bench and its workers: start delay
+is that moment less the store's ``enqueued_at``, lateness that moment less the store's ``run_at``.
+The store's ``started_at`` would be earlier: it is when a worker reserved the task, which may then
+wait in the worker for a free slot. (A store on another host adds its clock's skew to both.)
 
 Figures on a shared machine are noisy: compare ratios between runs of the same machine.
 """
@@ -22,9 +25,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 from conveyor.app import Conveyor, Job
+from conveyor.records import JobInfo
 
 #: The benchmark's tasks; workers import this module with ``CONVEYOR_URL`` set by the runner.
 app = Conveyor()
@@ -33,6 +36,12 @@ app = Conveyor()
 @app.task(queue="bench")
 def noop(n: int) -> None:
     """Does nothing: Conveyor's own cost per task."""
+
+
+@app.task(queue="bench")
+def stamp(n: int) -> float:
+    """Returns when it began to run: the start time of the latency runs."""
+    return time.time()
 
 
 @app.task(queue="bench")
@@ -201,12 +210,12 @@ class Bench:
             before, t0 = app.broker.stats([queue])[0].total("succeeded"), time.perf_counter()
             high = []
             for i in range(samples):
-                high.append(noop.enqueue(i, queue=queue, priority="high"))
+                high.append(stamp.enqueue(i, queue=queue, priority="high"))
                 time.sleep(0.02)
             stats = app.broker.stats([queue])[0]
             rate = (stats.total("succeeded") - before) / (time.perf_counter() - t0)
             dry = stats.total("ready") == 0
-            delays = [1000 * (info.started_at - info.enqueued_at) for info in _finished(high)]
+            delays = [1000 * (started - info.enqueued_at) for info, started in _started(high)]
         result = percentiles(delays)
         result.backlog_drain = rate
         if dry:
@@ -218,10 +227,9 @@ class Bench:
         queue = f"bench-{uuid.uuid4().hex[:8]}"
         with self.workers(queue, workers):
             jobs = app.enqueue_many(
-                noop.message(i, queue=queue, delay=1.0 + 2.0 * i / samples) for i in range(samples)
+                stamp.message(i, queue=queue, delay=1.0 + 2.0 * i / samples) for i in range(samples)
             )
-            infos = _finished(jobs, timeout=60)
-        lateness = [1000 * (info.started_at - info.run_at) for info in infos]
+            lateness = [1000 * (started - info.run_at) for info, started in _started(jobs, timeout=60)]
         return percentiles(lateness, early=sum(1 for x in lateness if x < 0))
 
     def bytes_per_queued_task(self, tasks: int = 10_000) -> float | None:
@@ -239,14 +247,9 @@ class Bench:
         return grown
 
 
-def _finished(jobs: list[Job], timeout: float = 600) -> list[Any]:
-    infos = []
-    for job in jobs:
-        job.result(timeout=timeout)
-        info = job.info()
-        assert info.started_at is not None
-        infos.append(info)
-    return infos
+def _started(jobs: list[Job], timeout: float = 600) -> list[tuple[JobInfo, float]]:
+    """Each ``stamp`` job's record and the moment it began to run."""
+    return [(job.info(), float(job.result(timeout=timeout))) for job in jobs]
 
 
 def _cpu_seconds(pid: int) -> float:
