@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -121,7 +122,7 @@ def test_bench_measures_a_store_and_writes_json(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/bench.db"
     # Enough tasks that the drain's worker CPU (counted in 10 ms clock ticks) is never 0.
     cmd = [sys.executable, "-m", "conveyor", "bench", url, "--tasks", "3000", "--workers", "1"]
-    cmd += ["--backlog", "3000", "--samples", "10", "--json", str(out)]
+    cmd += ["--backlog", "20000", "--samples", "10", "--json", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(out.read_text())
@@ -133,3 +134,9 @@ def test_bench_measures_a_store_and_writes_json(tmp_path: Path) -> None:
     assert report["delay"]["early"] == 0
     assert report["bytes_per_queued_task"] > 0
     assert "end to end" in proc.stdout and "lateness" in proc.stdout
+    # Nothing is left queued on the measured store, and finished jobs are kept 10 minutes.
+    with sqlite3.connect(tmp_path / "bench.db") as db:
+        left = db.execute("SELECT count(*) FROM conveyor_jobs WHERE state NOT IN ('succeeded')").fetchone()[0]
+        retention = db.execute("SELECT min(expires_at - finished_at) FROM conveyor_jobs").fetchone()[0]
+    assert left == 0
+    assert retention == pytest.approx(600, abs=1)
