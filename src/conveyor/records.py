@@ -101,6 +101,8 @@ class JobInfo(msgspec.Struct, frozen=True):
     max_attempts: int
     run_at: float
     enqueued_at: float
+    #: When a worker's reservation for the latest attempt began (by the store's clock); the task
+    #: itself begins later, once the reply has reached the worker and a task slot takes it.
     started_at: float | None
     finished_at: float | None
     key: str | None
