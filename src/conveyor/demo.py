@@ -191,7 +191,7 @@ def _summary(console: Console, jobs: list[Job], orders: int, path: Path, wall: f
     table.add_row("throughput", f"{len(infos) / wall:,.0f} tasks/s")
     console.print(table)
 
-    delays = Table(title="start delay (started - due), first attempts")
+    delays = Table(title="start delay (reserved by a worker - due), first attempts")
     for col in ("priority", "tasks", "p50", "p99", "max"):
         delays.add_column(col, justify="right" if col != "priority" else "left")
     for level, name in enumerate(app.priorities.names):
@@ -212,7 +212,8 @@ def _summary(console: Console, jobs: list[Job], orders: int, path: Path, wall: f
     early = sum(1 for i in reminders if i.started_at is not None and i.started_at < i.run_at)
     lateness = [i.started_at - i.run_at for i in reminders if i.started_at is not None]
     console.print(
-        f"delayed tasks: {len(reminders)} ran, {early} early, lateness p50 {_pct(lateness, 0.5)},"
+        f"delayed tasks: {len(reminders)} ran, {early} early, lateness to their reservation"
+        f" p50 {_pct(lateness, 0.5)},"
         f" p99 {_pct(lateness, 0.99)}"
     )
     if dead:
