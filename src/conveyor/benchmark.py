@@ -206,7 +206,7 @@ class Bench:
         drain the rest of the backlog, unmeasured."""
         queue = f"bench-{uuid.uuid4().hex[:8]}"
         for start in range(0, backlog, 1000):
-            app.enqueue_many(
+            low = app.enqueue_many(
                 noop.message(i, queue=queue, priority="low") for i in range(start, min(backlog, start + 1000))
             )
         with self.workers(queue, workers):
@@ -220,7 +220,7 @@ class Bench:
             rate = (stats.total("succeeded") - before) / (time.perf_counter() - t0)
             dry = stats.total("ready") == 0
             delays = [1000 * (started - info.enqueued_at) for info, started in _started(high)]
-            self._until(queue, "succeeded", backlog + samples, every=0.5)  # leave nothing queued
+            self._drained(queue, low[-1].id, backlog + samples)  # leave nothing queued
         result = percentiles(delays)
         result.backlog_drain = rate
         if dry:
@@ -254,7 +254,8 @@ class Bench:
 
 def _started(jobs: list[Job], timeout: float = 600) -> list[tuple[JobInfo, float]]:
     """Each ``stamp`` job's record and the moment it began to run."""
-    return [(job.info(), float(job.result(timeout=timeout))) for job in jobs]
+    started = [float(job.result(timeout=timeout)) for job in jobs]
+    return [(job.info(), at) for job, at in zip(jobs, started, strict=True)]
 
 
 def _cpu_seconds(pid: int) -> float:

@@ -136,7 +136,7 @@ def test_bench_measures_a_store_and_writes_json(tmp_path: Path) -> None:
     assert "end to end" in proc.stdout and "lateness" in proc.stdout
     # Nothing is left queued on the measured store, and finished jobs are kept 10 minutes.
     with sqlite3.connect(tmp_path / "bench.db") as db:
-        left = db.execute("SELECT count(*) FROM conveyor_jobs WHERE state NOT IN ('succeeded')").fetchone()[0]
+        left = db.execute("SELECT count(*) FROM conveyor_jobs WHERE state != 'succeeded'").fetchone()[0]
         retention = db.execute("SELECT min(expires_at - finished_at) FROM conveyor_jobs").fetchone()[0]
     assert left == 0
     assert retention == pytest.approx(600, abs=1)
