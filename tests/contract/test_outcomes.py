@@ -102,6 +102,32 @@ def test_one_status_per_outcome_in_order(broker, t0):
     assert info(broker, b.id, now=t0 + 1).state == "running"
 
 
+def test_a_batch_of_successes_settles_each_job_with_its_own_result(broker, t0):
+    enqueue(broker, t0, *[make_message() for _ in range(6)])
+    jobs = reserve(broker, now=t0, limit=6)
+    done_before = jobs[5]
+    assert statuses(broker, [succeeded(done_before, result=b"early")], now=t0 + 1) == ["ok"]
+    batch = [
+        succeeded(d, result=str(n).encode())
+        if n % 2 == 0
+        else succeeded(msgspec.structs.replace(d, token=d.token + 1), result=b"stale")
+        for n, d in enumerate(jobs[:5])
+    ]
+
+    got = statuses(broker, [*batch, succeeded(done_before, result=b"late")], now=t0 + 2)
+
+    assert got == ["ok", "lost", "ok", "lost", "ok", "lost"]
+    after = [info(broker, d.id, now=t0 + 3) for d in jobs]
+    assert [(j.state, j.result) for j in after] == [
+        ("succeeded", b"0"),
+        ("running", None),
+        ("succeeded", b"2"),
+        ("running", None),
+        ("succeeded", b"4"),
+        ("succeeded", b"early"),
+    ]
+
+
 @pytest.mark.parametrize("kind", ["succeeded", "retry", "dead"])
 def test_a_stale_token_is_refused_and_changes_nothing(broker, t0, kind):
     m = make_message(max_attempts=3)
