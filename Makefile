@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test system-deps chaos lint typecheck check bench clean
+.PHONY: demo test system-deps services chaos lint typecheck check bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/conveyor demo
 
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps services
 	$(BIN)/pytest
 
 # System tools some tests drive, from Debian's packages: chromium for the dashboard's browser test
@@ -29,6 +29,24 @@ system-deps:
 		apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
+# The servers the backend suites use, on 127.0.0.1: PostgreSQL (5432, database `test`) and Redis
+# (6379). Each is started if it does not answer, the way this machine's services are started
+# (Redis keeps nothing on disk), then both must answer within 10 s.
+services:
+	@if ! pg_isready -q -h 127.0.0.1 -p 5432; then \
+		echo "starting PostgreSQL"; \
+		pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start; \
+	fi
+	@if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then \
+		echo "starting Redis"; mkdir -p /var/lib/redis /var/log/redis; \
+		redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+			--dir /var/lib/redis --logfile /var/log/redis/ci.log; \
+	fi
+	@for i in $$(seq 100); do \
+		pg_isready -q -h 127.0.0.1 -p 5432 && redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && exit 0; \
+		sleep 0.1; \
+	done; echo "PostgreSQL (127.0.0.1:5432) or Redis (127.0.0.1:6379) is not answering" >&2; exit 1
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
@@ -37,7 +55,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 # The crash storm at soak size (100,000 tasks per backend, a kill every ~2 s, a store restart).
-chaos: $(STAMP) system-deps
+chaos: $(STAMP) system-deps services
 	CONVEYOR_CHAOS=soak $(BIN)/pytest -s -p no:cacheprovider tests/e2e/test_chaos.py --timeout 7200
 
 check: lint typecheck test
