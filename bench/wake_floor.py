@@ -24,7 +24,7 @@ from multiprocessing.queues import Queue
 
 import redis
 
-from conveyor.benchmark import Bench, Latency, app, noop, percentiles
+from conveyor.benchmark import Bench, Latency, percentiles
 
 PERIOD = 0.02
 
@@ -87,25 +87,14 @@ def main() -> None:
     parser.add_argument("--fifo", action="store_true", help="run the probe under SCHED_FIFO (root)")
     args = parser.parse_args()
     bench = Bench(args.url, args.concurrency)
-    while app.broker.expire() >= 1000:  # earlier runs' finished jobs past their retention
-        pass
 
     hop, round_trip = wakes(args.url, args.samples, args.fifo)
     print(line("idle: one hop", hop))
     print(line("idle: one hop + one round trip", round_trip))
 
-    queue = f"bench-{uuid.uuid4().hex[:8]}"
-    for start in range(0, args.backlog, 1000):
-        low = app.enqueue_many(
-            noop.message(i, queue=queue, priority="low")
-            for i in range(start, min(args.backlog, start + 1000))
-        )
-    with bench.workers(queue, 2):
-        bench._until(queue, "succeeded", 1)
-        before, t0 = app.broker.stats([queue])[0].total("succeeded"), time.perf_counter()
+    with bench.behind_backlog(args.backlog) as low:
         hop, round_trip = wakes(args.url, args.samples, args.fifo)
-        rate = (app.broker.stats([queue])[0].total("succeeded") - before) / (time.perf_counter() - t0)
-        bench._drained(queue, low[-1].id, args.backlog)
+        rate = low.rate()
     print(f"with 2 workers draining a low backlog at {rate:,.0f}/s (concurrency {args.concurrency}):")
     print(line("  one hop", hop))
     print(line("  one hop + one round trip", round_trip))

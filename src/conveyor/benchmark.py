@@ -95,7 +95,8 @@ def percentiles(values_ms: Sequence[float], early: int = 0) -> Latency:
 
 
 class Bench:
-    """One store, many runs; each run on its own queue."""
+    """One store, many runs; each run on its own queue. Earlier runs' jobs past their retention
+    are purged first."""
 
     def __init__(self, url: str, concurrency: int = 32) -> None:
         self.url = url
@@ -103,6 +104,8 @@ class Bench:
         os.environ["CONVEYOR_URL"] = url
         app.close()
         app.url = url
+        while app.broker.expire() >= 1000:
+            pass
 
     @contextmanager
     def workers(self, queue: str, count: int, concurrency: int | None = None) -> Iterator[list[int]]:
@@ -123,15 +126,21 @@ class Bench:
                     p.kill()
                     p.wait()
 
-    def _until(self, queue: str, state: str, count: int, timeout: float = 600, every: float = 0.05) -> None:
+    def _until(
+        self, queue: str, state: str, count: int, timeout: float = 600, level: int | None = None
+    ) -> None:
+        """Wait until ``count`` jobs of ``queue`` (of one priority ``level``, if given) are in ``state``."""
         deadline = time.monotonic() + timeout
-        while app.broker.stats([queue])[0].total(state) < count:
+        while _count(queue, state, level) < count:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{queue}: fewer than {count} {state} after {timeout} s")
-            time.sleep(every)
+            time.sleep(0.05)
 
-    def _drained(self, queue: str, last: str, count: int, timeout: float = 600) -> float:
-        """When all ``count`` jobs of ``queue`` have succeeded, ``last`` being the last enqueued.
+    def _drained(
+        self, queue: str, last: str, count: int, timeout: float = 600, level: int | None = None
+    ) -> float:
+        """When all ``count`` jobs of ``queue`` (of one priority ``level``, if given) have
+        succeeded, ``last`` being the last enqueued.
 
         Counting a queue's jobs costs SQL stores a scan (100 ms at 150,000 rows), which polled
         often would take a core from the run it measures; so this polls the last job (a key
@@ -142,10 +151,25 @@ class Bench:
                 raise TimeoutError(f"{queue}: job {last} not done after {timeout} s")
             time.sleep(0.001)
         done = time.perf_counter()
-        if app.broker.stats([queue])[0].total("succeeded") < count:  # a straggler: wait for it
-            self._until(queue, "succeeded", count, timeout)
+        if _count(queue, "succeeded", level) < count:  # a straggler: wait for it
+            self._until(queue, "succeeded", count, timeout, level)
             done = time.perf_counter()
         return done
+
+    @contextmanager
+    def behind_backlog(self, backlog: int, workers: int = 2) -> Iterator[Backlog]:
+        """Run the body while ``workers`` drain ``backlog`` low no-ops at full speed on a fresh
+        queue (``Backlog.queue``), from their first success; the workers then drain the rest of the
+        backlog, unmeasured, so nothing is left queued."""
+        queue = f"bench-{uuid.uuid4().hex[:8]}"
+        for start in range(0, backlog, 1000):
+            low = app.enqueue_many(
+                noop.message(i, queue=queue, priority="low") for i in range(start, min(backlog, start + 1000))
+            )
+        with self.workers(queue, workers):
+            self._until(queue, "succeeded", 1)
+            yield Backlog(queue, backlog, _count(queue, "succeeded", None), time.perf_counter())
+            self._drained(queue, low[-1].id, backlog, level=LOW)
 
     def _serving(self, queue: str, count: int, timeout: float = 60) -> float:
         """Wait until ``count`` workers serving ``queue`` have registered; return that moment."""
@@ -204,27 +228,15 @@ class Bench:
         """Start delay of high-priority no-ops arriving every 20 ms while a low backlog of no-ops
         drains at full speed; also records how fast the backlog drained meanwhile. The workers then
         drain the rest of the backlog, unmeasured."""
-        queue = f"bench-{uuid.uuid4().hex[:8]}"
-        for start in range(0, backlog, 1000):
-            low = app.enqueue_many(
-                noop.message(i, queue=queue, priority="low") for i in range(start, min(backlog, start + 1000))
-            )
-        with self.workers(queue, workers):
-            self._until(queue, "succeeded", 1)
-            before, t0 = app.broker.stats([queue])[0].total("succeeded"), time.perf_counter()
+        with self.behind_backlog(backlog, workers) as low:
             high = []
             for i in range(samples):
-                high.append(stamp.enqueue(i, queue=queue, priority="high"))
+                high.append(stamp.enqueue(i, queue=low.queue, priority="high"))
                 time.sleep(0.02)
-            stats = app.broker.stats([queue])[0]
-            rate = (stats.total("succeeded") - before) / (time.perf_counter() - t0)
-            dry = stats.total("ready") == 0
+            rate = low.rate()
             delays = [1000 * (started - info.enqueued_at) for info, started in _started(high)]
-            self._drained(queue, low[-1].id, backlog + samples)  # leave nothing queued
         result = percentiles(delays)
         result.backlog_drain = rate
-        if dry:
-            print(f"warning: the backlog ran dry during the priority run; raise --backlog above {backlog}")
         return result
 
     def delay(self, samples: int, workers: int = 2) -> Latency:
@@ -250,6 +262,34 @@ class Bench:
         with self.workers(queue, 2):
             self._until(queue, "succeeded", tasks)
         return grown
+
+
+#: The backlog's priority level.
+LOW = app.priorities.resolve("low")
+
+
+@dataclass
+class Backlog:
+    """A low backlog draining behind a measurement (see ``Bench.behind_backlog``)."""
+
+    queue: str
+    size: int
+    succeeded_before: int
+    began: float
+
+    def rate(self) -> float:
+        """Jobs of the queue finished per second since the measurement began; warns if the
+        backlog ran dry, which would leave the measurement with nothing to wait behind."""
+        stats = app.broker.stats([self.queue])[0]
+        if stats.total("ready") == 0:
+            print(f"warning: the backlog ran dry during the measurement; raise --backlog above {self.size}")
+        return (stats.total("succeeded") - self.succeeded_before) / (time.perf_counter() - self.began)
+
+
+def _count(queue: str, state: str, level: int | None) -> int:
+    """Jobs of ``queue`` in ``state``: of one priority level, or of all."""
+    stats = app.broker.stats([queue])[0]
+    return stats.total(state) if level is None else stats.counts.get(state, {}).get(level, 0)
 
 
 def _started(jobs: list[Job], timeout: float = 600) -> list[tuple[JobInfo, float]]:
@@ -326,8 +366,6 @@ def run(
 ) -> Report:
     """Every measurement on one store; ``report`` gets a line as each finishes."""
     bench = Bench(url, concurrency)
-    while app.broker.expire() >= 1000:  # earlier runs' jobs past their retention
-        pass
     result = Report(url=url, task=task_name, tasks=tasks)
     for w in workers:
         t = bench.throughput(tasks, w, task_name)
