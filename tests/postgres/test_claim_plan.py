@@ -74,14 +74,14 @@ def big_store() -> Iterator[str]:
 
 
 @pytest.mark.parametrize("generic", [False, True], ids=["custom", "generic"])
-def test_the_claim_and_its_counts_use_the_claim_index(admin, big_store, generic):
+def test_the_claim_and_its_candidates_use_the_claim_index(admin, big_store, generic):
     statements = queries.load(parse(big_store).ident)
     claim = {"queues": ["q"], "priorities": [1], "counts": [10], "lease": 30.0, "worker": "w", "now": None}
     counts = {"queues": ["q"] * 3, "priorities": [0, 1, 2], "limit": 10, "now": None}
 
     plans = [
         explain(admin, statements["claim"], claim, generic),
-        explain(admin, statements["count_ready"], counts, generic),
+        explain(admin, statements["candidates"], counts, generic),
         explain(admin, statements["next_due"], {"queues": ["q"]}, generic),
     ]
 

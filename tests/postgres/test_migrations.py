@@ -27,6 +27,10 @@ def shape(admin: Any, schema: str) -> dict[str, list[tuple[Any, ...]]]:
             " identity_generation FROM information_schema.columns WHERE table_schema = %s"
         ),
         "indexes": rows("SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = %s"),
+        "functions": rows(
+            "SELECT p.proname, pg_get_functiondef(p.oid) FROM pg_proc p"
+            " JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = %s"
+        ),
         "constraints": rows(
             "SELECT c.conrelid::regclass::text, c.conname, pg_get_constraintdef(c.oid) FROM pg_constraint c"
             " JOIN pg_namespace n ON n.oid = c.connamespace WHERE n.nspname = %s"
@@ -57,6 +61,7 @@ def test_every_migration_in_order_gives_the_fresh_schema(admin, new_store):
 
     assert shape(admin, stepped.schema) == shape(admin, fresh.schema)
     assert shape(admin, fresh.schema)["indexes"]  # the comparison compared something
+    assert shape(admin, fresh.schema)["functions"]
     assert versions(admin, stepped.schema) == versions(admin, fresh.schema)
 
 

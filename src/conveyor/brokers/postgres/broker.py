@@ -251,7 +251,7 @@ class PostgresBroker(Broker):
         with self._connect() as conn:
             if levels * len(queues) == 1:  # one queue, one level: the split is the limit itself
                 return self._claim(conn, [(queues[0], 0, limit)], lease, worker, now)
-            # Counts, split and claim in one statement (the schema's reserve function), which
+            # Candidates, split and claim in one statement (the schema's reserve function), which
             # hands back the worker's new fairness state in its last row.
             rows = conn.execute(
                 self._sql["reserve"],

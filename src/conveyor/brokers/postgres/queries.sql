@@ -66,28 +66,34 @@ SELECT j.queue, j.key, j.id, j.task, j.payload
 -- Wake the workers waiting on these queues; delivered when the transaction commits.
 SELECT pg_notify(%(channel)s, queue) FROM unnest(%(queues)s::text[]) AS queue;
 
--- name: count_ready
--- Ready jobs per (queue, priority), each count capped at the reservation's limit: one short
--- index range scan each, however long the backlog. (The reserve function runs this query.)
-SELECT want.queue, want.priority,
-       (SELECT count(*)
-          FROM (SELECT 1 FROM {schema}.jobs
-                 WHERE state = 'pending' AND queue = want.queue AND priority = want.priority
-                   AND run_at <= {now}
-                 LIMIT %(limit)s) AS capped)
-  FROM unnest(%(queues)s::text[], %(priorities)s::int[]) AS want (queue, priority);
+-- name: candidates
+-- Lock up to the reservation's limit of due jobs per (queue, priority), oldest first: one short
+-- index range scan each, however long the backlog. SKIP LOCKED passes jobs other claimers hold,
+-- so the number locked is also the number this claimer can have. (The reserve function runs this
+-- query, then claims its share of them.)
+SELECT w.queue, w.priority, c.id
+  FROM unnest(%(queues)s::text[], %(priorities)s::int[]) AS w (queue, priority)
+ CROSS JOIN LATERAL (
+       SELECT id, run_at, seq FROM {schema}.jobs
+        WHERE state = 'pending' AND queue = w.queue AND priority = w.priority
+          AND run_at <= {now}
+        ORDER BY run_at, seq
+        LIMIT %(limit)s
+          FOR UPDATE SKIP LOCKED) AS c;
 
 -- name: reserve
--- The whole reservation in one round trip: the schema's reserve function (migration 0002) runs
--- count_ready, the fair split and claim below; its last row is the worker's new fairness state.
+-- The whole reservation in one round trip: the schema's reserve function (migration 0003) runs
+-- candidates, the fair split and the claim of its share; its last row is the worker's new
+-- fairness state.
 SELECT * FROM {schema}.reserve(%(queues)s::text[], %(weights)s::int[], %(fair)s::int[],
                                %(limit)s::int, %(lease)s::float8, %(worker)s::text, %(now)s::float8);
 
 -- name: claim
--- Lease the n oldest due jobs of each (queue, priority) in one statement (the reserve function
--- runs this query with the split it computed; one queue with one level runs it directly). SKIP LOCKED lets
--- concurrent claimers pass each other; a row changed since the snapshot is re-checked
--- against the WHERE clause when locked, so a job is never claimed twice.
+-- Lease the n oldest due jobs of each (queue, priority) in one statement (a reservation of one
+-- queue with one level runs it directly; the reserve function locks candidates first, then
+-- claims its share of them). SKIP LOCKED lets concurrent claimers pass each other; a row changed
+-- since the snapshot is re-checked against the WHERE clause when locked, so a job is never
+-- claimed twice.
 WITH wanted AS (
     SELECT * FROM unnest(%(queues)s::text[], %(priorities)s::int[], %(counts)s::int[])
                   AS w (queue, priority, n)

@@ -50,11 +50,13 @@ CREATE TABLE {schema}.workers (
     info    jsonb            NOT NULL,
     expires double precision NOT NULL
 );
--- Reserve in one round trip: count the ready jobs of each (queue, level), split the reservation
--- across the levels by smooth weighted round robin (conveyor.priority.Fairness.split, from the
--- worker's state in "fair", which the last row hands back), deal each level's share to its
--- queues round robin, and claim. The counts and the claim are the broker's count_ready and
--- claim statements; the split is the same arithmetic as Fairness.split, step for step.
+-- Reserve in one round trip: lock up to the limit of due jobs of each (queue, level), oldest
+-- first, which counts the ready ones as it holds them; split the reservation across the levels by
+-- smooth weighted round robin (conveyor.priority.Fairness.split, from the worker's state in
+-- "fair", which the last row hands back); deal each level's share to its queues round robin; and
+-- claim the oldest candidates of each share. Candidates not taken are unlocked at commit,
+-- untouched. The candidates are the broker's "candidates" statement; the split is the same
+-- arithmetic as Fairness.split, step for step.
 -- Rows: the claimed jobs (fair NULL), then one row with only fair: the worker's new state.
 CREATE FUNCTION {schema}.reserve(
     queues text[], weights integer[], fair integer[], lim integer, lease double precision,
@@ -68,27 +70,38 @@ DECLARE
     levels  integer := coalesce(array_length(weights, 1), 0);
     nq      integer := coalesce(array_length(queues, 1), 0);
     clock   double precision := coalesce(at, extract(epoch from now()));
-    ready   integer[];  -- per (level, queue): (level * nq) + queue + 1
+    cand_k  integer[];  -- the locked candidates' (level, queue): (level * nq) + queue + 1
+    cand_id text[];
+    ready   integer[] := array_fill(0, ARRAY[levels * nq]);
+    want    integer[] := array_fill(0, ARRAY[levels * nq]);
     lft     integer[] := array_fill(0, ARRAY[levels]);
     take    integer[] := array_fill(0, ARRAY[levels]);
     cur     integer[] := fair;
     got     integer[];
-    want_q  text[] := '{}';
-    want_p  integer[] := '{}';
-    want_n  integer[] := '{}';
+    chosen  text[] := '{}';
     total   integer;
     best    integer;
     n       integer;
+    k       integer;
     dealt   boolean;
 BEGIN
-    SELECT array_agg(c.n ORDER BY w.ord) INTO ready
+    -- Lock up to lim due jobs of each (queue, level), oldest first: one walk of each range,
+    -- which both counts the ready jobs and holds them. Those not taken below are unlocked at
+    -- commit, untouched.
+    SELECT array_agg(w.ord + 1 ORDER BY w.ord, c.run_at, c.seq),
+           array_agg(c.id ORDER BY w.ord, c.run_at, c.seq)
+      INTO cand_k, cand_id
       FROM generate_series(0, levels * nq - 1) AS w (ord)
      CROSS JOIN LATERAL (
-           SELECT count(*)::integer AS n
-             FROM (SELECT 1 FROM {schema}.jobs AS j
-                    WHERE j.state = 'pending' AND j.queue = queues[w.ord % nq + 1]
-                      AND j.priority = w.ord / nq AND j.run_at <= clock
-                    LIMIT lim) AS capped) AS c;
+           SELECT j.id, j.run_at, j.seq FROM {schema}.jobs AS j
+            WHERE j.state = 'pending' AND j.queue = queues[w.ord % nq + 1]
+              AND j.priority = w.ord / nq AND j.run_at <= clock
+            ORDER BY j.run_at, j.seq
+            LIMIT lim
+              FOR UPDATE SKIP LOCKED) AS c;
+    FOR i IN 1 .. coalesce(array_length(cand_k, 1), 0) LOOP
+        ready[cand_k[i]] := ready[cand_k[i]] + 1;
+    END LOOP;
     FOR l IN 1 .. levels LOOP
         FOR q IN 1 .. nq LOOP
             lft[l] := lft[l] + ready[(l - 1) * nq + q];
@@ -128,30 +141,23 @@ BEGIN
             EXIT WHEN NOT dealt;
         END LOOP;
         FOR q IN 1 .. nq LOOP
-            IF got[q] > 0 THEN
-                want_q := want_q || queues[q];
-                want_p := want_p || (l - 1);
-                want_n := want_n || got[q];
-            END IF;
+            want[(l - 1) * nq + q] := got[q];
         END LOOP;
     END LOOP;
-    IF cardinality(want_q) > 0 THEN
+    -- Each (queue, level) takes its oldest candidates, as many as dealt to it.
+    FOR i IN 1 .. coalesce(array_length(cand_k, 1), 0) LOOP
+        k := cand_k[i];
+        IF want[k] > 0 THEN
+            chosen := chosen || cand_id[i];
+            want[k] := want[k] - 1;
+        END IF;
+    END LOOP;
+    IF cardinality(chosen) > 0 THEN
         RETURN QUERY
-        WITH picked AS (
-            SELECT job.id
-              FROM unnest(want_q, want_p, want_n) AS w (queue, priority, n)
-             CROSS JOIN LATERAL (
-                   SELECT j.id FROM {schema}.jobs AS j
-                    WHERE j.state = 'pending' AND j.queue = w.queue AND j.priority = w.priority
-                      AND j.run_at <= clock
-                    ORDER BY j.run_at, j.seq
-                    LIMIT w.n
-                      FOR UPDATE SKIP LOCKED) AS job
-        )
         UPDATE {schema}.jobs AS j
            SET state = 'running', attempt = j.attempt + 1, token = j.token + 1,
                lease_until = clock + lease, worker = worker_id, started_at = clock
-          FROM picked
+          FROM unnest(chosen) AS picked (id)
          WHERE j.id = picked.id
         RETURNING j.id, j.task, j.queue, j.priority, j.payload, j.attempt, j.max_attempts, j.token,
                   j.run_at, j.enqueued_at, j.key, NULL::integer[];
