@@ -82,6 +82,7 @@ def test_the_claim_and_its_candidates_use_the_claim_index(admin, big_store, gene
     plans = [
         explain(admin, statements["claim"], claim, generic),
         explain(admin, statements["candidates"], counts, generic),
+        explain(admin, statements["count_ready"], counts, generic),
         explain(admin, statements["next_due"], {"queues": ["q"]}, generic),
     ]
 

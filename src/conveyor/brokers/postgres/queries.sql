@@ -66,11 +66,23 @@ SELECT j.queue, j.key, j.id, j.task, j.payload
 -- Wake the workers waiting on these queues; delivered when the transaction commits.
 SELECT pg_notify(%(channel)s, queue) FROM unnest(%(queues)s::text[]) AS queue;
 
+-- name: count_ready
+-- Due jobs per (queue, priority), each count capped at the reservation's limit: one short index
+-- range scan each, however long the backlog. (The reserve function runs this query for a
+-- reservation from several queues.)
+SELECT want.queue, want.priority,
+       (SELECT count(*)
+          FROM (SELECT 1 FROM {schema}.jobs
+                 WHERE state = 'pending' AND queue = want.queue AND priority = want.priority
+                   AND run_at <= {now}
+                 LIMIT %(limit)s) AS capped)
+  FROM unnest(%(queues)s::text[], %(priorities)s::int[]) AS want (queue, priority);
+
 -- name: candidates
 -- Lock up to the reservation's limit of due jobs per (queue, priority), oldest first: one short
 -- index range scan each, however long the backlog. SKIP LOCKED passes jobs other claimers hold,
 -- so the number locked is also the number this claimer can have. (The reserve function runs this
--- query, then claims its share of them.)
+-- query for a reservation from one queue, then claims its share of them.)
 SELECT w.queue, w.priority, c.id
   FROM unnest(%(queues)s::text[], %(priorities)s::int[]) AS w (queue, priority)
  CROSS JOIN LATERAL (
@@ -83,8 +95,8 @@ SELECT w.queue, w.priority, c.id
 
 -- name: reserve
 -- The whole reservation in one round trip: the schema's reserve function (migration 0003) runs
--- candidates, the fair split and the claim of its share; its last row is the worker's new
--- fairness state.
+-- candidates (one queue) or count_ready (several), the fair split and the claim of its share;
+-- its last row is the worker's new fairness state.
 SELECT * FROM {schema}.reserve(%(queues)s::text[], %(weights)s::int[], %(fair)s::int[],
                                %(limit)s::int, %(lease)s::float8, %(worker)s::text, %(now)s::float8);
 

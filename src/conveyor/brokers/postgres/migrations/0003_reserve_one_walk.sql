@@ -1,14 +1,16 @@
--- Version 3: the reserve function walks each (queue, level) of the claim index once, not twice.
--- Version 2 counted the ready jobs, then claimed, and both walks read past the dead index entries
--- of every job claimed since the table's last vacuum; now one walk locks the candidates and
--- their number is the count. (Same signature and rows as version 2.)
--- Reserve in one round trip: lock up to the limit of due jobs of each (queue, level), oldest
--- first, which counts the ready ones as it holds them; split the reservation across the levels by
--- smooth weighted round robin (conveyor.priority.Fairness.split, from the worker's state in
--- "fair", which the last row hands back); deal each level's share to its queues round robin; and
--- claim the oldest candidates of each share. Candidates not taken are unlocked at commit,
--- untouched. The candidates are the broker's "candidates" statement; the split is the same
--- arithmetic as Fairness.split, step for step.
+-- Version 3: for one queue, the reserve function walks each level of the claim index once, not
+-- twice. Version 2 counted the due jobs, then claimed, and both walks read past the dead index
+-- entries of every job claimed since the table's last vacuum; now one walk locks the candidates
+-- and their number is the count. (Same signature and rows as version 2.)
+-- Reserve in one round trip: count the due jobs of each (queue, level), split the reservation
+-- across the levels by smooth weighted round robin (conveyor.priority.Fairness.split, from the
+-- worker's state in "fair", which the last row hands back), deal each level's share to its
+-- queues round robin, and claim the oldest due jobs of each share. For one queue, the count is a
+-- walk that locks up to the limit per level (the broker's "candidates" statement), and the claim
+-- takes its share of those: every job claimed since the last vacuum leaves a dead index entry
+-- at the head of the range, and one walk reads past them once, not twice. For several queues,
+-- it counts without locks (the broker's count_ready statement) and locks only the share, so
+-- as to hold no more than the limit. The split is the same arithmetic as Fairness.split.
 -- Rows: the claimed jobs (fair NULL), then one row with only fair: the worker's new state.
 CREATE OR REPLACE FUNCTION {schema}.reserve(
     queues text[], weights integer[], fair integer[], lim integer, lease double precision,
@@ -22,7 +24,7 @@ DECLARE
     levels  integer := coalesce(array_length(weights, 1), 0);
     nq      integer := coalesce(array_length(queues, 1), 0);
     clock   double precision := coalesce(at, extract(epoch from now()));
-    cand_k  integer[];  -- the locked candidates' (level, queue): (level * nq) + queue + 1
+    cand_k  integer[];  -- one queue: the locked candidates' level + 1
     cand_id text[];
     ready   integer[] := array_fill(0, ARRAY[levels * nq]);
     want    integer[] := array_fill(0, ARRAY[levels * nq]);
@@ -37,23 +39,36 @@ DECLARE
     k       integer;
     dealt   boolean;
 BEGIN
-    -- Lock up to lim due jobs of each (queue, level), oldest first: one walk of each range,
-    -- which both counts the ready jobs and holds them. Those not taken below are unlocked at
-    -- commit, untouched.
-    SELECT array_agg(w.ord + 1 ORDER BY w.ord, c.run_at, c.seq),
-           array_agg(c.id ORDER BY w.ord, c.run_at, c.seq)
-      INTO cand_k, cand_id
-      FROM generate_series(0, levels * nq - 1) AS w (ord)
-     CROSS JOIN LATERAL (
-           SELECT j.id, j.run_at, j.seq FROM {schema}.jobs AS j
-            WHERE j.state = 'pending' AND j.queue = queues[w.ord % nq + 1]
-              AND j.priority = w.ord / nq AND j.run_at <= clock
-            ORDER BY j.run_at, j.seq
-            LIMIT lim
-              FOR UPDATE SKIP LOCKED) AS c;
-    FOR i IN 1 .. coalesce(array_length(cand_k, 1), 0) LOOP
-        ready[cand_k[i]] := ready[cand_k[i]] + 1;
-    END LOOP;
+    IF nq = 1 THEN
+        -- One queue: lock up to lim due jobs of each level, oldest first. One walk of each
+        -- range both counts the jobs this claimer can have and holds them; those not taken
+        -- below are unlocked at commit, untouched.
+        SELECT array_agg(w.ord + 1 ORDER BY w.ord, c.run_at, c.seq),
+               array_agg(c.id ORDER BY w.ord, c.run_at, c.seq)
+          INTO cand_k, cand_id
+          FROM generate_series(0, levels - 1) AS w (ord)
+         CROSS JOIN LATERAL (
+               SELECT j.id, j.run_at, j.seq FROM {schema}.jobs AS j
+                WHERE j.state = 'pending' AND j.queue = queues[1] AND j.priority = w.ord
+                  AND j.run_at <= clock
+                ORDER BY j.run_at, j.seq
+                LIMIT lim
+                  FOR UPDATE SKIP LOCKED) AS c;
+        FOR i IN 1 .. coalesce(array_length(cand_k, 1), 0) LOOP
+            ready[cand_k[i]] := ready[cand_k[i]] + 1;
+        END LOOP;
+    ELSE
+        -- Several queues: count (capped at lim, no locks), then lock only the share below.
+        -- Locking up to lim in every queue and level would hold many times the limit.
+        SELECT array_agg(c.n ORDER BY w.ord) INTO ready
+          FROM generate_series(0, levels * nq - 1) AS w (ord)
+         CROSS JOIN LATERAL (
+               SELECT count(*)::integer AS n
+                 FROM (SELECT 1 FROM {schema}.jobs AS j
+                        WHERE j.state = 'pending' AND j.queue = queues[w.ord % nq + 1]
+                          AND j.priority = w.ord / nq AND j.run_at <= clock
+                        LIMIT lim) AS capped) AS c;
+    END IF;
     FOR l IN 1 .. levels LOOP
         FOR q IN 1 .. nq LOOP
             lft[l] := lft[l] + ready[(l - 1) * nq + q];
@@ -96,14 +111,26 @@ BEGIN
             want[(l - 1) * nq + q] := got[q];
         END LOOP;
     END LOOP;
-    -- Each (queue, level) takes its oldest candidates, as many as dealt to it.
-    FOR i IN 1 .. coalesce(array_length(cand_k, 1), 0) LOOP
-        k := cand_k[i];
-        IF want[k] > 0 THEN
-            chosen := chosen || cand_id[i];
-            want[k] := want[k] - 1;
-        END IF;
-    END LOOP;
+    -- Each (queue, level) takes its oldest due jobs, as many as dealt to it.
+    IF nq = 1 THEN
+        FOR i IN 1 .. coalesce(array_length(cand_k, 1), 0) LOOP
+            k := cand_k[i];
+            IF want[k] > 0 THEN
+                chosen := chosen || cand_id[i];
+                want[k] := want[k] - 1;
+            END IF;
+        END LOOP;
+    ELSE
+        SELECT coalesce(array_agg(c.id), '{}') INTO chosen
+          FROM generate_series(0, levels * nq - 1) AS w (ord)
+         CROSS JOIN LATERAL (
+               SELECT j.id FROM {schema}.jobs AS j
+                WHERE j.state = 'pending' AND j.queue = queues[w.ord % nq + 1]
+                  AND j.priority = w.ord / nq AND j.run_at <= clock
+                ORDER BY j.run_at, j.seq
+                LIMIT want[w.ord + 1]
+                  FOR UPDATE SKIP LOCKED) AS c;
+    END IF;
     IF cardinality(chosen) > 0 THEN
         RETURN QUERY
         UPDATE {schema}.jobs AS j
