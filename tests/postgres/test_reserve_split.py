@@ -1,9 +1,8 @@
-"""The reserve function splits a reservation over the jobs this claimer can have: jobs another
-claimer holds locked (mid-reservation) neither count nor take a share."""
+"""A reservation from one queue splits over the jobs this claimer can have: jobs another claimer
+holds locked (mid-reservation) neither count nor take a share. (From several queues the reserve
+function counts without locks, so they still count there.)"""
 
 from __future__ import annotations
-
-from typing import Any
 
 import psycopg
 
@@ -20,7 +19,7 @@ def messages(priority: int, n: int) -> list[Message]:
     ]
 
 
-def test_jobs_locked_by_another_claimer_take_no_share_of_the_reservation(admin: Any, store_url: str) -> None:
+def test_jobs_locked_by_another_claimer_take_no_share_of_the_reservation(store_url: str) -> None:
     broker = PostgresBroker(store_url)
     try:
         broker.enqueue(messages(0, 20))
