@@ -405,9 +405,19 @@ def demo(total: int, processes: int, db: str) -> None:
     "--task", "task_name", default="noop", type=click.Choice(["noop", "anoop"]), help="Sync or async no-op."
 )
 @click.option(
-    "--backlog", default=250_000, show_default=True, help="Low no-ops queued behind the urgent ones."
+    "--backlog",
+    default=250_000,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Low no-ops queued behind the urgent ones.",
 )
-@click.option("--samples", default=200, show_default=True, help="Urgent and delayed tasks measured.")
+@click.option(
+    "--samples",
+    default=200,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Urgent and delayed tasks measured.",
+)
 @click.option(
     "--json", "json_path", default=None, type=click.Path(dir_okay=False), help="Write results here."
 )
@@ -430,7 +440,9 @@ def bench(
     try:
         counts = [int(w) for w in workers.split(",")]
     except ValueError:
-        raise click.BadParameter("--workers takes comma-separated process counts, e.g. 1,2,4") from None
+        counts = []
+    if not counts or min(counts) < 1:
+        raise click.BadParameter("--workers takes comma-separated process counts of 1 or more, e.g. 1,2,4")
     console.print(f"[bold]conveyor bench[/] on {redact_url(url)}")
     report = run(url, tasks, counts, task_name, backlog, samples, concurrency, console.print)
     if json_path:

@@ -140,3 +140,21 @@ def test_bench_measures_a_store_and_writes_json(tmp_path: Path) -> None:
         retention = db.execute("SELECT min(expires_at - finished_at) FROM conveyor_jobs").fetchone()[0]
     assert left == 0
     assert retention == pytest.approx(600, abs=1)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--backlog", "0"), ("--samples", "0"), ("--workers", "0"), ("--workers", "2,x")],
+)
+def test_bench_refuses_sizes_that_would_measure_nothing(tmp_path: Path, option: str, value: str) -> None:
+    from click.testing import CliRunner
+
+    from conveyor.cli import main
+
+    url = f"sqlite:///{tmp_path}/bench.db"
+    result = CliRunner().invoke(main, ["bench", url, option, value])
+    # Refused before the store is opened: a backlog or sample count of 0 used to wait 10
+    # minutes for a success that never came, no worker processes 60 s for a registration.
+    assert result.exit_code == 2, result.output
+    assert option in result.output
+    assert not (tmp_path / "bench.db").exists()
