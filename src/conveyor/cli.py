@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 import json
 import logging
 import os
@@ -20,11 +21,13 @@ from conveyor.app import Conveyor, Task
 from conveyor.brokers import redact_url
 from conveyor.errors import ConfigurationError, ConveyorError
 from conveyor.records import JobInfo
-from conveyor.redact import Redactor
+from conveyor.redact import Redactor, redact_job
 from conveyor.worker.loop import WorkerConfig
 from conveyor.worker.process import load_app
 
 console = Console(width=None if sys.stdout.isatty() else 200)  # pipes get whole rows
+#: Characters of stored text shown per cell of a listing (the whole text: `conveyor job`).
+LIST_TEXT = 300
 STATES = ("ready", "scheduled", "running", "succeeded", "dead", "cancelled")
 
 
@@ -226,22 +229,27 @@ def job(target: str, job_id: str) -> None:
     _show(app, info)
 
 
-def _redacted(app: Conveyor, info: JobInfo) -> tuple[Redactor, dict[str, Any] | None]:
-    """A redactor that knows the job's secret arguments, and the arguments with them masked."""
+def _signature(app: Conveyor, info: JobInfo) -> inspect.Signature | None:
     task = app.tasks.get(info.task)
-    redactor = Redactor()
-    return redactor, redactor.arguments(info.payload, task.signature if task is not None else None)
+    return task.signature if task is not None else None
 
 
 def _last_error(app: Conveyor, info: JobInfo) -> dict[str, Any]:
-    return _redacted(app, info)[0].error(info.errors[-1]) if info.errors else {}
+    """The job's last error, redacted with what its arguments tell, its message kept short."""
+    if not info.errors or not isinstance(info.errors[-1], dict):
+        return {}
+    redactor = Redactor()
+    redactor.arguments(info.payload, _signature(app, info))
+    last = dict(info.errors[-1])
+    last["message"] = redactor.text(str(last.get("message")), LIST_TEXT)
+    last["type"] = redactor.text(str(last.get("type")), LIST_TEXT)
+    return last
 
 
 def _show(app: Conveyor, info: JobInfo) -> None:
     """One job, with secret-named arguments masked and scrubbed from its errors and result."""
-    redactor, arguments = _redacted(app, info)
-    errors = [redactor.error(e) for e in info.errors]
-    key = None if info.key is None else redactor.text(info.key)
+    shown = redact_job(info, _signature(app, info))
+    arguments, errors, key = shown.arguments, shown.errors, shown.key
     console.print(
         f"[bold]{info.id}[/] {info.task} queue={info.queue} priority={app.priorities.name(info.priority)}"
     )
@@ -254,7 +262,7 @@ def _show(app: Conveyor, info: JobInfo) -> None:
         console.print(f"payload: {len(info.payload)} bytes that do not decode (not shown)", markup=False)
     else:
         console.print(f"arguments: {json.dumps(arguments, ensure_ascii=False)}", markup=False)
-    result = redactor.result(info.result)
+    result = shown.result
     if result is not None:
         console.print(f"result: {result}", markup=False)
     for err in errors:

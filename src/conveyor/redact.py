@@ -1,4 +1,4 @@
-"""Keeping secrets out of everything shown of a job (dashboard and CLI): payloads, results, errors.
+"""Keeping secrets out of everything shown of a job (dashboard, CLI, worker logs).
 
 Three rules, applied to everything shown of a job:
 
@@ -8,7 +8,13 @@ Three rules, applied to everything shown of a job:
 2. The values removed by rule 1 are also scrubbed from every text of the same job (error
    messages, tracebacks, result), where an exception may have repeated them.
 3. URLs with credentials lose their password, and ``name=value`` / ``name: value`` pairs with a
-   secret-looking name lose their value.
+   secret-looking name lose their value (``Authorization: Bearer ***`` keeps the scheme word).
+
+Every rule costs time linear in the text: known values are found by one Aho-Corasick pass, and
+rule 3 scans for keywords and ``://`` and looks only a bounded distance around each hit, never
+back over text already passed. A stored text longer than ``MAX_INPUT`` is cut before it is
+redacted; what is shown is cut again to ``MAX_SHOWN``, well before that first cut, so a secret
+split by the first cut is never shown in part.
 """
 
 from __future__ import annotations
@@ -16,22 +22,104 @@ from __future__ import annotations
 import inspect
 import json
 import re
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
-from conveyor.brokers import redact_url
+import ahocorasick_rs
+
+from conveyor.records import JobInfo
 
 MASK = "***"
-SECRET_NAME = re.compile(
-    r"passw(or)?d|secret|token|api[_-]?key|authori[sz]ation|credential|private[_-]?key", re.I
+_KEYWORDS = (
+    r"passw(?:or)?d|passphrase|pwd|secret|token|api[_-]?key|access[_-]?key|private[_-]?key"
+    r"|authori[sz]ation|credential"
 )
-_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s/?#@\"'<>]*:[^\s/?#@\"'<>]*@[^\s\"'<>]*")
-_PAIR = re.compile(
-    r"(?P<name>[\w\-]*(?:passw(?:or)?d|secret|token|api[_-]?key|authori[sz]ation|credential)[\w\-]*['\"]?)"
-    r"(?P<sep>\s*[=:]\s*)(?P<value>\"[^\"]*\"|'[^']*'|[^\s,;)}\]]+)",
-    re.I,
-)
+#: The lookahead lets the engine skip, at C speed, every character that starts no keyword.
+SECRET_NAME = re.compile(rf"(?=[pstac])(?:{_KEYWORDS})", re.I)
 #: Shorter values are not scrubbed from free text (they would mangle it); rule 1 still hides them.
 MIN_SCRUB = 3
+#: Longest stored text redacted; the rest is dropped before any rule runs.
+MAX_INPUT = 4 << 20
+#: Longest text shown of one field; must stay well under MAX_INPUT (see the module docstring).
+MAX_SHOWN = 64 << 10
+#: Longest quoted value masked as one (a longer quote is masked up to the next separator).
+_MAX_QUOTED = 512
+#: JSON nesting deeper than this is not walked nor shown (it is hostile or broken).
+MAX_DEPTH = 64
+TOO_DEEP = f"[nested deeper than {MAX_DEPTH} levels: not shown]"
+
+_WORD_END = re.compile(r"[\w\-]*")
+_VALUE = re.compile(
+    r"""['"]?[ \t]*[=:][ \t]*"""
+    rf"""(?P<value>"[^"\n]{{0,{_MAX_QUOTED}}}"|'[^'\n]{{0,{_MAX_QUOTED}}}'|[^\s,;)}}\]]+)"""
+)
+#: After ``Authorization: Bearer`` the credential is the next word.
+_AUTH_SCHEMES = frozenset({"bearer", "basic", "digest", "token", "negotiate"})
+_CREDENTIAL = re.compile(r"[ \t]+(?P<credential>[^\s,;)}\]]+)")
+_AUTHORITY_END = re.compile(r"[\s/?#\"'<>]|$")
+
+
+def cut(text: str, limit: int = MAX_SHOWN) -> str:
+    """``text`` shortened to ``limit`` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… [{len(text) - limit} more characters not shown]"
+
+
+def _url_passwords(text: str) -> Iterator[tuple[int, int]]:
+    """Spans of the passwords in ``scheme://user:password@host`` URLs of ``text``.
+
+    Each authority is scanned once: it ends at the first ``/``, and every ``://`` holds one.
+    """
+    pos = text.find("://")
+    while pos >= 0:
+        start = pos + 3
+        end = _AUTHORITY_END.search(text, start)
+        stop = end.start() if end is not None else len(text)
+        at = text.rfind("@", start, stop)
+        if at > start:
+            colon = text.find(":", start, at)
+            if colon >= 0:
+                yield colon + 1, at
+        pos = text.find("://", stop)
+
+
+def _pair_values(text: str) -> Iterator[tuple[int, int]]:
+    """Spans of the values of ``secret-name = value`` pairs of ``text``, left to right."""
+    pos = 0
+    while (hit := SECRET_NAME.search(text, pos)) is not None:
+        name_end = _WORD_END.match(text, hit.end())
+        assert name_end is not None  # [\w\-]* matches the empty string
+        after = _VALUE.match(text, name_end.end())
+        if after is None:
+            pos = name_end.end()
+            continue
+        start, end = after.span("value")
+        if after.group("value").lower() in _AUTH_SCHEMES:
+            credential = _CREDENTIAL.match(text, end)
+            if credential is not None:
+                start, end = credential.span("credential")
+        yield start, end
+        pos = end
+
+
+def _masked(text: str, spans: list[tuple[int, int]]) -> str:
+    """``text`` with each of the (sorted, possibly overlapping) ``spans`` replaced by MASK."""
+    if not spans:
+        return text
+    spans.sort()
+    out: list[str] = []
+    done = 0
+    for start, end in spans:
+        if end <= done:
+            continue
+        if start >= done:
+            out.append(text[done:start])
+            out.append(MASK)
+        done = end
+    out.append(text[done:])
+    return "".join(out)
 
 
 class Redactor:
@@ -39,55 +127,77 @@ class Redactor:
 
     def __init__(self) -> None:
         self.found: set[str] = set()
+        self._automaton: ahocorasick_rs.AhoCorasick | None = None
+        self._patterns: list[str] = []
 
-    def harvest(self, value: Any, name: str | None = None) -> None:
+    def harvest(self, value: Any, name: str | None = None, depth: int = 0) -> None:
         """Remember the secret-named values inside ``value`` so that every text gets scrubbed."""
+        if depth > MAX_DEPTH:
+            return
         if name is not None and SECRET_NAME.search(name):
-            self._collect(value)
+            self._collect(value, depth)
         elif isinstance(value, dict):
             for k, v in value.items():
-                self.harvest(v, k)
+                self.harvest(v, k, depth + 1)
         elif isinstance(value, list):
             for v in value:
-                self.harvest(v)
+                self.harvest(v, None, depth + 1)
 
-    def value(self, value: Any, name: str | None = None) -> Any:
+    def value(self, value: Any, name: str | None = None, depth: int = 0) -> Any:
         """A JSON value with secret-named entries masked and strings cleaned."""
         if name is not None and SECRET_NAME.search(name) and value is not None:
-            self._collect(value)
+            self._collect(value, depth)
             return MASK
+        if depth > MAX_DEPTH and isinstance(value, dict | list):
+            return TOO_DEEP
         if isinstance(value, dict):
-            return {k: self.value(v, k) for k, v in value.items()}
+            return {self.text(k): self.value(v, k, depth + 1) for k, v in value.items()}
         if isinstance(value, list):
-            return [self.value(v) for v in value]
+            return [self.value(v, None, depth + 1) for v in value]
         if isinstance(value, str):
             return self.text(value)
         return value
 
-    def _collect(self, value: Any) -> None:
+    def _collect(self, value: Any, depth: int) -> None:
+        if depth > MAX_DEPTH:
+            return
         if isinstance(value, dict):
             for v in value.values():
-                self._collect(v)
+                self._collect(v, depth + 1)
         elif isinstance(value, list):
             for v in value:
-                self._collect(v)
-        elif value is not None and not isinstance(value, bool) and len(str(value)) >= MIN_SCRUB:
-            self.found.add(str(value))
+                self._collect(v, depth + 1)
+        elif isinstance(value, str | int | float) and not isinstance(value, bool):
+            text = value if isinstance(value, str) else repr(value)
+            if len(text) >= MIN_SCRUB:
+                self.found.add(text[:MAX_INPUT])
 
-    def text(self, text: str) -> str:
-        """Free text with known secret values, URL passwords and secret pairs masked."""
-        for secret in sorted(self.found, key=len, reverse=True):
-            text = text.replace(secret, MASK)
-        text = _URL.sub(lambda m: redact_url(m.group(0)), text)
-        return _PAIR.sub(lambda m: f"{m.group('name')}{m.group('sep')}{MASK}", text)
+    def _known(self, text: str) -> list[tuple[int, int]]:
+        if not self.found:
+            return []
+        if self._automaton is None or len(self._patterns) != len(self.found):
+            self._patterns = sorted(self.found)
+            self._automaton = ahocorasick_rs.AhoCorasick(
+                self._patterns, matchkind=ahocorasick_rs.MatchKind.LeftmostLongest
+            )
+        return [(start, end) for _, start, end in self._automaton.find_matches_as_indexes(text)]
+
+    def text(self, text: str, limit: int = MAX_SHOWN) -> str:
+        """Free text with known secret values, URL passwords and secret pairs masked, cut to
+        ``limit`` characters."""
+        text = text[:MAX_INPUT]
+        spans = self._known(text)
+        spans.extend(_url_passwords(text))
+        spans.extend(_pair_values(text))
+        return cut(_masked(text, spans), limit)
 
     def arguments(self, payload: bytes, signature: inspect.Signature | None) -> dict[str, Any] | None:
         """The payload ``[args, kwargs]`` as ``{"args": [...], "kwargs": {...}}``, redacted;
         None if it does not decode (it is then never shown, not even in part)."""
-        try:
-            args, kwargs = json.loads(payload)
-        except (ValueError, TypeError):
+        decoded = _loads(payload)
+        if not isinstance(decoded, list) or len(decoded) != 2:
             return None
+        args, kwargs = decoded
         if not isinstance(args, list) or not isinstance(kwargs, dict):
             return None
         names = list(signature.parameters) if signature is not None else []
@@ -101,11 +211,10 @@ class Redactor:
         """A stored result as pretty JSON, redacted."""
         if result is None:
             return None
-        try:
-            decoded = json.loads(result)
-        except ValueError:
-            return self.text(result.decode(errors="replace"))
-        return json.dumps(self.value(decoded), indent=2, ensure_ascii=False)
+        decoded = _loads(result)
+        if decoded is _UNDECODABLE:
+            return self.text(result[:MAX_INPUT].decode(errors="replace"))
+        return self.text(json.dumps(self.value(decoded), indent=2, ensure_ascii=False))
 
     def error(self, error: dict[str, Any]) -> dict[str, Any]:
         """An attempt's error record with its message and traceback redacted."""
@@ -114,3 +223,45 @@ class Redactor:
             if isinstance(out.get(field), str):
                 out[field] = self.text(out[field])
         return out
+
+
+_UNDECODABLE = object()
+
+
+def _loads(data: bytes) -> Any:
+    """Stored JSON decoded, or ``_UNDECODABLE`` (bad bytes, too deep, too large a number)."""
+    if len(data) > MAX_INPUT:
+        return _UNDECODABLE
+    try:
+        return json.loads(data)
+    except (ValueError, TypeError, RecursionError):
+        return _UNDECODABLE
+
+
+@dataclass(frozen=True)
+class RedactedJob:
+    """What may be shown of one job: every text masked by the same redactor, and cut."""
+
+    #: ``{"args": [...], "kwargs": {...}}``, or None when the payload does not decode.
+    arguments: dict[str, Any] | None
+    errors: list[dict[str, Any]]
+    result: str | None
+    key: str | None
+
+
+def redact_job(info: JobInfo, signature: inspect.Signature | None) -> RedactedJob:
+    """One job's arguments, errors, result and key as they may be shown.
+
+    Costs time linear in the job's stored size: run it off an event loop all the same.
+    """
+    redactor = Redactor()
+    arguments = redactor.arguments(info.payload, signature)
+    errors = [
+        redactor.error(e) if isinstance(e, dict) else {"message": redactor.text(str(e))} for e in info.errors
+    ]
+    return RedactedJob(
+        arguments=arguments,
+        errors=errors,
+        result=redactor.result(info.result),
+        key=None if info.key is None else redactor.text(info.key),
+    )

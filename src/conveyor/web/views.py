@@ -21,7 +21,7 @@ from conveyor.app import Conveyor
 from conveyor.errors import KeyConflict
 from conveyor.metrics import store_registry
 from conveyor.records import JobInfo
-from conveyor.redact import Redactor
+from conveyor.redact import redact_job
 from conveyor.web.rates import Sampler, quantile, start_delays
 
 T = TypeVar("T")
@@ -170,9 +170,8 @@ class Views:
         if info is None:
             return self._problem(request, 404, "Not found", f"no job {request.path_params['id']}")
         task = self.app.tasks.get(info.task)
-        redactor = Redactor()
-        arguments = redactor.arguments(info.payload, task.signature if task is not None else None)
-        errors = [redactor.error(e) for e in info.errors]
+        shown = await run_in_threadpool(redact_job, info, task.signature if task is not None else None)
+        arguments = shown.arguments
         return self._page(
             request,
             "job.html",
@@ -180,10 +179,10 @@ class Views:
             job=info,
             arguments=None if arguments is None else json.dumps(arguments, indent=2, ensure_ascii=False),
             payload_size=len(info.payload),
-            result=redactor.result(info.result),
-            errors=errors,
-            timeline=_timeline(info, errors),
-            key=None if info.key is None else redactor.text(info.key),
+            result=shown.result,
+            errors=shown.errors,
+            timeline=_timeline(info, shown.errors),
+            key=shown.key,
         )
 
     async def job_action(self, request: Request) -> Response:
