@@ -14,14 +14,14 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
-from conveyor.app import Conveyor, Task
+from conveyor.app import RESERVED, Conveyor, Task
 from conveyor.brokers import redact_url
 from conveyor.errors import ConfigurationError, ConveyorError
 from conveyor.records import JobInfo
-from conveyor.redact import Redactor, redact_job
+from conveyor.redact import Redactor, printable, redact_job
 from conveyor.worker.loop import WorkerConfig
 from conveyor.worker.process import load_app
 
@@ -48,10 +48,14 @@ def _resolve_task(app: Conveyor, name: str) -> Task[Any, Any]:
     raise click.BadParameter(f"no task {name!r} (registered: {known})", param_hint="TASK")
 
 
-def _when(ts: float | None) -> str:
+def _when(ts: object) -> str:
+    """A stored time as local time; one that no calendar holds (hostile or corrupt) as it is."""
     if ts is None:
         return "-"
-    return dt.datetime.fromtimestamp(ts).isoformat(sep=" ", timespec="milliseconds")
+    try:
+        return dt.datetime.fromtimestamp(ts).isoformat(sep=" ", timespec="milliseconds")  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError, OSError):
+        return printable(repr(ts))[:40]
 
 
 class _Group(click.Group):
@@ -171,11 +175,18 @@ def enqueue(
     task = _resolve_task(app, task_name)
     try:
         args, kwargs = json.loads(args_json), json.loads(kwargs_json)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # bad JSON, a number too long, nesting too deep
+        raise click.BadParameter(f"not usable JSON: {printable(str(exc))[:200]}") from None
     if not isinstance(args, list) or not isinstance(kwargs, dict):
         raise click.BadParameter("--args must be a JSON array and --kwargs a JSON object")
-    level: str | int | None = int(priority) if priority is not None and priority.isdigit() else priority
+    if clash := sorted(RESERVED.intersection(kwargs)):
+        raise click.BadParameter(
+            f"--kwargs names {', '.join(clash)}: enqueue options, given with their own flags",
+            param_hint="--kwargs",
+        )
+    level: str | int | None = priority
+    if priority is not None and priority.isascii() and priority.isdigit():
+        level = int(priority)
     job = task.enqueue(*args, priority=level, delay=delay, key=key, queue=queue, **kwargs)
     click.echo(job.id if job.created else f"{job.id} (existing job with key {key!r})")
 
@@ -213,7 +224,7 @@ def _status_table(app: Conveyor, queues: tuple[str, ...]) -> Table:
         for i, level in enumerate(levels):
             age = f"{qs.oldest_ready_age:.1f} s" if i == 0 and qs.oldest_ready_age is not None else ""
             cells = [str(qs.counts.get(s, {}).get(level, 0)) for s in STATES]
-            table.add_row(qs.queue if i == 0 else "", app.priorities.name(level), *cells, age)
+            table.add_row(_plain(qs.queue) if i == 0 else "", app.priorities.name(level), *cells, age)
     return table
 
 
@@ -246,32 +257,58 @@ def _last_error(app: Conveyor, info: JobInfo) -> dict[str, Any]:
     return last
 
 
+def _plain(value: object, multiline: bool = False) -> Text:
+    """Stored text as rich Text: never read as markup, control characters escaped."""
+    return Text(printable(str(value), multiline))
+
+
 def _show(app: Conveyor, info: JobInfo) -> None:
     """One job, with secret-named arguments masked and scrubbed from its errors and result."""
     shown = redact_job(info, _signature(app, info))
     arguments, errors, key = shown.arguments, shown.errors, shown.key
+    priority = app.priorities.name(info.priority)
     console.print(
-        f"[bold]{info.id}[/] {info.task} queue={info.queue} priority={app.priorities.name(info.priority)}"
+        Text.assemble(
+            (printable(info.id), "bold"),
+            " ",
+            _plain(info.task),
+            " queue=",
+            _plain(info.queue),
+            f" priority={priority}",
+        )
     )
-    console.print(f"state: [bold]{info.state}[/]  attempt {info.attempt}/{info.max_attempts}  key={key}")
+    console.print(
+        Text.assemble(
+            "state: ",
+            (printable(info.state), "bold"),
+            f"  attempt {info.attempt}/{info.max_attempts}  key=",
+            _plain(key),
+        )
+    )
     console.print(
         f"enqueued {_when(info.enqueued_at)}  due {_when(info.run_at)}  started {_when(info.started_at)}"
-        f"  finished {_when(info.finished_at)}"
+        f"  finished {_when(info.finished_at)}",
+        markup=False,
     )
     if arguments is None:
         console.print(f"payload: {len(info.payload)} bytes that do not decode (not shown)", markup=False)
     else:
-        console.print(f"arguments: {json.dumps(arguments, ensure_ascii=False)}", markup=False)
-    result = shown.result
-    if result is not None:
-        console.print(f"result: {result}", markup=False)
+        console.print(_plain(f"arguments: {json.dumps(arguments, ensure_ascii=False)}"), highlight=False)
+    if shown.result is not None:
+        console.print(_plain(f"result: {shown.result}", multiline=True), highlight=False)
     for err in errors:
         console.print(
-            f"[red]attempt {err.get('attempt')}[/] {_when(err.get('at'))} on {escape(str(err.get('worker')))}: "
-            + escape(f"{err.get('type')}: {err.get('message')}")
+            Text.assemble(
+                (f"attempt {_plain(err.get('attempt'))}", "red"),
+                f" {_when(err.get('at'))} on ",
+                _plain(err.get("worker")),
+                ": ",
+                _plain(f"{err.get('type')}: {err.get('message')}"),
+            ),
+            highlight=False,
         )
         if err.get("traceback"):
-            console.print(err["traceback"], markup=False, highlight=False)
+            console.print(_plain(err["traceback"], multiline=True), highlight=False)
 
 
 @main.group()
@@ -311,12 +348,12 @@ def dead_list(target: str, queue: str | None, task: str | None, limit: int, as_j
     for info in jobs:
         last = _last_error(app, info)
         table.add_row(
-            info.id,
-            info.task,
-            info.queue,
+            _plain(info.id),
+            _plain(info.task),
+            _plain(info.queue),
             str(info.attempt),
             _when(info.finished_at),
-            f"{last.get('type')}: {last.get('message')}",
+            _plain(f"{last.get('type')}: {last.get('message')}"),
         )
     console.print(table)
 

@@ -50,14 +50,31 @@ MAX_DEPTH = 64
 TOO_DEEP = f"[nested deeper than {MAX_DEPTH} levels: not shown]"
 
 _WORD_END = re.compile(r"[\w\-]*")
+#: An unquoted value runs to a space or a closing bracket, or to ``&`` when the next URL
+#: parameter (``&name=``) follows it.
+_BARE = r"(?:[^\s,;)}\]&]|&(?![\w.\-]+=))+"
 _VALUE = re.compile(
     r"""['"]?[ \t]*[=:][ \t]*"""
-    rf"""(?P<value>"[^"\n]{{0,{_MAX_QUOTED}}}"|'[^'\n]{{0,{_MAX_QUOTED}}}'|[^\s,;)}}\]]+)"""
+    rf"""(?P<value>"[^"\n]{{0,{_MAX_QUOTED}}}"|'[^'\n]{{0,{_MAX_QUOTED}}}'|{_BARE})"""
 )
 #: After ``Authorization: Bearer`` the credential is the next word.
 _AUTH_SCHEMES = frozenset({"bearer", "basic", "digest", "token", "negotiate"})
 _CREDENTIAL = re.compile(r"[ \t]+(?P<credential>[^\s,;)}\]]+)")
 _AUTHORITY_END = re.compile(r"[\s/?#\"'<>]|$")
+
+
+#: Characters that move a terminal's cursor, change its colours or reorder text (C0 and C1
+#: controls, DEL, Unicode line separators and bidirectional overrides); tab and newline aside.
+_CONTROLS = "\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+_CONTROL = re.compile(f"[{_CONTROLS}]")
+_CONTROL_OR_NEWLINE = re.compile(f"[{_CONTROLS}\\t\\n]")
+
+
+def printable(text: str, multiline: bool = False) -> str:
+    """``text`` with its control characters written as escapes (``\\x1b``), so stored text cannot
+    drive a terminal or forge a log line; newlines and tabs are kept only if ``multiline``."""
+    pattern = _CONTROL if multiline else _CONTROL_OR_NEWLINE
+    return pattern.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 def cut(text: str, limit: int = MAX_SHOWN) -> str:
@@ -190,6 +207,10 @@ class Redactor:
         spans.extend(_url_passwords(text))
         spans.extend(_pair_values(text))
         return cut(_masked(text, spans), limit)
+
+    def line(self, text: str, limit: int = MAX_SHOWN) -> str:
+        """:meth:`text` made one printable line, for a log or a listing."""
+        return printable(self.text(text, limit))
 
     def arguments(self, payload: bytes, signature: inspect.Signature | None) -> dict[str, Any] | None:
         """The payload ``[args, kwargs]`` as ``{"args": [...], "kwargs": {...}}``, redacted;

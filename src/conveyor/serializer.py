@@ -63,7 +63,9 @@ def _check(*roots: _Node) -> None:
             continue
         if kind is int:
             if not _INT_MIN <= item <= _INT_MAX:
-                raise SerializationError(f"{_path(node)}: integer {item} is outside the 64-bit range")
+                raise SerializationError(
+                    f"{_path(node)}: integer of {item.bit_length()} bits is outside the 64-bit range"
+                )
             continue
         if kind is float:
             if not math.isfinite(item):

@@ -23,3 +23,14 @@ def test_a_long_failing_argument_costs_no_other_job_its_lease(cluster: Cluster) 
     assert [job.info().attempt for job in slow] == [1] * 6
     assert [e["type"] for e in poison.info().errors] == ["RuntimeError", "RuntimeError"]
     assert "WorkerLost" not in cluster.log_text()
+
+
+def test_an_error_message_cannot_forge_a_worker_log_line(sqlite_cluster: Cluster) -> None:
+    from e2e_app import fail
+
+    sqlite_cluster.worker(concurrency=2)
+    job = fail.enqueue("disk full\nCRITICAL conveyor.worker forged \x1b[2Jline")
+    wait_for(lambda: job.info().state == "dead", what="the failing job to end dead")
+    log = sqlite_cluster.log_text()
+    assert "disk full\\nCRITICAL conveyor.worker forged \\x1b[2Jline" in log
+    assert "\nCRITICAL conveyor.worker forged" not in log and "\x1b" not in log

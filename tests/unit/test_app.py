@@ -479,6 +479,18 @@ def test_repr_counts_tasks(app: Conveyor, add: Task[Any, Any]) -> None:
         ("postgresql://u:p%40ss@db/x?sslmode=require", "postgresql://u:***@db/x?sslmode=require"),
         ("postgres://u:p@ss@h/db", "postgres://u:***@h/db"),
         ("redis://user:@host", "redis://user:***@host"),
+        # Issue 26, finding 3: credentials in the query and in libpq key=value strings.
+        (
+            "postgresql://u@host/db?password=pw1&sslmode=require",
+            "postgresql://u@host/db?password=***&sslmode=require",
+        ),
+        ("redis://u@host/10?password=pw1", "redis://u@host/10?password=***"),
+        (
+            "postgresql:///db?host=h&sslpassword=pw1&passphrase=pw2",
+            "postgresql:///db?host=h&sslpassword=***&passphrase=***",
+        ),
+        ("host=db user=app password=pw1 dbname=jobs", "host=db user=app password=*** dbname=jobs"),
+        ("host=db password='pw 1' dbname=jobs", "host=db password=*** dbname=jobs"),
     ],
 )
 def test_redact_url_hides_password(url: str, redacted: str) -> None:

@@ -141,6 +141,7 @@ SHAPES = {
     "mixed": "password:x-",
     "bearer": "Authorization: Bearer ",
     "hex": "0123456789abcdef",
+    "ampersands": "token=a&b&",
 }
 
 

@@ -11,13 +11,12 @@ __all__ = ["Broker", "Lease", "open_broker", "redact_url"]
 
 
 def redact_url(url: str) -> str:
-    """The URL with its password (if any) replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return parts._replace(netloc=user + netloc).geturl()
+    """The URL with every credential replaced by ``***``: the password of its user info, and
+    the value of each secret-named parameter (``password=``, ``sslpassword=``, ``token=``...),
+    in a URL's query or in a libpq ``key=value`` string alike."""
+    from conveyor.redact import Redactor
+
+    return Redactor().line(url)
 
 
 def open_broker(url: str, retention: float = 86400.0) -> Broker:

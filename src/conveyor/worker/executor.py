@@ -292,7 +292,7 @@ class Runner:
             delivery.attempt,
             delivery.max_attempts,
             type(exc).__name__,
-            redactor.text(str(exc)),
+            redactor.line(str(exc)),
             then,
         )
         return outcome
