@@ -14,6 +14,8 @@ import abc
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
+
 from conveyor.priority import Fairness
 from conveyor.records import (
     AckStatus,
@@ -180,6 +182,20 @@ def claimed(rows: list[Any]) -> list[Delivery]:
             key=r[10],
         )
         for r in rows
+    ]
+
+
+def errors_of(stored: Any) -> list[dict[str, Any]]:
+    """A stored error history as a list of records; a corrupt one as one record saying so."""
+    try:
+        errors = msgspec.json.decode(stored)
+    except (msgspec.DecodeError, TypeError, RecursionError):
+        errors = None
+    if isinstance(errors, list) and all(isinstance(e, dict) for e in errors):
+        return errors
+    shown = stored if isinstance(stored, str) else repr(stored)
+    return [
+        {"type": "CorruptRecord", "message": f"stored error history is not a list of records: {shown[:200]}"}
     ]
 
 

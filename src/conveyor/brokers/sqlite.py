@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import select
 import socket
@@ -24,7 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 import msgspec
 
 from conveyor import serializer
-from conveyor.brokers.base import Broker, Lease, claimed, job_row
+from conveyor.brokers.base import Broker, Lease, claimed, errors_of, job_row
 from conveyor.errors import ConfigurationError, KeyConflict
 from conveyor.priority import Fairness
 from conveyor.records import (
@@ -57,7 +58,14 @@ _COUNT_READY = """
 SELECT count(*) FROM (SELECT 1 FROM conveyor_jobs
                        WHERE state = 'pending' AND queue = ? AND priority = ? AND run_at <= ? LIMIT ?)
 """
-_APPEND_ERROR = "errors = json_insert(errors, '$[#]', json(:error))"
+#: Decodes TEXT values at C speed, a corrupt one with U+FFFD where it is not UTF-8.
+_TEXT = functools.partial(str, encoding="utf-8", errors="replace")
+#: A history that is not a JSON array (a corrupt row) is kept quoted as the first entry.
+_APPEND_ERROR = (
+    "errors = json_insert(CASE WHEN json_valid(errors) AND json_type(errors) = 'array' THEN errors"
+    " ELSE json_array(json_object('type', 'CorruptRecord', 'message', quote(errors))) END,"
+    " '$[#]', json(:error))"
+)
 _LISTEN_FALLBACK = 1.0 if sys.platform.startswith("linux") else 0.05
 
 
@@ -111,6 +119,9 @@ class SQLiteBroker(Broker):
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
             db = sqlite3.connect(self.path, isolation_level=None, timeout=self._busy_ms / 1000)
+            # A corrupt TEXT value (not UTF-8) reads as text with U+FFFD in it: it costs its own
+            # job (an unknown task is buried), not the reservation or listing it appears in.
+            db.text_factory = _TEXT
             db.execute("PRAGMA journal_mode = WAL")
             db.execute(f"PRAGMA synchronous = {self._synchronous}")
             db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
@@ -614,4 +625,4 @@ def _spread(n: int, available: Sequence[int]) -> list[int]:
 
 
 def _job(row: Sequence[Any], now: float) -> JobInfo:
-    return job_row(row, now, serializer.loads(row[14]))
+    return job_row(row, now, errors_of(row[14]))
