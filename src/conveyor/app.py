@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from conveyor import metrics, serializer
+from conveyor import metrics, serializer, validate
 from conveyor.brokers import Broker, open_broker, redact_url
 from conveyor.errors import (
     ArgumentError,
@@ -189,6 +189,7 @@ class Conveyor:
         batch = list(messages)
         if not batch:
             return []
+        validate.messages(batch, self.priorities, self.max_payload)
         unknown = {m.task for m in batch} - self.tasks.keys()
         if unknown:
             raise UnknownTask(f"not registered in this application: {', '.join(sorted(unknown))}")

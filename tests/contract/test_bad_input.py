@@ -199,3 +199,58 @@ def test_a_run_at_in_the_past_is_claimable_now(app: Conveyor, echo: Task[Any, An
     assert [Job(app, j.id).status() for j in (later, past, also_past)] == ["scheduled", "ready", "ready"]
     claimed = app.broker.reserve(["q"], 10, 30.0, "w", Fairness(WEIGHTS))
     assert sorted(d.id for d in claimed) == sorted([past.id, also_past.id])
+
+
+# -- messages built by hand (issue 26, finding 10): refused at the store's door -----------------
+
+
+def _hand_built(**fields: Any) -> Message:
+    base: dict[str, Any] = {
+        "id": new_id(),
+        "task": "echo",
+        "queue": "q",
+        "priority": 1,
+        "payload": b"[[], {}]",
+    }
+    return Message(**(base | fields))
+
+
+@pytest.mark.parametrize(
+    ("fields", "says"),
+    [
+        ({"queue": "<script>alert(1)</script>"}, "queue"),
+        ({"queue": "a}b{c" * 10}, "queue"),
+        ({"priority": 999}, "priority"),
+        ({"priority": -5}, "priority"),
+        ({"priority": True}, "priority"),
+        ({"payload": b"x" * (LIMIT + 1)}, "payload"),
+        ({"payload": "[[], {}]"}, "payload"),
+        ({"key": "k" * 300}, "key"),
+        ({"key": ""}, "key"),
+        ({"id": ""}, "id"),
+        ({"id": "../../etc"}, "id"),
+        ({"max_attempts": -1}, "max_attempts"),
+        ({"max_attempts": 0}, "max_attempts"),
+        ({"run_at": math.nan}, "run_at"),
+        ({"run_at": -1e18}, "run_at"),
+        ({"run_at": 1e308}, "run_at"),
+        ({"delay": 1e308}, "delay"),
+        ({"delay": math.inf}, "delay"),
+        ({"delay": -1.0}, "delay"),
+        ({"task": ""}, "task"),
+    ],
+)
+def test_a_hand_built_message_that_no_worker_could_serve_is_refused(
+    app: Conveyor, echo: Task[Any, Any], fields: dict[str, Any], says: str
+) -> None:
+    good = _hand_built()
+    with pytest.raises(ConfigurationError, match=f"message 1 .*{says}"):
+        app.enqueue_many([good, _hand_built(**fields)])
+    assert stored(app) == []
+
+
+def test_an_id_twice_in_one_batch_is_refused(app: Conveyor, echo: Task[Any, Any]) -> None:
+    first = _hand_built()
+    with pytest.raises(ConfigurationError, match="appears twice"):
+        app.enqueue_many([first, _hand_built(id=first.id)])
+    assert stored(app) == []
