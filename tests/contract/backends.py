@@ -184,11 +184,32 @@ BACKENDS["redis"] = Backend("redis", _redis_store, drop_store=_redis_drop)
 
 
 def _redis_acl_store(tmp_path: Path) -> str:
-    """A store on a private Redis, as a user limited to its keys and refused dangerous commands."""
-    from redis_servers import ACL_PASSWORD, ACL_USER, acl_server
+    """A store on a private Redis, as a user granted only Conveyor's least ACL for its prefix."""
+    from redis_servers import ACL_PASSWORD, ACL_PREFIX, ACL_USER, acl_refusals, acl_server
 
-    port = acl_server().port
-    return f"redis://{ACL_USER}:{ACL_PASSWORD}@127.0.0.1:{port}/0?prefix=ct-{os.urandom(5).hex()}"
+    server = acl_server()
+    acl_refusals(server)  # start the test with an empty ACL LOG
+    return f"redis://{ACL_USER}:{ACL_PASSWORD}@127.0.0.1:{server.port}/0?prefix={ACL_PREFIX}:{os.urandom(5).hex()}"
 
 
-BACKENDS["redis-acl"] = Backend("redis-acl", _redis_acl_store, drop_store=_redis_drop)
+def _redis_acl_drop(url: str) -> None:
+    """Delete the store's keys (as the server's admin: the user may not SCAN), then fail the test
+    if the user was refused anything meanwhile: a command the broker needs is missing from the ACL."""
+    from redis_servers import acl_refusals, acl_server
+
+    from conveyor.brokers.redis.url import parse
+
+    server = acl_server()
+    refused = acl_refusals(server)
+    prefix = parse(url).prefix
+    client = server.client()
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        for start in range(0, len(keys), 500):
+            client.unlink(*keys[start : start + 500])
+    finally:
+        client.close()
+    assert not refused, "the least ACL refused what the broker sent:\n" + "\n".join(refused)
+
+
+BACKENDS["redis-acl"] = Backend("redis-acl", _redis_acl_store, drop_store=_redis_acl_drop)

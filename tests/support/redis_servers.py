@@ -16,6 +16,8 @@ from pathlib import Path
 from redis.client import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from conveyor.brokers.redis import acl
+
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
 
@@ -226,16 +228,17 @@ def tls_server(directory: Path) -> Iterator[Server]:
         s.kill()
 
 
-#: The restricted user of :func:`acl_server`: its own keys and channels, no dangerous commands.
-ACL_USER, ACL_PASSWORD = "conveyor", "acl-test-password"
-ACL_KEYS = "ct-*"
+#: The restricted user of :func:`acl_server`, and the prefix its stores' prefixes start with
+#: (``ct:<random>``): the user may touch only ``ct:*`` keys and channels.
+ACL_USER, ACL_PASSWORD, ACL_PREFIX = "conveyor", "acl-test-password", "ct"
+#: What the test server grants its user: Conveyor's least ACL for the prefix.
+ACL_RULE = acl.rule(ACL_PREFIX, ACL_PASSWORD)
 _acl: Server | None = None
 
 
 def acl_server() -> Server:
     """A private redis-server (one per test process, killed at exit) with the user ``conveyor``
-    restricted to keys and channels matching ``ct-*`` and refused @dangerous and @admin
-    commands (FLUSHALL, CONFIG, KEYS, ...): what a production deployment should grant."""
+    granted ``ACL_RULE``."""
     global _acl
     if _acl is None:
         server = Server(Path(tempfile.mkdtemp(prefix="conveyor-acl-")), free_port())
@@ -243,20 +246,24 @@ def acl_server() -> Server:
         atexit.register(server.kill)
         admin = server.client()
         try:
-            admin.execute_command(
-                "ACL",
-                "SETUSER",
-                ACL_USER,
-                "reset",
-                "on",
-                f">{ACL_PASSWORD}",
-                f"~{ACL_KEYS}",
-                f"&{ACL_KEYS}",
-                "+@all",
-                "-@dangerous",
-                "-@admin",
-            )
+            admin.execute_command("ACL", "SETUSER", ACL_USER, *ACL_RULE)
         finally:
             admin.close()
         _acl = server
     return _acl
+
+
+def acl_refusals(server: Server) -> list[str]:
+    """What the server refused its users since the last call (ACL LOG, then reset), one line per
+    refusal naming the command, key or channel: empty when the ACL granted all that was asked."""
+    admin = server.client()
+    try:
+        entries = admin.acl_log()
+        admin.acl_log_reset()
+    finally:
+        admin.close()
+    return [
+        f"{e.get('username')} refused {e.get('reason')} {e.get('object')!r}"
+        f" (in {e.get('context')}, {e.get('count')} times)"
+        for e in entries
+    ]
