@@ -513,3 +513,14 @@ def migrate(url: str) -> None:
         click.echo(f"{redact_url(url)}: applied {', '.join(str(v) for v in applied)}")
     else:
         click.echo(f"{redact_url(url)}: up to date")
+
+
+@main.command("redis-acl")
+@click.argument("url")
+@click.option("--user", default=None, help="ACL user name [the URL's, else conveyor].")
+def redis_acl(url: str, user: str | None) -> None:
+    """Print the least Redis ACL for the store at URL, an ACL SETUSER line for an administrator to
+    run (docs/security.md); the password is left as PASSWORD."""
+    from conveyor.brokers.redis.acl import for_url
+
+    click.echo(for_url(url, user))

@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from redis.client import Redis
 from redis.exceptions import NoPermissionError
 from redis_servers import (
@@ -24,6 +25,8 @@ from redis_servers import (
 
 from conveyor import Conveyor
 from conveyor.brokers.redis import RedisBroker, acl
+from conveyor.brokers.redis.url import parse
+from conveyor.cli import main
 from conveyor.ids import new_id
 from conveyor.priority import Fairness
 from conveyor.records import Message, Outcome
@@ -247,6 +250,38 @@ def test_effects_need_their_commands_and_keys_granted(scratch_user: str) -> None
         admin.delete(counter)
         admin.close()
         acl_refusals(server)
+
+
+def test_the_cli_prints_the_rule_for_a_url_and_it_is_enough(scratch_user: str) -> None:
+    server = acl_server()
+    url = f"redis://{scratch_user}:cli-secret@127.0.0.1:{server.port}/0?prefix={ACL_PREFIX}:cli-{new_id()}"
+    printed = CliRunner().invoke(main, ["redis-acl", url])
+    assert printed.exit_code == 0, printed.output
+    line = printed.output.strip()
+    assert line == acl.setuser(scratch_user, parse(url).prefix) and "cli-secret" not in line
+    admin = server.client()
+    try:
+        admin.execute_command(*line.replace(">PASSWORD", ">cli-secret").split())
+    finally:
+        admin.close()
+    acl_refusals(server)
+    broker = RedisBroker(url)
+    try:
+        [enqueued] = broker.enqueue(
+            [Message(id=new_id(), task="t", queue="q", priority=0, payload=b"[[],{}]")]
+        )
+        [d] = broker.reserve(["q"], 1, 30.0, "w", Fairness((6, 3, 1)))
+        assert [s.status for s in broker.ack([Outcome(d.id, d.token, "succeeded")])] == ["ok"]
+        assert [j.id for j in broker.jobs(state="succeeded")] == [enqueued.id]
+    finally:
+        broker.close()
+    assert acl_refusals(server) == []
+    options = f"redis://127.0.0.1:{server.port}?prefix=app&cluster=1&wait_replicas=1"
+    assert CliRunner().invoke(main, ["redis-acl", options, "--user", "u"]).output.strip() == acl.setuser(
+        "u", "app", options=["cluster", "wait_replicas"]
+    )
+    other_db = CliRunner().invoke(main, ["redis-acl", f"redis://127.0.0.1:{server.port}/3"])
+    assert other_db.exit_code != 0 and "database other than 0" in other_db.output
 
 
 def test_the_dry_run_verdicts_hold_when_run() -> None:

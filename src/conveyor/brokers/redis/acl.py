@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from urllib.parse import parse_qsl, unquote, urlsplit
 
-from conveyor.brokers.redis.url import DEFAULT_PREFIX
+from conveyor.brokers.redis.url import DEFAULT_PREFIX, parse
 from conveyor.errors import ConfigurationError
 
 #: Commands every Conveyor process sends, with the reason (``command|subcommand`` for one
@@ -112,3 +113,21 @@ def setuser(
     if not _NAME.fullmatch(user):
         raise ConfigurationError(f"invalid ACL user name {user!r}")
     return " ".join(["ACL", "SETUSER", user, *rule(prefix, password, options, extra)])
+
+
+def for_url(url: str, user: str | None = None) -> str:
+    """The ``ACL SETUSER`` line for the store at ``url``: its prefix, its user name (``user``,
+    else the URL's, else ``conveyor``) and the options its ``cluster`` and ``wait_replicas`` ask
+    for. The password stays a placeholder: the URL's is never printed."""
+    target = parse(url)
+    parts = urlsplit(url)
+    if parts.path not in ("", "/", "/0"):
+        raise ConfigurationError(
+            f"{target.display} names a database other than 0: an ACL cannot limit databases, so the "
+            "least rule grants no SELECT; use database 0 with a prefix of its own, or a server of its own"
+        )
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    options = ["cluster"] if target.cluster else []
+    if query.get("wait_replicas", "0").strip() not in ("", "0"):
+        options.append("wait_replicas")
+    return setuser(user or unquote(parts.username or "") or "conveyor", target.prefix, options=options)
