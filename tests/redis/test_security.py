@@ -4,6 +4,7 @@ refuses what a leaked worker credential must not do, and ``rediss://`` reaches a
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -282,6 +283,21 @@ def test_the_cli_prints_the_rule_for_a_url_and_it_is_enough(scratch_user: str) -
     )
     other_db = CliRunner().invoke(main, ["redis-acl", f"redis://127.0.0.1:{server.port}/3"])
     assert other_db.exit_code != 0 and "database other than 0" in other_db.output
+
+
+def test_a_hashed_password_authenticates(scratch_user: str) -> None:
+    """``password="#<sha256>"`` stores only the hash, as an ACL file should."""
+    hashed = "#" + hashlib.sha256(b"hashed-secret").hexdigest()
+    admin = acl_server().client()
+    try:
+        admin.execute_command(*acl.setuser(scratch_user, ACL_PREFIX, password=hashed).split())
+    finally:
+        admin.close()
+    user = Redis(port=acl_server().port, username=scratch_user, password="hashed-secret")
+    try:
+        assert user.ping()
+    finally:
+        user.close()
 
 
 def test_the_dry_run_verdicts_hold_when_run() -> None:
