@@ -402,3 +402,10 @@ def test_rediss_to_a_tls_only_server(tmp_path: Path) -> None:
             assert info is not None and info.state == "succeeded"
         finally:
             broker.close()
+
+
+def test_the_readme_publishes_the_rule_the_suite_runs_as() -> None:
+    from conveyor.brokers.redis import acl
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert acl.setuser() in readme
