@@ -8,6 +8,11 @@ a child is restarted; a dead child is marked with ``mark_process_dead``. The sto
 computed by the supervisor itself from the broker at scrape time. The directory is removed when
 the supervisor stops.
 
+Slow clients: each connection is served on its own daemon thread with a socket timeout
+(``client_timeout``), at most ``max_connections`` at once (more are closed on accept), and
+stopping closes the open connections, so an idle or half-sent request delays neither a scrape
+nor the supervisor's exit. Collection itself is serialized: one store query at a time.
+
 Authentication: when ``CONVEYOR_METRICS_TOKEN`` or the dashboard's credentials are set, a scrape
 must present them (``Authorization: Bearer`` or Basic); otherwise /metrics is open, as usual for
 Prometheus targets, on ``--metrics-host`` (default 127.0.0.1).
@@ -15,11 +20,15 @@ Prometheus targets, on ``--metrics-host`` (default 127.0.0.1).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
+import socket
 import tempfile
 import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
@@ -35,7 +44,15 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 class MetricsServer:
     """/metrics of a supervisor: its children's metrics merged, plus the store gauges."""
 
-    def __init__(self, app: Conveyor, host: str, port: int, credentials: Credentials) -> None:
+    def __init__(
+        self,
+        app: Conveyor,
+        host: str,
+        port: int,
+        credentials: Credentials,
+        client_timeout: float = 10.0,
+        max_connections: int = 16,
+    ) -> None:
         if not credentials.configured:
             raise ConfigurationError(
                 "serving /metrics needs credentials: set CONVEYOR_METRICS_TOKEN (or the dashboard's "
@@ -45,8 +62,8 @@ class MetricsServer:
         registry = CollectorRegistry(auto_describe=False)
         multiprocess.MultiProcessCollector(registry, path=self.directory)  # type: ignore[no-untyped-call]
         registry.register(StoreCollector(lambda: app.broker, app.priorities))
-        self.httpd = HTTPServer((host, port), _handler(registry, credentials))
-        # One serving thread: scrapes are rare, and the store connection stays one.
+        handler = _handler(registry, credentials, client_timeout)
+        self.httpd = _Server((host, port), handler, max_connections)
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="conveyor-metrics", daemon=True)
 
     @property
@@ -67,14 +84,77 @@ class MetricsServer:
         multiprocess.mark_process_dead(pid, self.directory)  # type: ignore[no-untyped-call]
 
     def close(self) -> None:
-        """Stop serving and remove the directory."""
+        """Stop serving, close the connections still open, and remove the directory."""
         self.httpd.shutdown()
         self.httpd.server_close()
+        self.httpd.drop_connections()
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def _handler(registry: CollectorRegistry, credentials: Credentials) -> type[BaseHTTPRequestHandler]:
+class _Server(ThreadingHTTPServer):
+    """A thread per connection, at most ``max_connections`` of them; none is waited for."""
+
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(
+        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_connections: int
+    ) -> None:
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+        self._warned = -60.0
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            now = time.monotonic()
+            if now - self._warned >= 60:
+                self._warned = now
+                log.warning("metrics: %d connections open, closing new ones", len(self._open))
+            self.shutdown_request(request)
+            return
+        with self._lock:
+            self._open.add(request)
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._release(request)
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._release(request)
+
+    def _release(self, request: socket.socket) -> None:
+        with self._lock:
+            self._open.discard(request)
+        self._slots.release()
+
+    def drop_connections(self) -> None:
+        """Close every connection still being served (their threads then read end of file)."""
+        with self._lock:
+            connections = list(self._open)
+        for sock in connections:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.warning(
+            "metrics: connection from %s failed", client_address[0], exc_info=log.isEnabledFor(logging.DEBUG)
+        )
+
+
+def _handler(
+    registry: CollectorRegistry, credentials: Credentials, client_timeout: float
+) -> type[BaseHTTPRequestHandler]:
+    collecting = threading.Lock()
+
     class Handler(BaseHTTPRequestHandler):
+        timeout = client_timeout
+
         def do_GET(self) -> None:
             if credentials.principal(self.headers.get("Authorization")) is None:
                 self.send_response(401)
@@ -86,7 +166,8 @@ def _handler(registry: CollectorRegistry, credentials: Credentials) -> type[Base
                 self.send_error(404)
                 return
             try:
-                body = generate_latest(registry)
+                with collecting:
+                    body = generate_latest(registry)
             except Exception:
                 log.exception("collecting metrics failed")
                 self.send_error(500)
