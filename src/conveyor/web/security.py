@@ -4,9 +4,8 @@ One ASGI middleware wraps the whole dashboard, so no route (a page, the JSON API
 404) answers without credentials:
 
 - ``Authorization: Bearer TOKEN`` or HTTP Basic, checked in constant time; or
-- a session cookie (HttpOnly, SameSite=Strict) set by ``POST /login`` with the token. It is
-  ``EXPIRES.HMAC(key, EXPIRES)`` with a key derived from the token, so it survives restarts and
-  dies when the token changes.
+- a session cookie (HttpOnly, SameSite=Strict) set by ``POST /login`` with the token, revoked
+  by ``POST /logout`` (see ``sessions``).
 
 Without credentials: 401, with ``WWW-Authenticate`` challenges and, for a browser, the login
 form. Every POST carries a CSRF token (form field ``csrf`` or header ``X-CSRF-Token``): an HMAC,
@@ -30,10 +29,10 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from conveyor.web.credentials import Credentials, same
+from conveyor.web.sessions import Sessions
 
 SESSION_COOKIE = "conveyor_session"
 LOGIN_COOKIE = "conveyor_login"
-SESSION_SECONDS = 12 * 3600
 MAX_BODY = 1 << 20
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: Renders the login page: (request, next URL, CSRF token, error or None) -> HTML.
@@ -53,28 +52,13 @@ class Security:
         self.login_page = login_page
         self._csrf_key = secrets.token_bytes(32)
         token = credentials.token if credentials is not None else None
-        self._session_key = (
-            None if token is None else hmac.digest(token.encode(), b"conveyor-session", "sha256")
-        )
+        self.sessions = None if token is None else Sessions(token)
 
     # -- tokens --------------------------------------------------------------------------------
 
     def csrf_token(self, principal: str) -> str:
         """The CSRF token of POSTs made by ``principal``."""
         return _mac(self._csrf_key, f"csrf:{principal}")
-
-    def _new_session(self) -> str:
-        assert self._session_key is not None
-        expires = str(int(time.time()) + SESSION_SECONDS)
-        return f"{expires}.{_mac(self._session_key, expires)}"
-
-    def _session_ok(self, cookie: str | None) -> bool:
-        if self._session_key is None or not cookie:
-            return False
-        expires, _, mac = cookie.partition(".")
-        if not expires.isdigit() or int(expires) < time.time():
-            return False
-        return same(mac, _mac(self._session_key, expires))
 
     def principal(self, request: Request) -> str | None:
         """Who is asking, or None when unauthenticated."""
@@ -83,8 +67,10 @@ class Security:
         who = self.credentials.principal(request.headers.get("authorization"))
         if who is not None:
             return who
-        cookie = request.cookies.get(SESSION_COOKIE)
-        return f"session:{cookie}" if self._session_ok(cookie) else None
+        if self.sessions is None:
+            return None
+        sid = self.sessions.check(request.cookies.get(SESSION_COOKIE), time.time())
+        return None if sid is None else f"session:{sid}"
 
     # -- ASGI ----------------------------------------------------------------------------------
 
@@ -117,7 +103,7 @@ class Security:
                 await PlainTextResponse("missing or invalid CSRF token", 403)(scope, receive, send)
                 return
             if request.url.path == "/logout":
-                await self._logout()(scope, receive, send)
+                await self._logout(request)(scope, receive, send)
                 return
             receive = _replay(body, receive)
         await self.app(scope, receive, send)
@@ -125,7 +111,7 @@ class Security:
     def _unauthorized(self, request: Request, error: str | None = None) -> Response:
         challenges = self.credentials.challenges() if self.credentials is not None else []
         wants_html = "text/html" in request.headers.get("accept", "")
-        if not (wants_html and self._session_key is not None):
+        if not (wants_html and self.sessions is not None):
             response: Response = PlainTextResponse("authentication required", 401)
         else:
             nonce = secrets.token_urlsafe(16)
@@ -150,12 +136,15 @@ class Security:
         if not target.startswith("/") or target.startswith("//") or "\\" in target:
             target = "/"
         response = RedirectResponse(target, 303)
-        _cookie(response, request, SESSION_COOKIE, self._new_session(), SESSION_SECONDS)
+        assert self.sessions is not None
+        session = self.sessions.new(time.time())
+        _cookie(response, request, SESSION_COOKIE, session, self.sessions.seconds)
         response.delete_cookie(LOGIN_COOKIE)
         return response
 
-    @staticmethod
-    def _logout() -> Response:
+    def _logout(self, request: Request) -> Response:
+        if self.sessions is not None:
+            self.sessions.revoke(request.cookies.get(SESSION_COOKIE), time.time())
         response = RedirectResponse("/", 303)
         response.delete_cookie(SESSION_COOKIE)
         return response
