@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from conveyor.web.credentials import Credentials, same
 from conveyor.web.sessions import Sessions
+from conveyor.web.throttle import Throttle, tried
 
 SESSION_COOKIE = "conveyor_session"
 LOGIN_COOKIE = "conveyor_login"
@@ -50,6 +52,7 @@ class Security:
         self.app = app
         self.credentials = credentials
         self.login_page = login_page
+        self.throttle = Throttle()
         self._csrf_key = secrets.token_bytes(32)
         token = credentials.token if credentials is not None else None
         self.sessions = None if token is None else Sessions(token)
@@ -61,12 +64,15 @@ class Security:
         return _mac(self._csrf_key, f"csrf:{principal}")
 
     def principal(self, request: Request) -> str | None:
-        """Who is asking, or None when unauthenticated."""
+        """Who is asking, or None when unauthenticated; a wrong ``Authorization`` counts as a failure."""
         if self.credentials is None:
             return "anonymous"
-        who = self.credentials.principal(request.headers.get("authorization"))
+        authorization = request.headers.get("authorization")
+        who = self.credentials.principal(authorization)
         if who is not None:
             return who
+        if authorization is not None:
+            self.throttle.failed(_client(request), time.time(), tried(authorization))
         if self.sessions is None:
             return None
         sid = self.sessions.check(request.cookies.get(SESSION_COOKIE), time.time())
@@ -89,7 +95,13 @@ class Security:
         if body is None:
             await PlainTextResponse("request body too large", 413)(scope, receive, send)
             return
-        if request.method == "POST" and request.url.path == "/login":
+        login = request.method == "POST" and request.url.path == "/login"
+        if self.credentials is not None and (login or "authorization" in request.headers):
+            wait = self.throttle.retry_after(_client(request), time.time())
+            if wait is not None:
+                await _too_many(wait)(scope, receive, send)
+                return
+        if login:
             await self._login(request, body)(scope, receive, send)
             return
         principal = self.principal(request)
@@ -131,6 +143,7 @@ class Security:
         form = parse_qs(body.decode(errors="replace"))
         token = form.get("token", [""])[-1]
         if self.credentials is None or not self.credentials.check_token(token):
+            self.throttle.failed(_client(request), time.time(), "login form token")
             return self._unauthorized(request, "wrong token")
         target = form.get("next", ["/"])[-1]
         if not target.startswith("/") or target.startswith("//") or "\\" in target:
@@ -148,6 +161,17 @@ class Security:
         response = RedirectResponse("/", 303)
         response.delete_cookie(SESSION_COOKIE)
         return response
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client is not None else "unknown"
+
+
+def _too_many(wait: float) -> Response:
+    seconds = max(1, math.ceil(wait))
+    return PlainTextResponse(
+        f"too many failed authentications: retry in {seconds} s", 429, {"Retry-After": str(seconds)}
+    )
 
 
 def _cookie(response: Response, request: Request, name: str, value: str, max_age: int) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import shutil
 import socket
 import tempfile
@@ -36,6 +37,7 @@ from conveyor.app import Conveyor
 from conveyor.errors import ConfigurationError
 from conveyor.metrics import StoreCollector
 from conveyor.web.credentials import Credentials
+from conveyor.web.throttle import Throttle, tried
 
 log = logging.getLogger("conveyor.supervisor")
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -151,12 +153,24 @@ def _handler(
     registry: CollectorRegistry, credentials: Credentials, client_timeout: float
 ) -> type[BaseHTTPRequestHandler]:
     collecting = threading.Lock()
+    throttle = Throttle()
 
     class Handler(BaseHTTPRequestHandler):
         timeout = client_timeout
 
         def do_GET(self) -> None:
-            if credentials.principal(self.headers.get("Authorization")) is None:
+            client, authorization = self.client_address[0], self.headers.get("Authorization")
+            if authorization is not None:
+                wait = throttle.retry_after(client, time.time())
+                if wait is not None:
+                    self.send_response(429)
+                    self.send_header("Retry-After", str(max(1, math.ceil(wait))))
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+            if credentials.principal(authorization) is None:
+                if authorization is not None:
+                    throttle.failed(client, time.time(), "metrics " + tried(authorization))
                 self.send_response(401)
                 for challenge in credentials.challenges():
                     self.send_header("WWW-Authenticate", challenge)
