@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import time
 from pathlib import Path
 
 import jinja2
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.routing import Route
@@ -20,32 +22,46 @@ from conveyor.web.security import Security
 from conveyor.web.views import Views
 
 TEMPLATES = Path(__file__).parent / "templates"
+YEAR = 365.25 * 86400
 
 
 def _when(ts: float | None) -> str:
     if ts is None:
         return "-"
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
+    try:
+        moment = dt.datetime.fromtimestamp(ts, dt.UTC)
+    except (OverflowError, OSError, ValueError):
+        # Beyond datetime's years 1-9999, or not a number: any writer to the store can put it there.
+        return f"{ts:.6g} (Unix time)"
+    return moment.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
 
 
 def _ago(ts: float | None) -> str:
     if ts is None:
         return "-"
     delta = time.time() - ts
+    if math.isnan(delta):
+        return "-"
     word = "ago" if delta >= 0 else "from now"
     return f"{_seconds(abs(delta))} {word}"
 
 
 def _seconds(value: float | None) -> str:
-    if value is None:
+    if value is None or math.isnan(value):
         return "-"
+    if value < 0:
+        return "-" + _seconds(-value)
+    if math.isinf(value):
+        return "forever"
     if value < 1:
         return f"{value * 1000:.0f} ms"
     if value < 120:
         return f"{value:.1f} s"
     if value < 7200:
         return f"{value / 60:.0f} min"
-    return f"{value / 3600:.1f} h"
+    if value < 2 * YEAR:
+        return f"{value / 3600:.1f} h"
+    return f"{value / YEAR:.3g} years"
 
 
 def templates() -> Jinja2Templates:
@@ -87,5 +103,5 @@ def create_app(app: Conveyor, credentials: Credentials | None) -> Starlette:
     return Starlette(
         routes=routes,
         middleware=[Middleware(Security, credentials=credentials, login_page=login_page)],
-        exception_handlers={404: views.not_found},
+        exception_handlers={HTTPException: views.http_error},
     )

@@ -48,8 +48,9 @@ def quantile(values: Sequence[float], q: float) -> float | None:
 
 
 def start_delays(jobs: Iterable[JobInfo]) -> list[float]:
-    """Seconds from due time to start of each job that started."""
-    return [max(0.0, j.started_at - j.run_at) for j in jobs if j.started_at is not None]
+    """Seconds from due time to start of each job that started (absurd stored times skipped)."""
+    delays = (j.started_at - j.run_at for j in jobs if j.started_at is not None)
+    return [max(0.0, d) for d in delays if math.isfinite(d)]
 
 
 def difference(older: Sequence[Sample], new: Sample) -> Rates:

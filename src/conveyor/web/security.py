@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import math
 import secrets
 import time
@@ -35,6 +36,7 @@ from conveyor.web.throttle import Throttle, tried
 
 SESSION_COOKIE = "conveyor_session"
 LOGIN_COOKIE = "conveyor_login"
+log = logging.getLogger("conveyor.dashboard")
 MAX_BODY = 1 << 20
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: Renders the login page: (request, next URL, CSRF token, error or None) -> HTML.
@@ -81,14 +83,32 @@ class Security:
     # -- ASGI ----------------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Authenticate, check CSRF, then call the app; every response gets the security headers."""
+        """Authenticate, check CSRF, then call the app; every response gets the security headers,
+        and an unexpected error is a plain 500 and one log line (the traceback at DEBUG)."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         nonce = secrets.token_urlsafe(16)
-        state = scope.setdefault("state", {})
-        state["nonce"] = nonce
-        send = _with_headers(send, nonce)
+        scope.setdefault("state", {})["nonce"] = nonce
+        guarded = _Send(send, nonce)
+        try:
+            await self._guard(scope, receive, guarded)
+        except Exception as exc:
+            log.error(
+                "%s %r failed: %s: %.300r",
+                scope.get("method"),
+                scope.get("path"),
+                type(exc).__name__,
+                str(exc),
+                exc_info=log.isEnabledFor(logging.DEBUG),
+            )
+            if not guarded.started:
+                await PlainTextResponse("internal error (logged by the dashboard)", 500)(
+                    scope, receive, guarded
+                )
+
+    async def _guard(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = scope["state"]
         request = Request(scope)
         unsafe = request.method not in SAFE_METHODS
         body = await _read_body(receive) if unsafe else b""
@@ -227,21 +247,25 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-def _with_headers(send: Send, nonce: str) -> Send:
-    """``send`` adding a nonce-based Content-Security-Policy and the other security headers."""
-    policy = (
-        f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
-        "img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-    )
+class _Send:
+    """``send`` adding a nonce-based Content-Security-Policy and the other security headers, and
+    noting whether the response has started."""
 
-    async def wrapped(message: Message) -> None:
+    def __init__(self, send: Send, nonce: str) -> None:
+        self._send = send
+        self.started = False
+        self._policy = (
+            f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
+            "img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+        )
+
+    async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start":
+            self.started = True
             headers = MutableHeaders(scope=message)
-            headers["Content-Security-Policy"] = policy
+            headers["Content-Security-Policy"] = self._policy
             headers["X-Frame-Options"] = "DENY"
             headers["X-Content-Type-Options"] = "nosniff"
             headers["Referrer-Policy"] = "same-origin"
             headers.setdefault("Cache-Control", "no-store")
-        await send(message)
-
-    return wrapped
+        await self._send(message)

@@ -8,11 +8,13 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.templating import Jinja2Templates
@@ -29,6 +31,7 @@ STATES = ("ready", "scheduled", "running", "succeeded", "dead", "cancelled")
 PAGE = 50
 #: The most dead jobs one DLQ view or bulk action goes through.
 DLQ_SCAN = 10_000
+MAX_OFFSET = 1_000_000
 SINCE = {"15m": 900, "1h": 3600, "24h": 86400, "7d": 7 * 86400}
 
 
@@ -143,7 +146,7 @@ class Views:
         name = request.path_params["queue"]
         state = request.query_params.get("state", "ready")
         state = state if state in STATES else "ready"
-        offset = _int(request.query_params.get("offset"))
+        offset = _offset(request)
         stats = await self._read(self.app.broker.stats, [name])
         jobs = await self._read(self.app.broker.jobs, queue=name, state=state, limit=PAGE + 1, offset=offset)
         counts = stats[0].counts if stats else {}
@@ -229,7 +232,7 @@ class Views:
     async def dead(self, request: Request) -> Response:
         """GET /dead: the dead letter queue, filtered by queue, task, error type and time."""
         f = DeadFilter.parse(request.query_params)
-        offset = _int(request.query_params.get("offset"))
+        offset = _offset(request)
         jobs, more = await self._read(self._dead_matching, f, offset + PAGE)
         return self._page(
             request,
@@ -275,7 +278,7 @@ class Views:
 
     async def scheduled(self, request: Request) -> Response:
         """GET /scheduled: periodic schedules and delayed jobs, soonest first."""
-        offset = _int(request.query_params.get("offset"))
+        offset = _offset(request)
         jobs = await self._read(self.app.broker.jobs, state="scheduled", limit=PAGE + 1, offset=offset)
         now = time.time()
         schedules = [
@@ -304,13 +307,25 @@ class Views:
         workers = await self._read(self.app.broker.workers)
         return self._page(request, "workers.html", nav="workers", workers=workers)
 
-    async def not_found(self, request: Request, exc: Exception) -> Response:
-        """Any unknown path (reached only with valid credentials)."""
-        return self._problem(request, 404, "Not found", request.url.path)
+    async def http_error(self, request: Request, exc: Exception) -> Response:
+        """An unknown path or a bad request (reached only with valid credentials)."""
+        assert isinstance(exc, HTTPException)
+        what = request.url.path if exc.status_code == 404 else exc.detail
+        response = self._problem(
+            request, exc.status_code, HTTPStatus(exc.status_code).phrase.capitalize(), what
+        )
+        response.headers.update(exc.headers or {})
+        return response
 
 
-def _int(value: str | None) -> int:
-    return int(value) if value and value.isdigit() else 0
+def _offset(request: Request) -> int:
+    """The ``offset`` query parameter: absent or empty means 0; anything but 0-MAX_OFFSET is a 400."""
+    value = request.query_params.get("offset") or "0"
+    # Bounded before int(): a 5,000-digit string is a ValueError there, not a number.
+    short = len(value) <= len(str(MAX_OFFSET)) and value.isascii() and value.isdigit()
+    if short and int(value) <= MAX_OFFSET:
+        return int(value)
+    raise HTTPException(400, f"invalid offset: a whole number from 0 to {MAX_OFFSET}")
 
 
 def _row(info: JobInfo) -> dict[str, Any]:
