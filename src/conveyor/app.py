@@ -37,6 +37,8 @@ DEFAULT_URL = "sqlite:///conveyor.db"
 #: Enqueue options; a task function may not have parameters with these names.
 RESERVED = frozenset({"priority", "delay", "run_at", "key", "queue", "connection"})
 MAX_KEY_LENGTH = 255
+#: The furthest a delay or run_at may reach from now (100 years), so stored due times stay sane.
+MAX_SCHEDULE_SECONDS = 100 * 365.25 * 86400
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 #: Queue names already found valid (up to 4096 of them): a message per call skips the pattern.
 _valid_queues: set[str] = set()
@@ -413,11 +415,25 @@ def _check_queue(queue: str) -> str:
     return queue
 
 
+def _shown(value: object) -> str:
+    """``repr`` cut to 40 characters; an int too long to print is shown by its type."""
+    try:
+        return repr(value)[:40]
+    except ValueError:
+        return f"<{type(value).__name__} too large>"
+
+
 def _check_delay(delay: float | None) -> float:
     if delay is None:
         return 0.0
-    if isinstance(delay, bool) or not isinstance(delay, int | float) or not (0 <= delay < math.inf):
-        raise ConfigurationError(f"invalid delay {delay!r}: must be a finite number of seconds >= 0")
+    if (
+        isinstance(delay, bool)
+        or not isinstance(delay, int | float)
+        or not (0 <= delay <= MAX_SCHEDULE_SECONDS)
+    ):
+        raise ConfigurationError(
+            f"invalid delay {_shown(delay)}: must be 0 to {MAX_SCHEDULE_SECONDS:.0f} seconds (100 years)"
+        )
     return float(delay)
 
 
@@ -427,9 +443,15 @@ def _check_run_at(run_at: datetime | float | None) -> float | None:
     if isinstance(run_at, datetime):
         if run_at.tzinfo is None:
             raise ConfigurationError("run_at must be timezone-aware (a naive datetime is ambiguous)")
-        return run_at.timestamp()
-    if isinstance(run_at, bool) or not isinstance(run_at, int | float) or not math.isfinite(run_at):
-        raise ConfigurationError(f"invalid run_at {run_at!r}: an aware datetime or Unix time")
+        run_at = run_at.timestamp()
+    if isinstance(run_at, bool) or not isinstance(run_at, int | float):
+        raise ConfigurationError(f"invalid run_at {_shown(run_at)}: an aware datetime or Unix time")
+    now = time.time()
+    # Compared, not subtracted: exact for ints of any size, false for NaN.
+    if not (now - MAX_SCHEDULE_SECONDS <= run_at <= now + MAX_SCHEDULE_SECONDS):
+        raise ConfigurationError(
+            f"invalid run_at {_shown(run_at)}: must be a Unix time within 100 years of now"
+        )
     return float(run_at)
 
 
