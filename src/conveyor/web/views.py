@@ -5,6 +5,7 @@ and ``cancel``."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +33,9 @@ PAGE = 50
 #: The most dead jobs one DLQ view or bulk action goes through.
 DLQ_SCAN = 10_000
 MAX_OFFSET = 1_000_000
+#: The longest name, id or filter a request may pass to the store.
+MAX_TEXT = 1000
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 SINCE = {"15m": 900, "1h": 3600, "24h": 86400, "7d": 7 * 86400}
 
 
@@ -49,7 +53,7 @@ class DeadFilter:
         """From query parameters or form fields; empty values mean no filter."""
 
         def get(name: str) -> str | None:
-            value = str(params.get(name) or "").strip()
+            value = _text(str(params.get(name) or "").strip(), name)
             return value or None
 
         since = get("since")
@@ -143,7 +147,7 @@ class Views:
 
     async def queue(self, request: Request) -> Response:
         """GET /queues/{queue}: counts per priority and state, and the jobs of one state."""
-        name = request.path_params["queue"]
+        name = _text(request.path_params["queue"], "queue")
         state = request.query_params.get("state", "ready")
         state = state if state in STATES else "ready"
         offset = _offset(request)
@@ -169,7 +173,7 @@ class Views:
 
     async def job(self, request: Request) -> Response:
         """GET /jobs/{id}: payload, result, every attempt's error with traceback, timeline."""
-        info = await self._read(self.app.broker.get, request.path_params["id"])
+        info = await self._read(self.app.broker.get, _text(request.path_params["id"], "job id"))
         if info is None:
             return self._problem(request, 404, "Not found", f"no job {request.path_params['id']}")
         task = self.app.tasks.get(info.task)
@@ -190,11 +194,11 @@ class Views:
 
     async def job_action(self, request: Request) -> Response:
         """POST /jobs/{id}/{action}: replay or purge a dead job, cancel a pending one."""
-        job_id, action = request.path_params["id"], request.path_params["action"]
+        job_id, action = _text(request.path_params["id"], "job id"), request.path_params["action"]
         broker = self.app.broker
         if action == "replay":
             form = await request.form()
-            queue = str(form.get("queue") or "").strip() or None
+            queue = _text(str(form.get("queue") or "").strip(), "queue") or None
             try:
                 await self._read(broker.replay, [job_id], queue=queue)
             except KeyConflict as exc:
@@ -261,11 +265,11 @@ class Views:
             jobs, _ = await self._read(self._dead_matching, f, DLQ_SCAN)
             ids = [j.id for j in jobs]
         else:
-            ids = [str(v) for v in form.getlist("ids")]
+            ids = [_text(str(v), "job id") for v in form.getlist("ids")]
         back = f.query()
         try:
             if action == "replay":
-                queue = str(form.get("into") or "").strip() or None
+                queue = _text(str(form.get("into") or "").strip(), "queue") or None
                 count = await self._read(self.app.broker.replay, ids, queue=queue) if ids else 0
             else:
                 count = await self._read(self.app.broker.purge, ids) if ids else 0
@@ -316,6 +320,14 @@ class Views:
         )
         response.headers.update(exc.headers or {})
         return response
+
+
+def _text(value: str, what: str) -> str:
+    """``value`` when a store can hold it as text; a 400 for control characters (PostgreSQL
+    refuses NUL) or more than ``MAX_TEXT`` characters, none of which a name or id has."""
+    if len(value) > MAX_TEXT or _CONTROL.search(value):
+        raise HTTPException(400, f"invalid {what}: control characters or more than {MAX_TEXT} characters")
+    return value
 
 
 def _offset(request: Request) -> int:
