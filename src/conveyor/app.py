@@ -37,8 +37,6 @@ DEFAULT_URL = "sqlite:///conveyor.db"
 #: Enqueue options; a task function may not have parameters with these names.
 RESERVED = frozenset({"priority", "delay", "run_at", "key", "queue", "connection"})
 MAX_KEY_LENGTH = 255
-#: The furthest a delay or run_at may reach from now (100 years), so stored due times stay sane.
-MAX_SCHEDULE_SECONDS = 100 * 365.25 * 86400
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 #: Queue names already found valid (up to 4096 of them): a message per call skips the pattern.
 _valid_queues: set[str] = set()
@@ -429,10 +427,10 @@ def _check_delay(delay: float | None) -> float:
     if (
         isinstance(delay, bool)
         or not isinstance(delay, int | float)
-        or not (0 <= delay <= MAX_SCHEDULE_SECONDS)
+        or not (0 <= delay <= validate.MAX_SECONDS)
     ):
         raise ConfigurationError(
-            f"invalid delay {_shown(delay)}: must be 0 to {MAX_SCHEDULE_SECONDS:.0f} seconds (100 years)"
+            f"invalid delay {_shown(delay)}: must be 0 to {validate.MAX_SECONDS:.0f} seconds (100 years)"
         )
     return float(delay)
 
@@ -448,7 +446,7 @@ def _check_run_at(run_at: datetime | float | None) -> float | None:
         raise ConfigurationError(f"invalid run_at {_shown(run_at)}: an aware datetime or Unix time")
     now = time.time()
     # Compared, not subtracted: exact for ints of any size, false for NaN.
-    if not (now - MAX_SCHEDULE_SECONDS <= run_at <= now + MAX_SCHEDULE_SECONDS):
+    if not (now - validate.MAX_SECONDS <= run_at <= now + validate.MAX_SECONDS):
         raise ConfigurationError(
             f"invalid run_at {_shown(run_at)}: must be a Unix time within 100 years of now"
         )
