@@ -15,7 +15,8 @@ nor the supervisor's exit. Collection itself is serialized: one store query at a
 
 Authentication: when ``CONVEYOR_METRICS_TOKEN`` or the dashboard's credentials are set, a scrape
 must present them (``Authorization: Bearer`` or Basic); otherwise /metrics is open, as usual for
-Prometheus targets, on ``--metrics-host`` (default 127.0.0.1).
+Prometheus targets, on ``--metrics-host`` (default 127.0.0.1). Failed authentication is
+throttled per client address as on the dashboard (``conveyor.web.throttle``).
 """
 
 from __future__ import annotations
@@ -44,7 +45,12 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class MetricsServer:
-    """/metrics of a supervisor: its children's metrics merged, plus the store gauges."""
+    """/metrics of a supervisor: its children's metrics merged, plus the store gauges.
+
+    Args:
+        client_timeout: seconds a connection may stay silent before it is closed.
+        max_connections: connections served at once; more are closed when accepted.
+    """
 
     def __init__(
         self,
