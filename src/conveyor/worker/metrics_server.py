@@ -13,9 +13,9 @@ Slow clients: each connection is served on its own daemon thread with a socket t
 stopping closes the open connections, so an idle or half-sent request delays neither a scrape
 nor the supervisor's exit. Collection itself is serialized: one store query at a time.
 
-Authentication: when ``CONVEYOR_METRICS_TOKEN`` or the dashboard's credentials are set, a scrape
-must present them (``Authorization: Bearer`` or Basic); otherwise /metrics is open, as usual for
-Prometheus targets, on ``--metrics-host`` (default 127.0.0.1). Failed authentication is
+Authentication: a scrape must present ``CONVEYOR_METRICS_TOKEN`` or the dashboard's credentials
+(``Authorization: Bearer`` or Basic); without any set the server refuses to start. It listens on
+``--metrics-host`` (default 127.0.0.1). Failed authentication is
 throttled per client address as on the dashboard (``conveyor.web.throttle``).
 """
 
