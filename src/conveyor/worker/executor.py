@@ -114,7 +114,9 @@ class Runner:
         self._assigned = 0  # sync runs handed to threads and not yet returned by them
         self._done: list[tuple[Delivery, Outcome, float]] = []
         self._poked = False
-        self._runs: dict[str, _Run] = {}
+        #: Runs not yet collected, by (job id, token): a job leased again here after its lease
+        #: was lost has a run per token, and each settles only its own.
+        self._runs: dict[tuple[str, int], _Run] = {}
 
     # -- on the event loop -----------------------------------------------------------------
 
@@ -124,7 +126,7 @@ class Runner:
             self._loop = asyncio.get_running_loop()
         task = self.app.tasks.get(delivery.task)
         run = _Run(delivery, task)
-        self._runs[delivery.id] = run
+        self._runs[delivery.id, delivery.token] = run
         if task is None:
             log.error("job %s: unknown task %r, moved to the dead letter queue", delivery.id, delivery.task)
             self._complete(
@@ -147,11 +149,12 @@ class Runner:
                 ).start()
             self._queue.put(run)
 
-    def abandon(self, ids: Iterable[str]) -> None:
-        """Give up on runs still going at the end of a graceful stop: their outcomes are discarded."""
+    def abandon(self, leases: Iterable[tuple[str, int]]) -> None:
+        """Give up on runs (by job id and token) still going at the end of a graceful stop: their
+        outcomes are discarded."""
         with self._lock:
-            for job_id in ids:
-                run = self._runs.pop(job_id, None)
+            for lease in leases:
+                run = self._runs.pop(lease, None)
                 if run is None:
                     continue
                 run.taken = True
@@ -172,7 +175,7 @@ class Runner:
             batch, self._done = self._done, []
             self._poked = False
         for delivery, _, _ in batch:
-            run = self._runs.pop(delivery.id, None)
+            run = self._runs.pop((delivery.id, delivery.token), None)
             if run is not None and run.timer is not None:
                 run.timer.cancel()
         if batch:

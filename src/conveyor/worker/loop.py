@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from conveyor.app import Conveyor
+from conveyor.brokers.base import Lease
 from conveyor.metrics import Recorder
 from conveyor.periodic import Schedule, plan
 from conveyor.priority import Fairness
@@ -92,11 +93,21 @@ class Worker:
         self._fetcher = pool(1, thread_name_prefix="conveyor-fetch") if parallel else self._io
         self._sweeper = pool(1, thread_name_prefix="conveyor-sweep") if parallel else self._io
         self._waiter = pool(1, thread_name_prefix="conveyor-wait")
-        self.leases: dict[str, Delivery] = {}
-        #: Deliveries running in this process, by job id.
+        #: Leases held, heartbeated until their outcome lands, by (job id, token). The store
+        #: leases a job again only once its previous lease is gone, so a newer delivery of a job
+        #: supersedes the older one here: at most one lease per job id (see _tokens).
+        self.leases: dict[Lease, Delivery] = {}
+        #: The token of each job's lease in ``leases``.
+        self._tokens: dict[str, int] = {}
+        #: Deliveries running in this process, by job id: at most one run of a job at a time.
+        #: An older run whose lease was lost stays here until it ends; it settles nothing of the
+        #: newer delivery, whose pops check the token.
         self.running: dict[str, Delivery] = {}
         #: Reserved ahead of free slots while tasks are fast, in the order the store gave them.
         self.held: collections.deque[Delivery] = collections.deque()
+        #: Deliveries of a job whose older run (its lease lost) still runs here, by job id: leased
+        #: and heartbeated, started once that run ends.
+        self.waiting: dict[str, Delivery] = {}
         self._fast_runs = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -225,7 +236,11 @@ class Worker:
     def _hold(self, batch: list[Delivery]) -> None:
         """Queue reserved deliveries to start, ahead of held ones of a lower priority level."""
         for delivery in batch:
-            self.leases[delivery.id] = delivery
+            older = self._tokens.get(delivery.id)
+            if older is not None:
+                self._superseded(self._unlease((delivery.id, older)))
+            self.leases[delivery.id, delivery.token] = delivery
+            self._tokens[delivery.id] = delivery.token
         lowest = self.held[-1].priority if self.held else None
         self.held.extend(batch)
         if lowest is not None and batch and min(d.priority for d in batch) < lowest:
@@ -236,6 +251,9 @@ class Worker:
         started = []
         while self.held and len(self.running) < self.config.concurrency and not self._stopping.is_set():
             delivery = self.held.popleft()
+            if delivery.id in self.running:  # its older run, lease lost, still goes on
+                self.waiting[delivery.id] = delivery
+                continue
             self.running[delivery.id] = delivery
             self.runner.start(delivery)
             started.append(delivery)
@@ -249,10 +267,16 @@ class Worker:
         ran = []
         was_ahead = self._fast_runs >= FAST_STREAK
         for delivery, outcome, seconds in batch:
-            if self.running.pop(delivery.id, None) is not None:
-                ran.append((delivery, seconds))
-                self._outbox.append(outcome)
-                self._fast_runs = self._fast_runs + 1 if seconds < FAST_RUN else 0
+            current = self.running.get(delivery.id)
+            if current is None or current.token != delivery.token:
+                continue
+            del self.running[delivery.id]
+            ran.append((delivery, seconds))
+            self._outbox.append(outcome)
+            self._fast_runs = self._fast_runs + 1 if seconds < FAST_RUN else 0
+            following = self.waiting.pop(delivery.id, None)
+            if following is not None:
+                self.held.appendleft(following)
         self.metrics.ran(ran)
         self._outbox_ready.set()
         self._fill()
@@ -299,11 +323,11 @@ class Worker:
 
     def _settled(self, outcome: Outcome, status: AckStatus) -> tuple[Delivery, str] | None:
         """Book an outcome the store answered; the delivery and how it ended, if it was ours."""
-        if status.status == "effects_failed" and outcome.id in self.leases:
+        if status.status == "effects_failed" and (outcome.id, outcome.token) in self.leases:
             log.warning("job %s: effects failed (%s); counted as a failed attempt", outcome.id, status.error)
             self._report(self._effects_failed(outcome, status.error or "effects failed"))
             return None
-        delivery = self.leases.pop(outcome.id, None)
+        delivery = self._unlease((outcome.id, outcome.token))
         kind = "lost" if status.status == "lost" else outcome.kind
         self.counts[kind] += 1
         if kind == "lost":
@@ -317,7 +341,7 @@ class Worker:
         self.metrics.finished(ended)
 
     def _effects_failed(self, outcome: Outcome, message: str) -> Outcome:
-        delivery = self.leases[outcome.id]
+        delivery = self.leases[outcome.id, outcome.token]
         task = self.app.tasks.get(delivery.task)
         return failure(delivery, self.id, EffectsFailed(message), task, self.runner.rng)
 
@@ -335,18 +359,44 @@ class Worker:
     async def _heartbeat(self) -> None:
         await self._call(self.app.broker.beat, self.info(), self.config.heartbeat_every * 3)
         self.metrics.heartbeat()
-        leases = [(d.id, d.token) for d in self.leases.values()]
+        leases = list(self.leases)
         if not leases:
             return
         lost = await self._call(self.app.broker.extend, leases, self.config.lease)
+        sent = dict(leases)  # the tokens extended: a newer lease may have come meanwhile
         for job_id in lost:
-            delivery = self.leases.pop(job_id, None)
-            if delivery is not None and delivery in self.held:  # never started: no longer ours
-                self.held.remove(delivery)
+            delivery = self._unlease((job_id, sent[job_id]))
             if delivery is not None:
+                self._drop_unstarted(delivery)
                 self._room_grew.set()  # room to reserve in its place
                 self._finished([(delivery, "lost")])
                 log.warning("job %s: lease lost (expired and reclaimed); its outcome will be refused", job_id)
+
+    def _unlease(self, lease: Lease) -> Delivery | None:
+        """Take ``lease`` off the books (nothing if it is no longer there); its delivery."""
+        delivery = self.leases.pop(lease, None)
+        if delivery is not None:
+            del self._tokens[lease[0]]
+        return delivery
+
+    def _drop_unstarted(self, delivery: Delivery) -> None:
+        """Forget a delivery that had not started (held or waiting): it is no longer ours."""
+        if self.waiting.get(delivery.id) is delivery:
+            del self.waiting[delivery.id]
+        elif delivery in self.held:
+            self.held.remove(delivery)
+
+    def _superseded(self, delivery: Delivery | None) -> None:
+        """The store leased this job again: the older lease here is lost; a run of it goes on
+        (its outcome will be refused) and the newer delivery waits for it to end."""
+        if delivery is None:
+            return
+        self._drop_unstarted(delivery)
+        self._finished([(delivery, "lost")])
+        log.warning(
+            "job %s: leased again after its lease here was lost; the older run's outcome will be refused",
+            delivery.id,
+        )
 
     async def _reclaim(self) -> None:
         reclaimed = await self._sweep(self.app.broker.reclaim)
@@ -382,21 +432,22 @@ class Worker:
     async def _drain(self) -> None:
         """Release held tasks at once; give running ones ``grace`` seconds, then release the rest.
         A released task goes back to its queue without counting an attempt."""
-        held = [d.id for d in self.held]
+        held = [(d.id, d.token) for d in (*self.held, *self.waiting.values())]
         self.held.clear()
+        self.waiting.clear()
         if held:
             log.info("released %d reserved tasks that had not started", await self._release(held))
         if self.running:
             log.info("waiting up to %.0f s for %d running tasks", self.config.grace, len(self.running))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), self.config.grace)
-        unfinished = list(self.running)
+        unfinished = [(d.id, d.token) for d in self.running.values()]
         self.runner.abandon(unfinished)
         self.running.clear()
         if unfinished:
             log.warning("released %d unfinished tasks back to their queues", await self._release(unfinished))
 
-    async def _release(self, job_ids: list[str]) -> int:
-        """Give back the leases still held on ``job_ids``; how many went back to their queues."""
-        leases = [(job_id, self.leases.pop(job_id).token) for job_id in job_ids if job_id in self.leases]
+    async def _release(self, candidates: list[Lease]) -> int:
+        """Give back those of ``candidates`` still held; how many went back to their queues."""
+        leases = [lease for lease in candidates if self._unlease(lease) is not None]
         return await self._call(self.app.broker.release, leases) if leases else 0
