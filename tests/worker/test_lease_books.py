@@ -12,12 +12,11 @@ import itertools
 import signal
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from backend_stores import NAMES, fresh_app
+from backend_stores import NAMES, fresh_app, wait_for
 from redis_servers import server
 
 from conveyor import Conveyor, RetryPolicy, current_job
@@ -31,15 +30,6 @@ FAST: dict[str, Any] = {
     "reclaim_interval": 0.2,
     "idle_wait": 0.1,
 }
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 class Runs:
@@ -110,10 +100,11 @@ def test_a_redis_pause_longer_than_the_lease_runs_the_job_at_most_twice(
                 wait_for(lambda: runs.began, what="the first run")
                 redis.proc.send_signal(signal.SIGSTOP)
                 try:
-                    # Another worker's sweep, sent while the server stands still: it runs when the
-                    # server resumes, ahead of the heartbeats sent after it, and finds the lease
-                    # long expired by the server's clock.
-                    sweep = threading.Thread(target=other.broker.reclaim)
+                    # Another worker's sweep, sent while the server stands still, runs when it
+                    # resumes. Which of it and this worker's pending heartbeat the server runs
+                    # first is a race; the sweep's time, past any lease the heartbeat can set,
+                    # makes the sweep win it, as it does whenever the outage outlasts the lease.
+                    sweep = threading.Thread(target=other.broker.reclaim, args=(time.time() + 3600,))
                     sweep.start()
                     time.sleep(2.5 * LEASE)  # the outage
                 finally:

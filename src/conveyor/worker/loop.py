@@ -25,6 +25,9 @@ from conveyor.worker.executor import Runner, failure
 log = logging.getLogger("conveyor.worker")
 T = TypeVar("T")
 
+#: Backoff of upkeep calls that fail: the first retry's delay, and the longest.
+RETRY_FIRST, RETRY_CAP = 0.05, 5.0
+
 #: Tasks are "fast" once this many runs in a row each took under FAST_RUN seconds; only then does
 #: a worker reserve ahead of its free slots (see Worker._room).
 FAST_RUN = 0.001
@@ -93,6 +96,10 @@ class Worker:
         self._fetcher = pool(1, thread_name_prefix="conveyor-fetch") if parallel else self._io
         self._sweeper = pool(1, thread_name_prefix="conveyor-sweep") if parallel else self._io
         self._waiter = pool(1, thread_name_prefix="conveyor-wait")
+        # Heartbeats (lease extensions and the registry beat) never queue behind an ack, a
+        # release, a periodic enqueue or a sweep: an ack waiting on a lock would otherwise cost
+        # every task of this worker its lease. (On SQLite they still take the one writer lock.)
+        self._beater = pool(1, thread_name_prefix="conveyor-beat")
         #: Leases held, heartbeated until their outcome lands, by (job id, token). The store
         #: leases a job again only once its previous lease is gone, so a newer delivery of a job
         #: supersedes the older one here: at most one lease per job id (see _tokens).
@@ -146,6 +153,9 @@ class Worker:
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
 
+    async def _beat(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._beater, fn, *args)
+
     async def _sweep(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._sweeper, fn)
 
@@ -177,7 +187,7 @@ class Worker:
                 await self._call(broker.beat, self.info(), -1.0)
             self.runner.shutdown()
             self._waiter.shutdown(wait=False, cancel_futures=True)
-            for pool in dict.fromkeys((self._fetcher, self._sweeper, self._io)):
+            for pool in dict.fromkeys((self._fetcher, self._sweeper, self._beater, self._io)):
                 pool.shutdown(wait=True)
             log.info("worker %s stopped: %s", self.id, self.counts)
 
@@ -348,21 +358,41 @@ class Worker:
     # -- upkeep ------------------------------------------------------------------------------
 
     async def _every(self, seconds: float, job: Callable[[], Awaitable[None]]) -> None:
-        """Run ``job`` every ``seconds`` until cancelled; log failures and carry on."""
+        """Run ``job`` every ``seconds`` until cancelled. A failure is logged, one line with its
+        cause, and retried after a backoff (50 ms doubling to 5 s, never longer than ``seconds``)
+        that starts again after a success."""
+        wait, backoff = seconds, RETRY_FIRST
         while True:
-            await asyncio.sleep(seconds)
+            await asyncio.sleep(wait)
             try:
                 await job()
-            except Exception:
-                log.exception("%s failed; will retry", job.__name__)
+            except Exception as exc:  # noqa: BLE001 - upkeep carries on whatever the store raised
+                wait = min(backoff, seconds)
+                backoff = min(backoff * 2, RETRY_CAP)
+                log.warning(
+                    "%s failed (%s: %s); retrying in %.2f s", job.__name__[1:], type(exc).__name__, exc, wait
+                )
+            else:
+                wait, backoff = seconds, RETRY_FIRST
 
     async def _heartbeat(self) -> None:
-        await self._call(self.app.broker.beat, self.info(), self.config.heartbeat_every * 3)
-        self.metrics.heartbeat()
+        """Extend this worker's leases and record it in the worker registry; a failure of one
+        does not skip the other."""
+        beat: Exception | None = None
+        try:
+            await self._beat(self.app.broker.beat, self.info(), self.config.heartbeat_every * 3)
+            self.metrics.heartbeat()
+        except Exception as exc:  # noqa: BLE001 - raised again once the leases are extended
+            beat = exc
+        await self._extend()
+        if beat is not None:
+            raise beat
+
+    async def _extend(self) -> None:
         leases = list(self.leases)
         if not leases:
             return
-        lost = await self._call(self.app.broker.extend, leases, self.config.lease)
+        lost = await self._beat(self.app.broker.extend, leases, self.config.lease)
         sent = dict(leases)  # the tokens extended: a newer lease may have come meanwhile
         for job_id in lost:
             delivery = self._unlease((job_id, sent[job_id]))
