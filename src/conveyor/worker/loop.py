@@ -98,8 +98,10 @@ class Worker:
         self._waiter = pool(1, thread_name_prefix="conveyor-wait")
         # Heartbeats (lease extensions and the registry beat) never queue behind an ack, a
         # release, a periodic enqueue or a sweep: an ack waiting on a lock would otherwise cost
-        # every task of this worker its lease. (On SQLite they still take the one writer lock.)
-        self._beater = pool(1, thread_name_prefix="conveyor-beat")
+        # every task of this worker its lease. Their thread has a store connection of its own,
+        # so they wait for no other thread's either. (On SQLite they still take turns with every
+        # other writer for the one write lock.)
+        self._beater = pool(1, thread_name_prefix="conveyor-beat", initializer=app.broker.own_connection)
         #: Leases held, heartbeated until their outcome lands, by (job id, token). The store
         #: leases a job again only once its previous lease is gone, so a newer delivery of a job
         #: supersedes the older one here: at most one lease per job id (see _tokens).
