@@ -303,14 +303,18 @@ class Runner:
     def _succeeded(
         self, delivery: Delivery, task: Task[Any, Any], ctx: context.JobContext, value: Any
     ) -> Outcome:
+        limit = task.max_result or self.app.max_result
         try:
-            result = None if value is None else serializer.encode_value(value, f"{task.name}: return value")
-        except SerializationError as exc:
+            result = (
+                None if value is None else serializer.encode_value(value, f"{task.name}: return value", limit)
+            )
+        except SerializationError as exc:  # ResultTooLarge too: the same value would fail again
+            log.error("job %s: %s; moved to the dead letter queue", delivery.id, exc)
             return Outcome(
                 delivery.id,
                 delivery.token,
                 "dead",
-                error=error_record(delivery, self.worker, exc, "SerializationError", str(exc)),
+                error=error_record(delivery, self.worker, exc, type(exc).__name__, str(exc)),
             )
         return Outcome(
             delivery.id,
