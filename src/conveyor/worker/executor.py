@@ -89,6 +89,11 @@ class _Run:
         self.future: asyncio.Task[None] | None = None
 
 
+def _taken(run: _Run) -> bool:
+    """Whether ``run``'s outcome was reported already (read again: another thread may set it)."""
+    return run.taken
+
+
 #: Called on the event loop with outcomes that finished together: (delivery, outcome, seconds run).
 Finished = Callable[[list[tuple[Delivery, Outcome, float]]], None]
 
@@ -99,11 +104,14 @@ class Runner:
     Async tasks run as asyncio tasks on the worker's loop. Sync tasks run on task threads fed
     through a queue: no future per task, and one loop wake-up for every batch of outcomes that
     finished together, which is what makes a no-op task cost tens of microseconds, not hundreds.
-    A thread stuck in a timed-out call is not waited for: a new thread takes its place.
+    A thread stuck in a timed-out call is not waited for: a new thread takes its place, and
+    whichever thread ends a run while there are more than ``threads`` (and more than the runs
+    assigned) exits, so the count shrinks back once the stuck calls return.
     """
 
-    def __init__(self, app: Conveyor, worker: str, finished: Finished) -> None:
+    def __init__(self, app: Conveyor, worker: str, finished: Finished, threads: int = 1) -> None:
         self.app = app
+        self._size = threads
         self.worker = worker
         self.rng = random.Random()
         self._finished_cb = finished
@@ -232,6 +240,11 @@ class Runner:
             finally:
                 with self._lock:
                     self._assigned -= 1
+                    surplus = self._threads > max(self._size, self._assigned)
+                    if surplus:
+                        self._threads -= 1
+            if surplus:
+                return
 
     def _run_sync(self, run: _Run) -> None:
         with self._lock:
@@ -250,6 +263,8 @@ class Runner:
         try:
             value = task.fn(*args, **kwargs)
         except BaseException as exc:  # noqa: BLE001 - every failure of user code is an outcome
+            if _taken(run):  # timed out: the timeout was reported, this is its interrupt landing
+                return
             outcome = self._failed(delivery, task, exc)
         else:
             outcome = self._succeeded(delivery, task, ctx, value)

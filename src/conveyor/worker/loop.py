@@ -89,7 +89,7 @@ class Worker:
         self.config = config or WorkerConfig()
         self.id = self.config.worker_id
         self.fairness = Fairness(app.priorities.weights)
-        self.runner = Runner(app, self.id, self._finished_runs)
+        self.runner = Runner(app, self.id, self._finished_runs, self.config.concurrency)
         # One thread owns the store connection for the loop's calls, waits get their own, and
         # so do reservations and sweeps where the store takes writes in parallel (see
         # Broker.parallel_writes): then a batch of acks or a heartbeat never holds back the next
@@ -558,7 +558,18 @@ class Worker:
     async def _release(self, candidates: list[Lease]) -> int:
         """Give back those of ``candidates`` still held; how many went back to their queues."""
         leases = [lease for lease in candidates if self._unlease(lease) is not None]
-        return await self._call(self.app.broker.release, leases) if leases else 0
+        if not leases:
+            return 0
+        try:
+            return await self._call(self.app.broker.release, leases)
+        except Exception as exc:  # noqa: BLE001 - the stop goes on: their leases expire instead
+            log.warning(
+                "releasing %d tasks failed (%s: %s); they are reclaimed when their leases expire",
+                len(leases),
+                type(exc).__name__,
+                exc,
+            )
+            return 0
 
 
 def _printable(text: str) -> str:
