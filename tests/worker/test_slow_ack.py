@@ -7,6 +7,7 @@ acknowledgement lands once the test lets the row go.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -28,7 +29,9 @@ def test_an_ack_blocked_on_a_row_lock_costs_no_other_task_its_lease(tmp_path: Pa
     assert sql is not None
     runs: list[tuple[str, int]] = []
     lock = threading.Lock()
-    with fresh_app("postgres", tmp_path) as app:
+    me = f"books_slow_ack_{os.urandom(4).hex()}"  # picks this test's sessions out of the server's
+    url = f"{BACKENDS['postgres'].new_store(tmp_path)}&application_name={me}"
+    with fresh_app("postgres", tmp_path, url=url) as app:
         sql(app.url, "CREATE TABLE t (id int PRIMARY KEY, n int NOT NULL)", ())
         sql(app.url, "INSERT INTO t VALUES (1, 0)", ())
         once = RetryPolicy(max_attempts=3, base=0.01)
@@ -59,8 +62,8 @@ def test_an_ack_blocked_on_a_row_lock_costs_no_other_task_its_lease(tmp_path: Pa
                     rows = sql(
                         app.url,
                         "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                        " AND query LIKE 'UPDATE t SET n%'",
-                        (),
+                        " AND application_name = ? AND query LIKE 'UPDATE t SET n%%'",
+                        (me,),
                     )
                     return rows[0][0] == 1
 
