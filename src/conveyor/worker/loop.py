@@ -444,12 +444,13 @@ class Worker:
             await asyncio.sleep(wait)
             try:
                 await job()
-            except Exception as exc:  # noqa: BLE001 - upkeep carries on whatever the store raised
+            except Exception as exc:  # upkeep carries on whatever the store raised
                 wait = min(backoff, seconds)
                 backoff = min(backoff * 2, RETRY_CAP)
                 log.warning(
                     "%s failed (%s: %s); retrying in %.2f s", job.__name__[1:], type(exc).__name__, exc, wait
                 )
+                log.debug("%s failed", job.__name__[1:], exc_info=True)  # the traceback, when asked for
             else:
                 wait, backoff = seconds, RETRY_FIRST
 
