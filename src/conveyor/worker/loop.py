@@ -16,11 +16,11 @@ from typing import Any, TypeVar
 
 from conveyor.app import Conveyor
 from conveyor.brokers.base import Lease
-from conveyor.errors import AckRefused
 from conveyor.metrics import Recorder
 from conveyor.periodic import Schedule, plan
 from conveyor.priority import Fairness
 from conveyor.records import AckStatus, Delivery, Outcome, WorkerInfo
+from conveyor.worker.acks import Acknowledger, Failed
 from conveyor.worker.executor import Runner, failure
 
 log = logging.getLogger("conveyor.worker")
@@ -28,9 +28,6 @@ T = TypeVar("T")
 
 #: Backoff of upkeep calls that fail: the first retry's delay, and the longest.
 RETRY_FIRST, RETRY_CAP = 0.05, 5.0
-
-#: Times an outcome the store refuses on its own is sent before it is replaced (see _refused).
-REFUSALS = 3
 
 #: Tasks are "fast" once this many runs in a row each took under FAST_RUN seconds; only then does
 #: a worker reserve ahead of its free slots (see Worker._room).
@@ -125,8 +122,7 @@ class Worker:
         self._idle = asyncio.Event()
         self._idle.set()
         self._outbox: list[Outcome] = []
-        #: Times in a row the store refused an outcome on its own, by lease (see _refused).
-        self._refusals: dict[Lease, int] = {}
+        self._acks = Acknowledger(app, self._call)
         self._outbox_ready = asyncio.Event()
         #: Set whenever _room() may have grown: a lease settled or lost, or the look-ahead began.
         self._room_grew = asyncio.Event()
@@ -320,11 +316,8 @@ class Worker:
                     return
                 continue
             batch, self._outbox = self._outbox, []
-            answered, failed = await self._acknowledge(batch)
+            answered, failed = await self._acks.send(batch)
             if answered:
-                if self._refusals:
-                    for outcome, _ in answered:
-                        self._refusals.pop((outcome.id, outcome.token), None)
                 settled = (self._settled(outcome, status) for outcome, status in answered)
                 self._finished([done for done in settled if done is not None])
                 self._room_grew.set()  # settled leases make room to reserve
@@ -340,73 +333,14 @@ class Worker:
                 # Once stopped nothing else wakes this loop: look again, to flush or to return.
                 self._outbox_ready.set()
 
-    async def _acknowledge(
-        self, batch: list[Outcome]
-    ) -> tuple[list[tuple[Outcome, AckStatus]], list[tuple[Outcome, Exception | None]]]:
-        """Send ``batch``; the outcomes answered, and those that failed with the store's error
-        (None while the store is unreachable: not held against the outcome). A batch that fails
-        while the store answers is sent again one outcome at a time, so that one outcome the
-        store refuses holds back no other."""
-        ack = self.app.broker.ack
-        try:
-            return list(zip(batch, await self._call(ack, batch), strict=True)), []
-        except Exception as exc:  # noqa: BLE001 - whatever the store raised, the outcomes stay ours
-            cause = exc
-        try:
-            await self._call(self.app.broker.get, batch[0].id)
-        except Exception as exc:  # noqa: BLE001 - the store is away: every outcome waits for it
-            log.warning(
-                "ack of %d outcomes failed (%s: %s); the store does not answer",
-                len(batch),
-                type(exc).__name__,
-                exc,
-            )
-            return [], [(outcome, None) for outcome in batch]
-        if len(batch) == 1:
-            return [], [(batch[0], cause)]
-        answered: list[tuple[Outcome, AckStatus]] = []
-        failed: list[tuple[Outcome, Exception | None]] = []
-        for outcome in batch:
-            try:
-                answered.append((outcome, (await self._call(ack, [outcome]))[0]))
-            except Exception as exc:  # noqa: BLE001 - this outcome's own failure
-                failed.append((outcome, exc))
-        return answered, failed
-
-    def _refused(self, failed: list[tuple[Outcome, Exception | None]]) -> list[Outcome]:
-        """The outcomes to send again. One refused REFUSALS times in a row is replaced by a
-        failed attempt (AckRefused) the store can take; if that is refused as often too, the
-        lease is left to expire and be reclaimed."""
-        again = []
-        for outcome, exc in failed:
-            lease = (outcome.id, outcome.token)
-            if exc is None:
-                again.append(outcome)
-                continue
-            cause = _printable(f"{type(exc).__name__}: {exc}")
-            refusals = self._refusals.get(lease, 0) + 1
-            log.warning(
-                "job %s: the store refused its outcome (%s), %d/%d", outcome.id, cause, refusals, REFUSALS
-            )
-            if refusals < REFUSALS:
-                self._refusals[lease] = refusals
-                again.append(outcome)
-                continue
-            self._refusals.pop(lease, None)
-            delivery = self.leases.get(lease)
-            if delivery is None:
-                continue  # no longer ours: nothing to settle
-            if outcome.error is not None and outcome.error.get("type") == AckRefused.__name__:
-                log.error(
-                    "job %s: the store refuses even its failed attempt; left to be reclaimed", outcome.id
-                )
-                self._unlease(lease)
+    def _refused(self, failed: list[Failed]) -> list[Outcome]:
+        """The outcomes to send again (see Acknowledger.again); a lease given up leaves the
+        books, to expire and be reclaimed."""
+        again, given_up = self._acks.again(failed, self.leases, self.id, self.runner.rng)
+        for lease in given_up:
+            delivery = self._unlease(lease)
+            if delivery is not None:
                 self._finished([(delivery, "lost")])
-                continue
-            refused = AckRefused(f"the store refused the outcome ({outcome.kind}): {cause}")
-            again.append(
-                failure(delivery, self.id, refused, self.app.tasks.get(delivery.task), self.runner.rng)
-            )
         return again
 
     def _settled(self, outcome: Outcome, status: AckStatus) -> tuple[Delivery, str] | None:
@@ -571,8 +505,3 @@ class Worker:
                 exc,
             )
             return 0
-
-
-def _printable(text: str) -> str:
-    """``text`` with what a store may refuse (lone surrogates, NUL) escaped."""
-    return text.encode("utf-8", "backslashreplace").decode().replace("\x00", "\\x00")
