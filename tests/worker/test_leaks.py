@@ -45,7 +45,7 @@ def _task_threads() -> list[threading.Thread]:
 def test_task_threads_added_after_timeouts_end_once_idle(app: Conveyor, run_worker: Any) -> None:
     @app.task(timeout=0.1, retry=RetryPolicy(max_attempts=1))
     def stuck() -> None:
-        time.sleep(1.0)  # a C call: the timeout's interrupt lands when it returns
+        time.sleep(3.0)  # a C call: the timeout's interrupt lands when it returns
 
     @app.task
     def quick(n: int) -> int:
@@ -56,7 +56,7 @@ def test_task_threads_added_after_timeouts_end_once_idle(app: Conveyor, run_work
         assert [quick.enqueue(n).result(timeout=20) for n in range(4)] == list(range(4))
         wait_for(lambda: all(j.status() == "dead" for j in stuck_jobs), what="the timeouts")
         assert len(_task_threads()) > 2  # replacements were added for the stuck threads
-        wait_for(lambda: len(_task_threads()) <= 2, timeout=10, what="the extra task threads to end")
+        wait_for(lambda: len(_task_threads()) <= 2, timeout=20, what="the extra task threads to end")
         assert quick.enqueue(9).result(timeout=20) == 9
 
 
