@@ -50,6 +50,8 @@ class Conveyor:
         priorities: level names and weights, most urgent first (default high 6, normal 3, low 1).
         retry: default retry policy of tasks that do not set one.
         max_payload: largest encoded arguments accepted, in bytes (default 1 MiB).
+        max_result: largest encoded return value a task may store, in bytes (default 16 MiB);
+            a larger one fails the attempt with ResultTooLarge. Tasks may set their own.
         retention: seconds finished jobs, their results and idempotency keys are kept (default 24 h).
     """
 
@@ -60,12 +62,14 @@ class Conveyor:
         priorities: Mapping[str, int] = DEFAULT_LEVELS,
         retry: RetryPolicy | None = None,
         max_payload: int = 1 << 20,
+        max_result: int = 16 << 20,
         retention: float = 86400.0,
     ) -> None:
         self.url = url or os.environ.get("CONVEYOR_URL") or DEFAULT_URL
         self.priorities = Priorities(priorities)
         self.retry = retry or RetryPolicy()
         self.max_payload = max_payload
+        self.max_result = _size("max_result", max_result)
         self.retention = retention
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.schedules: list[Schedule] = []
@@ -104,6 +108,7 @@ class Conveyor:
         priority: str | int = "normal",
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
+        max_result: int | None = None,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(
@@ -115,6 +120,7 @@ class Conveyor:
         priority: str | int = "normal",
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
+        max_result: int | None = None,
     ) -> Any:
         """Register a function (sync or ``async def``) as a task.
 
@@ -124,10 +130,13 @@ class Conveyor:
             priority: default priority level (name or index).
             retry: its retry policy; defaults to the application's.
             timeout: seconds an attempt may run before it fails with TimeoutError.
+            max_result: largest encoded return value in bytes; defaults to the application's.
+                A larger one sends the job to the dead letter queue with ResultTooLarge.
         """
 
         def register(f: Callable[..., Any]) -> Task[Any, Any]:
             t = Task(self, f, name=name, queue=queue, priority=priority, retry=retry, timeout=timeout)
+            t.max_result = None if max_result is None else _size(f"task {t.name!r}: max_result", max_result)
             if t.name in self.tasks:
                 raise ConfigurationError(f"a task named {t.name!r} is already registered")
             self.tasks[t.name] = t
@@ -210,6 +219,12 @@ class Conveyor:
         return Job(self, job_id)
 
 
+def _size(what: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"{what} must be a positive number of bytes, got {value!r}")
+    return value
+
+
 class Task(Generic[P, R]):
     """A registered task function. Call it to run it here; ``enqueue`` it to run it on a worker."""
 
@@ -241,6 +256,8 @@ class Task(Generic[P, R]):
         if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0):
             raise ConfigurationError(f"task {self.name!r}: timeout must be a positive number")
         self.timeout = timeout
+        #: Largest encoded return value in bytes, or None for the application's ``max_result``.
+        self.max_result: int | None = None
         self.is_async = inspect.iscoroutinefunction(fn)
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", self.name)

@@ -23,6 +23,16 @@ class PayloadTooLarge(SerializationError):
     """The encoded arguments exceed the configured size limit."""
 
 
+class ResultTooLarge(SerializationError):
+    """A task's encoded return value exceeds its ``max_result``: the attempt fails, the result
+    never reaches the store."""
+
+
+class AckRefused(ConveyorError):
+    """The store refused an attempt's outcome on its own, again and again, while it took
+    others: the attempt is recorded as failed with this error instead."""
+
+
 class KeyConflict(ConveyorError):
     """An idempotency key is already used by a task with a different payload."""
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from conveyor.errors import PayloadTooLarge, SerializationError
+from conveyor.errors import PayloadTooLarge, ResultTooLarge, SerializationError
 
 #: Deepest nesting of lists/dicts accepted in arguments and results.
 MAX_DEPTH = 64
@@ -131,10 +131,18 @@ def decode_args(payload: bytes, max_size: int) -> tuple[list[Any], dict[str, Any
     return value[0], value[1]
 
 
-def encode_value(value: Any, where: str = "result") -> bytes:
-    """Encode a result (or any JSON value)."""
+def encode_value(value: Any, where: str = "result", max_size: int | None = None) -> bytes:
+    """Encode a result (or any JSON value).
+
+    Raises:
+        SerializationError: the value is not JSON; the message names where.
+        ResultTooLarge: the encoding is longer than ``max_size`` bytes.
+    """
     _check((value, 0, None, where))
-    return _encode(value, where)
+    data = _encode(value, where)
+    if max_size is not None and len(data) > max_size:
+        raise ResultTooLarge(f"{where} encodes to {len(data)} bytes, over the limit of {max_size}")
+    return data
 
 
 def decode_value(data: bytes) -> Any:

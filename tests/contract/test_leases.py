@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from conveyor.records import Reclaimed
@@ -166,3 +168,24 @@ def test_reclaim_with_nothing_expired_changes_nothing(broker, t0):
 
     assert broker.reclaim(now=t0 + 5) == Reclaimed([], [])
     assert broker.reclaim(now=t0 + 5) == Reclaimed([], [])
+
+
+# -- a connection of a thread's own (heartbeats) ----------------------------------------------
+
+
+def test_a_thread_with_its_own_connection_extends_and_settles_like_any_other(broker, t0):
+    enqueue(broker, t0, make_message(), make_message())
+    first, second = reserve(broker, now=t0, limit=2, lease=10)
+    answers: list[object] = []
+
+    def heartbeat() -> None:
+        broker.own_connection()
+        answers.append(broker.extend([(first.id, first.token), (second.id, 999)], lease=30, now=t0 + 5))
+        answers.append(statuses(broker, [succeeded(first)], now=t0 + 6))
+        answers.append(broker.extend([(first.id, first.token)], lease=30, now=t0 + 7))
+
+    thread = threading.Thread(target=heartbeat)
+    thread.start()
+    thread.join(30)
+    assert answers == [[second.id], ["ok"], [first.id]]
+    assert info(broker, second.id, now=t0 + 8).lease_until == pytest.approx(t0 + 10)

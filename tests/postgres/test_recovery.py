@@ -91,17 +91,17 @@ def test_the_operation_cut_off_raises_and_the_next_one_succeeds(broker, admin, a
     schema = parse(url).schema
     failures: list[BaseException] = []
 
-    def heartbeat() -> None:
+    def release() -> None:
         try:
-            broker.extend([(d.id, d.token)], 60)
+            broker.release([(d.id, d.token)])
         except BaseException as exc:
             failures.append(exc)
 
     with psycopg.connect(parse(url).conninfo.replace(app_name, "blocker")) as blocker:
         blocker.execute(f'SELECT 1 FROM "{schema}".jobs WHERE id = %s FOR UPDATE', [d.id])
-        thread = threading.Thread(target=heartbeat)
+        thread = threading.Thread(target=release)
         thread.start()
-        time.sleep(0.3)  # the heartbeat now waits for the row lock, on the server
+        time.sleep(0.3)  # the release now waits for the row lock, on the server
         terminate(admin, app_name)
         thread.join(10)
         blocker.rollback()
@@ -158,3 +158,19 @@ def wait_for(condition: Any, timeout: float = 20.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.02)
+
+
+def test_extend_passes_a_lease_whose_row_is_locked_and_reports_it_held(broker, url, app_name):
+    """An acknowledgement waiting on an effect's lock holds its job's row: heartbeats pass it
+    (never wait for it), extend every other lease, and report it held."""
+    broker.enqueue([message(), message()])
+    locked, free = broker.reserve(["q"], 2, 30, "w", Fairness(FAIRNESS))
+    schema = parse(url).schema
+    with psycopg.connect(parse(url).conninfo.replace(app_name, "blocker")) as blocker:
+        blocker.execute(f'SELECT 1 FROM "{schema}".jobs WHERE id = %s FOR UPDATE', [locked.id])
+        start = time.monotonic()
+        assert broker.extend([(locked.id, locked.token), (free.id, free.token)], 600) == []
+        assert time.monotonic() - start < 5
+        leases = dict(blocker.execute(f'SELECT id, lease_until FROM "{schema}".jobs').fetchall())
+        blocker.rollback()
+    assert leases[free.id] > leases[locked.id] + 500

@@ -419,7 +419,8 @@ def test_outcomes_pending_at_stop_are_flushed_and_the_flusher_returns(app: Conve
     job = noop.enqueue()
     worker = Worker(app, WorkerConfig(queues=["default"]))
     [delivery] = app.broker.reserve(["default"], 1, 30.0, worker.id, worker.fairness)
-    worker.leases[delivery.id] = delivery
+    worker._hold([delivery])
+    worker.held.clear()  # leased, never started
 
     async def stop_with_an_outcome_pending() -> None:
         flusher = asyncio.create_task(worker._flush_loop())

@@ -157,6 +157,12 @@ class Broker(abc.ABC):
     def expire(self, now: float | None = None, limit: int = 1000) -> int:
         """Delete up to ``limit`` finished jobs whose retention has passed; return how many."""
 
+    def own_connection(self) -> None:  # noqa: B027 - a no-op unless a store pools connections
+        """Give the calling thread a connection of its own from now on, outside any shared pool,
+        so its calls (a worker's heartbeats) never wait for a connection another thread holds.
+        A no-op where a call never waits for one (SQLite: a connection per thread; Redis: a
+        pool without a limit)."""
+
     @abc.abstractmethod
     def close(self) -> None:
         """Release connections and wake-up listeners."""

@@ -17,6 +17,7 @@ import sqlite3
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from importlib import resources
 from typing import Any
@@ -97,8 +98,9 @@ class SQLiteBroker(Broker):
             raise ConfigurationError(f"invalid synchronous={self._synchronous!r}")
         self._busy_ms = int(options.get("busy_timeout", "30000"))
         self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._lock_fds: list[int] = []
+        #: Closers of the threads' connections and lock descriptors, each called when its
+        #: thread ends (its thread-local slot is dropped) or when the broker closes.
+        self._closers: list[weakref.finalize[Any, Any]] = []
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
         self._listener_name = ""
@@ -113,12 +115,14 @@ class SQLiteBroker(Broker):
 
     def _db(self) -> sqlite3.Connection:
         if self._pid != os.getpid():  # forked: the parent's connections and socket are not ours
-            self._pid, self._local, self._connections = os.getpid(), threading.local(), []
-            self._lock_fds = []
+            self._pid, self._local, self._closers = os.getpid(), threading.local(), []
             self._listener, self._listening = None, ""
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self.path, isolation_level=None, timeout=self._busy_ms / 1000)
+            # Closed by the broker's close() on another thread: allowed, nothing else crosses.
+            db = sqlite3.connect(
+                self.path, isolation_level=None, timeout=self._busy_ms / 1000, check_same_thread=False
+            )
             # A corrupt TEXT value (not UTF-8) reads as text with U+FFFD in it: it costs its own
             # job (an unknown task is buried), not the reservation or listing it appears in.
             db.text_factory = _TEXT
@@ -129,9 +133,13 @@ class SQLiteBroker(Broker):
             # each thread opens its own.
             writer = os.open(f"{self.path}-writer.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             self._local.db, self._local.writer = db, writer
+            owner = _Owner()  # only this thread's slot holds it: it dies with the thread
+            self._local.owner = owner
+            closer = weakref.finalize(owner, _close_connection, db, writer)
+            closer.atexit = False
             with self._lock:
-                self._connections.append(db)
-                self._lock_fds.append(writer)
+                self._closers = [c for c in self._closers if c.alive]
+                self._closers.append(closer)
         return db
 
     @contextlib.contextmanager
@@ -596,15 +604,21 @@ class SQLiteBroker(Broker):
             self._listener.close()
         self._listener = None
         with self._lock:
-            for db in self._connections:
-                with contextlib.suppress(sqlite3.Error):
-                    db.close()
-            self._connections.clear()
-            for fd in self._lock_fds:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-            self._lock_fds.clear()
+            closers, self._closers = self._closers, []
+        for closer in closers:
+            closer()
         self._local = threading.local()
+
+
+class _Owner:
+    """Stands for a thread in its thread-local slot; its end closes that thread's connection."""
+
+
+def _close_connection(db: sqlite3.Connection, writer: int) -> None:
+    with contextlib.suppress(sqlite3.Error):
+        db.close()
+    with contextlib.suppress(OSError):
+        os.close(writer)
 
 
 def _spread(n: int, available: Sequence[int]) -> list[int]:

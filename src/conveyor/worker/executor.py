@@ -89,6 +89,11 @@ class _Run:
         self.future: asyncio.Task[None] | None = None
 
 
+def _taken(run: _Run) -> bool:
+    """Whether ``run``'s outcome was reported already (read again: another thread may set it)."""
+    return run.taken
+
+
 #: Called on the event loop with outcomes that finished together: (delivery, outcome, seconds run).
 Finished = Callable[[list[tuple[Delivery, Outcome, float]]], None]
 
@@ -99,11 +104,14 @@ class Runner:
     Async tasks run as asyncio tasks on the worker's loop. Sync tasks run on task threads fed
     through a queue: no future per task, and one loop wake-up for every batch of outcomes that
     finished together, which is what makes a no-op task cost tens of microseconds, not hundreds.
-    A thread stuck in a timed-out call is not waited for: a new thread takes its place.
+    A thread stuck in a timed-out call is not waited for: a new thread takes its place, and
+    whichever thread ends a run while there are more than ``threads`` (and more than the runs
+    assigned) exits, so the count shrinks back once the stuck calls return.
     """
 
-    def __init__(self, app: Conveyor, worker: str, finished: Finished) -> None:
+    def __init__(self, app: Conveyor, worker: str, finished: Finished, threads: int = 1) -> None:
         self.app = app
+        self._size = threads
         self.worker = worker
         self.rng = random.Random()
         self._finished_cb = finished
@@ -114,7 +122,9 @@ class Runner:
         self._assigned = 0  # sync runs handed to threads and not yet returned by them
         self._done: list[tuple[Delivery, Outcome, float]] = []
         self._poked = False
-        self._runs: dict[str, _Run] = {}
+        #: Runs not yet collected, by (job id, token): a job leased again here after its lease
+        #: was lost has a run per token, and each settles only its own.
+        self._runs: dict[tuple[str, int], _Run] = {}
 
     # -- on the event loop -----------------------------------------------------------------
 
@@ -124,7 +134,7 @@ class Runner:
             self._loop = asyncio.get_running_loop()
         task = self.app.tasks.get(delivery.task)
         run = _Run(delivery, task)
-        self._runs[delivery.id] = run
+        self._runs[delivery.id, delivery.token] = run
         if task is None:
             log.error("job %s: unknown task %r, moved to the dead letter queue", delivery.id, delivery.task)
             self._complete(
@@ -147,11 +157,12 @@ class Runner:
                 ).start()
             self._queue.put(run)
 
-    def abandon(self, ids: Iterable[str]) -> None:
-        """Give up on runs still going at the end of a graceful stop: their outcomes are discarded."""
+    def abandon(self, leases: Iterable[tuple[str, int]]) -> None:
+        """Give up on runs (by job id and token) still going at the end of a graceful stop: their
+        outcomes are discarded."""
         with self._lock:
-            for job_id in ids:
-                run = self._runs.pop(job_id, None)
+            for lease in leases:
+                run = self._runs.pop(lease, None)
                 if run is None:
                     continue
                 run.taken = True
@@ -172,7 +183,7 @@ class Runner:
             batch, self._done = self._done, []
             self._poked = False
         for delivery, _, _ in batch:
-            run = self._runs.pop(delivery.id, None)
+            run = self._runs.pop((delivery.id, delivery.token), None)
             if run is not None and run.timer is not None:
                 run.timer.cancel()
         if batch:
@@ -229,6 +240,11 @@ class Runner:
             finally:
                 with self._lock:
                     self._assigned -= 1
+                    surplus = self._threads > max(self._size, self._assigned)
+                    if surplus:
+                        self._threads -= 1
+            if surplus:
+                return
 
     def _run_sync(self, run: _Run) -> None:
         with self._lock:
@@ -247,6 +263,8 @@ class Runner:
         try:
             value = task.fn(*args, **kwargs)
         except BaseException as exc:  # noqa: BLE001 - every failure of user code is an outcome
+            if _taken(run):  # timed out: the timeout was reported, this is its interrupt landing
+                return
             outcome = self._failed(delivery, task, exc)
         else:
             outcome = self._succeeded(delivery, task, ctx, value)
@@ -300,14 +318,18 @@ class Runner:
     def _succeeded(
         self, delivery: Delivery, task: Task[Any, Any], ctx: context.JobContext, value: Any
     ) -> Outcome:
+        limit = task.max_result or self.app.max_result
         try:
-            result = None if value is None else serializer.encode_value(value, f"{task.name}: return value")
-        except SerializationError as exc:
+            result = (
+                None if value is None else serializer.encode_value(value, f"{task.name}: return value", limit)
+            )
+        except SerializationError as exc:  # ResultTooLarge too: the same value would fail again
+            log.error("job %s: %s; moved to the dead letter queue", delivery.id, exc)
             return Outcome(
                 delivery.id,
                 delivery.token,
                 "dead",
-                error=error_record(delivery, self.worker, exc, "SerializationError", str(exc)),
+                error=error_record(delivery, self.worker, exc, type(exc).__name__, str(exc)),
             )
         return Outcome(
             delivery.id,

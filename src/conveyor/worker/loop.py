@@ -15,14 +15,19 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from conveyor.app import Conveyor
+from conveyor.brokers.base import Lease
 from conveyor.metrics import Recorder
 from conveyor.periodic import Schedule, plan
 from conveyor.priority import Fairness
 from conveyor.records import AckStatus, Delivery, Outcome, WorkerInfo
+from conveyor.worker.acks import Acknowledger, Failed
 from conveyor.worker.executor import Runner, failure
 
 log = logging.getLogger("conveyor.worker")
 T = TypeVar("T")
+
+#: Backoff of upkeep calls that fail: the first retry's delay, and the longest.
+RETRY_FIRST, RETRY_CAP = 0.05, 5.0
 
 #: Tasks are "fast" once this many runs in a row each took under FAST_RUN seconds; only then does
 #: a worker reserve ahead of its free slots (see Worker._room).
@@ -81,7 +86,7 @@ class Worker:
         self.config = config or WorkerConfig()
         self.id = self.config.worker_id
         self.fairness = Fairness(app.priorities.weights)
-        self.runner = Runner(app, self.id, self._finished_runs)
+        self.runner = Runner(app, self.id, self._finished_runs, self.config.concurrency)
         # One thread owns the store connection for the loop's calls, waits get their own, and
         # so do reservations and sweeps where the store takes writes in parallel (see
         # Broker.parallel_writes): then a batch of acks or a heartbeat never holds back the next
@@ -92,15 +97,32 @@ class Worker:
         self._fetcher = pool(1, thread_name_prefix="conveyor-fetch") if parallel else self._io
         self._sweeper = pool(1, thread_name_prefix="conveyor-sweep") if parallel else self._io
         self._waiter = pool(1, thread_name_prefix="conveyor-wait")
-        self.leases: dict[str, Delivery] = {}
-        #: Deliveries running in this process, by job id.
+        # Heartbeats (lease extensions and the registry beat) never queue behind an ack, a
+        # release, a periodic enqueue or a sweep: an ack waiting on a lock would otherwise cost
+        # every task of this worker its lease. Their thread has a store connection of its own,
+        # so they wait for no other thread's either. (On SQLite they still take turns with every
+        # other writer for the one write lock.)
+        self._beater = pool(1, thread_name_prefix="conveyor-beat", initializer=app.broker.own_connection)
+        #: Leases held, heartbeated until their outcome lands, by (job id, token). The store
+        #: leases a job again only once its previous lease is gone, so a newer delivery of a job
+        #: supersedes the older one here: at most one lease per job id (see _tokens).
+        self.leases: dict[Lease, Delivery] = {}
+        #: The token of each job's lease in ``leases``.
+        self._tokens: dict[str, int] = {}
+        #: Deliveries running in this process, by job id: at most one run of a job at a time.
+        #: An older run whose lease was lost stays here until it ends; it settles nothing of the
+        #: newer delivery, whose pops check the token.
         self.running: dict[str, Delivery] = {}
         #: Reserved ahead of free slots while tasks are fast, in the order the store gave them.
         self.held: collections.deque[Delivery] = collections.deque()
+        #: Deliveries of a job whose older run (its lease lost) still runs here, by job id: leased
+        #: and heartbeated, started once that run ends.
+        self.waiting: dict[str, Delivery] = {}
         self._fast_runs = 0
         self._idle = asyncio.Event()
         self._idle.set()
         self._outbox: list[Outcome] = []
+        self._acks = Acknowledger(app, self._call)
         self._outbox_ready = asyncio.Event()
         #: Set whenever _room() may have grown: a lease settled or lost, or the look-ahead began.
         self._room_grew = asyncio.Event()
@@ -135,6 +157,9 @@ class Worker:
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
 
+    async def _beat(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._beater, fn, *args)
+
     async def _sweep(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._sweeper, fn)
 
@@ -166,7 +191,7 @@ class Worker:
                 await self._call(broker.beat, self.info(), -1.0)
             self.runner.shutdown()
             self._waiter.shutdown(wait=False, cancel_futures=True)
-            for pool in dict.fromkeys((self._fetcher, self._sweeper, self._io)):
+            for pool in dict.fromkeys((self._fetcher, self._sweeper, self._beater, self._io)):
                 pool.shutdown(wait=True)
             log.info("worker %s stopped: %s", self.id, self.counts)
 
@@ -225,7 +250,11 @@ class Worker:
     def _hold(self, batch: list[Delivery]) -> None:
         """Queue reserved deliveries to start, ahead of held ones of a lower priority level."""
         for delivery in batch:
-            self.leases[delivery.id] = delivery
+            older = self._tokens.get(delivery.id)
+            if older is not None:
+                self._superseded(self._unlease((delivery.id, older)))
+            self.leases[delivery.id, delivery.token] = delivery
+            self._tokens[delivery.id] = delivery.token
         lowest = self.held[-1].priority if self.held else None
         self.held.extend(batch)
         if lowest is not None and batch and min(d.priority for d in batch) < lowest:
@@ -236,6 +265,9 @@ class Worker:
         started = []
         while self.held and len(self.running) < self.config.concurrency and not self._stopping.is_set():
             delivery = self.held.popleft()
+            if delivery.id in self.running:  # its older run, lease lost, still goes on
+                self.waiting[delivery.id] = delivery
+                continue
             self.running[delivery.id] = delivery
             self.runner.start(delivery)
             started.append(delivery)
@@ -249,10 +281,16 @@ class Worker:
         ran = []
         was_ahead = self._fast_runs >= FAST_STREAK
         for delivery, outcome, seconds in batch:
-            if self.running.pop(delivery.id, None) is not None:
-                ran.append((delivery, seconds))
-                self._outbox.append(outcome)
-                self._fast_runs = self._fast_runs + 1 if seconds < FAST_RUN else 0
+            current = self.running.get(delivery.id)
+            if current is None or current.token != delivery.token:
+                continue
+            del self.running[delivery.id]
+            ran.append((delivery, seconds))
+            self._outbox.append(outcome)
+            self._fast_runs = self._fast_runs + 1 if seconds < FAST_RUN else 0
+            following = self.waiting.pop(delivery.id, None)
+            if following is not None:
+                self.held.appendleft(following)
         self.metrics.ran(ran)
         self._outbox_ready.set()
         self._fill()
@@ -269,7 +307,7 @@ class Worker:
 
     async def _flush_loop(self) -> None:
         """Group commit: whatever finished while the previous flush ran goes in the next one."""
-        backoff = 0.05
+        backoff = RETRY_FIRST
         while True:
             await self._outbox_ready.wait()
             self._outbox_ready.clear()
@@ -278,32 +316,40 @@ class Worker:
                     return
                 continue
             batch, self._outbox = self._outbox, []
-            try:
-                statuses = await self._call(self.app.broker.ack, batch)
-                backoff = 0.05
-            except Exception:
-                log.exception("ack of %d outcomes failed; retrying in %.2f s", len(batch), backoff)
-                self._outbox[:0] = batch
+            answered, failed = await self._acks.send(batch)
+            if answered:
+                settled = (self._settled(outcome, status) for outcome, status in answered)
+                self._finished([done for done in settled if done is not None])
+                self._room_grew.set()  # settled leases make room to reserve
+            if failed:
+                self._outbox[:0] = self._refused(failed)
+                log.warning("%d outcomes not acknowledged; retrying in %.2f s", len(failed), backoff)
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                backoff = min(backoff * 2, RETRY_CAP)
                 self._outbox_ready.set()
                 continue
-            settled = (
-                self._settled(outcome, status) for outcome, status in zip(batch, statuses, strict=True)
-            )
-            self._finished([done for done in settled if done is not None])
-            self._room_grew.set()  # settled leases make room to reserve
+            backoff = RETRY_FIRST
             if self._outbox or self._stopped.is_set():
                 # Once stopped nothing else wakes this loop: look again, to flush or to return.
                 self._outbox_ready.set()
 
+    def _refused(self, failed: list[Failed]) -> list[Outcome]:
+        """The outcomes to send again (see Acknowledger.again); a lease given up leaves the
+        books, to expire and be reclaimed."""
+        again, given_up = self._acks.again(failed, self.leases, self.id, self.runner.rng)
+        for lease in given_up:
+            delivery = self._unlease(lease)
+            if delivery is not None:
+                self._finished([(delivery, "lost")])
+        return again
+
     def _settled(self, outcome: Outcome, status: AckStatus) -> tuple[Delivery, str] | None:
         """Book an outcome the store answered; the delivery and how it ended, if it was ours."""
-        if status.status == "effects_failed" and outcome.id in self.leases:
+        if status.status == "effects_failed" and (outcome.id, outcome.token) in self.leases:
             log.warning("job %s: effects failed (%s); counted as a failed attempt", outcome.id, status.error)
             self._report(self._effects_failed(outcome, status.error or "effects failed"))
             return None
-        delivery = self.leases.pop(outcome.id, None)
+        delivery = self._unlease((outcome.id, outcome.token))
         kind = "lost" if status.status == "lost" else outcome.kind
         self.counts[kind] += 1
         if kind == "lost":
@@ -317,36 +363,83 @@ class Worker:
         self.metrics.finished(ended)
 
     def _effects_failed(self, outcome: Outcome, message: str) -> Outcome:
-        delivery = self.leases[outcome.id]
+        delivery = self.leases[outcome.id, outcome.token]
         task = self.app.tasks.get(delivery.task)
         return failure(delivery, self.id, EffectsFailed(message), task, self.runner.rng)
 
     # -- upkeep ------------------------------------------------------------------------------
 
     async def _every(self, seconds: float, job: Callable[[], Awaitable[None]]) -> None:
-        """Run ``job`` every ``seconds`` until cancelled; log failures and carry on."""
+        """Run ``job`` every ``seconds`` until cancelled. A failure is logged, one line with its
+        cause, and retried after a backoff (50 ms doubling to 5 s, never longer than ``seconds``)
+        that starts again after a success."""
+        wait, backoff = seconds, RETRY_FIRST
         while True:
-            await asyncio.sleep(seconds)
+            await asyncio.sleep(wait)
             try:
                 await job()
-            except Exception:
-                log.exception("%s failed; will retry", job.__name__)
+            except Exception as exc:  # upkeep carries on whatever the store raised
+                wait = min(backoff, seconds)
+                backoff = min(backoff * 2, RETRY_CAP)
+                log.warning(
+                    "%s failed (%s: %s); retrying in %.2f s", job.__name__[1:], type(exc).__name__, exc, wait
+                )
+                log.debug("%s failed", job.__name__[1:], exc_info=True)  # the traceback, when asked for
+            else:
+                wait, backoff = seconds, RETRY_FIRST
 
     async def _heartbeat(self) -> None:
-        await self._call(self.app.broker.beat, self.info(), self.config.heartbeat_every * 3)
-        self.metrics.heartbeat()
-        leases = [(d.id, d.token) for d in self.leases.values()]
+        """Extend this worker's leases and record it in the worker registry; a failure of one
+        does not skip the other."""
+        beat: Exception | None = None
+        try:
+            await self._beat(self.app.broker.beat, self.info(), self.config.heartbeat_every * 3)
+            self.metrics.heartbeat()
+        except Exception as exc:  # noqa: BLE001 - raised again once the leases are extended
+            beat = exc
+        await self._extend()
+        if beat is not None:
+            raise beat
+
+    async def _extend(self) -> None:
+        leases = list(self.leases)
         if not leases:
             return
-        lost = await self._call(self.app.broker.extend, leases, self.config.lease)
+        lost = await self._beat(self.app.broker.extend, leases, self.config.lease)
+        sent = dict(leases)  # the tokens extended: a newer lease may have come meanwhile
         for job_id in lost:
-            delivery = self.leases.pop(job_id, None)
-            if delivery is not None and delivery in self.held:  # never started: no longer ours
-                self.held.remove(delivery)
+            delivery = self._unlease((job_id, sent[job_id]))
             if delivery is not None:
+                self._drop_unstarted(delivery)
                 self._room_grew.set()  # room to reserve in its place
                 self._finished([(delivery, "lost")])
                 log.warning("job %s: lease lost (expired and reclaimed); its outcome will be refused", job_id)
+
+    def _unlease(self, lease: Lease) -> Delivery | None:
+        """Take ``lease`` off the books (nothing if it is no longer there); its delivery."""
+        delivery = self.leases.pop(lease, None)
+        if delivery is not None:
+            del self._tokens[lease[0]]
+        return delivery
+
+    def _drop_unstarted(self, delivery: Delivery) -> None:
+        """Forget a delivery that had not started (held or waiting): it is no longer ours."""
+        if self.waiting.get(delivery.id) is delivery:
+            del self.waiting[delivery.id]
+        elif delivery in self.held:
+            self.held.remove(delivery)
+
+    def _superseded(self, delivery: Delivery | None) -> None:
+        """The store leased this job again: the older lease here is lost; a run of it goes on
+        (its outcome will be refused) and the newer delivery waits for it to end."""
+        if delivery is None:
+            return
+        self._drop_unstarted(delivery)
+        self._finished([(delivery, "lost")])
+        log.warning(
+            "job %s: leased again after its lease here was lost; the older run's outcome will be refused",
+            delivery.id,
+        )
 
     async def _reclaim(self) -> None:
         reclaimed = await self._sweep(self.app.broker.reclaim)
@@ -382,21 +475,33 @@ class Worker:
     async def _drain(self) -> None:
         """Release held tasks at once; give running ones ``grace`` seconds, then release the rest.
         A released task goes back to its queue without counting an attempt."""
-        held = [d.id for d in self.held]
+        held = [(d.id, d.token) for d in (*self.held, *self.waiting.values())]
         self.held.clear()
+        self.waiting.clear()
         if held:
             log.info("released %d reserved tasks that had not started", await self._release(held))
         if self.running:
             log.info("waiting up to %.0f s for %d running tasks", self.config.grace, len(self.running))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), self.config.grace)
-        unfinished = list(self.running)
+        unfinished = [(d.id, d.token) for d in self.running.values()]
         self.runner.abandon(unfinished)
         self.running.clear()
         if unfinished:
             log.warning("released %d unfinished tasks back to their queues", await self._release(unfinished))
 
-    async def _release(self, job_ids: list[str]) -> int:
-        """Give back the leases still held on ``job_ids``; how many went back to their queues."""
-        leases = [(job_id, self.leases.pop(job_id).token) for job_id in job_ids if job_id in self.leases]
-        return await self._call(self.app.broker.release, leases) if leases else 0
+    async def _release(self, candidates: list[Lease]) -> int:
+        """Give back those of ``candidates`` still held; how many went back to their queues."""
+        leases = [lease for lease in candidates if self._unlease(lease) is not None]
+        if not leases:
+            return 0
+        try:
+            return await self._call(self.app.broker.release, leases)
+        except Exception as exc:  # noqa: BLE001 - the stop goes on: their leases expire instead
+            log.warning(
+                "releasing %d tasks failed (%s: %s); they are reclaimed when their leases expire",
+                len(leases),
+                type(exc).__name__,
+                exc,
+            )
+            return 0

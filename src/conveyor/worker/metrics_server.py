@@ -4,7 +4,9 @@ Design: prometheus-client's multiprocess mode. The supervisor makes a fresh dire
 it to its children only, as ``PROMETHEUS_MULTIPROC_DIR``; each worker process writes its
 counters and histograms to its own memory-mapped files there. At every scrape the supervisor
 merges the files of all children, those that died included, so counters never go backwards when
-a child is restarted; a dead child is marked with ``mark_process_dead``. The store gauges are
+a child is restarted. A dead child is marked with ``mark_process_dead`` and its counter and
+histogram files are added into one file of all dead children, then removed, so that a worker
+restarted again and again leaves no pile of files to merge at every scrape. The store gauges are
 computed by the supervisor itself from the broker at scrape time. The directory is removed when
 the supervisor stops.
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import shutil
 import socket
 import tempfile
@@ -33,6 +36,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+from prometheus_client.mmap_dict import MmapedDict
 
 from conveyor.app import Conveyor
 from conveyor.errors import ConfigurationError
@@ -70,7 +74,9 @@ class MetricsServer:
         registry = CollectorRegistry(auto_describe=False)
         multiprocess.MultiProcessCollector(registry, path=self.directory)  # type: ignore[no-untyped-call]
         registry.register(StoreCollector(lambda: app.broker, app.priorities))
-        handler = _handler(registry, credentials, client_timeout)
+        #: Held while a scrape reads the files and while a dead child's files are folded.
+        self._files = threading.Lock()
+        handler = _handler(registry, credentials, client_timeout, self._files)
         self.httpd = _Server((host, port), handler, max_connections)
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="conveyor-metrics", daemon=True)
 
@@ -88,8 +94,17 @@ class MetricsServer:
         self._thread.start()
 
     def process_dead(self, pid: int) -> None:
-        """Bookkeeping for a worker process that exited (its counters are kept)."""
-        multiprocess.mark_process_dead(pid, self.directory)  # type: ignore[no-untyped-call]
+        """Bookkeeping for a worker process that exited: its counts are kept, its files go."""
+        with self._files:
+            multiprocess.mark_process_dead(pid, self.directory)  # type: ignore[no-untyped-call]
+            for kind in ("counter", "histogram"):  # every sample of these adds up across processes
+                try:
+                    _fold(
+                        os.path.join(self.directory, f"{kind}_{pid}.db"),
+                        os.path.join(self.directory, f"{kind}_{DEAD}.db"),
+                    )
+                except Exception:  # the supervisor goes on: the file stays, still merged
+                    log.exception("folding the %s file of dead worker process %d failed", kind, pid)
 
     def close(self) -> None:
         """Stop serving, close the connections still open, and remove the directory."""
@@ -155,10 +170,28 @@ class _Server(ThreadingHTTPServer):
         )
 
 
+#: What stands for the pid in the names of the files of all dead children.
+DEAD = "dead"
+
+
+def _fold(source: str, into: str) -> None:
+    """Add every value of the file ``source`` into the file ``into``, then remove ``source``."""
+    if not os.path.exists(source):
+        return
+    target = MmapedDict(into)  # type: ignore[no-untyped-call]
+    try:
+        for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(source):  # type: ignore[no-untyped-call]
+            total, _ = target.read_value(key)  # type: ignore[no-untyped-call]
+            target.write_value(key, total + value, timestamp)  # type: ignore[no-untyped-call]
+    finally:
+        target.close()  # type: ignore[no-untyped-call]
+    os.remove(source)
+
+
 def _handler(
-    registry: CollectorRegistry, credentials: Credentials, client_timeout: float
+    registry: CollectorRegistry, credentials: Credentials, client_timeout: float, collecting: threading.Lock
 ) -> type[BaseHTTPRequestHandler]:
-    collecting = threading.Lock()
+    """``collecting``: held while a scrape reads the files (one store query at a time, too)."""
     throttle = Throttle()
 
     class Handler(BaseHTTPRequestHandler):

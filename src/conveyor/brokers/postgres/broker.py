@@ -78,6 +78,8 @@ class PostgresBroker(Broker):
         self._pid = os.getpid()
         self._local = threading.local()
         self._listeners: list[Listener] = []
+        #: Connections of threads that asked for their own (see own_connection).
+        self._owned: list[Connection] = []
         self._interrupt_r, self._interrupt_w = os.pipe()
         self._closed = False
 
@@ -90,6 +92,14 @@ class PostgresBroker(Broker):
         Connections the server ended while they sat in the pool (a restart, a terminated
         backend) are discarded here, before use, without the pool's back-off between checks.
         """
+        if getattr(self._local, "owns", False):
+            conn = self._own()
+            try:
+                yield conn
+            finally:
+                if not conn.broken and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                    conn.rollback()
+            return
         pool = self._open()
         for _ in range(self._max_connections):
             conn = pool.getconn()
@@ -105,6 +115,30 @@ class PostgresBroker(Broker):
         finally:
             pool.putconn(conn)
 
+    def own_connection(self) -> None:
+        self._local.owns = True
+
+    def _own(self) -> Connection:
+        """This thread's own connection, (re)connected when the server ended it."""
+        conn: Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and self._pid == os.getpid() and _alive(conn):
+            return conn
+        self._open()  # the schema, and a fork's reset
+        if conn is not None:
+            with self._lock:
+                if conn in self._owned:
+                    self._owned.remove(conn)
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+        conn = psycopg.connect(self.target.conninfo, autocommit=True)
+        with self._lock:
+            if self._closed:  # closed while connecting
+                conn.close()
+                raise ConfigurationError(f"broker for {self.display_url} is closed")
+            self._owned.append(conn)
+        self._local.conn = conn
+        return conn
+
     def _open(self) -> ConnectionPool[Connection]:
         if self._pool is not None and self._ready and self._pid == os.getpid():
             return self._pool
@@ -113,7 +147,7 @@ class PostgresBroker(Broker):
                 raise ConfigurationError(f"broker for {self.display_url} is closed")
             if self._pid != os.getpid():  # forked: the parent's connections are not ours to use
                 self._pid, self._pool, self._ready = os.getpid(), None, False
-                self._local, self._listeners = threading.local(), []
+                self._local, self._listeners, self._owned = threading.local(), [], []
                 os.close(self._interrupt_r)  # our copies; interrupting would wake the parent
                 os.close(self._interrupt_w)
                 self._interrupt_r, self._interrupt_w = os.pipe()
@@ -584,8 +618,8 @@ class PostgresBroker(Broker):
             if self._closed:
                 return
             self._closed = True
-            pool, listeners = self._pool, list(self._listeners)
-            self._pool, self._listeners = None, []
+            pool, listeners, owned = self._pool, list(self._listeners), list(self._owned)
+            self._pool, self._listeners, self._owned = None, [], []
         if self._pid != os.getpid():
             return  # forked: leave the parent's connections alone
         os.write(self._interrupt_w, b"!")  # ends the waits in progress
@@ -594,6 +628,9 @@ class PostgresBroker(Broker):
                 listener.close()
         if pool is not None:
             pool.close()
+        for conn in owned:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
         os.close(self._interrupt_r)
         os.close(self._interrupt_w)
 

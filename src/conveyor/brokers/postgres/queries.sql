@@ -185,12 +185,22 @@ UPDATE {schema}.jobs AS j
 RETURNING j.id;
 
 -- name: extend
--- Heartbeat: push the leases still held; returns their ids (the others are lost).
-UPDATE {schema}.jobs AS j
-   SET lease_until = {now} + %(lease)s
-  FROM unnest(%(ids)b::text[], %(tokens)b::bigint[]) AS l (id, token)
- WHERE j.id = l.id AND j.token = l.token AND j.state = 'running'
-RETURNING j.id;
+-- Heartbeat: push the leases still held; returns their ids (the others are lost). A held row
+-- that another transaction has locked (its acknowledgement, waiting on an effect's lock) is
+-- passed, never waited for: it is reported held and extended next time if it still runs, and
+-- reclaim passes locked rows too. The lock re-checks token and state against the row's latest
+-- version, so a lease re-leased meanwhile is never extended.
+WITH l AS (
+    SELECT * FROM unnest(%(ids)b::text[], %(tokens)b::bigint[]) AS l (id, token)
+), free AS (
+    SELECT j.id FROM {schema}.jobs AS j JOIN l ON j.id = l.id AND j.token = l.token
+     WHERE j.state = 'running'
+       FOR UPDATE OF j SKIP LOCKED
+), extended AS (
+    UPDATE {schema}.jobs AS j SET lease_until = {now} + %(lease)s FROM free WHERE j.id = free.id
+)
+SELECT j.id FROM {schema}.jobs AS j JOIN l ON j.id = l.id AND j.token = l.token
+ WHERE j.state = 'running';
 
 -- name: release
 -- Return leased, unstarted jobs to pending and give back their attempt.
