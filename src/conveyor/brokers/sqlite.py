@@ -59,6 +59,11 @@ _COUNT_READY = """
 SELECT count(*) FROM (SELECT 1 FROM conveyor_jobs
                        WHERE state = 'pending' AND queue = ? AND priority = ? AND run_at <= ? LIMIT ?)
 """
+# The next stored level above a given one, among a queue's pending jobs: one index probe.
+_LEVEL_ABOVE = """
+SELECT priority FROM conveyor_jobs WHERE state = 'pending' AND queue = ? AND priority > ?
+ ORDER BY priority LIMIT 1
+"""
 #: Decodes TEXT values at C speed, a corrupt one with U+FFFD where it is not UTF-8.
 _TEXT = functools.partial(str, encoding="utf-8", errors="replace")
 #: A history that is not a JSON array (a corrupt row) is kept quoted as the first entry.
@@ -224,19 +229,32 @@ class SQLiteBroker(Broker):
         if limit <= 0 or not queues:
             return []
         now = time.time() if now is None else now
+        queues = list(dict.fromkeys(queues))
         levels = len(fairness.weights)
         with self._write() as db:
+            # The stored levels each of the worker's levels takes, per queue (see _served).
+            served = [_served(db, q, levels) for q in queues]
             ready = [
-                [db.execute(_COUNT_READY, (q, level, now, limit)).fetchone()[0] for q in queues]
+                [
+                    sum(db.execute(_COUNT_READY, (q, p, now, limit)).fetchone()[0] for p in served[i][level])
+                    for i, q in enumerate(queues)
+                ]
                 for level in range(levels)
             ]
             take = fairness.split([sum(per_queue) for per_queue in ready], limit)
             rows: list[Any] = []
             for level, wanted in enumerate(take):
-                for q, n in zip(queues, _spread(wanted, ready[level]), strict=True):
-                    if n:
-                        params = {"now": now, "lease": lease, "worker": worker, "queue": q}
-                        rows += db.execute(_CLAIM, params | {"priority": level, "limit": n}).fetchall()
+                if not wanted:
+                    continue
+                dealt = fairness.deal(level, wanted, queues, ready[level])
+                for i, (q, n) in enumerate(zip(queues, dealt, strict=True)):
+                    before = len(rows)
+                    params = {"now": now, "lease": lease, "worker": worker, "queue": q}
+                    for p in served[i][level]:
+                        if len(rows) - before >= n:
+                            break
+                        left = n - (len(rows) - before)
+                        rows += db.execute(_CLAIM, params | {"priority": p, "limit": left}).fetchall()
         return claimed(rows)
 
     # -- wait --------------------------------------------------------------------------------
@@ -621,21 +639,16 @@ def _close_connection(db: sqlite3.Connection, writer: int) -> None:
         os.close(writer)
 
 
-def _spread(n: int, available: Sequence[int]) -> list[int]:
-    """Split ``n`` claims across queues as evenly as their ready counts allow."""
-    take = [0] * len(available)
-    while n > 0:
-        open_ = [i for i, a in enumerate(available) if a > take[i]]
-        if not open_:
-            break
-        share = max(1, n // len(open_))
-        for i in open_:
-            step = min(share, available[i] - take[i], n)
-            take[i] += step
-            n -= step
-            if n == 0:
-                break
-    return take
+def _served(db: sqlite3.Connection, queue: str, levels: int) -> list[list[int]]:
+    """The stored priorities each of a worker's ``levels`` takes from ``queue``: its own, and for
+    the last level also any stored above it, which a producer configured with more levels wrote.
+    Those come after the last level's own due jobs (rather than never)."""
+    served = [[level] for level in range(levels)]
+    level = levels - 1
+    while (row := db.execute(_LEVEL_ABOVE, (queue, level)).fetchone()) is not None:
+        level = row[0]
+        served[-1].append(level)
+    return served
 
 
 def _job(row: Sequence[Any], now: float) -> JobInfo:

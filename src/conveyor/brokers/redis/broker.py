@@ -45,7 +45,6 @@ from conveyor.brokers.redis.wire import (
     pairs,
     raise_conflict,
     rows,
-    share,
 )
 from conveyor.errors import ConfigurationError, KeyConflict
 from conveyor.priority import Fairness
@@ -228,12 +227,14 @@ class RedisBroker(Broker):
         """Several queues, in different slots maybe: count their due tasks per level (one round
         trip), split the limit across levels and queues here, then claim (another)."""
         levels = len(fairness.weights)
-        replies = self._run([("ready", self._keys(q, "jobs"), [now_arg(now), levels, limit]) for q in queues])
+        replies = self._run(
+            [("ready", self._keys(q, "jobs", "counts"), [now_arg(now), levels, limit]) for q in queues]
+        )
         ready = [[int(reply[1 + level]) for reply in replies] for level in range(levels)]
         take = fairness.split([sum(per_queue) for per_queue in ready], limit)
         per_queue = [[0] * levels for _ in queues]
         for level, wanted in enumerate(take):
-            for qi, n in enumerate(share(wanted, ready[level])):
+            for qi, n in enumerate(fairness.deal(level, wanted, queues, ready[level])):
                 per_queue[qi][level] = n
         chosen = [(qi, q) for qi, q in enumerate(queues) if any(per_queue[qi])]
         claimed = self._run(

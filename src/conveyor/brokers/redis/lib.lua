@@ -190,6 +190,19 @@ local function pending_levels(counts)
   return levels
 end
 
+-- The stored levels a worker's level takes, in order: its own, and for its last level (last) also
+-- the levels above it that hold pending jobs, which a producer configured with more levels wrote:
+-- they run after the last level's due jobs, rather than never.
+local function served_levels(counts, level, last)
+  local levels = {level}
+  if level == last then
+    for _, l in ipairs(pending_levels(counts)) do
+      if l > last then levels[#levels + 1] = l end
+    end
+  end
+  return levels
+end
+
 -- Errors are kept as JSON text and appended without decoding, so floats keep every digit.
 local function append_error(errors, err)
   if not errors or errors == '[]' then return '[' .. err .. ']' end

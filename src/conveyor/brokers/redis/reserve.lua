@@ -9,21 +9,28 @@
 -- Returns {k, k values of the round robin's new current values (k = 0 for 'take'), then the
 -- leased jobs, 18 fields each (see emit)}, their attempt and token already counted.
 -- Scheduled and ready tasks share the pending zsets: a task is due once its score (due time)
--- is <= now, so promotion of delayed tasks is this range, within the same script.
+-- is <= now, so promotion of delayed tasks is this range, within the same script. The last
+-- level also takes the stored levels above it (see served_levels), after its own.
 
 local now = clock(ARGV[1])
 local lease_until = now + tonumber(ARGV[2])
-local take, current = {}, {}
+local take, current, served = {}, {}, {}
 
 if ARGV[4] == 'take' then
   for i = 5, #ARGV do take[#take + 1] = tonumber(ARGV[i]) end
+  for l = 1, #take do served[l] = served_levels(KEYS[3], l - 1, #take - 1) end
 else
   local limit, weights, left = tonumber(ARGV[5]), {}, {}
+  local last = (#ARGV - 5) / 2 - 1
   for i = 6, #ARGV, 2 do
     local level = #weights
     weights[level + 1] = tonumber(ARGV[i])
     current[level + 1] = tonumber(ARGV[i + 1])
-    left[level + 1] = redis.call('ZCOUNT', pending_key(KEYS[1], level), '-inf', fmt(now))
+    served[level + 1] = served_levels(KEYS[3], level, last)
+    left[level + 1] = 0
+    for _, stored in ipairs(served[level + 1]) do
+      left[level + 1] = left[level + 1] + redis.call('ZCOUNT', pending_key(KEYS[1], stored), '-inf', fmt(now))
+    end
     take[level + 1] = 0
   end
   for _ = 1, limit do
@@ -49,13 +56,15 @@ for l = 1, #current do out[#out + 1] = current[l] end
 local saves, leased, t = {}, {}, {}
 local lease_s = fmt(lease_until)
 for l = 1, #take do
-  local level, n = l - 1, take[l]
-  if n > 0 then
+  local n = take[l]
+  for _, level in ipairs(served[l]) do
+    if n <= 0 then break end
     local pk = pending_key(KEYS[1], level)
     -- The due members are the zset's lowest ranks: remove them by rank in one command.
     local members = redis.call('ZRANGEBYSCORE', pk, '-inf', fmt(now), 'LIMIT', 0, n)
     if #members > 0 then
       redis.call('ZREMRANGEBYRANK', pk, 0, #members - 1)
+      n = n - #members
       local ids = {}
       for k, m in ipairs(members) do ids[k] = member_id(m) end
       local records = load_many(KEYS[1], ids)

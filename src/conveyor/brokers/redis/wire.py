@@ -128,21 +128,6 @@ def raise_conflict(reply: list[Any]) -> None:
         raise KeyConflict(f"key {key!r} belongs to job {holder} with a different task or payload")
 
 
-def share(n: int, available: Sequence[int]) -> list[int]:
-    """Deal ``n`` claims of one level round-robin to the queues that still have due jobs."""
-    take = [0] * len(available)
-    while n > 0:
-        dealt = False
-        for i, ready in enumerate(available):
-            if n > 0 and take[i] < ready:
-                take[i] += 1
-                n -= 1
-                dealt = True
-        if not dealt:
-            break
-    return take
-
-
 def rows(reply: list[Any], start: int, width: int = FIELDS) -> Iterator[list[Any]]:
     for i in range(start, len(reply), width):
         yield reply[i : i + width]
