@@ -156,6 +156,17 @@ class Fairness:
         state.update((q, c) for q, c in zip(queues, current, strict=True) if c)
         return take
 
+    def queue_state(self, queues: Sequence[str]) -> list[int]:
+        """The queues' round robin state as one list, level by level (for a store that deals)."""
+        return [level.get(q, 0) for level in self.queue_current for q in queues]
+
+    def set_queue_state(self, queues: Sequence[str], flat: Sequence[int]) -> None:
+        """Take back the state a store dealt with, as ``queue_state`` gave it."""
+        n = len(queues)
+        for level, state in enumerate(self.queue_current):
+            state.clear()
+            state.update((q, c) for q, c in zip(queues, flat[level * n : (level + 1) * n], strict=True) if c)
+
     def queue_weights_of(self, queues: Sequence[str]) -> list[int]:
         """The weight of each of ``queues`` (1 unless given)."""
         return [self.queue_weights.get(q, 1) for q in queues]

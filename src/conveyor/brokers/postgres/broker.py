@@ -281,10 +281,7 @@ class PostgresBroker(Broker):
         if limit <= 0 or not queues:
             return []
         queues = list(dict.fromkeys(queues))
-        levels = len(fairness.weights)
         with self._connect() as conn:
-            if levels * len(queues) == 1:  # one queue, one level: the split is the limit itself
-                return self._claim(conn, [(queues[0], 0, limit)], lease, worker, now)
             # Candidates, split and claim in one statement (the schema's reserve function), which
             # hands back the worker's new fairness state in its last row.
             rows = conn.execute(
@@ -293,34 +290,18 @@ class PostgresBroker(Broker):
                     "queues": queues,
                     "weights": list(fairness.weights),
                     "fair": list(fairness.current),
+                    "qweights": fairness.queue_weights_of(queues),
+                    "qfair": fairness.queue_state(queues),
+                    "strict": fairness.strict,
                     "limit": limit,
                     "lease": float(lease),
                     "worker": worker,
                     "now": now,
                 },
             ).fetchall()
-        fairness.current[:] = rows.pop()[11]
-        return claimed(rows)
-
-    def _claim(
-        self,
-        conn: Connection,
-        wanted: list[tuple[str, int, int]],
-        lease: float,
-        worker: str,
-        now: float | None,
-    ) -> list[Delivery]:
-        rows = conn.execute(
-            self._sql["claim"],
-            {
-                "queues": [w[0] for w in wanted],
-                "priorities": [w[1] for w in wanted],
-                "counts": [w[2] for w in wanted],
-                "lease": float(lease),
-                "worker": worker,
-                "now": now,
-            },
-        ).fetchall()
+        state = rows.pop()
+        fairness.current[:] = state[11]
+        fairness.set_queue_state(queues, state[12])
         return claimed(rows)
 
     # -- wait --------------------------------------------------------------------------------

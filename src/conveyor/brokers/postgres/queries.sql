@@ -94,16 +94,16 @@ SELECT w.queue, w.priority, c.id
           FOR UPDATE SKIP LOCKED) AS c;
 
 -- name: reserve
--- The whole reservation in one round trip: the schema's reserve function (migration 0003) runs
--- candidates (one queue) or count_ready (several), the fair split and the claim of its share;
--- its last row is the worker's new fairness state.
+-- The whole reservation in one round trip: the schema's reserve function (migration 0004) runs
+-- candidates (one queue) or count_ready (several), the fair split across levels and queues and
+-- the claim of its share; its last row is the worker's new fairness state.
 SELECT * FROM {schema}.reserve(%(queues)s::text[], %(weights)s::int[], %(fair)s::int[],
+                               %(qweights)s::int[], %(qfair)s::int[], %(strict)s::boolean,
                                %(limit)s::int, %(lease)s::float8, %(worker)s::text, %(now)s::float8);
 
 -- name: claim
--- Lease the n oldest due jobs of each (queue, priority) in one statement (a reservation of one
--- queue with one level runs it directly; the reserve function locks candidates first, then
--- claims its share of them). SKIP LOCKED lets concurrent claimers pass each other; a row changed
+-- Lease the n oldest due jobs of each (queue, priority) in one statement (the claim the reserve
+-- function makes of its share, as a statement of its own: its plan is checked in the tests). SKIP LOCKED lets concurrent claimers pass each other; a row changed
 -- since the snapshot is re-checked against the WHERE clause when locked, so a job is never
 -- claimed twice.
 WITH wanted AS (

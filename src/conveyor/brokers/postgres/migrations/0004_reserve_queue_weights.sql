@@ -1,0 +1,211 @@
+-- Version 4: the reserve function shares each level's slots between the queues of a reservation
+-- by the worker's queue weights (a round robin whose state the worker keeps, as for the levels),
+-- or in strict order, where version 3 dealt them from the first queue listed, so a worker taking
+-- one job at a time served only the first; and its last level takes the stored levels above it
+-- (a producer configured with more levels), which version 3 never reserved. A new signature:
+-- version 3's function stays, for workers of earlier versions during a rolling deploy.
+-- Reserve in one round trip: count the due jobs of each (queue, stored level), split the
+-- reservation across the worker's levels by smooth weighted round robin
+-- (conveyor.priority.Fairness.split, from the worker's state in "fair"), deal each level's share
+-- to its queues by their weights in "qweights" with the same round robin (Fairness.deal, from
+-- the worker's state in "qfair", level-major: qfair[(level - 1) * nq + queue]) or, when
+-- "in_order" (strict), in the order listed, and claim the oldest due jobs of each share. The last level
+-- also takes the stored levels above it, which a producer configured with more levels wrote:
+-- after its own due jobs, rather than never. For one queue, the count is a walk that locks up
+-- to the limit per stored level (the broker's "candidates" statement), and the claim takes its
+-- share of those: every job claimed since the last vacuum leaves a dead index entry at the head
+-- of the range, and one walk reads past them once, not twice. For several queues, it counts
+-- without locks (the broker's count_ready statement) and locks only the share, so as to hold no
+-- more than the limit.
+-- Rows: the claimed jobs (fair and qfair NULL), then one row with only fair and qfair: the
+-- worker's new state.
+CREATE FUNCTION {schema}.reserve(
+    queues text[], weights integer[], fair integer[], qweights integer[], qfair integer[],
+    in_order boolean, lim integer, lease double precision, worker_id text, at double precision
+) RETURNS TABLE (r_id text, r_task text, r_queue text, r_priority integer, r_payload bytea,
+                 r_attempt integer, r_max_attempts integer, r_token bigint,
+                 r_run_at double precision, r_enqueued_at double precision, r_key text,
+                 r_fair integer[], r_qfair integer[])
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    levels  integer := coalesce(array_length(weights, 1), 0);
+    nq      integer := coalesce(array_length(queues, 1), 0);
+    clock   double precision := coalesce(at, extract(epoch from now()));
+    stored  integer[];  -- the stored levels served: 0 .. levels - 1, then those above
+    ns      integer;
+    cand_k  integer[];  -- one queue: the locked candidates' stored level index
+    cand_id text[];
+    ready   integer[];  -- per (stored level, queue): (s - 1) * nq + q
+    want    integer[];
+    avail   integer[];
+    lft     integer[] := array_fill(0, ARRAY[levels]);
+    take    integer[] := array_fill(0, ARRAY[levels]);
+    cur     integer[] := fair;
+    qcur    integer[] := qfair;
+    got     integer[];
+    chosen  text[] := '{}';
+    total   integer;
+    best    integer;
+    n       integer;
+    k       integer;
+    lv      integer;
+BEGIN
+    -- Stored levels above the worker's last, in any of the queues: one index probe each.
+    WITH RECURSIVE probe AS (
+        SELECT q.queue, first.priority
+          FROM unnest(queues) AS q (queue)
+         CROSS JOIN LATERAL (
+               SELECT j.priority FROM {schema}.jobs AS j
+                WHERE j.state = 'pending' AND j.queue = q.queue AND j.priority > levels - 1
+                ORDER BY j.priority LIMIT 1) AS first
+        UNION ALL
+        SELECT probe.queue, next.priority
+          FROM probe
+         CROSS JOIN LATERAL (
+               SELECT j.priority FROM {schema}.jobs AS j
+                WHERE j.state = 'pending' AND j.queue = probe.queue AND j.priority > probe.priority
+                ORDER BY j.priority LIMIT 1) AS next
+    )
+    SELECT array(SELECT generate_series(0, levels - 1))
+           || coalesce(array_agg(DISTINCT probe.priority ORDER BY probe.priority), '{}')
+      INTO stored FROM probe;
+    ns := cardinality(stored);
+    ready := array_fill(0, ARRAY[ns * nq]);
+    want := array_fill(0, ARRAY[ns * nq]);
+    IF nq = 1 THEN
+        -- One queue: lock up to lim due jobs of each stored level, oldest first. One walk of
+        -- each range both counts the jobs this claimer can have and holds them; those not taken
+        -- below are unlocked at commit, untouched.
+        SELECT array_agg(w.ord + 1 ORDER BY w.ord, c.run_at, c.seq),
+               array_agg(c.id ORDER BY w.ord, c.run_at, c.seq)
+          INTO cand_k, cand_id
+          FROM generate_series(0, ns - 1) AS w (ord)
+         CROSS JOIN LATERAL (
+               SELECT j.id, j.run_at, j.seq FROM {schema}.jobs AS j
+                WHERE j.state = 'pending' AND j.queue = queues[1] AND j.priority = stored[w.ord + 1]
+                  AND j.run_at <= clock
+                ORDER BY j.run_at, j.seq
+                LIMIT lim
+                  FOR UPDATE SKIP LOCKED) AS c;
+        FOR i IN 1 .. coalesce(array_length(cand_k, 1), 0) LOOP
+            ready[cand_k[i]] := ready[cand_k[i]] + 1;
+        END LOOP;
+    ELSE
+        -- Several queues: count (capped at lim, no locks), then lock only the share below.
+        -- Locking up to lim in every queue and level would hold many times the limit.
+        SELECT array_agg(c.n ORDER BY w.ord) INTO ready
+          FROM generate_series(0, ns * nq - 1) AS w (ord)
+         CROSS JOIN LATERAL (
+               SELECT count(*)::integer AS n
+                 FROM (SELECT 1 FROM {schema}.jobs AS j
+                        WHERE j.state = 'pending' AND j.queue = queues[w.ord % nq + 1]
+                          AND j.priority = stored[w.ord / nq + 1] AND j.run_at <= clock
+                        LIMIT lim) AS capped) AS c;
+    END IF;
+    FOR s IN 1 .. ns LOOP
+        lv := least(s, levels);
+        FOR q IN 1 .. nq LOOP
+            lft[lv] := lft[lv] + ready[(s - 1) * nq + q];
+        END LOOP;
+    END LOOP;
+    -- The split across levels: Fairness.split.
+    FOR step IN 1 .. lim LOOP
+        total := 0;
+        best := 0;
+        FOR l IN 1 .. levels LOOP
+            IF lft[l] <= 0 THEN
+                cur[l] := 0;
+                CONTINUE;
+            END IF;
+            cur[l] := cur[l] + weights[l];
+            total := total + weights[l];
+            IF best = 0 OR cur[l] > cur[best] THEN
+                best := l;
+            END IF;
+        END LOOP;
+        EXIT WHEN best = 0;
+        cur[best] := cur[best] - total;
+        take[best] := take[best] + 1;
+        lft[best] := lft[best] - 1;
+    END LOOP;
+    -- Each level's share across its queues: Fairness.deal.
+    FOR l IN 1 .. levels LOOP
+        n := take[l];
+        CONTINUE WHEN n = 0;
+        avail := array_fill(0, ARRAY[nq]);
+        got := array_fill(0, ARRAY[nq]);
+        FOR s IN l .. (CASE WHEN l = levels THEN ns ELSE l END) LOOP
+            FOR q IN 1 .. nq LOOP
+                avail[q] := avail[q] + ready[(s - 1) * nq + q];
+            END LOOP;
+        END LOOP;
+        IF in_order THEN
+            FOR q IN 1 .. nq LOOP
+                got[q] := least(n, avail[q]);
+                n := n - got[q];
+            END LOOP;
+        ELSE
+            FOR step IN 1 .. n LOOP
+                total := 0;
+                best := 0;
+                FOR q IN 1 .. nq LOOP
+                    k := (l - 1) * nq + q;
+                    IF avail[q] - got[q] <= 0 THEN
+                        qcur[k] := 0;
+                        CONTINUE;
+                    END IF;
+                    qcur[k] := qcur[k] + qweights[q];
+                    total := total + qweights[q];
+                    IF best = 0 OR qcur[k] > qcur[(l - 1) * nq + best] THEN
+                        best := q;
+                    END IF;
+                END LOOP;
+                EXIT WHEN best = 0;
+                qcur[(l - 1) * nq + best] := qcur[(l - 1) * nq + best] - total;
+                got[best] := got[best] + 1;
+            END LOOP;
+        END IF;
+        -- A queue's share of the level, from its stored levels in order.
+        FOR s IN l .. (CASE WHEN l = levels THEN ns ELSE l END) LOOP
+            FOR q IN 1 .. nq LOOP
+                k := least(got[q], ready[(s - 1) * nq + q]);
+                want[(s - 1) * nq + q] := k;
+                got[q] := got[q] - k;
+            END LOOP;
+        END LOOP;
+    END LOOP;
+    -- Each (queue, stored level) takes its oldest due jobs, as many as dealt to it.
+    IF nq = 1 THEN
+        FOR i IN 1 .. coalesce(array_length(cand_k, 1), 0) LOOP
+            k := cand_k[i];
+            IF want[k] > 0 THEN
+                chosen := chosen || cand_id[i];
+                want[k] := want[k] - 1;
+            END IF;
+        END LOOP;
+    ELSE
+        SELECT coalesce(array_agg(c.id), '{}') INTO chosen
+          FROM generate_series(0, ns * nq - 1) AS w (ord)
+         CROSS JOIN LATERAL (
+               SELECT j.id FROM {schema}.jobs AS j
+                WHERE j.state = 'pending' AND j.queue = queues[w.ord % nq + 1]
+                  AND j.priority = stored[w.ord / nq + 1] AND j.run_at <= clock
+                ORDER BY j.run_at, j.seq
+                LIMIT want[w.ord + 1]
+                  FOR UPDATE SKIP LOCKED) AS c;
+    END IF;
+    IF cardinality(chosen) > 0 THEN
+        RETURN QUERY
+        UPDATE {schema}.jobs AS j
+           SET state = 'running', attempt = j.attempt + 1, token = j.token + 1,
+               lease_until = clock + lease, worker = worker_id, started_at = clock
+          FROM unnest(chosen) AS picked (id)
+         WHERE j.id = picked.id
+        RETURNING j.id, j.task, j.queue, j.priority, j.payload, j.attempt, j.max_attempts, j.token,
+                  j.run_at, j.enqueued_at, j.key, NULL::integer[], NULL::integer[];
+    END IF;
+    RETURN QUERY SELECT NULL::text, NULL::text, NULL::text, NULL::integer, NULL::bytea,
+                        NULL::integer, NULL::integer, NULL::bigint, NULL::double precision,
+                        NULL::double precision, NULL::text, cur, qcur;
+END
+$fn$;
