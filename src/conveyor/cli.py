@@ -74,7 +74,15 @@ def main() -> None:
 
 @main.command()
 @click.argument("app_path", metavar="MODULE:APP")
-@click.option("--queues", "-q", default="default", show_default=True, help="Comma-separated queues to serve.")
+@click.option(
+    "--queues",
+    "-q",
+    default="default",
+    show_default=True,
+    help="Comma-separated queues to serve, each NAME or NAME:WEIGHT; each priority level's slots are"
+    " split across them by weight (default 1 each: equal shares).",
+)
+@click.option("--strict", is_flag=True, help="Serve the queues in the order listed instead of sharing.")
 @click.option(
     "--processes", "-p", default=1, show_default=True, type=click.IntRange(1), help="Worker processes."
 )
@@ -104,6 +112,7 @@ def main() -> None:
 def worker(
     app_path: str,
     queues: str,
+    strict: bool,
     processes: int,
     concurrency: int,
     lease: float,
@@ -126,17 +135,25 @@ def worker(
         level=log_level, format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
     )
     os.environ["CONVEYOR_LOG_LEVEL"] = log_level
-    app = load_app(app_path)
     names = [q.strip() for q in queues.split(",") if q.strip()]
-    config = WorkerConfig(
-        queues=names, concurrency=concurrency, lease=lease, heartbeat=heartbeat, grace=grace
-    )
+    try:
+        config = WorkerConfig(
+            queues=names,
+            strict=strict,
+            concurrency=concurrency,
+            lease=lease,
+            heartbeat=heartbeat,
+            grace=grace,
+        )
+    except ConfigurationError as exc:
+        raise click.BadParameter(str(exc), param_hint="--queues") from None
+    app = load_app(app_path)
     logging.getLogger("conveyor").info(
         "supervising %d process(es) of %s on %s, queues %s",
         processes,
         app_path,
         redact_url(app.url),
-        ",".join(names),
+        ",".join(names) + (" (strict order)" if strict else ""),
     )
     metrics = None
     if metrics_port is not None:

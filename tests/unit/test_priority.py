@@ -249,3 +249,71 @@ def test_fairness_keeps_state_across_calls() -> None:
     first = fair.split([PLENTY] * 3, 5)
     second = fair.split([PLENTY] * 3, 5)
     assert [a + b for a, b in zip(first, second, strict=True)] == [6, 3, 1]
+
+
+# --- Queues: weights and strict order -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        (["a", "b"], {"a": 1, "b": 1}),
+        (["a:3", " b:1 "], {"a": 3, "b": 1}),
+        (["v:2:1", "w:x"], {"v:2": 1, "w:x": 1}),  # the weight is the digits after the last colon
+    ],
+)
+def test_parse_queues(spec: list[str], expected: dict[str, int]) -> None:
+    from conveyor.priority import parse_queues
+
+    assert parse_queues(spec) == expected
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"), [([], "at least one"), (["a:0"], ">= 1"), (["a", "a:2"], "twice")]
+)
+def test_parse_queues_refuses(spec: list[str], message: str) -> None:
+    from conveyor.priority import parse_queues
+
+    with pytest.raises(ConfigurationError, match=message):
+        parse_queues(spec)
+
+
+def test_weights_and_strict_order_exclude_each_other() -> None:
+    with pytest.raises(ConfigurationError, match="exclude"):
+        Fairness((1,), {"a": 2}, strict=True)
+
+
+def test_deal_one_slot_at_a_time_follows_the_weights() -> None:
+    fairness = Fairness((1,), {"a": 3, "b": 1})
+    got = Counter(
+        q
+        for _ in range(400)
+        for q, n in zip("ab", fairness.deal(0, 1, ["a", "b"], [PLENTY, PLENTY]), strict=True)
+        for _ in range(n)
+    )
+    assert got == Counter({"a": 300, "b": 100})
+
+
+def test_deal_gives_an_empty_queues_share_to_the_others_and_banks_nothing() -> None:
+    fairness = Fairness((1,))
+    for _ in range(10):
+        assert fairness.deal(0, 1, ["a", "b"], [PLENTY, 0]) == [1, 0]
+    # b filled again: it gets its turn, not the ten it missed.
+    got = [fairness.deal(0, 1, ["a", "b"], [PLENTY, PLENTY]) for _ in range(4)]
+    assert sorted(map(tuple, got)) == [(0, 1), (0, 1), (1, 0), (1, 0)]
+
+
+def test_strict_deal_fills_in_order() -> None:
+    fairness = Fairness((1,), strict=True)
+    assert fairness.deal(0, 5, ["a", "b", "c"], [3, 1, 9]) == [3, 1, 1]
+    assert fairness.deal(0, 1, ["a", "b"], [PLENTY, PLENTY]) == [1, 0]
+
+
+def test_queue_state_round_trips_level_by_level() -> None:
+    fairness = Fairness((2, 1))
+    fairness.deal(1, 1, ["a", "b"], [5, 5])
+    flat = fairness.queue_state(["a", "b"])
+    other = Fairness((2, 1))
+    other.set_queue_state(["a", "b"], flat)
+    assert other.queue_current == fairness.queue_current
+    assert len(flat) == 4

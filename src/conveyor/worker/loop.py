@@ -18,7 +18,7 @@ from conveyor.app import Conveyor
 from conveyor.brokers.base import Lease
 from conveyor.metrics import Recorder
 from conveyor.periodic import Schedule, plan
-from conveyor.priority import Fairness
+from conveyor.priority import Fairness, parse_queues
 from conveyor.records import AckStatus, Delivery, Outcome, WorkerInfo
 from conveyor.worker.acks import Acknowledger, Failed
 from conveyor.worker.executor import Runner, failure
@@ -40,7 +40,11 @@ class WorkerConfig:
     """How one worker process fetches and runs tasks.
 
     Attributes:
-        queues: queues served, all with the same standing; priority levels span them.
+        queues: queues served, each ``"name"`` or ``"name:weight"`` (weight a whole number >= 1,
+            default 1). Each priority level's share of a reservation is split across the queues
+            by their weights, so equal queues get equal shares; priority levels span them.
+        strict: serve the queues in the order listed instead: a queue only gets a level's
+            slots that the queues before it cannot fill. Excludes weights.
         concurrency: tasks run at once. The worker reserves for its free slots only, except
             while every recent run was fast (under 1 ms each): then it reserves up to
             ``concurrency`` more, held in order to fill slots as they free, which doubles the
@@ -56,6 +60,7 @@ class WorkerConfig:
     """
 
     queues: Sequence[str] = ("default",)
+    strict: bool = False
     concurrency: int = 16
     lease: float = 30.0
     heartbeat: float | None = None
@@ -64,6 +69,19 @@ class WorkerConfig:
     grace: float = 30.0
     idle_wait: float = 5.0
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+
+    def __post_init__(self) -> None:
+        Fairness((1,), self.queue_weights, self.strict)  # refuses bad weights, weights with strict
+
+    @property
+    def queue_weights(self) -> dict[str, int]:
+        """The queues served, in order, with their weights."""
+        return parse_queues(self.queues)
+
+    @property
+    def queue_names(self) -> list[str]:
+        """The queues served, in order, without their weights."""
+        return list(self.queue_weights)
 
     @property
     def heartbeat_every(self) -> float:
@@ -85,7 +103,7 @@ class Worker:
         self.app = app
         self.config = config or WorkerConfig()
         self.id = self.config.worker_id
-        self.fairness = Fairness(app.priorities.weights)
+        self.fairness = Fairness(app.priorities.weights, self.config.queue_weights, self.config.strict)
         self.runner = Runner(app, self.id, self._finished_runs, self.config.concurrency)
         # One thread owns the store connection for the loop's calls, waits get their own, and
         # so do reservations and sweeps where the store takes writes in parallel (see
@@ -141,7 +159,7 @@ class Worker:
             id=self.id,
             host=socket.gethostname(),
             pid=os.getpid(),
-            queues=list(self.config.queues),
+            queues=self.config.queue_names,
             concurrency=self.config.concurrency,
             in_flight=len(self.leases),
             started_at=self.started_at,
@@ -172,7 +190,7 @@ class Worker:
             asyncio.create_task(self._every(self.config.reclaim_every, self._reclaim)),
             asyncio.create_task(self._every(self.config.expire_interval, self._expire)),
         ]
-        schedules = [s for s in self.app.schedules if s.task.queue in self.config.queues]
+        schedules = [s for s in self.app.schedules if s.task.queue in self.config.queue_names]
         if schedules:
             upkeep.append(asyncio.create_task(self._periodic(schedules)))
         flusher = asyncio.create_task(self._flush_loop())
@@ -199,7 +217,7 @@ class Worker:
 
     async def _fetch_loop(self) -> None:
         broker = self.app.broker
-        queues = list(self.config.queues)
+        queues = self.config.queue_names
         backoff = 0.05
         while not self._stopping.is_set():
             free = self._room()
