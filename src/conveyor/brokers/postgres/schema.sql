@@ -201,9 +201,9 @@ $fn$;
 -- (conveyor.priority.Fairness.split, from the worker's state in "fair"), deal each level's share
 -- to its queues by their weights in "qweights" with the same round robin (Fairness.deal, from
 -- the worker's state in "qfair", level-major: qfair[(level - 1) * nq + queue]) or, when
--- "in_order" (strict), in the order listed, and claim the oldest due jobs of each share. The last level
--- also takes the stored levels above it, which a producer configured with more levels wrote:
--- after its own due jobs, rather than never. For one queue, the count is a walk that locks up
+-- "in_order" (strict order), in the order listed, and claim the oldest due jobs of each share.
+-- The last level also takes the stored levels above it, which a producer configured with more
+-- levels wrote: after its own due jobs, rather than never. For one queue, the count is a walk that locks up
 -- to the limit per stored level (the broker's "candidates" statement), and the claim takes its
 -- share of those: every job claimed since the last vacuum leaves a dead index entry at the head
 -- of the range, and one walk reads past them once, not twice. For several queues, it counts
@@ -242,28 +242,13 @@ DECLARE
     k       integer;
     lv      integer;
 BEGIN
-    -- Stored levels above the worker's last, in any of the queues: one index probe each.
-    WITH RECURSIVE probe AS (
-        SELECT q.queue, first.priority
-          FROM unnest(queues) AS q (queue)
-         CROSS JOIN LATERAL (
-               SELECT j.priority FROM {schema}.jobs AS j
-                WHERE j.state = 'pending' AND j.queue = q.queue AND j.priority > levels - 1
-                ORDER BY j.priority LIMIT 1) AS first
-        UNION ALL
-        SELECT probe.queue, next.priority
-          FROM probe
-         CROSS JOIN LATERAL (
-               SELECT j.priority FROM {schema}.jobs AS j
-                WHERE j.state = 'pending' AND j.queue = probe.queue AND j.priority > probe.priority
-                ORDER BY j.priority LIMIT 1) AS next
-    )
-    SELECT array(SELECT generate_series(0, levels - 1))
-           || coalesce(array_agg(DISTINCT probe.priority ORDER BY probe.priority), '{}')
-      INTO stored FROM probe;
-    ns := cardinality(stored);
-    ready := array_fill(0, ARRAY[ns * nq]);
-    want := array_fill(0, ARRAY[ns * nq]);
+    stored := '{}';
+    FOR l IN 0 .. levels - 1 LOOP
+        stored := stored || l;
+    END LOOP;
+    ns := levels;
+    -- Count the due jobs of the worker's levels; then, only if a pending job of the queues sits
+    -- above them (one index probe), find those levels (one probe each) and count theirs too.
     IF nq = 1 THEN
         -- One queue: lock up to lim due jobs of each stored level, oldest first. One walk of
         -- each range both counts the jobs this claimer can have and holds them; those not taken
@@ -271,28 +256,74 @@ BEGIN
         SELECT array_agg(w.ord + 1 ORDER BY w.ord, c.run_at, c.seq),
                array_agg(c.id ORDER BY w.ord, c.run_at, c.seq)
           INTO cand_k, cand_id
-          FROM generate_series(0, ns - 1) AS w (ord)
+          FROM generate_series(0, levels - 1) AS w (ord)
          CROSS JOIN LATERAL (
                SELECT j.id, j.run_at, j.seq FROM {schema}.jobs AS j
-                WHERE j.state = 'pending' AND j.queue = queues[1] AND j.priority = stored[w.ord + 1]
+                WHERE j.state = 'pending' AND j.queue = queues[1] AND j.priority = w.ord
                   AND j.run_at <= clock
                 ORDER BY j.run_at, j.seq
                 LIMIT lim
                   FOR UPDATE SKIP LOCKED) AS c;
-        FOR i IN 1 .. coalesce(array_length(cand_k, 1), 0) LOOP
-            ready[cand_k[i]] := ready[cand_k[i]] + 1;
-        END LOOP;
     ELSE
         -- Several queues: count (capped at lim, no locks), then lock only the share below.
         -- Locking up to lim in every queue and level would hold many times the limit.
         SELECT array_agg(c.n ORDER BY w.ord) INTO ready
-          FROM generate_series(0, ns * nq - 1) AS w (ord)
+          FROM generate_series(0, levels * nq - 1) AS w (ord)
          CROSS JOIN LATERAL (
                SELECT count(*)::integer AS n
                  FROM (SELECT 1 FROM {schema}.jobs AS j
                         WHERE j.state = 'pending' AND j.queue = queues[w.ord % nq + 1]
-                          AND j.priority = stored[w.ord / nq + 1] AND j.run_at <= clock
+                          AND j.priority = w.ord / nq AND j.run_at <= clock
                         LIMIT lim) AS capped) AS c;
+    END IF;
+    IF EXISTS (SELECT 1 FROM {schema}.jobs AS j
+                WHERE j.state = 'pending' AND j.queue = ANY (queues) AND j.priority >= levels) THEN
+        WITH RECURSIVE probe AS (
+            SELECT q.queue, first.priority
+              FROM unnest(queues) AS q (queue)
+             CROSS JOIN LATERAL (
+                   SELECT j.priority FROM {schema}.jobs AS j
+                    WHERE j.state = 'pending' AND j.queue = q.queue AND j.priority >= levels
+                    ORDER BY j.priority LIMIT 1) AS first
+            UNION ALL
+            SELECT probe.queue, next.priority
+              FROM probe
+             CROSS JOIN LATERAL (
+                   SELECT j.priority FROM {schema}.jobs AS j
+                    WHERE j.state = 'pending' AND j.queue = probe.queue AND j.priority > probe.priority
+                    ORDER BY j.priority LIMIT 1) AS next
+        )
+        SELECT stored || array_agg(DISTINCT probe.priority ORDER BY probe.priority) INTO stored FROM probe;
+        ns := cardinality(stored);
+        IF nq = 1 THEN
+            SELECT cand_k || array_agg(w.ord + 1 ORDER BY w.ord, c.run_at, c.seq),
+                   cand_id || array_agg(c.id ORDER BY w.ord, c.run_at, c.seq)
+              INTO cand_k, cand_id
+              FROM generate_series(levels, ns - 1) AS w (ord)
+             CROSS JOIN LATERAL (
+                   SELECT j.id, j.run_at, j.seq FROM {schema}.jobs AS j
+                    WHERE j.state = 'pending' AND j.queue = queues[1] AND j.priority = stored[w.ord + 1]
+                      AND j.run_at <= clock
+                    ORDER BY j.run_at, j.seq
+                    LIMIT lim
+                      FOR UPDATE SKIP LOCKED) AS c;
+        ELSE
+            SELECT ready || array_agg(c.n ORDER BY w.ord) INTO ready
+              FROM generate_series(levels * nq, ns * nq - 1) AS w (ord)
+             CROSS JOIN LATERAL (
+                   SELECT count(*)::integer AS n
+                     FROM (SELECT 1 FROM {schema}.jobs AS j
+                            WHERE j.state = 'pending' AND j.queue = queues[w.ord % nq + 1]
+                              AND j.priority = stored[w.ord / nq + 1] AND j.run_at <= clock
+                            LIMIT lim) AS capped) AS c;
+        END IF;
+    END IF;
+    want := array_fill(0, ARRAY[ns * nq]);
+    IF nq = 1 THEN
+        ready := array_fill(0, ARRAY[ns]);
+        FOR i IN 1 .. coalesce(array_length(cand_k, 1), 0) LOOP
+            ready[cand_k[i]] := ready[cand_k[i]] + 1;
+        END LOOP;
     END IF;
     FOR s IN 1 .. ns LOOP
         lv := least(s, levels);
@@ -331,7 +362,7 @@ BEGIN
                 avail[q] := avail[q] + ready[(s - 1) * nq + q];
             END LOOP;
         END LOOP;
-        IF in_order THEN
+        IF in_order OR nq = 1 THEN  -- (one queue: its round robin state stays 0)
             FOR q IN 1 .. nq LOOP
                 got[q] := least(n, avail[q]);
                 n := n - got[q];
