@@ -38,6 +38,8 @@ CONTRACT = {
     "test_expire": None,
     "test_listing": None,
     "test_wait": None,
+    "test_queue_fairness": None,
+    "test_unknown_levels": None,
     "test_effects": {
         "test_a_follow_up_job_is_created_with_the_ack",
         "test_no_follow_up_job_with_a_stale_token",
