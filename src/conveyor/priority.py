@@ -65,7 +65,8 @@ def parse_queues(spec: Iterable[str]) -> dict[str, int]:
     weights: dict[str, int] = {}
     for item in spec:
         name, colon, tail = item.strip().rpartition(":")
-        if not colon or not tail.strip().isdigit():
+        number = tail.removeprefix("-")
+        if not colon or not (number.isascii() and number.isdigit()):
             name, weight = item.strip(), 1
         else:
             weight = int(tail)

@@ -269,7 +269,8 @@ def test_parse_queues(spec: list[str], expected: dict[str, int]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("spec", "message"), [([], "at least one"), (["a:0"], ">= 1"), (["a", "a:2"], "twice")]
+    ("spec", "message"),
+    [([], "at least one"), (["a:0"], ">= 1"), (["a:-2"], ">= 1"), (["a", "a:2"], "twice")],
 )
 def test_parse_queues_refuses(spec: list[str], message: str) -> None:
     from conveyor.priority import parse_queues
