@@ -184,7 +184,10 @@ class Worker:
     async def run(self) -> None:
         """Serve until :meth:`stop`; then finish or release in-flight tasks and flush outcomes."""
         broker = self.app.broker
-        log.info("worker %s serving %s on %s", self.id, ",".join(self.config.queues), broker.display_url)
+        order = " in strict order" if self.config.strict else ""
+        log.info(
+            "worker %s serving %s%s on %s", self.id, ",".join(self.config.queues), order, broker.display_url
+        )
         upkeep = [
             asyncio.create_task(self._every(self.config.heartbeat_every, self._heartbeat)),
             asyncio.create_task(self._every(self.config.reclaim_every, self._reclaim)),
