@@ -124,41 +124,43 @@ def run_demo(total: int, processes: int, db: str, console: Console) -> None:
         "WARNING",
     ]
     workers = subprocess.Popen(cmd)
-    started = time.monotonic()
-    jobs: list[Job] = []
-    for i in range(0, len(upfront), 500):
-        jobs += app.enqueue_many(upfront[i : i + 500])
+    try:
+        started = time.monotonic()
+        jobs: list[Job] = []
+        for i in range(0, len(upfront), 500):
+            jobs += app.enqueue_many(upfront[i : i + 500])
 
-    high_jobs: list[Job] = []
+        high_jobs: list[Job] = []
 
-    def produce_high() -> None:
-        for message in trickle:
-            high_jobs.extend(app.enqueue_many([message]))
-            time.sleep(0.004)
+        def produce_high() -> None:
+            for message in trickle:
+                high_jobs.extend(app.enqueue_many([message]))
+                time.sleep(0.004)
 
-    while app.broker.stats(["demo"])[0].total("succeeded") == 0:  # workers are up
-        time.sleep(0.01)
-    producer = threading.Thread(target=produce_high)
-    producer.start()
-    expected = len({j.id for j in jobs}) + len(trickle)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console) as progress:
-        bar = progress.add_task("finished", total=expected)
-        detail = progress.add_task("retrying / dead", total=None)
-        while True:
-            stats = app.broker.stats(["demo"])[0]
-            done = stats.total("succeeded") + stats.total("dead")
-            progress.update(bar, completed=done)
-            progress.update(
-                detail, description=f"scheduled {stats.total('scheduled')} / dead {stats.total('dead')}"
-            )
-            if done >= expected and not producer.is_alive():
-                break
-            time.sleep(0.2)
-    wall = time.monotonic() - started
-    producer.join()
-    workers.send_signal(signal.SIGTERM)
-    workers.wait(60)
+        while app.broker.stats(["demo"])[0].total("succeeded") == 0:  # workers are up
+            time.sleep(0.01)
+        producer = threading.Thread(target=produce_high)
+        producer.start()
+        expected = len({j.id for j in jobs}) + len(trickle)
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=console) as progress:
+            bar = progress.add_task("finished", total=expected)
+            detail = progress.add_task("retrying / dead", total=None)
+            while True:
+                stats = app.broker.stats(["demo"])[0]
+                done = stats.total("succeeded") + stats.total("dead")
+                progress.update(bar, completed=done)
+                progress.update(
+                    detail, description=f"scheduled {stats.total('scheduled')} / dead {stats.total('dead')}"
+                )
+                if done >= expected and not producer.is_alive():
+                    break
+                time.sleep(0.2)
+        wall = time.monotonic() - started
+        producer.join()
+    finally:  # the workers stop with the demo, also when it fails or is interrupted
+        workers.send_signal(signal.SIGTERM)
+        workers.wait(60)
     _summary(console, [*jobs, *high_jobs], orders, path, wall)
 
 

@@ -40,7 +40,9 @@ def messages(
     now = time.time() if now is None else now
     earliest, latest, levels = now - MAX_SECONDS, now + MAX_SECONDS, len(priorities)
     job_id, queue_name, number = JOB_ID.fullmatch, QUEUE_NAME.fullmatch, (int, float)
-    seen: set[str] = set()
+    #: The same message twice is allowed (its key dedupes it, or the store refuses the id);
+    #: one id on two different messages is not.
+    seen: dict[str, Message] = {}
     for index, m in enumerate(batch):
         # One expression for the common case; the detailed reason is worked out on failure only.
         # (A NaN fails every comparison, so no isfinite is needed.)
@@ -48,7 +50,7 @@ def messages(
             type(m) is Message
             and type(m.id) is str
             and job_id(m.id)
-            and m.id not in seen
+            and seen.get(m.id, m) == m
             and type(m.task) is str
             and 0 < len(m.task) <= MAX_TASK_NAME
             and type(m.queue) is str
@@ -66,9 +68,9 @@ def messages(
         ):
             if type(m) is not Message:
                 raise InvalidMessage(f"message {index}: a conveyor.records.Message, not {type(m).__name__}")
-            problem = _problem(m, priorities, max_payload, now) or "id: appears twice in the batch"
+            problem = _problem(m, priorities, max_payload, now) or "id: given to another message of the batch"
             raise InvalidMessage(f"message {index} (id {m.id!r:.40}): {problem}")
-        seen.add(m.id)
+        seen[m.id] = m
 
 
 def _problem(m: Message, priorities: Priorities, max_payload: int, now: float) -> str | None:
