@@ -1,115 +1,69 @@
-"""The broker contract on a real Redis Cluster: three primaries started from ``redis-server``
-on loopback ports, torn down after the module. Queues land in different slots and nodes.
+"""Redis Cluster: what the contract suite cannot show, on real clusters and real worker processes.
 
-The contract's own tests are collected here again with cluster fixtures; left out are those
-that need SQL effects or caller transactions (SQL backends only) and the multi-process race,
-which reopens its store through the contract suite's backend list.
+The whole contract suite runs on a cluster as its ``redis-cluster`` backend (see
+``tests/contract/backends.py``). Here: queues spread over the primaries, a slot moved while
+workers drain it (MOVED, ASK, TRYAGAIN), and a primary killed while they drain it, its replica
+promoted, with and without waiting for the replica (``wait_replicas``).
 """
 
 from __future__ import annotations
 
-import importlib
 import os
+import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.client import Redis
-from redis_servers import cluster
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
+from redis_servers import Server, cluster, session_cluster, slot_owner, topology, wait_cluster_ok
 
+from conveyor import Conveyor
 from conveyor.brokers.redis import RedisBroker
 from conveyor.ids import new_id
 from conveyor.priority import Fairness
 from conveyor.records import Message, Outcome
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the ``contract`` package
-
-CONTRACT = {
-    "test_enqueue": None,
-    "test_reserve": None,
-    "test_priority": None,
-    "test_outcomes": None,
-    "test_leases": None,
-    "test_dead_letter": None,
-    "test_cancel": None,
-    "test_stats": None,
-    "test_expire": None,
-    "test_listing": None,
-    "test_wait": None,
-    "test_effects": {
-        "test_a_follow_up_job_is_created_with_the_ack",
-        "test_no_follow_up_job_with_a_stale_token",
-    },
-    "test_concurrency": {"test_threads_claim_each_job_exactly_once"},
-}
-for _module_name, _chosen in CONTRACT.items():
-    _module = importlib.import_module(f"contract.{_module_name}")
-    globals().update(
-        {
-            name: test
-            for name, test in vars(_module).items()
-            if name.startswith("test_") and callable(test) and (_chosen is None or name in _chosen)
-        }
-    )
-
+HERE = Path(__file__).parent
 RETENTION = 3600.0
 
 
-@pytest.fixture(scope="module")
-def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int]]:
-    with cluster(tmp_path_factory.mktemp("cluster")) as servers:
-        yield [s.port for s in servers]
+# -- queues over the session cluster's primaries ------------------------------------------------
 
 
 @pytest.fixture
-def store_url(nodes: list[int]) -> Iterator[str]:
-    yield f"redis://127.0.0.1:{nodes[0]}?cluster=1&prefix=ct-{os.urandom(5).hex()}"
-    for port in nodes:
-        client = Redis(port=port)
-        try:
-            client.flushall()
-        finally:
-            client.close()
+def broker() -> Iterator[RedisBroker]:
+    port = session_cluster()[0].port
+    handle = RedisBroker(f"redis://127.0.0.1:{port}?cluster=1&prefix=ct-{os.urandom(5).hex()}", RETENTION)
+    yield handle
+    handle.close()
+    client = RedisCluster(host="127.0.0.1", port=port)
+    try:
+        keys = list(client.scan_iter(match=f"{handle.target.prefix}:*", target_nodes=RedisCluster.PRIMARIES))
+        if keys:
+            client.unlink(*keys)
+    finally:
+        client.close()
 
 
-@pytest.fixture
-def open_handle(store_url: str) -> Iterator[Callable[[], RedisBroker]]:
-    opened: list[RedisBroker] = []
-
-    def open_() -> RedisBroker:
-        opened.append(RedisBroker(store_url, retention=RETENTION))
-        return opened[-1]
-
-    yield open_
-    for broker in reversed(opened):
-        broker.close()
-
-
-@pytest.fixture
-def broker(open_handle: Callable[[], RedisBroker]) -> RedisBroker:
-    return open_handle()
-
-
-@pytest.fixture
-def t0() -> float:
-    return time.time()
-
-
-def test_queues_are_spread_over_the_primaries(broker, nodes):
+def test_queues_are_spread_over_the_primaries(broker):
     queues = [f"queue-{n}" for n in range(12)]
     broker.enqueue([Message(id=new_id(), task="t", queue=q, priority=0, payload=b"[]") for q in queues])
 
-    holders = set()
-    for port in nodes:
+    holders = {slot_owner(session_cluster()[0].port, key_slot(f"{{{q}}}".encode()))["port"] for q in queues}
+    assert len(holders) == 3
+    for port in holders:
         client = Redis(port=port)
         try:
-            if any(client.scan_iter(match=f"{broker.target.prefix}:{{queue-*}}:jobs")):
-                holders.add(port)
+            assert any(client.scan_iter(match=f"{broker.target.prefix}:{{queue-*}}:jobs"))
         finally:
             client.close()
-    assert holders == set(nodes)
 
 
 def test_a_worker_round_across_queues_on_every_node(broker):
@@ -145,3 +99,233 @@ def test_a_worker_round_across_queues_on_every_node(broker):
     assert sorted(d.id for d in broker.reserve(["repair"], 100, 30.0, "w1", fairness)) == sorted(dead)
     assert {broker.get(i).queue for i in dead} == {"repair"}
     assert sum(s.total("succeeded") for s in broker.stats()) == len(first) - len(retried) - len(dead)
+
+
+# -- faults: a private cluster (3 primaries, a replica each, node timeout 1 s) ------------------
+
+
+@pytest.fixture(scope="module")
+def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Server]]:
+    with cluster(tmp_path_factory.mktemp("faulty"), masters=3, replicas=1, node_timeout=1000) as nodes:
+        yield nodes
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class Drain:
+    """Worker processes of ``cluster_app`` draining one queue of a cluster, a producer thread
+    enqueueing to it, and what each job did: its executions and its ledger entries."""
+
+    def __init__(self, tmp_path: Path, nodes: list[Server], queue: str, options: str = "") -> None:
+        self.nodes, self.queue = nodes, queue
+        self.prefix = f"ct-{os.urandom(5).hex()}"
+        self.url = f"redis://127.0.0.1:{self.alive()[0]}?cluster=1&prefix={self.prefix}{options}"
+        self.ledger = f"{self.prefix}:{{{queue}}}:ledger"
+        self.exec_log = tmp_path / "executions.log"
+        self.logs = tmp_path
+        self.env = os.environ | {
+            "CONVEYOR_URL": self.url,
+            "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+            "CLUSTER_EXEC_LOG": str(self.exec_log),
+            "CONVEYOR_LOG_LEVEL": "WARNING",
+        }
+        import cluster_app
+
+        self.record = cluster_app.record
+        self.app: Conveyor = cluster_app.app
+        self.app.close()
+        self.app.url = self.url
+        self.procs: list[subprocess.Popen[bytes]] = []
+        #: Jobs whose enqueue returned, in order.
+        self.acknowledged: list[str] = []
+        self.numbers: dict[str, int] = {}
+        self.producer_errors: list[BaseException] = []
+        self._stop = threading.Event()
+        self._producer: threading.Thread | None = None
+
+    def alive(self) -> list[int]:
+        return [n.port for n in self.nodes if n.proc is not None]
+
+    @property
+    def broker(self) -> Any:
+        return self.app.broker
+
+    def messages(self, start: int, count: int) -> list[Message]:
+        out = [
+            self.record.message(n, self.ledger, queue=self.queue, key=f"job-{n}")
+            for n in range(start, start + count)
+        ]
+        self.numbers.update({m.id: n for m, n in zip(out, range(start, start + count), strict=True)})
+        return out
+
+    def enqueue(self, start: int, count: int) -> list[Message]:
+        """Enqueue jobs ``start..start+count-1`` in one batch, sent again (same ids) until a call
+        returns; an error is kept for the test to see."""
+        batch = self.messages(start, count)
+        while True:
+            try:
+                self.broker.enqueue(batch)
+                break
+            except Exception as exc:
+                self.producer_errors.append(exc)
+        self.acknowledged += [m.id for m in batch]
+        return batch
+
+    def produce(self, start: int, batch: int) -> None:
+        """Enqueue batches from a thread until :meth:`stop_producing`."""
+
+        def run() -> None:
+            n = start
+            while not self._stop.is_set():
+                self.enqueue(n, batch)
+                n += batch
+
+        self._producer = threading.Thread(target=run, daemon=True)
+        self._producer.start()
+
+    def stop_producing(self) -> None:
+        self._stop.set()
+        if self._producer is not None:
+            self._producer.join(60)
+            assert not self._producer.is_alive()
+
+    def start_workers(self, count: int, **config: Any) -> None:
+        import json
+
+        config = {"queues": [self.queue], "concurrency": 4, "lease": 5.0, **config}
+        for n in range(count):
+            log = open(self.logs / f"worker-{n}.log", "wb")  # noqa: SIM115
+            self.procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "conveyor.worker.process", "cluster_app:app", json.dumps(config)],
+                    env=self.env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+
+    def stop_workers(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    def logged(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in sorted(self.logs.glob("worker-*.log")))
+
+    def client(self) -> RedisCluster:
+        return RedisCluster(host="127.0.0.1", port=self.alive()[0])
+
+    def ledger_entries(self) -> list[int]:
+        client = self.client()
+        try:
+            return [int(n) for n in client.lrange(self.ledger, 0, -1)]
+        finally:
+            client.close()
+
+    def executions(self) -> Counter[int]:
+        if not self.exec_log.exists():
+            return Counter()
+        return Counter(int(line.split()[0]) for line in self.exec_log.read_text().splitlines())
+
+    def close(self) -> None:
+        self._stop.set()
+        self.stop_workers()
+        self.app.close()
+
+
+@pytest.fixture
+def drain(
+    request: pytest.FixtureRequest, tmp_path: Path, faulty: list[Server]
+) -> Iterator[Callable[..., Drain]]:
+    made: list[Drain] = []
+
+    def make(queue: str, options: str = "") -> Drain:
+        made.append(Drain(tmp_path, faulty, queue, options))
+        return made[-1]
+
+    yield make
+    for d in made:
+        d.close()
+    wait_cluster_ok([port for d in made for port in d.alive()][:1] or [faulty[0].port])
+
+
+def settle(condition: Callable[[], Any], timeout: float) -> None:
+    """Wait for ``condition`` at most ``timeout`` seconds; the assertions that follow say what
+    was missing."""
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def errors_seen(port: int) -> int:
+    """Error replies a node has sent that mean "not here, or not now" (and the scripts' errors)."""
+    client = Redis(port=port)
+    try:
+        stats = client.info("errorstats")
+    finally:
+        client.close()
+    return sum(
+        v["count"] for k, v in stats.items() if k.split("_", 1)[1] in ("ASK", "TRYAGAIN", "ERR", "MOVED")
+    )
+
+
+def test_a_slot_moved_while_workers_drain_it(drain):
+    """The standard resharding steps on the queue's slot while two worker processes drain it and
+    a producer enqueues to it: every job ends once, with one ledger entry, and no worker dies."""
+    d = drain("moving")
+    slot = key_slot(b"moving")
+    level = d.enqueue(0, 1500)[0].priority
+    d.start_workers(2)
+    wait_for(lambda: len(d.ledger_entries()) >= 200, 60, "the workers to drain")
+    d.produce(100_000, 20)
+
+    source = slot_owner(d.alive()[0], slot)
+    target = next(n for n in topology(source["port"]) if "master" in n["flags"] and n["id"] != source["id"])
+    src, dst = Redis(port=source["port"]), Redis(port=target["port"])
+    try:
+        dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source["id"])
+        src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target["id"])
+        before = errors_seen(source["port"])
+        # The key every script of the queue reads first leaves first; the workers and the producer
+        # must meet the half-moved slot (with their own keys still there) before the rest moves.
+        first = [f"{d.prefix}:{{moving}}:pending:{level}"]
+        src.execute_command("MIGRATE", "127.0.0.1", target["port"], "", 0, 5000, "KEYS", *first)
+        wait_for(lambda: errors_seen(source["port"]) >= before + 10, 30, "calls to meet the moving slot")
+        while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 2):
+            src.execute_command("MIGRATE", "127.0.0.1", target["port"], "", 0, 5000, "KEYS", *keys)
+        for port in d.alive():
+            node = Redis(port=port)
+            try:
+                if "master" in next(n for n in topology(port) if n["port"] == port)["flags"]:
+                    node.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target["id"])
+            finally:
+                node.close()
+    finally:
+        src.close()
+        dst.close()
+    wait_for(lambda: slot_owner(d.alive()[0], slot)["id"] == target["id"], 10, "the slot to move")
+    wait_for(lambda: len(d.ledger_entries()) >= 1600, 60, "the workers to go on after the move")
+    d.stop_producing()
+
+    total = len(d.acknowledged)
+    settle(lambda: len(d.ledger_entries()) >= total, 60)
+    entries = Counter(d.ledger_entries())
+    lost = set(d.numbers.values()) - set(entries)
+    assert (len(lost), [n for n, times in entries.items() if times > 1]) == (0, [])
+    assert d.broker.stats([d.queue])[0].counts == {"succeeded": {level: total}}
+    assert [p.returncode for p in d.procs] == [None, None], d.logged()
+    assert d.producer_errors == []
