@@ -127,6 +127,8 @@ def _cluster_nodes(directory: Path, count: int, node_timeout: int) -> list[Serve
             "nodes.conf",
             "--cluster-node-timeout",
             str(node_timeout),
+            "--repl-diskless-sync-delay",
+            "0",
         )
         for n, port in enumerate(free_cluster_ports(count))
     ]

@@ -331,6 +331,10 @@ class RedisBroker(Broker):
                     self._subscribers.remove(sub)
             with contextlib.suppress(RedisError, OSError):
                 sub.close()
+        if self.target.cluster and self._subscribing is not None:
+            # The channel's node may have failed over: the next subscription needs the new layout.
+            with contextlib.suppress(RedisError, OSError):
+                self._subscribing.nodes_manager.initialize()
 
     # -- outcomes ----------------------------------------------------------------------------
 

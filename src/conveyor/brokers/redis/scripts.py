@@ -163,11 +163,13 @@ class Scripts:
         replies = list(pipe.execute(raise_on_error=False))
         if wait is not None:
             confirmed = replies.pop()
-            if isinstance(confirmed, Exception):
-                raise confirmed
-            if int(confirmed) < wait[0] and not all(isinstance(r, Exception) for r in replies):
-                raise NotReplicated(
-                    f"written on the primary, but {confirmed} of the {wait[0]} replicas asked for "
-                    f"(wait_replicas) confirmed it within {wait[1]} ms: a failover may lose it"
-                )
+            # Calls refused (MOVED from a former primary, where WAIT fails too) wrote nothing.
+            if any(not isinstance(r, Exception) for r in replies):
+                if isinstance(confirmed, Exception):
+                    raise confirmed
+                if int(confirmed) < wait[0]:
+                    raise NotReplicated(
+                        f"written on the primary, but {confirmed} of the {wait[0]} replicas asked "
+                        f"for (wait_replicas) confirmed it within {wait[1]} ms: a failover may lose it"
+                    )
         return replies
