@@ -296,6 +296,76 @@ def errors_seen(port: int) -> int:
     )
 
 
+class Move:
+    """The standard resharding steps for one slot, by hand: :meth:`begin` marks it importing
+    on another primary and migrating on its own, :meth:`keys` moves keys, :meth:`end` moves
+    the rest and gives the slot to the target."""
+
+    def __init__(self, any_port: int, slot: int) -> None:
+        self.slot = slot
+        self.source = slot_owner(any_port, slot)
+        self.target = next(
+            n for n in topology(any_port) if "master" in n["flags"] and n["id"] != self.source["id"]
+        )
+        self.src, self.dst = Redis(port=self.source["port"]), Redis(port=self.target["port"])
+
+    def begin(self) -> None:
+        self.dst.execute_command("CLUSTER", "SETSLOT", self.slot, "IMPORTING", self.source["id"])
+        self.src.execute_command("CLUSTER", "SETSLOT", self.slot, "MIGRATING", self.target["id"])
+
+    def keys(self, *keys: str) -> None:
+        self.src.execute_command("MIGRATE", "127.0.0.1", self.target["port"], "", 0, 5000, "KEYS", *keys)
+
+    def end(self) -> None:
+        while keys := self.src.execute_command("CLUSTER", "GETKEYSINSLOT", self.slot, 2):
+            self.keys(*(k.decode() for k in keys))
+        for node in topology(self.source["port"]):
+            if "master" in node["flags"]:
+                client = Redis(port=node["port"])
+                try:
+                    client.execute_command("CLUSTER", "SETSLOT", self.slot, "NODE", self.target["id"])
+                finally:
+                    client.close()
+        self.src.close()
+        self.dst.close()
+
+
+def test_a_script_writes_nothing_in_a_half_moved_slot_and_runs_once_the_move_ends(faulty):
+    """An enqueue whose queue's keys are half moved (its pending zset on the target, its jobs,
+    keys and counts hashes still on the source) is refused and sent again, having written
+    nothing, until the slot has moved; then it runs once, on the target."""
+    broker = RedisBroker(f"redis://127.0.0.1:{faulty[0].port}?cluster=1&prefix=ct-{os.urandom(5).hex()}")
+    base = f"{broker.target.prefix}:{{half}}"
+    first = Message(id=new_id(), task="t", queue="half", priority=0, payload=b"[]", key="k1")
+    broker.enqueue([first])
+    move = Move(faulty[0].port, key_slot(b"half"))
+    move.begin()
+    move.keys(f"{base}:pending:0")
+    before = errors_seen(move.source["port"])
+    second = Message(id=new_id(), task="t", queue="half", priority=0, payload=b"[]", key="k2")
+    outcome: list[Any] = []
+
+    def send() -> None:
+        try:
+            outcome.append(broker.enqueue([second]))
+        except Exception as exc:
+            outcome.append(exc)
+
+    sender = threading.Thread(target=send, daemon=True)
+    try:
+        sender.start()
+        wait_for(lambda: errors_seen(move.source["port"]) >= before + 3, 10, "the enqueue to be refused")
+        assert not move.src.hexists(f"{base}:jobs", second.id)
+        assert outcome == []
+    finally:
+        move.end()
+    sender.join(20)
+    assert len(outcome) == 1 and not isinstance(outcome[0], Exception), outcome
+    assert [e.created for e in outcome[0]] == [True]
+    assert {d.id for d in broker.reserve(["half"], 10, 30.0, "w", Fairness((1,)))} == {first.id, second.id}
+    broker.close()
+
+
 def test_a_slot_moved_while_workers_drain_it(drain):
     """The standard resharding steps on the queue's slot while two worker processes drain it and
     a producer enqueues to it: every job ends once, with one ledger entry, and no worker dies."""
@@ -306,31 +376,17 @@ def test_a_slot_moved_while_workers_drain_it(drain):
     wait_for(lambda: len(d.ledger_entries()) >= 200, 60, "the workers to drain")
     d.produce(100_000, 20)
 
-    source = slot_owner(d.alive()[0], slot)
-    target = next(n for n in topology(source["port"]) if "master" in n["flags"] and n["id"] != source["id"])
-    src, dst = Redis(port=source["port"]), Redis(port=target["port"])
+    move = Move(d.alive()[0], slot)
+    move.begin()
     try:
-        dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source["id"])
-        src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target["id"])
-        before = errors_seen(source["port"])
+        before = errors_seen(move.source["port"])
         # The key every script of the queue reads first leaves first; the workers and the producer
         # must meet the half-moved slot (with their own keys still there) before the rest moves.
-        first = [f"{d.prefix}:{{moving}}:pending:{level}"]
-        src.execute_command("MIGRATE", "127.0.0.1", target["port"], "", 0, 5000, "KEYS", *first)
-        wait_for(lambda: errors_seen(source["port"]) >= before + 10, 30, "calls to meet the moving slot")
-        while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 2):
-            src.execute_command("MIGRATE", "127.0.0.1", target["port"], "", 0, 5000, "KEYS", *keys)
-        for port in d.alive():
-            node = Redis(port=port)
-            try:
-                if "master" in next(n for n in topology(port) if n["port"] == port)["flags"]:
-                    node.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target["id"])
-            finally:
-                node.close()
+        move.keys(f"{d.prefix}:{{moving}}:pending:{level}")
+        wait_for(lambda: errors_seen(move.source["port"]) >= before + 10, 30, "calls to meet the moving slot")
     finally:
-        src.close()
-        dst.close()
-    wait_for(lambda: slot_owner(d.alive()[0], slot)["id"] == target["id"], 10, "the slot to move")
+        move.end()
+    wait_for(lambda: slot_owner(d.alive()[0], slot)["id"] == move.target["id"], 10, "the slot to move")
     wait_for(lambda: len(d.ledger_entries()) >= 1600, 60, "the workers to go on after the move")
     d.stop_producing()
 
