@@ -70,3 +70,8 @@ class Retry(Exception):
         if delay is not None and not (0 <= delay < float("inf")):
             raise ConfigurationError(f"Retry delay must be a finite number >= 0, got {delay!r}")
         self.delay = delay
+
+
+class NotReplicated(ConveyorError):
+    """A write reached the Redis primary but fewer replicas than ``wait_replicas`` confirmed it
+    within ``wait_timeout``: it is stored, but a failover before it replicates would lose it."""

@@ -213,3 +213,35 @@ def _redis_acl_drop(url: str) -> None:
 
 
 BACKENDS["redis-acl"] = Backend("redis-acl", _redis_acl_store, drop_store=_redis_acl_drop)
+
+
+# -- Redis Cluster: 3 primaries with a replica each, private to the test process --------------
+
+
+def _redis_cluster_store(tmp_path: Path) -> str:
+    """A fresh key prefix on the session's private cluster (see ``redis_servers``): each queue
+    of a test lands in its own slot, spread over the three primaries."""
+    from redis_servers import session_cluster
+
+    port = session_cluster()[0].port
+    return f"redis://127.0.0.1:{port}?cluster=1&prefix=ct-{os.urandom(5).hex()}"
+
+
+def _redis_cluster_drop(url: str) -> None:
+    from redis.cluster import RedisCluster
+
+    from conveyor.brokers.redis.url import parse
+
+    target = parse(url)
+    client = RedisCluster.from_url(target.url)
+    try:
+        keys = list(
+            client.scan_iter(match=f"{target.prefix}:*", count=1000, target_nodes=RedisCluster.PRIMARIES)
+        )
+        for start in range(0, len(keys), 500):
+            client.unlink(*keys[start : start + 500])  # split by slot by the client
+    finally:
+        client.close()
+
+
+BACKENDS["redis-cluster"] = Backend("redis-cluster", _redis_cluster_store, drop_store=_redis_cluster_drop)

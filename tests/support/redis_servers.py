@@ -12,6 +12,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from redis.client import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -115,10 +116,8 @@ def server(directory: Path, *options: str) -> Iterator[Server]:
         s.kill()
 
 
-@contextlib.contextmanager
-def cluster(directory: Path, masters: int = 3) -> Iterator[list[Server]]:
-    """A Redis Cluster of ``masters`` primaries and no replicas, all slots assigned."""
-    nodes = [
+def _cluster_nodes(directory: Path, count: int, node_timeout: int) -> list[Server]:
+    return [
         Server(
             directory / f"node{n}",
             port,
@@ -127,10 +126,75 @@ def cluster(directory: Path, masters: int = 3) -> Iterator[list[Server]]:
             "--cluster-config-file",
             "nodes.conf",
             "--cluster-node-timeout",
-            "2000",
+            str(node_timeout),
+            "--repl-diskless-sync-delay",
+            "0",
         )
-        for n, port in enumerate(free_cluster_ports(masters))
+        for n, port in enumerate(free_cluster_ports(count))
     ]
+
+
+def topology(port: int) -> list[dict[str, Any]]:
+    """``CLUSTER NODES`` as seen by the node on ``port``: per node its ``id``, ``port``, ``flags``
+    (a set), ``master`` (the id it replicates, or None) and ``slots`` ((low, high) ranges)."""
+    client = Redis(port=port)
+    try:
+        raw = client.execute_command("CLUSTER", "NODES")
+    finally:
+        client.close()
+    nodes: list[dict[str, Any]] = []
+    for line in (raw.decode() if isinstance(raw, bytes) else str(raw)).splitlines():
+        fields = line.split()
+        ranges = [s.partition("-") for s in fields[8:] if not s.startswith("[")]
+        nodes.append(
+            {
+                "id": fields[0],
+                "port": int(fields[1].split("@")[0].rsplit(":", 1)[1]),
+                "flags": set(fields[2].split(",")),
+                "master": None if fields[3] == "-" else fields[3],
+                "slots": [(int(low), int(high or low)) for low, _, high in ranges],
+            }
+        )
+    return nodes
+
+
+def slot_owner(port: int, slot: int) -> dict[str, Any]:
+    """The node serving ``slot``, as the node on ``port`` sees it (see :func:`topology`)."""
+    for node in topology(port):
+        if "master" in node["flags"] and any(low <= slot <= high for low, high in node["slots"]):
+            return node
+    raise LookupError(f"no node serves slot {slot}")
+
+
+def wait_cluster_ok(ports: list[int], timeout: float = 30.0) -> None:
+    """Until every node on ``ports`` reports ``cluster_state:ok`` and every replica among them
+    has its link to its primary up."""
+    deadline = time.monotonic() + timeout
+    for port in ports:
+        client = Redis(port=port)
+        try:
+            while True:
+                info = client.execute_command("CLUSTER INFO")
+                role = client.info("replication")
+                if info.get("cluster_state") == "ok" and (
+                    role.get("role") == "master" or role.get("master_link_status") == "up"
+                ):
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the cluster node on {port} is not ready: {info}, {role}")
+                time.sleep(0.1)
+        finally:
+            client.close()
+
+
+@contextlib.contextmanager
+def cluster(
+    directory: Path, masters: int = 3, replicas: int = 0, node_timeout: int = 2000
+) -> Iterator[list[Server]]:
+    """A Redis Cluster of ``masters`` primaries and ``replicas`` replicas of each, all slots
+    assigned; the primaries come first in the list (which replica follows which primary is
+    redis-cli's choice: see :func:`topology`)."""
+    nodes = _cluster_nodes(directory, masters * (1 + replicas), node_timeout)
     try:
         for node in nodes:
             node.start()
@@ -141,27 +205,34 @@ def cluster(directory: Path, masters: int = 3) -> Iterator[list[Server]]:
                 "create",
                 *(f"127.0.0.1:{n.port}" for n in nodes),
                 "--cluster-replicas",
-                "0",
+                str(replicas),
                 "--cluster-yes",
             ],
             check=True,
             capture_output=True,
             timeout=60,
         )
-        deadline = time.monotonic() + 30
-        for node in nodes:
-            client = Redis(port=node.port)
-            try:
-                while client.execute_command("CLUSTER INFO").get("cluster_state") != "ok":
-                    if time.monotonic() > deadline:
-                        raise TimeoutError("the cluster did not come up")
-                    time.sleep(0.1)
-            finally:
-                client.close()
+        wait_cluster_ok([n.port for n in nodes])
         yield nodes
     finally:
         for node in nodes:
             node.kill()
+
+
+_session_cluster: list[Server] | None = None
+
+
+def session_cluster() -> list[Server]:
+    """A private cluster of 3 primaries with a replica each, started on first use and killed
+    when the test process exits: the contract suite's ``redis-cluster`` backend."""
+    global _session_cluster
+    if _session_cluster is None:
+        directory = Path(tempfile.mkdtemp(prefix="conveyor-cluster-"))
+        context = cluster(directory, masters=3, replicas=1)
+        nodes = context.__enter__()
+        atexit.register(context.__exit__, None, None, None)
+        _session_cluster = nodes
+    return _session_cluster
 
 
 @contextlib.contextmanager

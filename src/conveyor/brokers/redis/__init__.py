@@ -7,7 +7,12 @@ Besides redis-py's own URL options, the URL takes:
   ``{queue}`` hash tag puts all of them in one slot.
 - ``cluster=1``: connect with redis-py's ``RedisCluster`` (give any node as host:port; database
   0 only). Each operation script touches one queue's slot; calls spanning queues send one
-  script per queue, pipelined per node.
+  script per queue, pipelined per node. While a queue's slot migrates its scripts refuse to
+  run (TRYAGAIN, writing nothing) and are sent again, with backoff, until the move ends.
+- ``wait_replicas=N`` (default 0) and ``wait_timeout=MS`` (default 1000): an enqueue returns
+  only once ``N`` replicas confirmed it (``WAIT``), else raises ``NotReplicated`` (the jobs are
+  stored on the primary; a failover before they replicate loses them). Replication is
+  asynchronous: without it, a primary that dies may take acknowledged enqueues with it.
 
 Effects committed with a task's acknowledgement are Redis commands,
 ``current_job().execute("RPUSH", (key, value))``, run inside the ack script: their keys must

@@ -79,7 +79,7 @@ class RedisBroker(Broker):
         self.target = parse(url)
         self.display_url = self.target.display
         self.retention = retention
-        self._scripts = Scripts()
+        self._scripts = Scripts(cluster=self.target.cluster, retries=retries)
         retry = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=retries)
         options: dict[str, Any] = {
             "retry": retry,
@@ -130,10 +130,11 @@ class RedisBroker(Broker):
     def _workers_key(self) -> str:
         return f"{self.target.prefix}:workers"
 
-    def _run(self, calls: Sequence[Call]) -> list[Any]:
+    def _run(self, calls: Sequence[Call], durable: bool = False) -> list[Any]:
+        """``durable``: wait for the replicas the URL's ``wait_replicas`` asks for."""
         if self._closed:
             raise ConfigurationError(f"broker for {self.display_url} is closed")
-        return self._scripts.run(self._client, calls)
+        return self._scripts.run(self._client, calls, self.target.wait if durable else None)
 
     def _known_queues(self) -> list[str]:
         return sorted(q.decode() for q in self._client.smembers(self._queues_key))
@@ -177,7 +178,9 @@ class RedisBroker(Broker):
             for reply in self._run(calls(check=True)):
                 raise_conflict(reply)
         out = [Enqueued(m.id, True) for m in messages]  # the script names only the others
-        for indexes, reply in zip(by_queue.values(), self._run(calls(check=False)), strict=True):
+        for indexes, reply in zip(
+            by_queue.values(), self._run(calls(check=False), durable=True), strict=True
+        ):
             raise_conflict(reply)
             for n in range(1, len(reply), 3):
                 out[indexes[reply[n] - 1]] = Enqueued(reply[n + 1].decode(), reply[n + 2] == 1)
@@ -329,6 +332,10 @@ class RedisBroker(Broker):
                     self._subscribers.remove(sub)
             with contextlib.suppress(RedisError, OSError):
                 sub.close()
+        if self.target.cluster and self._subscribing is not None:
+            # The channel's node may have failed over: the next subscription needs the new layout.
+            with contextlib.suppress(RedisError, OSError):
+                self._subscribing.nodes_manager.initialize()
 
     # -- outcomes ----------------------------------------------------------------------------
 

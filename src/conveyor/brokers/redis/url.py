@@ -27,6 +27,8 @@ class Target:
     prefix: str = DEFAULT_PREFIX
     #: Connect with redis-py's ``RedisCluster``.
     cluster: bool = False
+    #: After each enqueue, ``WAIT`` for this many replicas, at most this many milliseconds.
+    wait: tuple[int, int] | None = None
 
 
 def parse(url: str) -> Target:
@@ -37,6 +39,7 @@ def parse(url: str) -> Target:
         raise ConfigurationError(f"not a Redis URL: {display!r}")
     kept: list[tuple[str, str]] = []
     prefix, cluster = DEFAULT_PREFIX, False
+    waits: dict[str, str] = {}
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
         if name == "prefix":
             prefix = value
@@ -44,6 +47,8 @@ def parse(url: str) -> Target:
             if value.lower() not in _TRUE | _FALSE:
                 raise ConfigurationError(f"invalid cluster={value!r} in {display!r}: use 1 or 0")
             cluster = value.lower() in _TRUE
+        elif name in ("wait_replicas", "wait_timeout"):
+            waits[name] = value
         else:
             kept.append((name, value))
     if not _PREFIX.fullmatch(prefix):
@@ -53,5 +58,24 @@ def parse(url: str) -> Target:
     if cluster and parts.path not in ("", "/", "/0"):
         raise ConfigurationError(f"a Redis Cluster has only database 0: {display!r}")
     return Target(
-        url=parts._replace(query=urlencode(kept)).geturl(), display=display, prefix=prefix, cluster=cluster
+        url=parts._replace(query=urlencode(kept)).geturl(),
+        display=display,
+        prefix=prefix,
+        cluster=cluster,
+        wait=_wait(waits, display),
     )
+
+
+def _wait(options: dict[str, str], display: str) -> tuple[int, int] | None:
+    """``wait_replicas=N`` (default 0: do not wait) and ``wait_timeout=MS`` (default 1000)."""
+    numbers: dict[str, int] = {}
+    for name, value in options.items():
+        if not value.isdigit():
+            raise ConfigurationError(f"invalid {name}={value!r} in {display!r}: a whole number")
+        numbers[name] = int(value)
+    replicas, timeout = numbers.get("wait_replicas", 0), numbers.get("wait_timeout", 1000)
+    if "wait_timeout" in numbers and not replicas:
+        raise ConfigurationError(f"wait_timeout without wait_replicas in {display!r}")
+    if replicas and timeout < 1:
+        raise ConfigurationError(f"wait_timeout must be at least 1 ms in {display!r}: 0 waits forever")
+    return (replicas, timeout) if replicas else None
