@@ -2,7 +2,9 @@
 
 Each operation is atomic and batch-first (one round trip per call). Time-dependent operations
 take ``now``: ``None`` means the store's clock (the database's or Redis's where the store has
-one); tests pass explicit times to exercise scheduling and lease expiry without sleeping.
+one); tests pass explicit times to exercise scheduling and lease expiry without sleeping. No
+operation reads the caller's clock where the store has one: due times, leases, retention and the
+worker registry all run on the store's. SQLite has no clock of its own: its host's is the store's.
 
 Ownership: every exit from ``running`` (ack, extend, release) presents the fencing token handed
 out by ``reserve``; a stale token changes nothing and is reported as lost.
@@ -134,8 +136,14 @@ class Broker(abc.ABC):
         return self.jobs(queue=queue, state="dead", task=task, limit=limit, offset=offset)
 
     @abc.abstractmethod
-    def beat(self, worker: WorkerInfo, ttl: float) -> None:
-        """Record a worker's heartbeat; it is listed by ``workers`` for ``ttl`` seconds."""
+    def time(self) -> float:
+        """The store's clock now (Unix seconds): what ``now=None`` means to every operation."""
+
+    @abc.abstractmethod
+    def beat(self, worker: WorkerInfo, ttl: float, now: float | None = None) -> None:
+        """Record a worker's heartbeat; ``workers`` lists it for ``ttl`` seconds from ``now``
+        (never from ``worker.last_beat``, which is the worker's own clock). Entries silent for
+        an hour past their expiry, by the same clock, are deleted."""
 
     @abc.abstractmethod
     def workers(self, now: float | None = None) -> list[WorkerInfo]:

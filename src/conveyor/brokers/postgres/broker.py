@@ -551,17 +551,18 @@ class PostgresBroker(Broker):
             rows = conn.execute(statement, params).fetchall()
         return [_job(r) for r in rows]
 
-    def beat(self, worker: WorkerInfo, ttl: float) -> None:
-        with self._connect() as conn, conn.transaction():
+    def time(self) -> float:
+        with self._connect() as conn:
+            row = conn.execute(self._sql["time"]).fetchone()
+        assert row is not None
+        return float(row[0])
+
+    def beat(self, worker: WorkerInfo, ttl: float, now: float | None = None) -> None:
+        with self._connect() as conn:
             conn.execute(
                 self._sql["beat"],
-                {
-                    "id": worker.id,
-                    "info": serializer.dumps(worker).decode(),
-                    "expires": worker.last_beat + ttl,
-                },
+                {"id": worker.id, "info": serializer.dumps(worker).decode(), "ttl": float(ttl), "now": now},
             )
-            conn.execute(self._sql["forget_workers"], {"before": worker.last_beat - 3600})
 
     def workers(self, now: float | None = None) -> list[WorkerInfo]:
         with self._connect() as conn:

@@ -3,6 +3,9 @@
 -- {schema} is the broker's schema (a quoted identifier). {now} is the caller's "now" when it
 -- passed one (tests do) and the database's clock otherwise: the store decides due times and
 -- lease expiry, so clock skew between workers cannot fire tasks early or steal live leases.
+-- {statement_now} is the same but read when the statement arrives rather than when its
+-- transaction began (now()): enqueue may run in a caller's long transaction, and a delay counts
+-- from the enqueue.
 -- Batches arrive as parallel arrays, unnested into one row per element. The arrays of the
 -- per-task statements (enqueue, ack_succeeded, extend, release) travel in binary, %(name)b:
 -- psycopg's text form quotes every element through a regular expression and escapes every
@@ -24,7 +27,7 @@ WITH m AS (
 ), inserted AS (
     INSERT INTO {schema}.jobs (id, task, queue, priority, state, payload, run_at, enqueued_at,
                                max_attempts, key)
-    SELECT id, task, queue, priority, 'pending', payload, coalesce(run_at, {now} + delay), {now},
+    SELECT id, task, queue, priority, 'pending', payload, coalesce(run_at, {statement_now} + delay), {statement_now},
            max_attempts, key
       FROM m
      ORDER BY n
@@ -43,7 +46,7 @@ SELECT inserted.id IS NOT NULL, holder.id, holder.task = m.task AND holder.paylo
 WITH inserted AS (
     INSERT INTO {schema}.jobs (id, task, queue, priority, state, payload, run_at, enqueued_at,
                                max_attempts)
-    SELECT id, task, queue, priority, 'pending', payload, coalesce(run_at, {now} + delay), {now},
+    SELECT id, task, queue, priority, 'pending', payload, coalesce(run_at, {statement_now} + delay), {statement_now},
            max_attempts
       FROM unnest(%(ids)b::text[], %(tasks)b::text[], %(queues)b::text[], %(priorities)b::int[],
                   %(payloads)b::bytea[], %(delays)b::float8[], %(run_ats)b::float8[],
@@ -272,12 +275,18 @@ SELECT {columns}, clock.now
  LIMIT %(limit)s OFFSET %(offset)s;
 
 -- name: beat
-INSERT INTO {schema}.workers (id, info, expires) VALUES (%(id)s, %(info)s::jsonb, %(expires)s)
-    ON CONFLICT (id) DO UPDATE SET info = excluded.info, expires = excluded.expires;
+-- A worker's entry, listed until ttl seconds from the store's clock (the worker's own clock, in
+-- its info, decides nothing); entries silent for an hour past their expiry are gone for good.
+WITH beat AS (
+    INSERT INTO {schema}.workers (id, info, expires)
+    VALUES (%(id)s, %(info)s::jsonb, {now} + %(ttl)s::float8)
+        ON CONFLICT (id) DO UPDATE SET info = excluded.info, expires = excluded.expires
+)
+DELETE FROM {schema}.workers WHERE expires < {now} - 3600 AND id <> %(id)s;
 
--- name: forget_workers
--- Workers silent for an hour past their ttl are gone for good.
-DELETE FROM {schema}.workers WHERE expires < %(before)s;
+-- name: time
+-- The store's clock now: the wall clock, not the start of a transaction.
+SELECT extract(epoch from clock_timestamp())::float8;
 
 -- name: workers
 SELECT info::text FROM {schema}.workers WHERE expires >= {now} ORDER BY id;

@@ -520,14 +520,20 @@ class RedisBroker(Broker):
             found.sort(key=lambda s_j: (-(s_j[1].finished_at or 0.0), -s_j[0]))
         return [j for _, j in found[offset : offset + limit]]
 
-    def beat(self, worker: WorkerInfo, ttl: float) -> None:
-        entry = repr(worker.last_beat + ttl).encode() + b" " + serializer.dumps(worker)
-        self._client.hset(self._workers_key, worker.id, entry)
+    def time(self) -> float:
+        reply = self._client.time()
+        if isinstance(reply, dict):  # a cluster asked every node: any master's clock will do
+            reply = next(iter(reply.values()))
+        seconds, micros = reply
+        return float(seconds) + float(micros) / 1_000_000
+
+    def beat(self, worker: WorkerInfo, ttl: float, now: float | None = None) -> None:
+        args = [now_arg(now), worker.id, repr(float(ttl)), serializer.dumps(worker)]
+        self._run([("beat", [self._workers_key], args)])
 
     def workers(self, now: float | None = None) -> list[WorkerInfo]:
         if now is None:
-            seconds, micros = self._client.time()
-            now = seconds + micros / 1_000_000
+            now = self.time()
         live: list[WorkerInfo] = []
         gone: list[bytes] = []
         for worker_id, entry in self._client.hgetall(self._workers_key).items():
