@@ -25,7 +25,7 @@ from conveyor.errors import (
     UnknownTask,
 )
 from conveyor.ids import new_id
-from conveyor.periodic import CatchUp, Schedule
+from conveyor.periodic import CatchUp, Schedule, on_time
 from conveyor.priority import DEFAULT_LEVELS, Priorities
 from conveyor.records import JobInfo, Message, State
 from conveyor.retry import RetryPolicy
@@ -150,6 +150,7 @@ class Conveyor:
         cron: str | None = None,
         every: timedelta | float | None = None,
         catch_up: CatchUp = "skip",
+        tolerance: float | None = None,
         name: str | None = None,
         queue: str = "default",
         priority: str | int = "normal",
@@ -161,21 +162,26 @@ class Conveyor:
         Args:
             cron: a cron expression, evaluated in UTC (``"*/5 * * * *"``).
             every: an interval (timedelta or seconds); ticks are aligned to the Unix epoch.
-            catch_up: ``"skip"`` drops ticks missed while no worker ran; ``"once"`` runs the
-                latest missed tick once when a worker starts.
+            catch_up: what becomes of a *missed* tick, one that starts later than ``tolerance``
+                after its time by the store's clock (no worker ran, or none was free):
+                ``"skip"`` does not run it; ``"once"`` runs only the latest missed tick, once.
+            tolerance: seconds a tick may start late and still run; default half the interval,
+                at most 60 s.
             name, queue, priority, retry, timeout: as for :meth:`task`.
         """
         seconds = every.total_seconds() if isinstance(every, timedelta) else every
 
         def register(f: Callable[[], R]) -> Task[[], R]:
+            made: list[Schedule] = []
             t: Task[[], R] = self.task(
                 name=name, queue=queue, priority=priority, retry=retry, timeout=timeout
-            )(f)
+            )(on_time(f, lambda: made[0]))
             try:
-                self.schedules.append(Schedule(t, cron=cron, every=seconds, catch_up=catch_up))
+                made.append(Schedule(t, cron=cron, every=seconds, catch_up=catch_up, tolerance=tolerance))
             except ConfigurationError:
                 del self.tasks[t.name]
                 raise
+            self.schedules.append(made[0])
             return t
 
         return register
