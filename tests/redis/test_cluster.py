@@ -15,11 +15,13 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 from redis.client import Redis
 from redis_servers import cluster
 
 from conveyor.brokers.redis import RedisBroker
+from conveyor.errors import ConfigurationError
 from conveyor.ids import new_id
 from conveyor.priority import Fairness
 from conveyor.records import Message, Outcome
@@ -147,3 +149,18 @@ def test_a_worker_round_across_queues_on_every_node(broker):
     assert sorted(d.id for d in broker.reserve(["repair"], 100, 30.0, "w1", fairness)) == sorted(dead)
     assert {broker.get(i).queue for i in dead} == {"repair"}
     assert sum(s.total("succeeded") for s in broker.stats()) == len(first) - len(retried) - len(dead)
+
+
+def test_a_keyed_batch_across_slots_is_refused_whole(broker):
+    """One script per hash slot cannot store a batch all or nothing across slots: a batch with
+    keys must keep to one slot, and one that does not is refused before anything is stored."""
+    spread = [Message(id=new_id(), task="t", queue=f"queue-{n}", priority=0, payload=b"[]") for n in range(6)]
+    keyed = [msgspec.structs.replace(m, key="k") for m in spread]
+
+    with pytest.raises(ConfigurationError, match="one hash slot"):
+        broker.enqueue(keyed)
+
+    assert [broker.get(m.id) for m in keyed] == [None] * len(keyed)
+    assert all(e.created for e in broker.enqueue(spread))  # without keys: nothing can conflict
+    one_slot = [msgspec.structs.replace(m, id=new_id(), queue="queue-0") for m in keyed[:2]]
+    assert [e.created for e in broker.enqueue(one_slot)] == [True, False]

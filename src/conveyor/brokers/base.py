@@ -55,8 +55,11 @@ class Broker(abc.ABC):
 
         Keys are scoped to a queue. A message whose key is held by a job of its queue with the
         same task and payload returns that job (``created=False``), also after the job finished,
-        until its retention ends. Raises KeyConflict, storing nothing of the batch, if a key is
-        held by a job with a different task or payload.
+        until its retention ends; a dead job holds its key until it is purged. Raises
+        KeyConflict, storing nothing of the batch, if a key is held by a job with a different
+        task or payload, also when other producers race for the batch's keys. A Redis Cluster
+        refuses (ConfigurationError, storing nothing) a batch with keys spanning hash slots:
+        its scripts are atomic only within a slot.
 
         ``connection``: a connection to the store's own database with a transaction open (a
         ``sqlite3.Connection`` on SQLite, a psycopg connection on PostgreSQL); the messages are

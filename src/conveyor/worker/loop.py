@@ -486,7 +486,8 @@ class Worker:
                 now = await self._call(self.app.broker.time)
                 read = time.monotonic()
                 messages = plan(schedules, now, starting, self.app.retention)
-                await self._call(self.app.broker.enqueue, messages)
+                for queue in dict.fromkeys(m.queue for m in messages):  # a keyed batch: one queue
+                    await self._call(self.app.broker.enqueue, [m for m in messages if m.queue == queue])
                 starting = False
                 wake = min(s.next_after(now) for s in schedules)
                 # Clocks differ in offset, not in rate: the wait is timed on this host's.

@@ -215,6 +215,16 @@ class PostgresBroker(Broker):
         """Insert in the open transaction, NOTIFY the queues of new jobs; KeyConflict leaves the
         caller to roll back."""
         cur = conn.cursor(row_factory=tuple_row)  # the caller's connection may have another
+        keyed = [m for m in messages if m.key is not None]
+        if keyed:
+            cur.execute(
+                self._sql["lock_keys"],
+                {
+                    "scope": self.target.schema,
+                    "queues": [m.queue for m in keyed],
+                    "keys": [m.key for m in keyed],
+                },
+            )
         rows = cur.execute(
             self._sql["enqueue"],
             {**_columns(messages), "keys": [m.key for m in messages], "now": now},

@@ -40,6 +40,17 @@ SELECT inserted.id IS NOT NULL, holder.id, holder.task = m.task AND holder.paylo
   LEFT JOIN {schema}.jobs AS holder ON holder.queue = m.queue AND holder.key = m.key
  ORDER BY m.n;
 
+-- name: lock_keys
+-- Before a keyed insert: lock the batch's (queue, key) pairs, as transaction-scoped advisory
+-- locks, in one global order. Concurrent batches then wait for each other's keys in that order;
+-- left to the insert, each would wait on the unique index in its own batch order, and two
+-- batches holding the same keys in different orders would deadlock.
+SELECT count(pg_advisory_xact_lock(h))
+  FROM (SELECT DISTINCT hashtextextended(%(scope)s || chr(31) || queue || chr(31) || key, 0) AS h
+          FROM unnest(%(queues)s::text[], %(keys)s::text[]) AS k (queue, key)
+         WHERE key IS NOT NULL
+         ORDER BY h) AS hashed;
+
 -- name: enqueue_unkeyed
 -- The common case in one round trip: a batch without keys cannot conflict, so every message is
 -- inserted, and the queues are woken by the same statement (delivered when it commits).
