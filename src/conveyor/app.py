@@ -191,7 +191,8 @@ class Conveyor:
 
         A message whose key is already held by a job of its queue with the same payload returns
         that job (``job.created`` is False). Raises KeyConflict, storing none of them, if a key
-        is held with a different payload.
+        is held with a different payload. On a Redis Cluster, a batch with keys must keep to
+        queues of one hash slot (ConfigurationError otherwise): enqueue per queue.
 
         Raises:
             UnknownTask: a message names a task this application has not registered.
@@ -290,8 +291,11 @@ class Task(Generic[P, R]):
             priority: level name or index; defaults to the task's.
             delay: seconds from now before it may start.
             run_at: when it may start (aware datetime or Unix time); a past time means now.
-            key: idempotency key: while a job with this key is kept, enqueueing it again returns
-                that job instead of creating one.
+            key: idempotency key: while a job with this key is kept, enqueueing the same call
+                again returns that job instead of creating one (another call raises KeyConflict).
+                The call is compared bound to the function's signature, so ``f(1, b=2)`` and
+                ``f(1, 2)`` are the same call; a default passed explicitly is not the same as one
+                left out. A keyed job stores its call in that canonical form.
             queue: overrides the task's queue.
 
         Raises:
@@ -307,9 +311,14 @@ class Task(Generic[P, R]):
         )
         if not fits:
             try:
-                self.signature.bind(*args, **kwargs)
+                bound = self.signature.bind(*args, **kwargs)
             except TypeError as exc:
                 raise ArgumentError(f"{self.name}: {exc}") from None
+            if key is not None:
+                # A key's job is compared by payload: store the call in one canonical form (each
+                # argument positional where it can be, the rest by name, defaults not filled
+                # in), so that the same call made another way is the same payload.
+                args, kwargs = bound.args, bound.kwargs
         if delay is not None and run_at is not None:
             raise ConfigurationError("give delay or run_at, not both")
         return Message(

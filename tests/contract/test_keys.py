@@ -4,13 +4,86 @@ that span queues under concurrent producers."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
+import pytest
+
+from conveyor import Conveyor
 from conveyor.brokers import Broker
 from conveyor.errors import KeyConflict
 from conveyor.records import Enqueued
 
-from .helpers import make_message
+from .backends import RETENTION
+from .helpers import buried, enqueue, info, make_message, reserve_one, statuses
+
+
+@pytest.fixture
+def app(store_url: str) -> Iterator[Conveyor]:
+    application = Conveyor(store_url, retention=RETENTION)
+    yield application
+    application.close()
+
+
+def test_a_call_is_the_same_however_its_arguments_are_passed(app: Conveyor) -> None:
+    @app.task(name="charge")
+    def charge(order_id: int, cents: int, currency: str = "usd", *, note: str = "") -> None: ...
+
+    first = charge.enqueue(42, 1999, key="order-42")
+    same = [
+        charge.enqueue(order_id=42, cents=1999, key="order-42"),
+        charge.enqueue(42, cents=1999, key="order-42"),
+        charge.enqueue(cents=1999, order_id=42, key="order-42"),
+    ]
+
+    assert first.created
+    assert [(j.id, j.created) for j in same] == [(first.id, False)] * 3
+    with pytest.raises(KeyConflict):
+        charge.enqueue(order_id=42, cents=2000, key="order-42")
+    # A default passed explicitly is a different call from one that leaves it out: the job
+    # runs with whatever default the worker's code has when it runs.
+    with pytest.raises(KeyConflict):
+        charge.enqueue(42, 1999, "usd", key="order-42")
+    assert charge.enqueue(42, 1999, note="x", key="order-43").created
+    assert not charge.enqueue(note="x", cents=1999, order_id=42, key="order-43").created
+
+
+def test_extra_keyword_arguments_compare_by_name(app: Conveyor) -> None:
+    @app.task(name="tag")
+    def tag(item: int, *labels: str, **attrs: int) -> None: ...
+
+    first = tag.enqueue(1, "a", "b", x=1, y=2, key="k")
+
+    assert tag.enqueue(1, "a", "b", y=2, x=1, key="k").id == first.id
+    with pytest.raises(KeyConflict):
+        tag.enqueue(1, "b", "a", x=1, y=2, key="k")
+
+
+def test_a_dead_job_holds_its_key_until_it_is_purged(broker: Broker, t0: float) -> None:
+    m = make_message(key="k", payload=b"[[1],{}]")
+    enqueue(broker, t0, m)
+    assert statuses(broker, [buried(reserve_one(broker, t0))], now=t0 + 1) == ["ok"]
+
+    later = t0 + 10 * RETENTION
+    assert broker.expire(now=later) == 0  # the retention of finished jobs does not apply
+    assert broker.enqueue([make_message(key="k", payload=b"[[1],{}]")], now=later) == [Enqueued(m.id, False)]
+    assert info(broker, m.id, now=later).state == "dead"
+    with pytest.raises(KeyConflict):
+        broker.enqueue([make_message(key="k", payload=b"[[2],{}]")], now=later)
+
+    assert broker.purge([m.id]) == 1
+    again = make_message(key="k", payload=b"[[2],{}]")
+    assert broker.enqueue([again], now=later) == [Enqueued(again.id, True)]
+
+
+def test_a_replayed_dead_job_keeps_its_key(broker: Broker, t0: float) -> None:
+    m = make_message(key="k")
+    enqueue(broker, t0, m)
+    assert statuses(broker, [buried(reserve_one(broker, t0))], now=t0 + 1) == ["ok"]
+
+    assert broker.replay([m.id], now=t0 + 2) == 1
+
+    assert broker.enqueue([make_message(key="k")], now=t0 + 3) == [Enqueued(m.id, False)]
+    assert reserve_one(broker, t0 + 3).id == m.id
 
 
 def test_racing_producers_store_all_or_nothing_of_batches_spanning_queues(
