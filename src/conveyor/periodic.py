@@ -14,7 +14,8 @@ and the worker logs it. With ``"once"`` a missed tick runs only if it is the lat
 (no later one is due yet), and a starting worker also enqueues the latest tick at or before its
 start: after a gap, one tick runs, once. That tick counts only within the retention window:
 older keys are gone, so older ticks cannot be told apart. A tick that already started once (its
-lease was lost, or it failed and is retried) is not checked again: it runs to its outcome.
+lease was lost, or it failed and is retried) is not checked again: it runs to its outcome; so
+does the function enqueued by hand (a job without the schedule's tick key).
 """
 
 from __future__ import annotations
@@ -122,7 +123,8 @@ def plan(schedules: Sequence[Schedule], now: float, starting: bool, retention: f
 
 def on_time(fn: Callable[[], R], schedule: Callable[[], Schedule]) -> Callable[[], R]:
     """``fn`` wrapped to return None without running when a worker starts a missed tick that
-    ``schedule()`` says must not run. Called outside a worker, it runs ``fn`` as it is."""
+    ``schedule()`` says must not run. Called outside a worker, or enqueued by hand (a job
+    without the schedule's tick key), it runs ``fn`` as it is."""
     if inspect.iscoroutinefunction(fn):
 
         @functools.wraps(fn)
@@ -146,7 +148,8 @@ def _drop(schedule: Schedule) -> bool:
         delivery = current_job().delivery
     except LookupError:
         return False
-    if delivery.attempt > 1:  # no store call for what runs anyway
+    tick = (delivery.key or "").startswith(f"periodic:{schedule.task.name}:")
+    if not tick or delivery.attempt > 1:  # enqueued by hand, or started once: it runs
         return False
     now = schedule.task.app.broker.time()
     if schedule.runs(delivery.run_at, delivery.attempt, now):

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from conveyor import ConfigurationError, Conveyor
+from conveyor import ConfigurationError, Conveyor, current_job
+from conveyor.context import JobContext, bind, unbind
+from conveyor.ids import new_id
 from conveyor.periodic import plan
+from conveyor.records import Delivery
 
 
 def ts(*args: int) -> float:
@@ -139,3 +143,30 @@ def test_a_periodic_function_called_directly_runs(app: Conveyor) -> None:
     tick()
     assert calls == [1]
     assert tick.name.endswith("test_a_periodic_function_called_directly_runs.<locals>.tick")
+
+
+def test_a_worker_drops_only_missed_ticks_not_runs_enqueued_by_hand(app: Conveyor) -> None:
+    calls: list[str] = []
+
+    @app.periodic(every=10, name="tick")
+    def tick() -> None:
+        calls.append(current_job().key or "by hand")
+
+    def start(key: str | None, run_at: float, attempt: int = 1) -> None:
+        delivery = Delivery(
+            new_id(), "tick", "default", 1, b"[[],{}]", attempt, 5, attempt, run_at, run_at, key
+        )
+        token = bind(JobContext(delivery, "w"))
+        try:
+            tick.fn()
+        finally:
+            unbind(token)
+
+    now = app.broker.time()
+    late = math.floor(now / 10) * 10 - 10  # a tick at least 10 s ago: missed
+    start(f"periodic:tick:{late:.3f}", late)
+    start(f"periodic:tick:{late:.3f}", late, attempt=2)  # started once already: it runs
+    start(None, late)  # the function enqueued by hand, late behind a backlog: it runs
+    start(f"periodic:tick:{now + 1:.3f}", now + 1)  # on time
+
+    assert calls == [f"periodic:tick:{late:.3f}", "by hand", f"periodic:tick:{now + 1:.3f}"]
