@@ -27,8 +27,8 @@ WITH m AS (
 ), inserted AS (
     INSERT INTO {schema}.jobs (id, task, queue, priority, state, payload, run_at, enqueued_at,
                                max_attempts, key)
-    SELECT id, task, queue, priority, 'pending', payload, coalesce(run_at, {statement_now} + delay), {statement_now},
-           max_attempts, key
+    SELECT id, task, queue, priority, 'pending', payload, coalesce(run_at, {statement_now} + delay),
+           {statement_now}, max_attempts, key
       FROM m
      ORDER BY n
         ON CONFLICT (queue, key) WHERE key IS NOT NULL DO NOTHING
@@ -57,8 +57,8 @@ SELECT count(pg_advisory_xact_lock(h))
 WITH inserted AS (
     INSERT INTO {schema}.jobs (id, task, queue, priority, state, payload, run_at, enqueued_at,
                                max_attempts)
-    SELECT id, task, queue, priority, 'pending', payload, coalesce(run_at, {statement_now} + delay), {statement_now},
-           max_attempts
+    SELECT id, task, queue, priority, 'pending', payload, coalesce(run_at, {statement_now} + delay),
+           {statement_now}, max_attempts
       FROM unnest(%(ids)b::text[], %(tasks)b::text[], %(queues)b::text[], %(priorities)b::int[],
                   %(payloads)b::bytea[], %(delays)b::float8[], %(run_ats)b::float8[],
                   %(max_attempts)b::int[])

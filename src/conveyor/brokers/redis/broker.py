@@ -398,8 +398,9 @@ class RedisBroker(Broker):
                 status, detail = reply[2 * n].decode(), reply[2 * n + 1].decode(errors="replace")
                 statuses[i] = AckStatus(status, detail or None)
         elsewhere = [m for i, ms in later.items() if statuses[i].status == "ok" for m in ms]
-        for group in self._slot_groups(list(dict.fromkeys(m.queue for m in elsewhere))):
-            self.enqueue([m for m in elsewhere if m.queue in group], now=now)
+        if elsewhere:  # one call per slot: a keyed batch must keep to one (see enqueue)
+            for group in self._slot_groups(list(dict.fromkeys(m.queue for m in elsewhere))):
+                self.enqueue([m for m in elsewhere if m.queue in group], now=now)
         self._forget(o.id for o, s in zip(outcomes, statuses, strict=True) if s.status != "effects_failed")
         return statuses
 
