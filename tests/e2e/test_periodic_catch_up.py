@@ -43,7 +43,8 @@ def _after(cluster: Cluster, name: str, before: set[float], restarted: float) ->
     )
     new = sorted(set(ran(cluster, name)) - before)
     assert len(new) == len([t for t in ran(cluster, name) if t not in before]), "a tick ran twice"
-    assert {round(b - a, 3) for a, b in itertools.pairwise(new)} == {1.0}, f"ticks off schedule: {new}"
+    gaps = {round(b - a, 3) for a, b in itertools.pairwise(new)}
+    assert gaps == {1.0}, f"ticks off schedule: {new}\n{cluster.log_text()[-3000:]}"
     return new
 
 
