@@ -25,7 +25,7 @@ from conveyor.errors import (
     UnknownTask,
 )
 from conveyor.ids import new_id
-from conveyor.periodic import CatchUp, Schedule
+from conveyor.periodic import CatchUp, Schedule, on_time
 from conveyor.priority import DEFAULT_LEVELS, Priorities
 from conveyor.records import JobInfo, Message, State
 from conveyor.retry import RetryPolicy
@@ -150,6 +150,7 @@ class Conveyor:
         cron: str | None = None,
         every: timedelta | float | None = None,
         catch_up: CatchUp = "skip",
+        tolerance: float | None = None,
         name: str | None = None,
         queue: str = "default",
         priority: str | int = "normal",
@@ -161,21 +162,26 @@ class Conveyor:
         Args:
             cron: a cron expression, evaluated in UTC (``"*/5 * * * *"``).
             every: an interval (timedelta or seconds); ticks are aligned to the Unix epoch.
-            catch_up: ``"skip"`` drops ticks missed while no worker ran; ``"once"`` runs the
-                latest missed tick once when a worker starts.
+            catch_up: what becomes of a *missed* tick, one that starts later than ``tolerance``
+                after its time by the store's clock (no worker ran, or none was free):
+                ``"skip"`` does not run it; ``"once"`` runs only the latest missed tick, once.
+            tolerance: seconds a tick may start late and still run; default half the interval,
+                at most 60 s.
             name, queue, priority, retry, timeout: as for :meth:`task`.
         """
         seconds = every.total_seconds() if isinstance(every, timedelta) else every
 
         def register(f: Callable[[], R]) -> Task[[], R]:
+            made: list[Schedule] = []
             t: Task[[], R] = self.task(
                 name=name, queue=queue, priority=priority, retry=retry, timeout=timeout
-            )(f)
+            )(on_time(f, lambda: made[0]))
             try:
-                self.schedules.append(Schedule(t, cron=cron, every=seconds, catch_up=catch_up))
+                made.append(Schedule(t, cron=cron, every=seconds, catch_up=catch_up, tolerance=tolerance))
             except ConfigurationError:
                 del self.tasks[t.name]
                 raise
+            self.schedules.append(made[0])
             return t
 
         return register
@@ -185,7 +191,8 @@ class Conveyor:
 
         A message whose key is already held by a job of its queue with the same payload returns
         that job (``job.created`` is False). Raises KeyConflict, storing none of them, if a key
-        is held with a different payload.
+        is held with a different payload. On a Redis Cluster, a batch with keys must keep to
+        queues of one hash slot (ConfigurationError otherwise): enqueue per queue.
 
         Raises:
             UnknownTask: a message names a task this application has not registered.
@@ -284,8 +291,11 @@ class Task(Generic[P, R]):
             priority: level name or index; defaults to the task's.
             delay: seconds from now before it may start.
             run_at: when it may start (aware datetime or Unix time); a past time means now.
-            key: idempotency key: while a job with this key is kept, enqueueing it again returns
-                that job instead of creating one.
+            key: idempotency key: while a job with this key is kept, enqueueing the same call
+                again returns that job instead of creating one (another call raises KeyConflict).
+                The call is compared bound to the function's signature, so ``f(1, b=2)`` and
+                ``f(1, 2)`` are the same call; a default passed explicitly is not the same as one
+                left out. A keyed job stores its call in that canonical form.
             queue: overrides the task's queue.
 
         Raises:
@@ -301,9 +311,14 @@ class Task(Generic[P, R]):
         )
         if not fits:
             try:
-                self.signature.bind(*args, **kwargs)
+                bound = self.signature.bind(*args, **kwargs)
             except TypeError as exc:
                 raise ArgumentError(f"{self.name}: {exc}") from None
+            if key is not None:
+                # A key's job is compared by payload: store the call in one canonical form (each
+                # argument positional where it can be, the rest by name, defaults not filled
+                # in), so that the same call made another way is the same payload.
+                args, kwargs = bound.args, bound.kwargs
         if delay is not None and run_at is not None:
             raise ConfigurationError("give delay or run_at, not both")
         return Message(

@@ -199,7 +199,8 @@ def test_keys_are_scoped_to_their_queue(broker, t0):
     mail = make_message(queue="mail", key="k", payload=b"[[1],{}]")
     web = make_message(queue="web", key="k", payload=b"[[2],{}]")
 
-    out = broker.enqueue([mail, web], now=t0)
+    # One call per queue: on a Redis Cluster a keyed batch keeps to one hash slot (test_keys).
+    out = broker.enqueue([mail], now=t0) + broker.enqueue([web], now=t0)
 
     assert out == [Enqueued(mail.id, True), Enqueued(web.id, True)]
     assert broker.enqueue([make_message(queue="web", key="k", payload=b"[[2],{}]")], now=t0) == [

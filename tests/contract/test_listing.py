@@ -50,12 +50,12 @@ def _worker(worker_id: str, beat: float, in_flight: int = 0) -> WorkerInfo:
 
 
 def test_workers_are_listed_while_their_heartbeat_is_fresh(broker: Broker, t0: float) -> None:
-    broker.beat(_worker("w1", t0), ttl=10)
-    broker.beat(_worker("w2", t0), ttl=10)
-    broker.beat(_worker("w1", t0 + 5, in_flight=3), ttl=10)  # a newer beat replaces the older
+    broker.beat(_worker("w1", t0), ttl=10, now=t0)
+    broker.beat(_worker("w2", t0), ttl=10, now=t0)
+    broker.beat(_worker("w1", t0 + 5, in_flight=3), ttl=10, now=t0 + 5)  # a newer beat replaces the older
     live = broker.workers(now=t0 + 6)
     assert [w.id for w in live] == ["w1", "w2"]
     assert live[0].in_flight == 3 and live[0].counts == {"succeeded": 5}
     assert [w.id for w in broker.workers(now=t0 + 12)] == ["w1"]  # w2's beat is 12 s old
-    broker.beat(_worker("w1", t0 + 13), ttl=-1)  # a stopping worker leaves at once
+    broker.beat(_worker("w1", t0 + 13), ttl=-1, now=t0 + 13)  # a stopping worker leaves at once
     assert broker.workers(now=t0 + 13) == []

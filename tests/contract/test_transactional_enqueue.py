@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from conveyor.errors import KeyConflict
@@ -57,3 +59,23 @@ def test_a_key_conflict_stores_nothing_of_the_batch_even_if_the_caller_commits(
     assert table() == [1]
     assert broker.get(fresh.id, now=t0) is None
     assert total(broker, "q", "ready", now=t0) == 1
+
+
+def test_a_delay_runs_from_the_enqueue_not_from_the_start_of_the_callers_transaction(
+    broker, transaction, table
+):
+    """PostgreSQL's now() is the start of the transaction: a delay counted from it would make a
+    job enqueued late in a long transaction due early, or already due at its commit."""
+    m = make_message(delay=1.0)
+
+    with transaction() as conn:
+        conn.execute("INSERT INTO t (x) VALUES (1)")  # the transaction has begun
+        time.sleep(5.0)  # a long transaction (the scenario itself, not a wait for a condition)
+        before = broker.time()
+        assert broker.enqueue([m], connection=conn)[0].created
+
+    job = broker.get(m.id)
+    assert job is not None
+    assert job.run_at >= before + 1.0
+    assert job.enqueued_at >= before
+    assert reserve(broker, now=before + 0.9) == []

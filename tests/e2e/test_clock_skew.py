@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from harness import Cluster, cluster_of, wait_for
 from stores import STORES
+from ticks import ran, stored, tick_time
 
 pytestmark = pytest.mark.slow
 
@@ -61,3 +62,53 @@ def test_skewed_workers_neither_start_early_nor_steal_leases(server_cluster: Clu
     assert len(executions) == total, "a live lease was reclaimed and its task ran twice"
     assert [n for n, c in collections.Counter(cluster.ledger()).items() if c > 1] == []
     assert sorted(cluster.ledger()) == [*range(8), *range(100, 120)]
+
+
+def test_skewed_workers_neither_erase_others_nor_outlive_their_death_in_the_registry(
+    server_cluster: Cluster,
+) -> None:
+    """A worker's registry entry lives ``ttl`` seconds from its last beat by the store's clock:
+    a slow worker is listed, a fast one leaves once dead and erases nobody."""
+    cluster = server_cluster
+    normal = cluster.worker(**FAST)
+    fast = cluster.worker(env=skewed("+1d"), **FAST)
+    slow = cluster.worker(env=skewed("-5m"), **FAST)
+    ids = {cluster.worker_id(p) for p in (normal, fast, slow)}
+
+    def listed() -> set[str]:
+        return {w.id for w in cluster.app.broker.workers()}
+
+    wait_for(lambda: ids <= listed(), timeout=20, what="the three workers to be listed")
+    watch = time.monotonic() + 2.0  # ten heartbeats of each
+    while time.monotonic() < watch:
+        assert ids <= listed(), "a worker's entry was erased or expired while it beat"
+        time.sleep(0.05)
+    fast.kill()
+    fast.wait()
+    killed = time.monotonic()
+    wait_for(
+        lambda: cluster.worker_id(fast) not in listed(), timeout=20, what="the dead fast worker to leave"
+    )
+    ttl = 3 * FAST["heartbeat"]
+    assert time.monotonic() - killed < ttl + 1.0
+    assert ids - {cluster.worker_id(fast)} <= listed()
+
+
+def test_skewed_workers_plan_periodic_ticks_on_the_stores_clock(server_cluster: Cluster) -> None:
+    """Ticks are planned and due on the store's clock: a slow worker does not enqueue ticks of
+    the past (which would run at once, late by its skew), a fast one none of the future."""
+    cluster = server_cluster
+    began = cluster.app.broker.time()
+    cluster.worker(env=skewed("-5m"), queues=["seconds"], **FAST)
+    cluster.worker(env=skewed("+1d"), queues=["seconds"], **FAST)
+
+    wait_for(lambda: len(ran(cluster, "second_skip")) >= 5, timeout=30, what="five ticks to run")
+    now = cluster.app.broker.time()
+    jobs = stored(cluster, "seconds")
+    ticks = sorted(tick_time(j.key or "") for j in jobs)
+    assert began - 1.0 <= ticks[0] and ticks[-1] <= now + 1.0, f"a tick planned on a skewed clock: {ticks}"
+    runs = ran(cluster, "second_skip")
+    assert len(runs) == len(set(runs)), f"a tick ran twice: {runs}"
+    for j in jobs:
+        if j.state == "succeeded" and tick_time(j.key or "") in runs:
+            assert j.started_at is not None and j.started_at - j.run_at < 0.5, j

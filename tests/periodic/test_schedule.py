@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from conveyor import ConfigurationError, Conveyor
+from conveyor import ConfigurationError, Conveyor, current_job
+from conveyor.context import JobContext, bind, unbind
+from conveyor.ids import new_id
 from conveyor.periodic import plan
+from conveyor.records import Delivery
 
 
 def ts(*args: int) -> float:
@@ -92,4 +96,77 @@ def test_invalid_schedules_are_refused(app: Conveyor) -> None:
         @app.periodic(every=0)
         def zero() -> None: ...
 
+    with pytest.raises(ConfigurationError):
+
+        @app.periodic(every=1, tolerance=-1)
+        def negative() -> None: ...
+
     assert app.tasks == {}
+
+
+def test_a_tick_late_beyond_its_tolerance_is_missed(app: Conveyor) -> None:
+    @app.periodic(every=10)
+    def skip() -> None: ...
+
+    @app.periodic(every=10, catch_up="once", name="once")
+    def once() -> None: ...
+
+    @app.periodic(every=86400, tolerance=2.0, name="daily")
+    def daily() -> None: ...
+
+    s, o, d = app.schedules
+    tick = ts(2030, 1, 1)
+    assert s.tolerance_at(tick) == 5.0 and d.tolerance_at(tick) == 2.0
+    assert s.runs(tick, attempt=1, now=tick + 5.0)
+    assert not s.runs(tick, attempt=1, now=tick + 5.5)
+    assert s.runs(tick, attempt=2, now=tick + 500)  # it started once: it runs to its outcome
+    # "once": a missed tick runs only while no later tick is due.
+    assert o.runs(tick, attempt=1, now=tick + 9.9)
+    assert not o.runs(tick, attempt=1, now=tick + 10.0)
+    assert not d.runs(tick, attempt=1, now=tick + 2.5)
+
+
+def test_the_default_tolerance_is_capped(app: Conveyor) -> None:
+    @app.periodic(cron="0 3 * * *")
+    def nightly() -> None: ...
+
+    assert app.schedules[0].tolerance_at(ts(2030, 1, 1, 3)) == 60.0
+
+
+def test_a_periodic_function_called_directly_runs(app: Conveyor) -> None:
+    calls = []
+
+    @app.periodic(every=1)
+    def tick() -> None:
+        calls.append(1)
+
+    tick()
+    assert calls == [1]
+    assert tick.name.endswith("test_a_periodic_function_called_directly_runs.<locals>.tick")
+
+
+def test_a_worker_drops_only_missed_ticks_not_runs_enqueued_by_hand(app: Conveyor) -> None:
+    calls: list[str] = []
+
+    @app.periodic(every=10, name="tick")
+    def tick() -> None:
+        calls.append(current_job().key or "by hand")
+
+    def start(key: str | None, run_at: float, attempt: int = 1) -> None:
+        delivery = Delivery(
+            new_id(), "tick", "default", 1, b"[[],{}]", attempt, 5, attempt, run_at, run_at, key
+        )
+        token = bind(JobContext(delivery, "w"))
+        try:
+            tick.fn()
+        finally:
+            unbind(token)
+
+    now = app.broker.time()
+    late = math.floor(now / 10) * 10 - 10  # a tick at least 10 s ago: missed
+    start(f"periodic:tick:{late:.3f}", late)
+    start(f"periodic:tick:{late:.3f}", late, attempt=2)  # started once already: it runs
+    start(None, late)  # the function enqueued by hand, late behind a backlog: it runs
+    start(f"periodic:tick:{now + 1:.3f}", now + 1)  # on time
+
+    assert calls == [f"periodic:tick:{late:.3f}", "by hand", f"periodic:tick:{now + 1:.3f}"]

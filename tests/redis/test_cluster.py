@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from redis.client import Redis
 from redis.cluster import RedisCluster
@@ -27,7 +28,7 @@ from redis_servers import Server, cluster, session_cluster, slot_owner, topology
 
 from conveyor import Conveyor
 from conveyor.brokers.redis import RedisBroker
-from conveyor.errors import NotReplicated
+from conveyor.errors import ConfigurationError, NotReplicated
 from conveyor.ids import new_id
 from conveyor.priority import Fairness
 from conveyor.records import Message, Outcome
@@ -492,3 +493,18 @@ def test_wait_replicas_loses_no_enqueue_when_the_primary_dies(drain):
     finally:
         alone.start()
         wait_cluster_ok([n.port for n in d.nodes])
+
+
+def test_a_keyed_batch_across_slots_is_refused_whole(broker):
+    """One script per hash slot cannot store a batch all or nothing across slots: a batch with
+    keys must keep to one slot, and one that does not is refused before anything is stored."""
+    spread = [Message(id=new_id(), task="t", queue=f"queue-{n}", priority=0, payload=b"[]") for n in range(6)]
+    keyed = [msgspec.structs.replace(m, key="k") for m in spread]
+
+    with pytest.raises(ConfigurationError, match="one hash slot"):
+        broker.enqueue(keyed)
+
+    assert [broker.get(m.id) for m in keyed] == [None] * len(keyed)
+    assert all(e.created for e in broker.enqueue(spread))  # without keys: nothing can conflict
+    one_slot = [msgspec.structs.replace(m, id=new_id(), queue="queue-0") for m in keyed[:2]]
+    assert [e.created for e in broker.enqueue(one_slot)] == [True, False]

@@ -2,7 +2,9 @@
 
 Each operation is atomic and batch-first (one round trip per call). Time-dependent operations
 take ``now``: ``None`` means the store's clock (the database's or Redis's where the store has
-one); tests pass explicit times to exercise scheduling and lease expiry without sleeping.
+one); tests pass explicit times to exercise scheduling and lease expiry without sleeping. No
+operation reads the caller's clock where the store has one: due times, leases, retention and the
+worker registry all run on the store's. SQLite has no clock of its own: its host's is the store's.
 
 Ownership: every exit from ``running`` (ack, extend, release) presents the fencing token handed
 out by ``reserve``; a stale token changes nothing and is reported as lost.
@@ -53,8 +55,11 @@ class Broker(abc.ABC):
 
         Keys are scoped to a queue. A message whose key is held by a job of its queue with the
         same task and payload returns that job (``created=False``), also after the job finished,
-        until its retention ends. Raises KeyConflict, storing nothing of the batch, if a key is
-        held by a job with a different task or payload.
+        until its retention ends; a dead job holds its key until it is purged. Raises
+        KeyConflict, storing nothing of the batch, if a key is held by a job with a different
+        task or payload, also when other producers race for the batch's keys. A Redis Cluster
+        refuses (ConfigurationError, storing nothing) a batch with keys spanning hash slots:
+        its scripts are atomic only within a slot.
 
         ``connection``: a connection to the store's own database with a transaction open (a
         ``sqlite3.Connection`` on SQLite, a psycopg connection on PostgreSQL); the messages are
@@ -134,8 +139,14 @@ class Broker(abc.ABC):
         return self.jobs(queue=queue, state="dead", task=task, limit=limit, offset=offset)
 
     @abc.abstractmethod
-    def beat(self, worker: WorkerInfo, ttl: float) -> None:
-        """Record a worker's heartbeat; it is listed by ``workers`` for ``ttl`` seconds."""
+    def time(self) -> float:
+        """The store's clock now (Unix seconds): what ``now=None`` means to every operation."""
+
+    @abc.abstractmethod
+    def beat(self, worker: WorkerInfo, ttl: float, now: float | None = None) -> None:
+        """Record a worker's heartbeat; ``workers`` lists it for ``ttl`` seconds from ``now``
+        (never from ``worker.last_beat``, which is the worker's own clock). Entries silent for
+        an hour past their expiry, by the same clock, are deleted."""
 
     @abc.abstractmethod
     def workers(self, now: float | None = None) -> list[WorkerInfo]:

@@ -1,5 +1,7 @@
 """The embedded backend: one SQLite file in WAL mode, shared by the processes of one host.
 
+SQLite has no clock of its own: the host's clock, read by each process, is the store's.
+
 Every operation is one ``BEGIN IMMEDIATE`` transaction. Idle workers wait on an abstract Unix
 datagram socket registered in ``conveyor_listeners``; producers send each listener a byte after
 they commit, so a new task starts within milliseconds without polling.
@@ -72,6 +74,8 @@ _APPEND_ERROR = (
     " ELSE json_array(json_object('type', 'CorruptRecord', 'message', quote(errors))) END,"
     " '$[#]', json(:error))"
 )
+#: Seconds past its expiry after which a worker's registry entry is deleted.
+_FORGET_WORKERS = 3600.0
 _LISTEN_FALLBACK = 1.0 if sys.platform.startswith("linux") else 0.05
 
 
@@ -543,13 +547,18 @@ class SQLiteBroker(Broker):
         )
         return [_job(r, now) for r in rows]
 
-    def beat(self, worker: WorkerInfo, ttl: float) -> None:
-        with self._write() as db:
+    def time(self) -> float:
+        return time.time()
+
+    def beat(self, worker: WorkerInfo, ttl: float, now: float | None = None) -> None:
+        info = serializer.dumps(worker).decode()
+        with self._write() as db:  # the clock read once the write lock is held
+            now = time.time() if now is None else now
             db.execute(
                 "INSERT OR REPLACE INTO conveyor_workers (id, info, expires) VALUES (?, ?, ?)",
-                (worker.id, serializer.dumps(worker).decode(), worker.last_beat + ttl),
+                (worker.id, info, now + ttl),
             )
-            db.execute("DELETE FROM conveyor_workers WHERE expires < ?", (worker.last_beat - 3600,))
+            db.execute("DELETE FROM conveyor_workers WHERE expires < ?", (now - _FORGET_WORKERS,))
 
     def workers(self, now: float | None = None) -> list[WorkerInfo]:
         now = time.time() if now is None else now

@@ -477,16 +477,21 @@ class Worker:
             pass
 
     async def _periodic(self, schedules: list[Schedule]) -> None:
-        """Keep every schedule's next tick enqueued; wake again right after the earliest tick."""
+        """Keep every schedule's next tick enqueued; wake again right after the earliest tick.
+        Ticks are planned on the store's clock, which decides when they are due: a worker whose
+        own clock is off would plan ticks of the past (run at once) or of the future."""
         starting = True
         while True:
-            now = time.time()
             try:
+                now = await self._call(self.app.broker.time)
+                read = time.monotonic()
                 messages = plan(schedules, now, starting, self.app.retention)
-                await self._call(self.app.broker.enqueue, messages)
+                for queue in dict.fromkeys(m.queue for m in messages):  # a keyed batch: one queue
+                    await self._call(self.app.broker.enqueue, [m for m in messages if m.queue == queue])
                 starting = False
                 wake = min(s.next_after(now) for s in schedules)
-                await asyncio.sleep(max(0.0, wake - time.time()) + 0.001)
+                # Clocks differ in offset, not in rate: the wait is timed on this host's.
+                await asyncio.sleep(max(0.0, wake - now - (time.monotonic() - read)) + 0.001)
             except Exception:
                 log.exception("enqueueing periodic ticks failed; retrying in 1 s")
                 await asyncio.sleep(1.0)

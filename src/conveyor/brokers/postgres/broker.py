@@ -215,6 +215,16 @@ class PostgresBroker(Broker):
         """Insert in the open transaction, NOTIFY the queues of new jobs; KeyConflict leaves the
         caller to roll back."""
         cur = conn.cursor(row_factory=tuple_row)  # the caller's connection may have another
+        keyed = [m for m in messages if m.key is not None]
+        if keyed:
+            cur.execute(
+                self._sql["lock_keys"],
+                {
+                    "scope": self.target.schema,
+                    "queues": [m.queue for m in keyed],
+                    "keys": [m.key for m in keyed],
+                },
+            )
         rows = cur.execute(
             self._sql["enqueue"],
             {**_columns(messages), "keys": [m.key for m in messages], "now": now},
@@ -551,17 +561,18 @@ class PostgresBroker(Broker):
             rows = conn.execute(statement, params).fetchall()
         return [_job(r) for r in rows]
 
-    def beat(self, worker: WorkerInfo, ttl: float) -> None:
-        with self._connect() as conn, conn.transaction():
+    def time(self) -> float:
+        with self._connect() as conn:
+            row = conn.execute(self._sql["time"]).fetchone()
+        assert row is not None
+        return float(row[0])
+
+    def beat(self, worker: WorkerInfo, ttl: float, now: float | None = None) -> None:
+        with self._connect() as conn:
             conn.execute(
                 self._sql["beat"],
-                {
-                    "id": worker.id,
-                    "info": serializer.dumps(worker).decode(),
-                    "expires": worker.last_beat + ttl,
-                },
+                {"id": worker.id, "info": serializer.dumps(worker).decode(), "ttl": float(ttl), "now": now},
             )
-            conn.execute(self._sql["forget_workers"], {"before": worker.last_beat - 3600})
 
     def workers(self, now: float | None = None) -> list[WorkerInfo]:
         with self._connect() as conn:

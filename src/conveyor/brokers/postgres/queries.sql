@@ -3,6 +3,9 @@
 -- {schema} is the broker's schema (a quoted identifier). {now} is the caller's "now" when it
 -- passed one (tests do) and the database's clock otherwise: the store decides due times and
 -- lease expiry, so clock skew between workers cannot fire tasks early or steal live leases.
+-- {statement_now} is the same but read when the statement arrives rather than when its
+-- transaction began (now()): enqueue may run in a caller's long transaction, and a delay counts
+-- from the enqueue.
 -- Batches arrive as parallel arrays, unnested into one row per element. The arrays of the
 -- per-task statements (enqueue, ack_succeeded, extend, release) travel in binary, %(name)b:
 -- psycopg's text form quotes every element through a regular expression and escapes every
@@ -24,8 +27,8 @@ WITH m AS (
 ), inserted AS (
     INSERT INTO {schema}.jobs (id, task, queue, priority, state, payload, run_at, enqueued_at,
                                max_attempts, key)
-    SELECT id, task, queue, priority, 'pending', payload, coalesce(run_at, {now} + delay), {now},
-           max_attempts, key
+    SELECT id, task, queue, priority, 'pending', payload, coalesce(run_at, {statement_now} + delay),
+           {statement_now}, max_attempts, key
       FROM m
      ORDER BY n
         ON CONFLICT (queue, key) WHERE key IS NOT NULL DO NOTHING
@@ -37,14 +40,25 @@ SELECT inserted.id IS NOT NULL, holder.id, holder.task = m.task AND holder.paylo
   LEFT JOIN {schema}.jobs AS holder ON holder.queue = m.queue AND holder.key = m.key
  ORDER BY m.n;
 
+-- name: lock_keys
+-- Before a keyed insert: lock the batch's (queue, key) pairs, as transaction-scoped advisory
+-- locks, in one global order. Concurrent batches then wait for each other's keys in that order;
+-- left to the insert, each would wait on the unique index in its own batch order, and two
+-- batches holding the same keys in different orders would deadlock.
+SELECT count(pg_advisory_xact_lock(h))
+  FROM (SELECT DISTINCT hashtextextended(%(scope)s || chr(31) || queue || chr(31) || key, 0) AS h
+          FROM unnest(%(queues)s::text[], %(keys)s::text[]) AS k (queue, key)
+         WHERE key IS NOT NULL
+         ORDER BY h) AS hashed;
+
 -- name: enqueue_unkeyed
 -- The common case in one round trip: a batch without keys cannot conflict, so every message is
 -- inserted, and the queues are woken by the same statement (delivered when it commits).
 WITH inserted AS (
     INSERT INTO {schema}.jobs (id, task, queue, priority, state, payload, run_at, enqueued_at,
                                max_attempts)
-    SELECT id, task, queue, priority, 'pending', payload, coalesce(run_at, {now} + delay), {now},
-           max_attempts
+    SELECT id, task, queue, priority, 'pending', payload, coalesce(run_at, {statement_now} + delay),
+           {statement_now}, max_attempts
       FROM unnest(%(ids)b::text[], %(tasks)b::text[], %(queues)b::text[], %(priorities)b::int[],
                   %(payloads)b::bytea[], %(delays)b::float8[], %(run_ats)b::float8[],
                   %(max_attempts)b::int[])
@@ -272,12 +286,18 @@ SELECT {columns}, clock.now
  LIMIT %(limit)s OFFSET %(offset)s;
 
 -- name: beat
-INSERT INTO {schema}.workers (id, info, expires) VALUES (%(id)s, %(info)s::jsonb, %(expires)s)
-    ON CONFLICT (id) DO UPDATE SET info = excluded.info, expires = excluded.expires;
+-- A worker's entry, listed until ttl seconds from the store's clock (the worker's own clock, in
+-- its info, decides nothing); entries silent for an hour past their expiry are gone for good.
+WITH beat AS (
+    INSERT INTO {schema}.workers (id, info, expires)
+    VALUES (%(id)s, %(info)s::jsonb, {now} + %(ttl)s::float8)
+        ON CONFLICT (id) DO UPDATE SET info = excluded.info, expires = excluded.expires
+)
+DELETE FROM {schema}.workers WHERE expires < {now} - 3600 AND id <> %(id)s;
 
--- name: forget_workers
--- Workers silent for an hour past their ttl are gone for good.
-DELETE FROM {schema}.workers WHERE expires < %(before)s;
+-- name: time
+-- The store's clock now: the wall clock, not the start of a transaction.
+SELECT extract(epoch from clock_timestamp())::float8;
 
 -- name: workers
 SELECT info::text FROM {schema}.workers WHERE expires >= {now} ORDER BY id;

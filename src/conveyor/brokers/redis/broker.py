@@ -162,29 +162,39 @@ class RedisBroker(Broker):
         by_queue: dict[str, list[int]] = {}
         for i, m in enumerate(messages):
             by_queue.setdefault(m.queue, []).append(i)
+        groups = self._slot_groups(list(by_queue))
+        if len(groups) > 1 and any(m.key is not None for m in messages):
+            raise ConfigurationError(
+                "a batch with idempotency keys must keep to queues of one hash slot on a Redis"
+                f" Cluster, to be stored all or nothing; queues {', '.join(sorted(by_queue))} are"
+                " in different slots: enqueue them one queue at a time"
+            )
         self._register(by_queue)
-
-        def calls(check: bool) -> list[Call]:
-            return [
-                (
-                    "enqueue",
-                    self._keys(q, "jobs", "keys", "counts"),
-                    [now_arg(now), "1" if check else "0", *packed_messages([messages[i] for i in indexes])],
-                )
-                for q, indexes in by_queue.items()
-            ]
-
-        if len(by_queue) > 1:  # a conflict in one queue must leave the others untouched
-            for reply in self._run(calls(check=True)):
-                raise_conflict(reply)
+        calls: list[Call] = []
+        for group in groups:  # one script per slot: each stores its queues all or nothing
+            keys: list[str] = []
+            args: list[Any] = [now_arg(now)]
+            for q in group:
+                keys += self._keys(q, "jobs", "keys", "counts")
+                args += packed_messages([messages[i] for i in by_queue[q]])
+            calls.append(("enqueue", keys, args))
         out = [Enqueued(m.id, True) for m in messages]  # the script names only the others
-        for indexes, reply in zip(
-            by_queue.values(), self._run(calls(check=False), durable=True), strict=True
-        ):
+        for group, reply in zip(groups, self._run(calls, durable=True), strict=True):
             raise_conflict(reply)
             for n in range(1, len(reply), 3):
-                out[indexes[reply[n] - 1]] = Enqueued(reply[n + 1].decode(), reply[n + 2] == 1)
+                queue = group[reply[n] - 1]
+                out[by_queue[queue][reply[n + 1] - 1]] = Enqueued(reply[n + 2].decode(), False)
         return out
+
+    def _slot_groups(self, queues: list[str]) -> list[list[str]]:
+        """``queues`` by the hash slot of their keys: one group on a single server, where one
+        script may take keys of any queue."""
+        if not self.target.cluster:
+            return [queues]
+        groups: dict[int, list[str]] = {}
+        for q in queues:
+            groups.setdefault(key_slot(self._base(q).encode()), []).append(q)
+        return list(groups.values())
 
     # -- reserve -----------------------------------------------------------------------------
 
@@ -393,8 +403,9 @@ class RedisBroker(Broker):
                 status, detail = reply[2 * n].decode(), reply[2 * n + 1].decode(errors="replace")
                 statuses[i] = AckStatus(status, detail or None)
         elsewhere = [m for i, ms in later.items() if statuses[i].status == "ok" for m in ms]
-        if elsewhere:
-            self.enqueue(elsewhere, now=now)
+        if elsewhere:  # one call per slot: a keyed batch must keep to one (see enqueue)
+            for group in self._slot_groups(list(dict.fromkeys(m.queue for m in elsewhere))):
+                self.enqueue([m for m in elsewhere if m.queue in group], now=now)
         self._forget(o.id for o, s in zip(outcomes, statuses, strict=True) if s.status != "effects_failed")
         return statuses
 
@@ -527,14 +538,20 @@ class RedisBroker(Broker):
             found.sort(key=lambda s_j: (-(s_j[1].finished_at or 0.0), -s_j[0]))
         return [j for _, j in found[offset : offset + limit]]
 
-    def beat(self, worker: WorkerInfo, ttl: float) -> None:
-        entry = repr(worker.last_beat + ttl).encode() + b" " + serializer.dumps(worker)
-        self._client.hset(self._workers_key, worker.id, entry)
+    def time(self) -> float:
+        reply = self._client.time()
+        if isinstance(reply, dict):  # a cluster asked every node: any master's clock will do
+            reply = next(iter(reply.values()))
+        seconds, micros = reply
+        return float(seconds) + float(micros) / 1_000_000
+
+    def beat(self, worker: WorkerInfo, ttl: float, now: float | None = None) -> None:
+        args = [now_arg(now), worker.id, repr(float(ttl)), serializer.dumps(worker)]
+        self._run([("beat", [self._workers_key], args)])
 
     def workers(self, now: float | None = None) -> list[WorkerInfo]:
         if now is None:
-            seconds, micros = self._client.time()
-            now = seconds + micros / 1_000_000
+            now = self.time()
         live: list[WorkerInfo] = []
         gone: list[bytes] = []
         for worker_id, entry in self._client.hgetall(self._workers_key).items():

@@ -1,26 +1,36 @@
--- enqueue: store a batch of messages of one queue as scheduled or ready, deduplicating by key.
+-- enqueue: store a batch of messages of one or more queues as scheduled or ready, deduplicating
+-- by key, all or nothing: every key is checked before anything is written.
 --
--- KEYS[1] <base>:jobs   KEYS[2] <base>:keys   KEYS[3] <base>:counts
+-- KEYS[1] <base>:jobs   KEYS[2] <base>:keys   KEYS[3] <base>:counts of the first queue, and so
+-- on: KEYS[3q-2], KEYS[3q-1], KEYS[3q] of queue q of the batch (on a Cluster, all in one slot).
 -- ARGV[1] now ('' = the store's clock)
--- ARGV[2] '1' to only check the keys (write nothing), '0' to store
--- ARGV[3..] the messages, packed (see read_messages)
--- Returns {'ok', index, holder id, 0, ...} for the messages (1-based, in order) not created, those
--- an idempotency key resolved to another job (a created one always keeps its own id); or
--- {'conflict', key, holder id} having stored nothing when a key is held by a job with another
--- task or payload (also by an earlier message of the batch).
--- Wakes the queue's waiters when it stored a job.
+-- ARGV[2..] per queue in KEYS order, its messages packed (see read_messages): the packed fields,
+-- then one argument per payload.
+-- Returns {'ok', q, index, holder id, ...} for the messages (1-based queue and index within its
+-- queue) not created, those an idempotency key resolved to another job (a created one always
+-- keeps its own id); or {'conflict', key, holder id} having stored nothing when a key is held
+-- by a job with another task or payload (also by an earlier message of the batch).
+-- Wakes the waiters of each queue where it stored a job.
 
 local now = clock(ARGV[1])
-local msgs = read_messages(3)
-local plan, conflict = plan_enqueue(KEYS[1], KEYS[2], msgs)
-if not plan then return {'conflict', conflict[1], conflict[2]} end
-if ARGV[2] == '0' then write_enqueue(KEYS[1], KEYS[2], KEYS[3], msgs, plan, now) end
+local queues, at = {}, 2
+for q = 1, #KEYS / 3 do
+  local msgs = read_messages(at)
+  at = at + 1 + #msgs
+  local jobs, keys = KEYS[3 * q - 2], KEYS[3 * q - 1]
+  local plan, conflict = plan_enqueue(jobs, keys, msgs)
+  if not plan then return {'conflict', conflict[1], conflict[2]} end
+  queues[q] = {msgs, plan}
+end
 local out = {'ok'}
-for i, p in ipairs(plan) do
-  if type(p) == 'string' then
-    out[#out + 1] = i
-    out[#out + 1] = p
-    out[#out + 1] = 0
+for q, qp in ipairs(queues) do
+  write_enqueue(KEYS[3 * q - 2], KEYS[3 * q - 1], KEYS[3 * q], qp[1], qp[2], now)
+  for i, p in ipairs(qp[2]) do
+    if type(p) == 'string' then
+      out[#out + 1] = q
+      out[#out + 1] = i
+      out[#out + 1] = p
+    end
   end
 end
 return out

@@ -41,6 +41,7 @@ NAMES = (
     "jobs",
     "stats",
     "next_due",
+    "beat",
 )
 
 #: One script call: (script name, KEYS, ARGV). KEYS[1] decides the slot: all its keys share it.
