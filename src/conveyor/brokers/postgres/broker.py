@@ -62,6 +62,9 @@ _REFUSALS = (
     "no pg_hba.conf entry",
     "permission denied for database",
 )
+#: SQLSTATE classes of a session or server in trouble (connection exception, insufficient
+#: resources, operator intervention), whatever exception class psycopg gives them.
+_UNAVAILABLE_CLASSES = ("08", "53", "57")
 #: Longest wait for one of ``max_connections`` to come back when all are busy.
 _POOL_WAIT = 10.0
 
@@ -105,6 +108,10 @@ class PostgresBroker(Broker):
             return unavailable(self.display_url, exc)
         if isinstance(exc, psycopg.InterfaceError):  # a connection closed under the call
             return unavailable(self.display_url, exc)
+        if isinstance(exc, psycopg.Error) and (exc.sqlstate or "")[:2] in _UNAVAILABLE_CLASSES:
+            return unavailable(self.display_url, exc)
+        if isinstance(exc, pg_errors.IdleInTransactionSessionTimeout | pg_errors.LockNotAvailable):
+            return unavailable(self.display_url, exc)  # the session's timeouts (see dsn)
         return None
 
     @contextlib.contextmanager

@@ -96,7 +96,6 @@ class Pool:
                     conn: Connection | None = self._idle.pop()
                 elif self._size < self._max_size:
                     self._size += 1
-                    self._start_watchdog()
                     break
                 else:
                     remaining = deadline - time.monotonic()
@@ -136,12 +135,9 @@ class Pool:
                 self._idle.append(conn)
             self._cond.notify()
 
-    def _start_watchdog(self) -> None:
-        if self._watchdog is None and self._command_timeout > 0:
-            self._watchdog = threading.Thread(target=self._watch, name="conveyor-pg-watchdog", daemon=True)
-            self._watchdog.start()
-
     def _watch(self) -> None:
+        """Cut the connections busy past their deadline; end once none is busy (the next busy
+        one starts another), so an idle process has no thread inside the broker."""
         tick = min(1.0, self._command_timeout / 4)
         with self._cond:
             while not self._closed:
@@ -151,6 +147,9 @@ class Pool:
                     if now >= deadline and key not in self._cut:
                         self._cut.add(key)
                         _shut(conn)
+                if not self._busy:
+                    break
+            self._watchdog = None
 
 
 def _shut(conn: Connection) -> None:
