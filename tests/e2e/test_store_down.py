@@ -239,3 +239,46 @@ def test_status_on_a_down_store_is_one_line_and_fails(url: str) -> None:
     assert len(proc.stderr.strip().splitlines()) == 1 and proc.stdout == "", proc.stderr + proc.stdout
     assert "unavailable" in proc.stderr.lower(), proc.stderr
     assert time.monotonic() - start < 10
+
+
+@pytest.mark.parametrize("backend", ["redis", "postgres"])
+def test_a_serving_worker_rides_out_an_outage_with_one_line_per_failed_call(
+    backend: str, tmp_path: Path
+) -> None:
+    """The store goes away for 3 s while the worker serves (the proxy resets every connection):
+    every loop of the worker logs one line per failed call, no traceback, and serves again."""
+    upstream = 6379 if backend == "redis" else 5432
+    with fault_proxy("127.0.0.1", upstream) as proxy:
+        if backend == "redis":
+            prefix = f"down-{os.urandom(4).hex()}"
+            url = f"redis://{proxy.url_netloc()}/10?prefix={prefix}"
+            direct = f"redis://127.0.0.1:6379/10?prefix={prefix}"
+        else:
+            schema = f"conveyor_down_{os.urandom(4).hex()}"
+            url = f"postgresql://postgres@{proxy.url_netloc()}/test?schema={schema}"
+            direct = f"{POSTGRES_URL}?schema={schema}"
+        proc, log = _worker(url, tmp_path, "--queues", "ticks-none")
+        app = _e2e_app()
+        app.close()
+        app.url = direct
+        try:
+            for outage in (False, True):
+                if outage:
+                    before = len(log.read_text().splitlines())
+                    proxy.mode = "drop"
+                    time.sleep(3.0)
+                    proxy.mode = "pass"
+                    during = log.read_text().splitlines()[before:]
+                    assert "Traceback" not in "\n".join(during), "\n".join(during)
+                    assert 1 <= len(during) <= 30, during
+                    assert all(
+                        "unavailable" in line for line in during if "WARNING" in line or "ERROR" in line
+                    )
+                    print(f"{backend}: {len(during)} log lines over a 3 s outage")
+                job = app.enqueue_many([app.tasks["e2e_app.ok"].message(queue="ticks-none")])[0]
+                wait_for(lambda job=job: app.broker.get(job.id).state == "succeeded", 30, "the job to run")
+            assert proc.poll() is None
+        finally:
+            app.close()
+            _stop(proc)
+            _drop(backend, direct)
