@@ -17,6 +17,7 @@ The checker asserts, from the store, the ledger and the execution log:
 from __future__ import annotations
 
 import collections
+import itertools
 import os
 import random
 import signal
@@ -180,8 +181,8 @@ def net_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tupl
 
 
 def test_network_storm_loses_nothing_and_duplicates_no_effect(net_cluster: tuple[str, Cluster]) -> None:
-    """Each worker talks to the store through its own fault proxy; at random, one worker's link
-    is blackholed (longer than the lease), reset, or slowed, then healed. The same offline checks
+    """Each worker talks to the store through its own fault proxy; at random times, a random
+    worker's link is blackholed (longer than the lease), reset, or slowed, in turn, then healed. The same offline checks
     as the crash storm."""
     from fault_proxy import FaultProxy
 
@@ -201,6 +202,7 @@ def test_network_storm_loses_nothing_and_duplicates_no_effect(net_cluster: tuple
             for p in proxies
         ]
         rng = random.Random(12)
+        kinds = itertools.cycle(["blackhole", "drop", "blackhole", "latency"])
         faults: collections.Counter[str] = collections.Counter()
         heal_at: dict[int, float] = {}
 
@@ -219,7 +221,7 @@ def test_network_storm_loses_nothing_and_duplicates_no_effect(net_cluster: tuple
                     del heal_at[i]
             if now >= next_fault:
                 victim = rng.choice([i for i in range(WORKERS) if i not in heal_at] or [0])
-                kind = rng.choice(["blackhole", "blackhole", "drop", "latency"])
+                kind = next(kinds)
                 proxies[victim].latency = 0.05
                 proxies[victim].mode = kind
                 heal_at[victim] = now + (0.2 if kind == "drop" else rng.uniform(*FAULT_LASTS))
