@@ -11,6 +11,7 @@ down, which ends the call with an error the caller can retry.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import select
 import socket
@@ -22,6 +23,7 @@ from typing import Any
 import psycopg
 
 Connection = psycopg.Connection[tuple[Any, ...]]
+log = logging.getLogger("conveyor.store")
 
 
 class CommandTimeout(psycopg.OperationalError):
@@ -108,7 +110,8 @@ class Pool:
             if conn is not None:
                 if alive(conn):
                     return conn
-                conn.close()  # ended by the server while it sat idle (a restart)
+                log.warning("discarding a connection the server closed while it was idle (a restart?)")
+                conn.close()
                 with self._cond:
                     self._size -= 1
         try:
