@@ -19,6 +19,7 @@ from conveyor.errors import (
     ResultTooLarge,
     Retry,
     SerializationError,
+    StoreUnavailable,
     UnknownTask,
 )
 from conveyor.records import JobInfo, Message
@@ -42,6 +43,7 @@ __all__ = [
     "Retry",
     "RetryPolicy",
     "SerializationError",
+    "StoreUnavailable",
     "Task",
     "UnknownTask",
     "current_job",

@@ -11,6 +11,13 @@ class ConfigurationError(ConveyorError, ValueError):
     """A task definition, an enqueue option or a URL is invalid."""
 
 
+class StoreUnavailable(ConveyorError):
+    """The store did not answer: refused, unreachable or timed out. Trying later may succeed.
+
+    The message names the store (its password redacted) and the cause, in one line.
+    """
+
+
 class ArgumentError(ConveyorError, TypeError):
     """The arguments do not fit the task function's signature."""
 

@@ -56,5 +56,10 @@ def test_postgres_restarted_mid_run_loses_nothing(postgres_cluster: Cluster) -> 
     assert sorted(ledger) == list(range(total))
     # The workers met the restart: one of their calls failed and was retried, or their pool
     # found connections closed under it (then the calls waited for a new one and never failed).
-    noticed = ("reserve failed", "failed; retrying", "discarding closed connection")
+    noticed = (
+        "reserve failed",
+        "failed; retrying",
+        "unavailable",
+        "discarding a connection the server closed",
+    )
     assert any(sign in cluster.log_text() for sign in noticed), cluster.log_text()[-2000:]

@@ -22,7 +22,8 @@ def test_the_schema_is_taken_out_and_the_rest_passes_to_libpq():
     params = psycopg.conninfo.conninfo_to_dict(target.conninfo)
     assert params["password"] == "p@ss"
     assert (params["host"], params["port"], params["dbname"]) == ("db", "6432", "jobs")
-    assert (params["sslmode"], params["options"]) == ("require", "-csearch_path=app")
+    assert params["sslmode"] == "require"
+    assert params["options"].startswith("-csearch_path=app -c ")  # the user's, then our timeouts
     assert "schema" not in params
     assert params["application_name"] == "conveyor"  # a default the URL may override
 
@@ -32,6 +33,41 @@ def test_defaults():
 
     assert target.schema == "conveyor"
     assert psycopg.conninfo.conninfo_to_dict(target.conninfo)["application_name"] == "billing-worker"
+
+
+def test_sessions_get_timeouts_by_default_and_the_url_overrides_each():
+    params = psycopg.conninfo.conninfo_to_dict(parse("postgresql://h/db").conninfo)
+    assert params["connect_timeout"] == "5"
+    assert (params["keepalives"], params["keepalives_idle"], params["keepalives_count"]) == ("1", "5", "3")
+    assert params["tcp_user_timeout"] == "10000"
+    assert params["options"] == (
+        "-c statement_timeout=15s -c lock_timeout=10s -c idle_in_transaction_session_timeout=10s"
+    )
+    assert parse("postgresql://h/db").command_timeout == 60.0
+
+    target = parse(
+        "postgresql://h/db?connect_timeout=2&keepalives_idle=1&statement_timeout=500ms"
+        "&idle_in_transaction_session_timeout=1s&command_timeout=3"
+    )
+    params = psycopg.conninfo.conninfo_to_dict(target.conninfo)
+    assert (params["connect_timeout"], params["keepalives_idle"]) == ("2", "1")
+    assert "-c statement_timeout=500ms" in params["options"]
+    assert "-c idle_in_transaction_session_timeout=1s" in params["options"]
+    assert "statement_timeout=15s" not in params["options"]
+    assert target.command_timeout == 3.0
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://h/db?options=-cstatement_timeout%3D5s",
+        "postgresql://h/db?statement_timeout=five",
+        "postgresql://h/db?command_timeout=-1",
+    ],
+)
+def test_a_timeout_is_set_one_way_with_a_valid_value(url):
+    with pytest.raises(ConfigurationError):
+        parse(url)
 
 
 @pytest.mark.parametrize(
@@ -59,6 +95,6 @@ def test_the_password_stays_out_of_display_and_repr():
 
 
 def test_a_connection_error_does_not_show_the_password():
-    with pytest.raises(psycopg.OperationalError) as caught:
+    with pytest.raises(psycopg.OperationalError) as caught:  # migrate() is not a broker call
         migrate("postgresql://postgres:hunter2@127.0.0.1:1/test?schema=s&connect_timeout=2")
     assert "hunter2" not in str(caught.value)

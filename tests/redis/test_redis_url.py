@@ -6,7 +6,6 @@ import logging
 
 import pytest
 from redis.connection import SSLConnection
-from redis.exceptions import RedisError
 
 from conveyor.brokers import open_broker
 from conveyor.brokers.redis import RedisBroker
@@ -56,16 +55,24 @@ def test_password_is_absent_from_repr_str_and_display_url():
 
 def test_a_wrong_password_fails_without_showing_it(caplog):
     caplog.set_level(logging.DEBUG)
-    broker = RedisBroker(f"redis://nobody:{SECRET}@127.0.0.1:6379/11?prefix=x", retries=0)
+    broker = RedisBroker(f"redis://nobody:{SECRET}@127.0.0.1:6379/11?prefix=x")
     try:
-        with pytest.raises(RedisError) as info:
+        with pytest.raises(ConfigurationError) as info:
             broker.enqueue([Message(id=new_id(), task="t", queue="q", priority=0, payload=b"[]")])
     finally:
         broker.close()
 
     assert SECRET not in str(info.value)
     assert SECRET not in repr(info.value)
+    assert SECRET not in repr(info.value.__cause__)
     assert SECRET not in caplog.text
+
+
+def test_retries_are_a_url_option():
+    assert parse("redis://h:1/0?retries=5").retries == 5
+    assert parse("redis://h:1/0").retries is None
+    with pytest.raises(ConfigurationError):
+        parse("redis://h:1/0?retries=-1")
 
 
 def test_rediss_urls_connect_with_tls():

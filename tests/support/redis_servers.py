@@ -64,7 +64,13 @@ class Server:
         """An admin client (the default user), over TLS when the server only speaks TLS."""
         if self.tls_ca is not None:
             return Redis(host="127.0.0.1", port=self.port, ssl=True, ssl_ca_certs=str(self.tls_ca))
-        return Redis(port=self.port)
+        return Redis(port=self.port, password=self.password)
+
+    @property
+    def password(self) -> str | None:
+        """The ``--requirepass`` given to the server, if any."""
+        options = list(self.options)
+        return options[options.index("--requirepass") + 1] if "--requirepass" in options else None
 
     def start(self) -> None:
         self.proc = subprocess.Popen(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 from conveyor.brokers.base import Broker, Lease
@@ -28,13 +30,28 @@ def open_broker(url: str, retention: float = 86400.0) -> Broker:
 
         return SQLiteBroker(url, retention=retention)
     if scheme in ("redis", "rediss"):
-        from conveyor.brokers.redis import RedisBroker
+        with _extra("redis", "redis"):
+            from conveyor.brokers.redis import RedisBroker
 
         return RedisBroker(url, retention=retention)
     if scheme in ("postgres", "postgresql"):
-        from conveyor.brokers.postgres import PostgresBroker
+        with _extra("postgres", "psycopg"):
+            from conveyor.brokers.postgres import PostgresBroker
 
         return PostgresBroker(url, retention=retention)
     raise ConfigurationError(
         f"unsupported broker URL {redact_url(url)!r}: expected sqlite://, redis://, rediss:// or postgresql://"
     )
+
+
+@contextlib.contextmanager
+def _extra(extra: str, library: str) -> Iterator[None]:
+    """A missing client library as a ConfigurationError that says what to install."""
+    try:
+        yield
+    except ImportError as exc:
+        if exc.name is None or exc.name.split(".")[0] not in (library, f"{library}_pool"):
+            raise
+        raise ConfigurationError(
+            f"this store needs the {library} library, missing here: pip install 'conveyor-queue[{extra}]'"
+        ) from None

@@ -10,7 +10,6 @@ they commit, so a new task starts within milliseconds without polling.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import os
 import select
@@ -28,6 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 import msgspec
 
 from conveyor import serializer
+from conveyor.brokers import sqlite_lock as writer_lock
 from conveyor.brokers.base import Broker, Lease, claimed, errors_of, job_row
 from conveyor.errors import ConfigurationError, KeyConflict
 from conveyor.priority import Fairness
@@ -87,7 +87,7 @@ def _path_from_url(url: str) -> tuple[str, dict[str, str]]:
             f"invalid SQLite URL {url!r}: use sqlite:///relative/path.db or sqlite:////absolute/path.db"
         )
     options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-    unknown = set(options) - {"synchronous", "busy_timeout"}
+    unknown = set(options) - {"synchronous", "busy_timeout", "lock_timeout"}
     if unknown:
         raise ConfigurationError(f"unknown SQLite URL options: {', '.join(sorted(unknown))}")
     return path, options
@@ -106,6 +106,15 @@ class SQLiteBroker(Broker):
         if self._synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ConfigurationError(f"invalid synchronous={self._synchronous!r}")
         self._busy_ms = int(options.get("busy_timeout", "30000"))
+        try:
+            #: Seconds a writer waits for the writers' lock (see sqlite_lock).
+            self.lock_timeout = float(options.get("lock_timeout", "30"))
+        except ValueError:
+            self.lock_timeout = -1.0
+        if not 0 < self.lock_timeout < float("inf"):
+            raise ConfigurationError(
+                f"invalid lock_timeout={options['lock_timeout']!r}: seconds, more than 0"
+            )
         self._local = threading.local()
         #: Closers of the threads' connections and lock descriptors, each called when its
         #: thread ends (its thread-local slot is dropped) or when the broker closes.
@@ -153,12 +162,13 @@ class SQLiteBroker(Broker):
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction. Writers queue on a blocking flock before ``BEGIN IMMEDIATE``:
-        SQLite's own busy handler retries with sleeps of up to 100 ms, and under contention from
-        busy workers a producer could wait seconds; a blocked flock wakes at the release."""
+        """One write transaction. Writers queue on a flock before ``BEGIN IMMEDIATE``: SQLite's
+        own busy handler retries with sleeps of up to 100 ms, and under contention from busy
+        workers a producer could wait seconds; a blocked flock wakes at the release. The wait
+        is bounded by ``lock_timeout`` (StoreUnavailable naming the holder)."""
         db = self._db()
-        fd: int = self._local.writer
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        own: int = self._local.writer
+        fd = writer_lock.acquire(own, f"{self.path}-writer.lock", self.lock_timeout, self.display_url)
         try:
             db.execute("BEGIN IMMEDIATE")
             try:
@@ -168,7 +178,7 @@ class SQLiteBroker(Broker):
                 raise
             db.execute("COMMIT")
         finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            writer_lock.release(fd, own)
 
     # -- enqueue -----------------------------------------------------------------------------
 

@@ -15,13 +15,16 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from conveyor.app import Conveyor
+from conveyor.brokers.availability import one_line
 from conveyor.brokers.base import Lease
+from conveyor.errors import ConfigurationError, StoreUnavailable
 from conveyor.metrics import Recorder
 from conveyor.periodic import Schedule, plan
 from conveyor.priority import Fairness, parse_queues
 from conveyor.records import AckStatus, Delivery, Outcome, WorkerInfo
 from conveyor.worker.acks import Acknowledger, Failed
 from conveyor.worker.executor import Runner, failure
+from conveyor.worker.store_log import one_line_outages
 
 log = logging.getLogger("conveyor.worker")
 T = TypeVar("T")
@@ -33,6 +36,9 @@ RETRY_FIRST, RETRY_CAP = 0.05, 5.0
 #: a worker reserve ahead of its free slots (see Worker._room).
 FAST_RUN = 0.001
 FAST_STREAK = 64
+#: Backoff between attempts at the first heartbeat while the store is unavailable.
+_FIRST_RETRY = 0.25
+_LAST_RETRY = 5.0
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,7 @@ class Worker:
     """The fetch/run/ack loop of one process; ``await worker.run()`` until ``stop()``."""
 
     def __init__(self, app: Conveyor, config: WorkerConfig | None = None) -> None:
+        one_line_outages(log)
         self.app = app
         self.config = config or WorkerConfig()
         self.id = self.config.worker_id
@@ -182,8 +189,22 @@ class Worker:
         return await asyncio.get_running_loop().run_in_executor(self._sweeper, fn)
 
     async def run(self) -> None:
-        """Serve until :meth:`stop`; then finish or release in-flight tasks and flush outcomes."""
+        """Serve until :meth:`stop`; then finish or release in-flight tasks and flush outcomes.
+
+        Serving begins once the store has taken this worker's first heartbeat; while the store is
+        unavailable that is retried with backoff. Raises ConfigurationError if the store refuses
+        this worker (a wrong password, an unknown database): waiting cannot help.
+        """
         broker = self.app.broker
+        try:
+            registered = await self._register()
+        except BaseException:
+            self._release_threads()
+            raise
+        if not registered:
+            self._release_threads()
+            log.info("worker %s stopped before its store answered", self.id)
+            return
         order = " in strict order" if self.config.strict else ""
         log.info(
             "worker %s serving %s%s on %s", self.id, ",".join(self.config.queues), order, broker.display_url
@@ -197,7 +218,6 @@ class Worker:
         if schedules:
             upkeep.append(asyncio.create_task(self._periodic(schedules)))
         flusher = asyncio.create_task(self._flush_loop())
-        await self._call(broker.beat, self.info(), self.config.heartbeat_every * 3)
         try:
             await self._fetch_loop()
         finally:
@@ -215,6 +235,39 @@ class Worker:
             for pool in dict.fromkeys((self._fetcher, self._sweeper, self._beater, self._io)):
                 pool.shutdown(wait=True)
             log.info("worker %s stopped: %s", self.id, self.counts)
+
+    async def _register(self) -> bool:
+        """Send the first heartbeat, again and again while the store is unavailable, with one
+        log line per attempt; False if asked to stop meanwhile."""
+        broker, delay, attempt = self.app.broker, _FIRST_RETRY, 0
+        while not self._stopping.is_set():
+            attempt += 1
+            try:
+                await self._beat(broker.beat, self.info(), self.config.heartbeat_every * 3)
+                return True
+            except ConfigurationError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - whatever the store says, wait it out
+                cause = (
+                    str(exc)
+                    if isinstance(exc, StoreUnavailable)
+                    else f"{broker.display_url}: {one_line(exc)}"
+                )
+                log.warning(
+                    "worker %s waiting for its store (attempt %d, next in %.1f s): %s",
+                    self.id,
+                    attempt,
+                    delay,
+                    cause,
+                )
+                await self._until(asyncio.sleep(delay))
+                delay = min(delay * 2, _LAST_RETRY)
+        return False
+
+    def _release_threads(self) -> None:
+        self.runner.shutdown()
+        for pool in dict.fromkeys((self._waiter, self._fetcher, self._sweeper, self._beater, self._io)):
+            pool.shutdown(wait=False, cancel_futures=True)
 
     # -- fetching ----------------------------------------------------------------------------
 

@@ -16,6 +16,9 @@ from conveyor.errors import ConfigurationError
 from conveyor.worker.loop import Worker, WorkerConfig
 
 log = logging.getLogger("conveyor.worker")
+#: Exit code of a worker process that met a configuration error (sysexits' EX_CONFIG): the
+#: store refused it, a library is missing, a URL is wrong. Restarting it cannot help.
+CONFIG_ERROR = 78
 
 
 def load_app(path: str) -> Conveyor:
@@ -66,6 +69,9 @@ def main() -> None:
     code = 0
     try:
         serve(app, config)
+    except ConfigurationError as exc:
+        log.error("worker cannot start: %s", exc)
+        code = CONFIG_ERROR
     except Exception:
         log.exception("worker crashed")
         code = 1

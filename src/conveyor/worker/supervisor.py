@@ -13,7 +13,7 @@ from types import FrameType
 
 from conveyor.worker.loop import WorkerConfig
 from conveyor.worker.metrics_server import MetricsServer
-from conveyor.worker.process import config_to_json
+from conveyor.worker.process import CONFIG_ERROR, config_to_json
 
 log = logging.getLogger("conveyor.supervisor")
 
@@ -30,7 +30,9 @@ class Supervisor:
     """Keeps ``processes`` workers of ``app_path`` running until SIGTERM/SIGINT.
 
     A worker that dies (killed, crashed by a poison task) is restarted with a backoff that grows
-    while it keeps dying young; its tasks come back through lease expiry and reclaim. With
+    while it keeps dying young; its tasks come back through lease expiry and reclaim. A worker
+    that exits with CONFIG_ERROR (the store refused it, a library is missing) is not: the
+    supervisor stops the others and exits with that code, as a restart cannot help. With
     ``metrics``, the supervisor serves the merged metrics of its workers (see metrics_server).
     """
 
@@ -58,6 +60,9 @@ class Supervisor:
                 signal.Signals(signum).name,
                 self.config.grace,
             )
+        self._stop_children()
+
+    def _stop_children(self) -> None:
         self._stopping = True
         for child in self.children:
             if child.proc.poll() is None:
@@ -78,12 +83,23 @@ class Supervisor:
     def _supervise(self) -> int:
         self.children = [self._spawn(i) for i in range(self.processes)]
         restart_at: dict[int, float] = {}
+        exit_code = 0
         while not self._stopping:
             now = time.monotonic()
             for i, child in enumerate(self.children):
                 code = child.proc.poll()
                 if code is None:
                     continue
+                if code == CONFIG_ERROR and not exit_code:
+                    log.error(
+                        "worker process %d (pid %d) cannot start (configuration error, above): not restarting;"
+                        " stopping",
+                        child.slot,
+                        child.proc.pid,
+                    )
+                    exit_code = CONFIG_ERROR
+                    self._stop_children()
+                    break
                 if child.slot not in restart_at:
                     young = now - child.started < 30
                     restarts = child.restarts + 1 if young else 0
@@ -112,4 +128,4 @@ class Supervisor:
                 log.error("worker process %d did not stop in time; killing it", child.slot)
                 child.proc.kill()
                 child.proc.wait()
-        return 0
+        return exit_code

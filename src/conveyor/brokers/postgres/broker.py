@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -22,14 +21,15 @@ import msgspec
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg.rows import tuple_row
-from psycopg_pool import ConnectionPool
 
 from conveyor import serializer
+from conveyor.brokers.availability import guarded, refused, unavailable
 from conveyor.brokers.base import Broker, Lease, claimed, job_row
 from conveyor.brokers.postgres import migrate as migrations
 from conveyor.brokers.postgres import queries
 from conveyor.brokers.postgres.dsn import parse
 from conveyor.brokers.postgres.listener import Listener
+from conveyor.brokers.postgres.pool import Pool, alive
 from conveyor.errors import ConfigurationError, ConveyorError, KeyConflict
 from conveyor.priority import Fairness
 from conveyor.records import (
@@ -54,8 +54,22 @@ _LISTINGS: dict[str | None, tuple[str | None, str, str]] = {
     None: (None, "", "seq DESC"),
 }
 _FINISHED_LISTING = ("", "finished_at DESC, seq DESC")
+#: What a server says when it refuses a session for a reason retrying cannot fix.
+_REFUSALS = (
+    "does not exist",
+    "authentication failed",
+    "no password supplied",
+    "no pg_hba.conf entry",
+    "permission denied for database",
+)
+#: SQLSTATE classes of a session or server in trouble (connection exception, insufficient
+#: resources, operator intervention), whatever exception class psycopg gives them.
+_UNAVAILABLE_CLASSES = ("08", "53", "57")
+#: Longest wait for one of ``max_connections`` to come back when all are busy.
+_POOL_WAIT = 10.0
 
 
+@guarded
 class PostgresBroker(Broker):
     """Jobs in one schema of a PostgreSQL database; any number of hosts may share it."""
 
@@ -73,7 +87,7 @@ class PostgresBroker(Broker):
             self._sql["jobs"].replace("{due}", _FINISHED_LISTING[0]).replace("{order}", _FINISHED_LISTING[1])
         )
         self._lock = threading.Lock()
-        self._pool: ConnectionPool[Connection] | None = None
+        self._pool: Pool | None = None
         self._ready = False
         self._pid = os.getpid()
         self._local = threading.local()
@@ -85,35 +99,36 @@ class PostgresBroker(Broker):
 
     # -- connections -------------------------------------------------------------------------
 
+    def _translate(self, exc: Exception) -> Exception | None:
+        """A failed connection as StoreUnavailable, or a refused one as ConfigurationError."""
+        if isinstance(exc, psycopg.OperationalError):
+            text = str(exc)
+            if "FATAL" in text and any(reason in text for reason in _REFUSALS):
+                return refused(self.display_url, exc, "check the user, password and database of the URL")
+            return unavailable(self.display_url, exc)
+        if isinstance(exc, psycopg.InterfaceError):  # a connection closed under the call
+            return unavailable(self.display_url, exc)
+        if isinstance(exc, psycopg.Error) and (exc.sqlstate or "")[:2] in _UNAVAILABLE_CLASSES:
+            return unavailable(self.display_url, exc)
+        if isinstance(exc, pg_errors.IdleInTransactionSessionTimeout | pg_errors.LockNotAvailable):
+            return unavailable(self.display_url, exc)  # the session's timeouts (see dsn)
+        return None
+
     @contextlib.contextmanager
     def _connect(self) -> Iterator[Connection]:
-        """A pooled autocommit connection; the first use opens the pool and migrates.
-
-        Connections the server ended while they sat in the pool (a restart, a terminated
-        backend) are discarded here, before use, without the pool's back-off between checks.
-        """
+        """A pooled autocommit connection (see pool.Pool), or this thread's own (see
+        own_connection); the first use migrates. Either is cut after command_timeout."""
         if getattr(self._local, "owns", False):
             conn = self._own()
             try:
-                yield conn
+                with self._open().watched(conn):
+                    yield conn
             finally:
                 if not conn.broken and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                     conn.rollback()
             return
-        pool = self._open()
-        for _ in range(self._max_connections):
-            conn = pool.getconn()
-            if _alive(conn):
-                break
-            conn.close()
-            pool.putconn(conn)  # the pool opens a replacement
-        else:
-            conn = pool.getconn()
-        try:
-            with conn:  # commits or rolls back a transaction left open; a pooled one stays open
-                yield conn
-        finally:
-            pool.putconn(conn)
+        with self._open().connection() as conn:
+            yield conn
 
     def own_connection(self) -> None:
         self._local.owns = True
@@ -121,7 +136,7 @@ class PostgresBroker(Broker):
     def _own(self) -> Connection:
         """This thread's own connection, (re)connected when the server ended it."""
         conn: Connection | None = getattr(self._local, "conn", None)
-        if conn is not None and self._pid == os.getpid() and _alive(conn):
+        if conn is not None and self._pid == os.getpid() and alive(conn):
             return conn
         self._open()  # the schema, and a fork's reset
         if conn is not None:
@@ -139,7 +154,7 @@ class PostgresBroker(Broker):
         self._local.conn = conn
         return conn
 
-    def _open(self) -> ConnectionPool[Connection]:
+    def _open(self) -> Pool:
         if self._pool is not None and self._ready and self._pid == os.getpid():
             return self._pool
         with self._lock:
@@ -155,16 +170,9 @@ class PostgresBroker(Broker):
                 migrations.ensure(self.target)  # a direct connection: fails fast, with the reason
                 self._ready = True
             if self._pool is None:
-                self._pool = ConnectionPool(
-                    self.target.conninfo,
-                    kwargs={"autocommit": True},
-                    min_size=1,
-                    max_size=self._max_connections,
-                    timeout=10.0,
-                    name=f"conveyor.{self.target.schema}",
-                    open=False,
+                self._pool = Pool(
+                    self.target.conninfo, self._max_connections, _POOL_WAIT, self.target.command_timeout
                 )
-                self._pool.open()
             return self._pool
 
     # -- enqueue -----------------------------------------------------------------------------
@@ -625,28 +633,6 @@ class PostgresBroker(Broker):
                 conn.close()
         os.close(self._interrupt_r)
         os.close(self._interrupt_w)
-
-
-def _alive(conn: Connection) -> bool:
-    """Whether an idle connection still works. The server sends an idle session nothing unless
-    it is ending it, so only a readable socket costs a round trip to find out."""
-    if conn.closed or conn.broken:
-        return False
-    if not _readable(conn.fileno()):
-        return True
-    try:
-        conn.execute("")  # reads what the server sent: an error if it ended the session
-    except psycopg.OperationalError:
-        return False
-    return True
-
-
-def _readable(fd: int) -> bool:
-    if hasattr(select, "poll"):
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        return bool(poller.poll(0))
-    return bool(select.select([fd], [], [], 0)[0])
 
 
 def _leases(outcomes: Sequence[Outcome]) -> dict[str, list[Any]]:

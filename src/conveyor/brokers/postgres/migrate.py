@@ -97,6 +97,8 @@ def apply(conn: psycopg.Connection[Any], target: Target, fresh_install: bool = T
     """
     schema = sql.Identifier(target.schema)
     with conn.transaction():
+        # A migration may take long on a big table, and so may the wait for another's.
+        conn.execute("SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0")
         conn.execute("SELECT pg_advisory_xact_lock(%s)", [lock_key(target.schema)])
         # Not CREATE SCHEMA IF NOT EXISTS: that needs the CREATE privilege on the database
         # even when the schema exists.

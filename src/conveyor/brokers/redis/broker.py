@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -23,12 +24,13 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.client import PubSub, Redis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
+from redis.exceptions import AuthenticationError, RedisClusterException, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from conveyor import serializer
+from conveyor.brokers.availability import guarded, refused, unavailable
 from conveyor.brokers.base import Broker, Lease
 from conveyor.brokers.redis.scripts import Call, Scripts
 from conveyor.brokers.redis.url import parse
@@ -66,28 +68,51 @@ _LEASE_BOOK = 100_000
 _REREGISTER = 60.0
 #: Longest wait for a subscription to be confirmed.
 _SUBSCRIBE_TIMEOUT = 5.0
+#: Retries of a Cluster's calls through a failover or a moving slot (see Scripts).
+_CLUSTER_RETRIES = 12
+#: An idle connection to a silent peer is found dead in idle + interval x count = 11 s.
+_KEEPALIVE = (
+    {socket.TCP_KEEPIDLE: 5, socket.TCP_KEEPINTVL: 2, socket.TCP_KEEPCNT: 3}
+    if hasattr(socket, "TCP_KEEPIDLE")
+    else {}
+)
 
 
+@guarded
 class RedisBroker(Broker):
     """Jobs in Redis (or a Redis Cluster); any number of hosts may share it."""
 
     def __init__(
-        self, url: str, retention: float = 86400.0, retries: int = 12, socket_timeout: float = 30.0
+        self, url: str, retention: float = 86400.0, retries: int = 2, socket_timeout: float = 10.0
     ) -> None:
-        """``retries``: attempts again, with exponential backoff (50 ms doubling to 2 s), of a
-        call whose connection failed or timed out: about 15 s of the server being away."""
+        """``retries`` (the URL's ``retries`` wins): times a call whose connection failed is
+        sent again, after 50 ms, then doubling up to 0.5 s; a refused password, a timeout (the
+        call may have run) or a reply are never retried. ``socket_timeout`` (the URL's wins):
+        seconds to wait for a reply."""
         self.target = parse(url)
         self.display_url = self.target.display
         self.retention = retention
-        self._scripts = Scripts(cluster=self.target.cluster, retries=retries)
-        retry = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=retries)
+        retries = retries if self.target.retries is None else self.target.retries
+        # A Cluster's failover takes seconds: its scripts ride it out (12 retries, about 15 s)
+        # unless the URL says otherwise.
+        self._scripts = Scripts(
+            cluster=self.target.cluster,
+            retries=_CLUSTER_RETRIES if self.target.retries is None else self.target.retries,
+        )
+        retry = Retry(
+            ExponentialBackoff(cap=0.5, base=0.05),
+            retries=retries,
+            supported_errors=(RedisConnectionError,),
+            is_retryable=lambda exc: not isinstance(exc, AuthenticationError),
+        )
+        # The URL's own settings of these (parsed by redis-py) take precedence.
         options: dict[str, Any] = {
             "retry": retry,
-            "retry_on_error": [RedisConnectionError, RedisTimeoutError],
             "socket_timeout": socket_timeout,
-            "socket_connect_timeout": 10.0,
+            "socket_connect_timeout": 5.0,
             "socket_keepalive": True,
-            "health_check_interval": 30,
+            "socket_keepalive_options": _KEEPALIVE,
+            "health_check_interval": 15,
         }
         self._client: Any = self._connect(options)
         # Subscriptions get a client that never reconnects behind the wait's back: redis-py
@@ -107,6 +132,14 @@ class RedisBroker(Broker):
 
     def __repr__(self) -> str:
         return f"RedisBroker({self.display_url!r})"
+
+    def _translate(self, exc: Exception) -> Exception | None:
+        """A refused password as ConfigurationError, a failed connection as StoreUnavailable."""
+        if isinstance(exc, AuthenticationError) or "NOAUTH" in str(exc):
+            return refused(self.display_url, exc, "check the user and password of the URL")
+        if isinstance(exc, RedisConnectionError | RedisTimeoutError | RedisClusterException):
+            return unavailable(self.display_url, exc)
+        return None
 
     def _connect(self, options: dict[str, Any]) -> Any:
         if self.target.cluster:

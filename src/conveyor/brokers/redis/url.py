@@ -1,4 +1,9 @@
-"""Store URLs: redis-py's ``redis://`` / ``rediss://`` URL plus Conveyor's own options."""
+"""Store URLs: redis-py's ``redis://`` / ``rediss://`` URL plus Conveyor's own options.
+
+redis-py reads its own options from the URL (``socket_connect_timeout``, ``socket_timeout``,
+``health_check_interval``, ...) over the broker's defaults; Conveyor's are ``prefix``,
+``cluster`` and ``retries`` (how many times a call whose connection failed is sent again).
+"""
 
 from __future__ import annotations
 
@@ -29,6 +34,8 @@ class Target:
     cluster: bool = False
     #: After each enqueue, ``WAIT`` for this many replicas, at most this many milliseconds.
     wait: tuple[int, int] | None = None
+    #: Times a call whose connection failed is sent again (None: the broker's default).
+    retries: int | None = None
 
 
 def parse(url: str) -> Target:
@@ -38,7 +45,7 @@ def parse(url: str) -> Target:
     if parts.scheme not in ("redis", "rediss"):
         raise ConfigurationError(f"not a Redis URL: {display!r}")
     kept: list[tuple[str, str]] = []
-    prefix, cluster = DEFAULT_PREFIX, False
+    prefix, cluster, retries = DEFAULT_PREFIX, False, None
     waits: dict[str, str] = {}
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
         if name == "prefix":
@@ -49,6 +56,10 @@ def parse(url: str) -> Target:
             cluster = value.lower() in _TRUE
         elif name in ("wait_replicas", "wait_timeout"):
             waits[name] = value
+        elif name == "retries":
+            if not value.isdigit():
+                raise ConfigurationError(f"invalid retries={value!r} in {display!r}: a count, 0 or more")
+            retries = int(value)
         else:
             kept.append((name, value))
     if not _PREFIX.fullmatch(prefix):
@@ -63,6 +74,7 @@ def parse(url: str) -> Target:
         prefix=prefix,
         cluster=cluster,
         wait=_wait(waits, display),
+        retries=retries,
     )
 
 
