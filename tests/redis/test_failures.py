@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import threading
 import time
+from pathlib import Path
 
+from fault_proxy import fault_proxy
 from redis_servers import server
 
 from conveyor.brokers.redis import RedisBroker
@@ -73,8 +75,9 @@ def test_a_wait_returns_when_its_subscription_is_dropped(store_url, admin, open_
 
 
 def test_a_restart_with_aof_always_keeps_acknowledged_work_and_acks_wait_for_it(tmp_path):
+    """Redis SIGKILLed while an acknowledgement is pending (sent while it is down): the ack waits,
+    retried with backoff, and lands once the server is back; nothing acknowledged is lost."""
     with server(tmp_path, "--appendonly", "yes", "--appendfsync", "always") as redis_server:
-        # Retried for about 5 s (the default: 2 retries, 150 ms) while the server is away.
         broker = RedisBroker(f"redis://127.0.0.1:{redis_server.port}/0?retries=12", retention=3600.0)
         try:
             ids = [e.id for e in broker.enqueue([message() for _ in range(100)])]
@@ -96,6 +99,57 @@ def test_a_restart_with_aof_always_keeps_acknowledged_work_and_acks_wait_for_it(
             assert broker.stats(["q"])[0].total("succeeded") == 10
         finally:
             broker.close()
+
+
+def test_redis_killed_during_an_acknowledgement_keeps_it_and_its_retry_applies_nothing_twice(tmp_path):
+    """Redis with ``appendfsync always`` SIGKILLed *during* an acknowledgement: after the ack
+    script ran (and was written to the AOF) and before its reply reached the worker. Restarted,
+    it still holds the ack; the client's resend finds the tokens spent and changes nothing; every
+    enqueued job is still there."""
+    with (
+        server(tmp_path, "--appendonly", "yes", "--appendfsync", "always") as redis_server,
+        fault_proxy("127.0.0.1", redis_server.port) as proxy,
+    ):
+        broker = RedisBroker(f"redis://{proxy.url_netloc()}/0?retries=12", retention=3600.0)
+        try:
+            ids = [e.id for e in broker.enqueue([message() for _ in range(100)])]
+            first, *leased = broker.reserve(["q"], 11, 300.0, "w1", Fairness(FAIRNESS))
+            outcomes = [Outcome(d.id, d.token, "succeeded") for d in leased]
+
+            broker.ack([Outcome(first.id, first.token, "succeeded")])  # the ack script is loaded
+            (aof,) = (tmp_path / "appendonlydir").glob("*.incr.aof")
+            written = aof.stat().st_size
+            proxy.trip_on(broker._scripts.sha["ack"].encode(), mute=True)  # its reply is held
+            replies: list[object] = []
+            acking = threading.Thread(target=lambda: replies.append(broker.ack(outcomes)))
+            acking.start()
+            assert proxy.tripped.wait(10)
+            deadline = time.monotonic() + 10
+            # The script ran and its writes reached the AOF (which a SIGKILL keeps): another
+            # client may see a script's writes before they are written, so the file decides.
+            while not _in_aof(aof, written, [d.id for d in leased]):
+                assert time.monotonic() < deadline, "the ack never reached the AOF"
+                time.sleep(0.01)
+            redis_server.kill()  # the reply still in flight
+            proxy.reset_connections()  # and lost with the connection
+            redis_server.start()
+            proxy.heal()  # the client sends the ack again
+            acking.join(30)
+            assert not acking.is_alive()
+
+            (statuses,) = replies
+            assert [s.status for s in statuses] == ["lost"] * 10  # already applied: refused
+            assert broker.stats(["q"])[0].total("succeeded") == 11
+            rest = broker.reserve(["q"], 200, 300.0, "w1", Fairness(FAIRNESS))
+            assert sorted(d.id for d in [first, *leased, *rest]) == sorted(ids)
+        finally:
+            broker.close()
+
+
+def _in_aof(aof: Path, offset: int, ids: list[str]) -> bool:
+    """Whether the transaction written to ``aof`` after ``offset`` holds every job of ``ids``."""
+    written = aof.read_bytes()[offset:]
+    return written.endswith(b"EXEC\r\n") and all(job_id.encode() in written for job_id in ids)
 
 
 def test_without_redis_the_error_comes_after_the_retries(tmp_path):

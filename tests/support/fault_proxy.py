@@ -9,6 +9,9 @@ Modes (``proxy.mode = ...``), applied to every connection, open or new:
   answered, as a partition would look from both ends: no error, no reply. The bytes already
   sent wait in the proxy's socket buffers and flow again once the mode is ``pass``.
 
+- ``mute``: the client's bytes still reach the server, the server's replies are held: a request
+  runs, and its reply is lost on the way back (``trip_on(pattern, mute=True)`` arms it).
+
 ``trip_on(pattern)`` arms a blackhole that begins right after the first client chunk holding
 ``pattern`` has been forwarded: the server runs that request, its reply never comes back, and
 nothing the client sends after it arrives. ``tripped`` is set then.
@@ -36,6 +39,7 @@ class FaultProxy:
         self.latency = 0.0
         self.tripped = threading.Event()
         self._pattern: bytes | None = None
+        self._trip_mode = "blackhole"
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
         self._closed = False
@@ -47,10 +51,19 @@ class FaultProxy:
     def url_netloc(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def trip_on(self, pattern: bytes) -> None:
-        """Blackhole everything once a client chunk holding ``pattern`` has been forwarded."""
+    def trip_on(self, pattern: bytes, mute: bool = False) -> None:
+        """Blackhole everything once a client chunk holding ``pattern`` has been forwarded; with
+        ``mute``, hold only the replies (the rest of the request still reaches the server)."""
         self.tripped.clear()
         self._pattern = pattern
+        self._trip_mode = "mute" if mute else "blackhole"
+
+    def reset_connections(self) -> None:
+        """Reset every open connection now (both ends), dropping whatever the proxy holds."""
+        with self._lock:
+            sockets, self._sockets = list(self._sockets), set()
+        for s in sockets:
+            _reset(s)
 
     def heal(self) -> None:
         self._pattern = None
@@ -101,11 +114,12 @@ class FaultProxy:
                 if self.mode == "drop" or self._closed:
                     pair.reset()
                     return
-                if self.mode == "blackhole":
+                if self.mode == "blackhole" or (self.mode == "mute" and not upstream):
                     time.sleep(_TICK)
                     continue
                 ready, _, _ = select.select([src], [], [], _TICK * 5)
-                if not ready or self.mode not in ("pass", "latency"):
+                muted = self.mode == "mute" and not upstream  # it may have begun during the select
+                if not ready or muted or self.mode not in ("pass", "latency", "mute"):
                     continue
                 chunk = src.recv(65536)
                 if not chunk:
@@ -118,10 +132,10 @@ class FaultProxy:
                 pattern = self._pattern
                 if upstream and pattern is not None and pattern in chunk:
                     self._pattern = None
-                    self.mode = "blackhole"  # before forwarding: the reply must not get back
+                    self.mode = self._trip_mode  # before forwarding: the reply must not get back
                     self.tripped.set()
                 dst.sendall(chunk)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a socket reset under us (fd -1) in select
             pair.reset()
 
     def _track(self, s: socket.socket) -> None:
