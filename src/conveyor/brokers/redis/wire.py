@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 
 from conveyor import serializer
-from conveyor.brokers.base import Lease
+from conveyor.brokers.base import Lease, errors_of
 from conveyor.errors import KeyConflict
 from conveyor.records import Delivery, JobInfo, Message, Outcome, State
 
@@ -138,15 +138,33 @@ def float_or_none(raw: bytes) -> float | None:
 
 
 def text_or_none(raw: bytes) -> str | None:
-    return raw[1:].decode() if raw else None
+    return raw[1:].decode(errors="replace") if raw else None
+
+
+#: The task name a delivery gets when its stored record does not parse: no application registers
+#: it, so the worker buries the job (that job only) as an unknown task, its record kept as it is.
+CORRUPT_TASK = "conveyor:corrupt-record"
 
 
 def delivery(f: list[Any], queue: str) -> Delivery:
-    """A leased job from the reserve script's fields (``emit_delivery`` in lib.lua)."""
+    """A leased job from the reserve script's fields (``emit_delivery`` in lib.lua); a record that
+    does not parse becomes a delivery of CORRUPT_TASK, so it costs only itself."""
+    try:
+        return _delivery(f, queue)
+    except (ValueError, TypeError, IndexError, AttributeError):
+        token = f[6] if len(f) > 6 and type(f[6]) is int else 0
+        job_id = f[0].decode(errors="replace") if f and isinstance(f[0], bytes) else "?"
+        return Delivery(
+            id=job_id, task=CORRUPT_TASK, queue=queue, priority=0, payload=b"", attempt=1,
+            max_attempts=1, token=token, run_at=0.0, enqueued_at=0.0,
+        )  # fmt: skip
+
+
+def _delivery(f: list[Any], queue: str) -> Delivery:
     run_at = float(f[7])
     return Delivery(
         id=f[0].decode(),
-        task=f[1].decode(),
+        task=f[1].decode(errors="replace"),
         queue=queue,
         priority=f[2],
         payload=f[3],
@@ -160,11 +178,25 @@ def delivery(f: list[Any], queue: str) -> Delivery:
 
 
 def job(f: list[Any], queue: str, now: float) -> JobInfo:
+    """A job record from a listing script's fields; one that does not parse is shown as such."""
+    try:
+        return _job(f, queue, now)
+    except (ValueError, TypeError, IndexError, AttributeError) as exc:
+        job_id = f[0].decode(errors="replace") if f and isinstance(f[0], bytes) else "?"
+        return JobInfo(
+            id=job_id, task=CORRUPT_TASK, queue=queue, priority=0, state="dead", payload=b"",
+            attempt=0, max_attempts=0, run_at=0.0, enqueued_at=0.0, started_at=None,
+            finished_at=None, key=None, result=None, worker=None, lease_until=None,
+            errors=[{"type": "CorruptRecord", "message": f"stored record does not parse: {exc}"}],
+        )  # fmt: skip
+
+
+def _job(f: list[Any], queue: str, now: float) -> JobInfo:
     run_at = float(f[8])
     state = STATES.get(f[3]) or ("ready" if run_at <= now else "scheduled")
     return JobInfo(
-        id=f[0].decode(),
-        task=f[1].decode(),
+        id=f[0].decode(errors="replace"),
+        task=f[1].decode(errors="replace"),
         queue=queue,
         priority=int(f[2]),
         state=state,
@@ -177,7 +209,7 @@ def job(f: list[Any], queue: str, now: float) -> JobInfo:
         finished_at=float_or_none(f[11]),
         key=text_or_none(f[12]),
         result=f[13][1:] if f[13] else None,
-        errors=msgspec.json.decode(f[14]),
+        errors=errors_of(f[14]),
         worker=text_or_none(f[15]),
         lease_until=float_or_none(f[16]),
     )
