@@ -271,9 +271,15 @@ def test_a_serving_worker_rides_out_an_outage_with_one_line_per_failed_call(
                     during = log.read_text().splitlines()[before:]
                     assert "Traceback" not in "\n".join(during), "\n".join(during)
                     assert 1 <= len(during) <= 30, during
-                    assert all(
-                        "unavailable" in line for line in during if "WARNING" in line or "ERROR" in line
-                    )
+                    # Each a one-line notice of the outage: a failed call, or the pool dropping
+                    # a connection the server closed while it sat idle.
+                    notices = ("unavailable", "discarding a connection")
+                    unexplained = [
+                        line
+                        for line in during
+                        if ("WARNING" in line or "ERROR" in line) and not any(n in line for n in notices)
+                    ]
+                    assert unexplained == [], during
                     print(f"{backend}: {len(during)} log lines over a 3 s outage")
                 job = app.enqueue_many([app.tasks["e2e_app.ok"].message(queue="ticks-none")])[0]
                 wait_for(lambda job=job: app.broker.get(job.id).state == "succeeded", 30, "the job to run")

@@ -53,7 +53,7 @@ FORMS: dict[str, Callable[[str, str], str]] = {
 def test_a_secret_in_any_form_and_context_is_masked(
     before: str, after: str, secret: str, name: str, form: str
 ) -> None:
-    assume(secret not in before + after)
+    assume(secret not in before + after + FORMS[form](name, "\0"))  # e.g. 'Author' in 'Authorization'
     text = before + " " + FORMS[form](name, secret) + " " + after
     assert secret not in Redactor().text(text).replace(MASK, "\0")
 
