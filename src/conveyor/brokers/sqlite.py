@@ -118,7 +118,8 @@ class SQLiteBroker(Broker):
         self._local = threading.local()
         #: Closers of the threads' connections and lock descriptors, each called when its
         #: thread ends (its thread-local slot is dropped) or when the broker closes.
-        self._closers: list[weakref.finalize[Any, Any]] = []
+        #: Each thread's connection closer, with the thread: see close().
+        self._closers: list[tuple[weakref.finalize[Any, Any], threading.Thread]] = []
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
         self._listener_name = ""
@@ -156,8 +157,8 @@ class SQLiteBroker(Broker):
             closer = weakref.finalize(owner, _close_connection, db, writer)
             closer.atexit = False
             with self._lock:
-                self._closers = [c for c in self._closers if c.alive]
-                self._closers.append(closer)
+                self._closers = [(c, t) for c, t in self._closers if c.alive]
+                self._closers.append((closer, threading.current_thread()))
         return db
 
     @contextlib.contextmanager
@@ -640,11 +641,20 @@ class SQLiteBroker(Broker):
                 db.execute("DELETE FROM conveyor_listeners WHERE name = ?", (self._listener_name,))
             self._listener.close()
         self._listener = None
+        # A connection is closed here only if no thread can be inside it: this thread's own, or
+        # one whose thread has ended. Closing one that a live thread is using (a worker's wait
+        # still running past the worker's stop) crashes the process in SQLite's C code; such a
+        # connection is closed by its finalizer when its thread ends and its slot goes.
         with self._lock:
             closers, self._closers = self._closers, []
-        for closer in closers:
-            closer()
-        self._local = threading.local()
+        me = threading.current_thread()
+        for closer, thread in closers:
+            if thread is me or not thread.is_alive():
+                closer()
+            else:
+                with self._lock:
+                    self._closers.append((closer, thread))
+        self._local.__dict__.clear()  # this thread connects anew if it uses the broker again
 
 
 class _Owner:
