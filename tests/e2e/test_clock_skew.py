@@ -2,7 +2,7 @@
 
 The store's clock decides due times and lease expiry, so neither worker starts a delayed task
 early, and neither reclaims the other's live leases while they run past the lease on heartbeats.
-SQLite has no server clock: all its processes share one host's clock (see the README).
+SQLite has no server clock: all its processes share one host's clock (see docs/guarantees.md).
 """
 
 from __future__ import annotations

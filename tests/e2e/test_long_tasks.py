@@ -3,7 +3,7 @@
 - Tasks running three times their lease, on two workers that sweep for expired leases every
   0.2 s, are delivered once: heartbeats keep their leases.
 - A sync task holding the GIL in a C call for longer than its lease stalls its whole process,
-  heartbeats included. What the README says then happens is checked step by step: the lease
+  heartbeats included. What docs/guarantees.md says then happens is checked step by step: the lease
   expires, another worker reclaims the task and runs it, the first run's outcome is refused
   (its fencing token is stale), and the effect happens once.
 """

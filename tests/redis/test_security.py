@@ -404,8 +404,8 @@ def test_rediss_to_a_tls_only_server(tmp_path: Path) -> None:
             broker.close()
 
 
-def test_the_readme_publishes_the_rule_the_suite_runs_as() -> None:
+def test_the_backends_page_publishes_the_rule_the_suite_runs_as() -> None:
     from conveyor.brokers.redis import acl
 
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
-    assert acl.setuser() in readme
+    page = (Path(__file__).parents[2] / "docs" / "backends.md").read_text()
+    assert acl.setuser() in page

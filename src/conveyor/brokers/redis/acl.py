@@ -109,7 +109,7 @@ def setuser(
     options: Iterable[str] = (),
     extra: Iterable[str] = (),
 ) -> str:
-    """The whole ``ACL SETUSER`` line, as the README and ``docs/security.md`` print it."""
+    """The whole ``ACL SETUSER`` line, as ``docs/backends.md`` and ``docs/security.md`` print it."""
     if not _NAME.fullmatch(user):
         raise ConfigurationError(f"invalid ACL user name {user!r}")
     return " ".join(["ACL", "SETUSER", user, *rule(prefix, password, options, extra)])
