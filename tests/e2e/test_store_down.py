@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fault_proxy import fault_proxy
+from fault_proxy import FaultProxy, fault_proxy
 from harness import HERE, wait_for
 from redis_servers import free_port, server
 from stores import POSTGRES_URL
@@ -127,6 +127,21 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
+def _behind(proxy: FaultProxy, backend: str) -> tuple[str, str]:
+    """A fresh store of ``backend`` reached through ``proxy``, and the same store reached directly."""
+    if backend == "redis":
+        prefix = f"down-{os.urandom(4).hex()}"
+        return (
+            f"redis://{proxy.url_netloc()}/10?prefix={prefix}",
+            f"redis://127.0.0.1:6379/10?prefix={prefix}",
+        )
+    schema = f"conveyor_down_{os.urandom(4).hex()}"
+    return (
+        f"postgresql://postgres@{proxy.url_netloc()}/test?schema={schema}",
+        f"{POSTGRES_URL}?schema={schema}",
+    )
+
+
 @pytest.mark.parametrize("backend", ["redis", "postgres"])
 def test_a_worker_waits_for_a_down_store_with_one_line_per_attempt_then_serves(
     backend: str, tmp_path: Path
@@ -136,14 +151,7 @@ def test_a_worker_waits_for_a_down_store_with_one_line_per_attempt_then_serves(
     upstream = 6379 if backend == "redis" else 5432
     with fault_proxy("127.0.0.1", upstream) as proxy:
         proxy.mode = "drop"
-        if backend == "redis":
-            prefix = f"down-{os.urandom(4).hex()}"
-            url = f"redis://{proxy.url_netloc()}/10?prefix={prefix}"
-            direct = f"redis://127.0.0.1:6379/10?prefix={prefix}"
-        else:
-            schema = f"conveyor_down_{os.urandom(4).hex()}"
-            url = f"postgresql://postgres@{proxy.url_netloc()}/test?schema={schema}"
-            direct = f"{POSTGRES_URL}?schema={schema}"
+        url, direct = _behind(proxy, backend)
         proc, log = _worker(url, tmp_path, "--queues", "ticks-none")
         try:
             wait_for(lambda: "waiting for its store" in log.read_text(), 20, "a first attempt")
@@ -249,14 +257,7 @@ def test_a_serving_worker_rides_out_an_outage_with_one_line_per_failed_call(
     every loop of the worker logs one line per failed call, no traceback, and serves again."""
     upstream = 6379 if backend == "redis" else 5432
     with fault_proxy("127.0.0.1", upstream) as proxy:
-        if backend == "redis":
-            prefix = f"down-{os.urandom(4).hex()}"
-            url = f"redis://{proxy.url_netloc()}/10?prefix={prefix}"
-            direct = f"redis://127.0.0.1:6379/10?prefix={prefix}"
-        else:
-            schema = f"conveyor_down_{os.urandom(4).hex()}"
-            url = f"postgresql://postgres@{proxy.url_netloc()}/test?schema={schema}"
-            direct = f"{POSTGRES_URL}?schema={schema}"
+        url, direct = _behind(proxy, backend)
         proc, log = _worker(url, tmp_path, "--queues", "ticks-none")
         app = _e2e_app()
         app.close()

@@ -25,6 +25,7 @@ from redis.client import Redis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 from redis_servers import Server, cluster, session_cluster, slot_owner, topology, wait_cluster_ok
+from waiting import wait_for
 
 from conveyor import Conveyor
 from conveyor.brokers.redis import RedisBroker
@@ -111,16 +112,6 @@ def test_a_worker_round_across_queues_on_every_node(broker):
 def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Server]]:
     with cluster(tmp_path_factory.mktemp("faulty"), masters=3, replicas=1, node_timeout=1000) as nodes:
         yield nodes
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 class Drain:

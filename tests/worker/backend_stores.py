@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from contract.backends import BACKENDS
 from conveyor import Conveyor
@@ -29,13 +27,3 @@ def fresh_app(name: str, tmp_path: Path, url: str | None = None, **options: obje
         if backend.drop_store is not None:
             with contextlib.suppress(Exception):
                 backend.drop_store(store)
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    """Poll ``condition`` until truthy; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

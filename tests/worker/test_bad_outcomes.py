@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from backend_stores import NAMES, fresh_app, wait_for
+from backend_stores import NAMES, fresh_app
+from waiting import wait_for
 
 from conveyor import Conveyor, RetryPolicy
 from conveyor.errors import ConfigurationError

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from backend_stores import wait_for
+from waiting import wait_for
 
 from conveyor import Conveyor, RetryPolicy
 from conveyor.brokers.sqlite import SQLiteBroker

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from backend_stores import NAMES, fresh_app, wait_for
+from backend_stores import NAMES, fresh_app
 from redis_servers import server
+from waiting import wait_for
 
 from conveyor import Conveyor, RetryPolicy, current_job
 

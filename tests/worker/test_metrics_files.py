@@ -10,9 +10,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from backend_stores import wait_for
 from prometheus_client.parser import text_string_to_metric_families
 from redis_servers import free_port
+from waiting import wait_for
 
 WEB = Path(__file__).parent.parent / "web"
 TOKEN = "metrics-token-files"

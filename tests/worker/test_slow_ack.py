@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from backend_stores import fresh_app, wait_for
+from backend_stores import fresh_app
+from waiting import wait_for
 
 from contract.backends import BACKENDS
 from conveyor import RetryPolicy, current_job

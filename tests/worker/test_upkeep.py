@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 import pytest
-from backend_stores import wait_for
+from waiting import wait_for
 
 from conveyor import Conveyor, current_job
 
