@@ -64,8 +64,9 @@ _AUTHORITY_END = re.compile(r"[\s/?#\"'<>]|$")
 
 
 #: Characters that move a terminal's cursor, change its colours or reorder text (C0 and C1
-#: controls, DEL, Unicode line separators and bidirectional overrides); tab and newline aside.
-_CONTROLS = "\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+#: controls, DEL, Unicode line separators and bidirectional overrides), and lone surrogates,
+#: which no stream or store can encode; tab and newline aside.
+_CONTROLS = "\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff"
 _CONTROL = re.compile(f"[{_CONTROLS}]")
 _CONTROL_OR_NEWLINE = re.compile(f"[{_CONTROLS}\\t\\n]")
 
@@ -74,7 +75,7 @@ def printable(text: str, multiline: bool = False) -> str:
     """``text`` with its control characters written as escapes (``\\x1b``), so stored text cannot
     drive a terminal or forge a log line; newlines and tabs are kept only if ``multiline``."""
     pattern = _CONTROL if multiline else _CONTROL_OR_NEWLINE
-    return pattern.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+    return pattern.sub(lambda m: m.group().encode("unicode_escape", "backslashreplace").decode("ascii"), text)
 
 
 def cut(text: str, limit: int = MAX_SHOWN) -> str:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from conveyor.app import Conveyor
 from conveyor.brokers.base import Lease
 from conveyor.errors import AckRefused
 from conveyor.records import AckStatus, Delivery, Outcome
+from conveyor.redact import printable
 from conveyor.worker.executor import failure
 
 log = logging.getLogger("conveyor.worker")
@@ -70,9 +71,14 @@ class Acknowledger:
         return self._answered(answered), failed
 
     def again(
-        self, failed: list[Failed], leases: Mapping[Lease, Delivery], worker: str, rng: random.Random
+        self,
+        failed: list[Failed],
+        held: Callable[[Lease], Delivery | None],
+        worker: str,
+        rng: random.Random,
     ) -> tuple[list[Outcome], list[Lease]]:
-        """The outcomes to send again, and the leases to give up (``leases``: those held)."""
+        """The outcomes to send again, and the leases to give up (``held``: a lease's delivery
+        while it is held)."""
         outcomes: list[Outcome] = []
         given_up: list[Lease] = []
         for outcome, exc in failed:
@@ -80,7 +86,7 @@ class Acknowledger:
             if exc is None:
                 outcomes.append(outcome)
                 continue
-            cause = _printable(f"{type(exc).__name__}: {exc}")
+            cause = printable(f"{type(exc).__name__}: {exc}")
             refusals = self._refusals.get(lease, 0) + 1
             log.warning(
                 "job %s: the store refused its outcome (%s), %d/%d", outcome.id, cause, refusals, REFUSALS
@@ -90,7 +96,7 @@ class Acknowledger:
                 outcomes.append(outcome)
                 continue
             del self._refusals[lease]
-            delivery = leases.get(lease)
+            delivery = held(lease)
             if delivery is None:
                 continue  # no longer ours: nothing to settle
             if outcome.error is not None and outcome.error.get("type") == AckRefused.__name__:
@@ -108,8 +114,3 @@ class Acknowledger:
             for outcome, _ in answered:
                 self._refusals.pop((outcome.id, outcome.token), None)
         return answered
-
-
-def _printable(text: str) -> str:
-    """``text`` with what a store may refuse (lone surrogates, NUL) escaped."""
-    return text.encode("utf-8", "backslashreplace").decode().replace("\x00", "\\x00")
