@@ -128,12 +128,10 @@ class Worker:
         # so they wait for no other thread's either. (On SQLite they still take turns with every
         # other writer for the one write lock.)
         self._beater = pool(1, thread_name_prefix="conveyor-beat", initializer=app.broker.own_connection)
-        #: Leases held, heartbeated until their outcome lands, by (job id, token). The store
-        #: leases a job again only once its previous lease is gone, so a newer delivery of a job
-        #: supersedes the older one here: at most one lease per job id (see _tokens).
-        self.leases: dict[Lease, Delivery] = {}
-        #: The token of each job's lease in ``leases``.
-        self._tokens: dict[str, int] = {}
+        #: Leases held, heartbeated until their outcome lands, by job id; each delivery carries
+        #: its token. The store leases a job again only once its previous lease is gone, so a
+        #: newer delivery of a job supersedes the older one here: one lease per job id.
+        self.leases: dict[str, Delivery] = {}
         #: Deliveries running in this process, by job id: at most one run of a job at a time.
         #: An older run whose lease was lost stays here until it ends; it settles nothing of the
         #: newer delivery, whose pops check the token.
@@ -324,11 +322,10 @@ class Worker:
     def _hold(self, batch: list[Delivery]) -> None:
         """Queue reserved deliveries to start, ahead of held ones of a lower priority level."""
         for delivery in batch:
-            older = self._tokens.get(delivery.id)
+            older = self.leases.get(delivery.id)
             if older is not None:
-                self._superseded(self._unlease((delivery.id, older)))
-            self.leases[delivery.id, delivery.token] = delivery
-            self._tokens[delivery.id] = delivery.token
+                self._superseded(self._unlease((older.id, older.token)))
+            self.leases[delivery.id] = delivery
         lowest = self.held[-1].priority if self.held else None
         self.held.extend(batch)
         if lowest is not None and batch and min(d.priority for d in batch) < lowest:
@@ -410,7 +407,7 @@ class Worker:
     def _refused(self, failed: list[Failed]) -> list[Outcome]:
         """The outcomes to send again (see Acknowledger.again); a lease given up leaves the
         books, to expire and be reclaimed."""
-        again, given_up = self._acks.again(failed, self.leases, self.id, self.runner.rng)
+        again, given_up = self._acks.again(failed, self._held, self.id, self.runner.rng)
         for lease in given_up:
             delivery = self._unlease(lease)
             if delivery is not None:
@@ -419,7 +416,7 @@ class Worker:
 
     def _settled(self, outcome: Outcome, status: AckStatus) -> tuple[Delivery, str] | None:
         """Book an outcome the store answered; the delivery and how it ended, if it was ours."""
-        if status.status == "effects_failed" and (outcome.id, outcome.token) in self.leases:
+        if status.status == "effects_failed" and self._held((outcome.id, outcome.token)) is not None:
             log.warning("job %s: effects failed (%s); counted as a failed attempt", outcome.id, status.error)
             self._report(self._effects_failed(outcome, status.error or "effects failed"))
             return None
@@ -437,7 +434,7 @@ class Worker:
         self.metrics.finished(ended)
 
     def _effects_failed(self, outcome: Outcome, message: str) -> Outcome:
-        delivery = self.leases[outcome.id, outcome.token]
+        delivery = self.leases[outcome.id]
         task = self.app.tasks.get(delivery.task)
         return failure(delivery, self.id, EffectsFailed(message), task, self.runner.rng)
 
@@ -476,7 +473,7 @@ class Worker:
             raise beat
 
     async def _extend(self) -> None:
-        leases = list(self.leases)
+        leases = [(d.id, d.token) for d in self.leases.values()]
         if not leases:
             return
         lost = await self._beat(self.app.broker.extend, leases, self.config.lease)
@@ -489,11 +486,16 @@ class Worker:
                 self._finished([(delivery, "lost")])
                 log.warning("job %s: lease lost (expired and reclaimed); its outcome will be refused", job_id)
 
+    def _held(self, lease: Lease) -> Delivery | None:
+        """The delivery of ``lease`` if that very lease (job id and token) is on the books."""
+        delivery = self.leases.get(lease[0])
+        return delivery if delivery is not None and delivery.token == lease[1] else None
+
     def _unlease(self, lease: Lease) -> Delivery | None:
         """Take ``lease`` off the books (nothing if it is no longer there); its delivery."""
-        delivery = self.leases.pop(lease, None)
+        delivery = self._held(lease)
         if delivery is not None:
-            del self._tokens[lease[0]]
+            del self.leases[lease[0]]
         return delivery
 
     def _drop_unstarted(self, delivery: Delivery) -> None:
