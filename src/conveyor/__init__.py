@@ -16,13 +16,15 @@ from conveyor.errors import (
     JobNotFound,
     KeyConflict,
     PayloadTooLarge,
+    RateLimited,
     ResultTooLarge,
     Retry,
     SerializationError,
     StoreUnavailable,
     UnknownTask,
 )
-from conveyor.records import JobInfo, Message
+from conveyor.limits import Limit
+from conveyor.records import JobInfo, LimitInfo, Message, Rule
 from conveyor.retry import RetryPolicy
 
 __all__ = [
@@ -37,11 +39,15 @@ __all__ = [
     "JobInfo",
     "JobNotFound",
     "KeyConflict",
+    "Limit",
+    "LimitInfo",
     "Message",
     "PayloadTooLarge",
+    "RateLimited",
     "ResultTooLarge",
     "Retry",
     "RetryPolicy",
+    "Rule",
     "SerializationError",
     "StoreUnavailable",
     "Task",

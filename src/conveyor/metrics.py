@@ -37,7 +37,8 @@ ENQUEUED = Counter(
 STARTED = Counter("conveyor_started", "Attempts started by workers.", ["queue", "priority", "task"])
 FINISHED = Counter(
     "conveyor_finished",
-    "Attempts finished, by outcome: succeeded, retry, dead, or lost (lease lost before the outcome landed).",
+    "Attempts finished, by outcome: succeeded, retry, dead, throttled (RateLimited, not counted as an"
+    " attempt), or lost (lease lost before the outcome landed).",
     ["queue", "task", "outcome"],
 )
 START_DELAY = Histogram(
