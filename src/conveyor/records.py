@@ -176,7 +176,7 @@ class LimitInfo(msgspec.Struct, frozen=True):
 
     ``key`` is "" for the queue's own limit. ``rate``, ``burst`` and ``concurrency`` are the
     effective rule (0: none); ``override`` says a run-time limit set them. ``tokens`` is how
-    many starts the bucket allows now, ``running`` the jobs holding a slot, ``closed_until`` the
+    many starts the bucket allows now (None without a rate), ``running`` the jobs holding a slot, ``closed_until`` the
     end of a RateLimited throttle (or None).
     """
 
@@ -187,5 +187,5 @@ class LimitInfo(msgspec.Struct, frozen=True):
     concurrency: int
     override: bool
     running: int
-    tokens: float
+    tokens: float | None
     closed_until: float | None = None
