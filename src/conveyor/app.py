@@ -28,7 +28,7 @@ from conveyor.ids import new_id
 from conveyor.limits import MAX_THROTTLES, Limit, Limits, check_key, rule
 from conveyor.periodic import CatchUp, Schedule, on_time
 from conveyor.priority import DEFAULT_LEVELS, Priorities
-from conveyor.records import JobInfo, LimitInfo, Message, State
+from conveyor.records import JobInfo, LimitInfo, Message, Rule, State
 from conveyor.retry import RetryPolicy
 
 P = ParamSpec("P")
@@ -350,7 +350,7 @@ class Task(Generic[P, R]):
             and not kwargs
             and self._positional[0] <= len(args) <= self._positional[1]
         )
-        rules = ()
+        rules: tuple[Rule, ...] = ()
         if not fits or self.limits.needs_arguments:
             try:
                 bound = self.signature.bind(*args, **kwargs)

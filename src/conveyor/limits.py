@@ -13,7 +13,7 @@ import inspect
 import math
 import re
 import string
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -188,7 +188,7 @@ def _parse_template(task: str, template: str, signature: inspect.Signature) -> l
     return parts
 
 
-def group_of(rules: tuple[Rule, ...] | list[Rule]) -> str | None:
+def group_of(rules: Sequence[Rule]) -> str | None:
     """A job's group: its limits' keys, or None for a job without limits."""
     if not rules:
         return None

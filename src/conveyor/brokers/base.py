@@ -209,8 +209,8 @@ class Broker(abc.ABC):
 
 def claimed(rows: list[Any]) -> list[Delivery]:
     """Rows of a SQL claim as deliveries, most urgent level first, then by due time. A row holds
-    id, task, queue, priority, payload, attempt, max_attempts, token, run_at, enqueued_at, key:
-    the order both SQL backends' claims return them in."""
+    id, task, queue, priority, payload, attempt, max_attempts, token, run_at, enqueued_at, key
+    and optionally throttled: the order both SQL backends' claims return them in."""
     rows.sort(key=lambda r: (r[3], r[8]))
     return [
         Delivery(
@@ -225,6 +225,7 @@ def claimed(rows: list[Any]) -> list[Delivery]:
             run_at=r[8],
             enqueued_at=r[9],
             key=r[10],
+            throttled=r[11] if len(r) > 11 else 0,
         )
         for r in rows
     ]

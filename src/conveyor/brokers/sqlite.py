@@ -27,6 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 import msgspec
 
 from conveyor import serializer
+from conveyor.brokers import sqlite_limits as limiter
 from conveyor.brokers import sqlite_lock as writer_lock
 from conveyor.brokers.base import Broker, Lease, claimed, errors_of, job_row
 from conveyor.errors import ConfigurationError, KeyConflict
@@ -36,10 +37,12 @@ from conveyor.records import (
     Delivery,
     Enqueued,
     JobInfo,
+    LimitInfo,
     Message,
     Outcome,
     QueueStats,
     Reclaimed,
+    Rule,
     WorkerInfo,
 )
 
@@ -54,17 +57,28 @@ UPDATE conveyor_jobs
        lease_until = :now + :lease, worker = :worker, started_at = :now
  WHERE rowid IN (SELECT rowid FROM conveyor_jobs
                   WHERE state = 'pending' AND queue = :queue AND priority = :priority AND run_at <= :now
+                    AND grp IS NULL
                   ORDER BY run_at, rowid LIMIT :limit)
-RETURNING id, task, queue, priority, payload, attempt, max_attempts, token, run_at, enqueued_at, key
+RETURNING id, task, queue, priority, payload, attempt, max_attempts, token, run_at, enqueued_at, key, throttled
 """
 _COUNT_READY = """
 SELECT count(*) FROM (SELECT 1 FROM conveyor_jobs
-                       WHERE state = 'pending' AND queue = ? AND priority = ? AND run_at <= ? LIMIT ?)
+                       WHERE state = 'pending' AND queue = ? AND priority = ? AND run_at <= ? AND grp IS NULL
+                       LIMIT ?)
+"""
+_COUNT_GROUPED = """
+SELECT count(*) FROM (SELECT 1 FROM conveyor_jobs
+                       WHERE state = 'pending' AND queue = ? AND priority = ? AND run_at <= ? AND grp IS NOT NULL
+                       LIMIT ?)
 """
 # The next stored level above a given one, among a queue's pending jobs: one index probe.
 _LEVEL_ABOVE = """
-SELECT priority FROM conveyor_jobs WHERE state = 'pending' AND queue = ? AND priority > ?
- ORDER BY priority LIMIT 1
+SELECT min(priority) FROM (
+  SELECT min(priority) AS priority FROM conveyor_jobs
+   WHERE state = 'pending' AND queue = :queue AND priority > :level AND grp IS NULL
+  UNION ALL
+  SELECT min(priority) FROM conveyor_jobs
+   WHERE state = 'pending' AND queue = :queue AND priority > :level AND grp IS NOT NULL)
 """
 #: Decodes TEXT values at C speed, a corrupt one with U+FFFD where it is not UTF-8.
 _TEXT = functools.partial(str, encoding="utf-8", errors="replace")
@@ -126,6 +140,7 @@ class SQLiteBroker(Broker):
         self._listening = ""
         self._pid = os.getpid()
         with self._write() as db:
+            _migrate(db)
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
@@ -222,10 +237,11 @@ class SQLiteBroker(Broker):
                     out.append(Enqueued(row[0], False))
                     continue
             due = m.run_at if m.run_at is not None else now + m.delay
+            grp = limiter.grouped(db, m.queue, m.priority, m.limits, due) if m.limits else None
             db.execute(
                 "INSERT INTO conveyor_jobs (id, task, queue, priority, state, payload, run_at, enqueued_at,"
-                " max_attempts, key) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
-                (m.id, m.task, m.queue, m.priority, m.payload, due, now, m.max_attempts, m.key),
+                " max_attempts, key, grp) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)",
+                (m.id, m.task, m.queue, m.priority, m.payload, due, now, m.max_attempts, m.key, grp),
             )
             out.append(Enqueued(m.id, True))
         return out
@@ -249,9 +265,15 @@ class SQLiteBroker(Broker):
         with self._write() as db:
             # The stored levels each of the worker's levels takes, per queue (see _served).
             served = [_served(db, q, levels) for q in queues]
+            # Queues with limits claim through them (sqlite_limits); the rest as they always did.
+            claims = {q: limiter.Claim(db, q, now) for q in queues if limiter.has_limits(db, q)}
             ready = [
                 [
-                    sum(db.execute(_COUNT_READY, (q, p, now, limit)).fetchone()[0] for p in served[i][level])
+                    sum(
+                        db.execute(_COUNT_READY, (q, p, now, limit)).fetchone()[0]
+                        + (db.execute(_COUNT_GROUPED, (q, p, now, limit)).fetchone()[0] if q in claims else 0)
+                        for p in served[i][level]
+                    )
                     for i, q in enumerate(queues)
                 ]
                 for level in range(levels)
@@ -265,11 +287,17 @@ class SQLiteBroker(Broker):
                 for i, (q, n) in enumerate(zip(queues, dealt, strict=True)):
                     before = len(rows)
                     params = {"now": now, "lease": lease, "worker": worker, "queue": q}
+                    claim = claims.get(q)
                     for p in served[i][level]:
                         if len(rows) - before >= n:
                             break
                         left = n - (len(rows) - before)
-                        rows += db.execute(_CLAIM, params | {"priority": p, "limit": left}).fetchall()
+                        if claim is None:
+                            rows += db.execute(_CLAIM, params | {"priority": p, "limit": left}).fetchall()
+                        else:
+                            rows += claim.turns(p, left, lease, worker)
+            for claim in claims.values():
+                claim.save()
         return claimed(rows)
 
     # -- wait --------------------------------------------------------------------------------
@@ -286,21 +314,32 @@ class SQLiteBroker(Broker):
                     pass
 
     def _earliest_due(self, queues: Sequence[str]) -> float | None:
-        """Smallest run_at of pending jobs: one index probe per (queue, priority) present."""
+        """Smallest due time of pending jobs without limits (one index probe per (queue,
+        priority) present) and of groups that wait for a token; a queue whose own limit is
+        spent counts from when it allows a start again."""
         db = self._db()
+        now = time.time()
         best: float | None = None
         for q in queues:
-            level = -1
-            while True:
-                row = db.execute(
-                    "SELECT priority, run_at FROM conveyor_jobs WHERE state = 'pending' AND queue = ?"
-                    " AND priority > ? ORDER BY priority, run_at LIMIT 1",
-                    (q, level),
-                ).fetchone()
-                if row is None:
-                    break
-                level = row[0]
-                best = row[1] if best is None else min(best, row[1])
+            blocked, group_due = limiter.earliest(db, q, now)
+            if blocked:
+                dues = [group_due]
+            else:
+                dues = [group_due]
+                level = -1
+                while True:
+                    row = db.execute(
+                        "SELECT priority, run_at FROM conveyor_jobs WHERE state = 'pending' AND queue = ?"
+                        " AND priority > ? AND grp IS NULL ORDER BY priority, run_at LIMIT 1",
+                        (q, level),
+                    ).fetchone()
+                    if row is None:
+                        break
+                    level = row[0]
+                    dues.append(row[1])
+            for due in dues:
+                if due is not None:
+                    best = due if best is None else min(best, due)
         return best
 
     def _listen(self, queues: Sequence[str]) -> socket.socket:
@@ -350,47 +389,62 @@ class SQLiteBroker(Broker):
         woken: set[str] = set()
         with self._write() as db:
             for o in outcomes:
-                status = self._settle(db, o, now)
+                status = self._settle(db, o, now, woken)
                 statuses.append(status)
                 if status.status == "ok":
                     woken.update(m.queue for m in o.enqueues)
-                    if o.kind == "retry":
+                    if o.kind in ("retry", "throttled"):
                         woken.add("*")
         if woken:
             self._notify_all() if "*" in woken else self._notify(woken)
         return statuses
 
-    def _settle(self, db: sqlite3.Connection, o: Outcome, now: float) -> AckStatus:
+    def _settle(self, db: sqlite3.Connection, o: Outcome, now: float, woken: set[str]) -> AckStatus:
         owned = "WHERE id = :id AND token = :token AND state = 'running'"
+        left = "RETURNING queue, priority, grp, held"
         params: dict[str, Any] = {"id": o.id, "token": o.token, "now": now}
-        if o.kind == "retry":
+        if o.kind in ("retry", "throttled"):
             params |= {"due": now + o.delay, "error": serializer.dumps(o.error).decode()}
+            refund = ", attempt = attempt - 1, throttled = throttled + 1" if o.kind == "throttled" else ""
             sql = (
                 "UPDATE conveyor_jobs SET state = 'pending', run_at = :due, lease_until = NULL,"
-                f" worker = NULL, {_APPEND_ERROR} {owned}"
+                f" worker = NULL{refund}, {_APPEND_ERROR} {owned} {left}"
             )
-            return AckStatus("ok" if db.execute(sql, params).rowcount else "lost")
+            row = db.execute(sql, params).fetchone()
+            if row is None:
+                return AckStatus("lost")
+            self._left_running(db, row, now, woken)
+            if o.kind == "throttled":
+                limiter.close_keys(db, row[0], row[2], now + o.delay)
+            limiter.requeued(db, row[0], row[1], row[2], now + o.delay)
+            return AckStatus("ok")
         if o.kind == "dead":
             params["error"] = serializer.dumps(o.error).decode()
             sql = (
                 "UPDATE conveyor_jobs SET state = 'dead', finished_at = :now, lease_until = NULL,"
-                f" {_APPEND_ERROR} {owned}"
+                f" {_APPEND_ERROR} {owned} {left}"
             )
-            return AckStatus("ok" if db.execute(sql, params).rowcount else "lost")
+            row = db.execute(sql, params).fetchone()
+            if row is None:
+                return AckStatus("lost")
+            self._left_running(db, row, now, woken)
+            return AckStatus("ok")
         transactional = bool(o.effects or o.enqueues)
         if transactional:
             db.execute("SAVEPOINT outcome")
         params |= {"result": o.result, "expires": now + self.retention}
         sql = (
             "UPDATE conveyor_jobs SET state = 'succeeded', result = :result, finished_at = :now,"
-            f" expires_at = :expires, lease_until = NULL {owned}"
+            f" expires_at = :expires, lease_until = NULL {owned} {left}"
         )
-        if not db.execute(sql, params).rowcount:
+        row = db.execute(sql, params).fetchone()
+        if row is None:
             if transactional:
                 db.execute("ROLLBACK TO outcome")
                 db.execute("RELEASE outcome")
             return AckStatus("lost")
         if not transactional:
+            self._left_running(db, row, now, woken)
             return AckStatus("ok")
         try:
             for statement, *args in o.effects:
@@ -401,7 +455,16 @@ class SQLiteBroker(Broker):
             db.execute("RELEASE outcome")
             return AckStatus("effects_failed", f"{type(exc).__name__}: {exc}")
         db.execute("RELEASE outcome")
+        self._left_running(db, row, now, woken)
         return AckStatus("ok")
+
+    @staticmethod
+    def _left_running(db: sqlite3.Connection, row: Sequence[Any], now: float, woken: set[str]) -> None:
+        """A job (``queue, priority, grp, held``) left running: free the slots it held. (``held``
+        is left on the row once the job has left running: only this transition reads it, and
+        the next claim overwrites it; RETURNING shows the row as updated, so it is not cleared.)"""
+        if limiter.free(db, row[0], row[3], now):
+            woken.add(row[0])
 
     def extend(self, leases: Sequence[Lease], lease: float, now: float | None = None) -> list[str]:
         now = time.time() if now is None else now
@@ -417,15 +480,20 @@ class SQLiteBroker(Broker):
         return lost
 
     def release(self, leases: Sequence[Lease]) -> int:
+        count = 0
         with self._write() as db:
-            count = sum(
-                db.execute(
+            now = time.time()
+            for lease in leases:
+                row = db.execute(
                     "UPDATE conveyor_jobs SET state = 'pending', attempt = attempt - 1, lease_until = NULL,"
-                    " worker = NULL, started_at = NULL WHERE id = ? AND token = ? AND state = 'running'",
+                    " worker = NULL, started_at = NULL WHERE id = ? AND token = ? AND state = 'running'"
+                    " RETURNING queue, priority, grp, held, run_at",
                     lease,
-                ).rowcount
-                for lease in leases
-            )
+                ).fetchone()
+                if row is not None:
+                    count += 1
+                    self._left_running(db, row, now, set())
+                    limiter.requeued(db, row[0], row[1], row[2], row[4])
         if count:
             self._notify_all()
         return count
@@ -456,10 +524,11 @@ class SQLiteBroker(Broker):
                     }
                 ).decode()
                 final = attempt >= max_attempts
-                db.execute(
+                row = db.execute(
                     f"UPDATE conveyor_jobs SET state = :state, lease_until = NULL, {_APPEND_ERROR},"
                     " finished_at = CASE WHEN :state = 'dead' THEN :now END"
-                    " WHERE id = :id AND token = :token AND state = 'running'",
+                    " WHERE id = :id AND token = :token AND state = 'running'"
+                    " RETURNING queue, priority, grp, held, run_at",
                     {
                         "state": "dead" if final else "pending",
                         "error": error,
@@ -467,9 +536,13 @@ class SQLiteBroker(Broker):
                         "id": job_id,
                         "token": token,
                     },
-                )
+                ).fetchone()
+                if row is not None:
+                    self._left_running(db, row, now, set())
+                    if not final:
+                        limiter.requeued(db, row[0], row[1], row[2], row[4])
                 (dead if final else requeued).append(job_id)
-        if requeued:
+        if requeued or dead:
             self._notify_all()
         return Reclaimed(requeued, dead)
 
@@ -558,6 +631,20 @@ class SQLiteBroker(Broker):
         )
         return [_job(r, now) for r in rows]
 
+    def set_limit(self, queue: str, rule: Rule) -> None:
+        with self._write() as db:
+            limiter.set_limit(db, queue, rule, time.time())
+        self._notify({queue})
+
+    def clear_limit(self, queue: str, key: str) -> bool:
+        with self._write() as db:
+            cleared = limiter.clear_limit(db, queue, key, time.time())
+        self._notify({queue})
+        return cleared
+
+    def limits(self, queue: str | None = None, now: float | None = None) -> list[LimitInfo]:
+        return limiter.listing(self._db(), queue, time.time() if now is None else now)
+
     def time(self) -> float:
         return time.time()
 
@@ -588,16 +675,21 @@ class SQLiteBroker(Broker):
             "UPDATE conveyor_jobs SET state = 'pending', attempt = 0, run_at = :now, finished_at = NULL,"
             " started_at = NULL, worker = NULL, queue = coalesce(:queue, queue) WHERE state = 'dead'"
         )
+        back = " RETURNING queue, priority, grp"
         with self._write() as db:
             if queue is not None:
                 self._check_replay_keys(db, ids, queue)
             if ids is None:
-                count = db.execute(sql, {"now": now, "queue": queue}).rowcount
+                rows = db.execute(sql + back, {"now": now, "queue": queue}).fetchall()
             else:
-                count = sum(
-                    db.execute(sql + " AND id = :id", {"now": now, "queue": queue, "id": i}).rowcount
+                rows = [
+                    row
                     for i in ids
-                )
+                    for row in db.execute(sql + " AND id = :id" + back, {"now": now, "queue": queue, "id": i})
+                ]
+            for q, priority, grp in {(r[0], r[1], r[2]) for r in rows if r[2]}:
+                limiter.requeued(db, q, priority, grp, now)
+            count = len(rows)
         if count:
             self._notify_all()
         return count
@@ -668,13 +760,25 @@ def _close_connection(db: sqlite3.Connection, writer: int) -> None:
         os.close(writer)
 
 
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a store made by an earlier version up to the schema (limits' columns); a no-op on
+    a new or current one."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(conveyor_jobs)")}
+    if columns and "grp" not in columns:
+        db.execute("ALTER TABLE conveyor_jobs ADD COLUMN grp TEXT")
+        db.execute("ALTER TABLE conveyor_jobs ADD COLUMN throttled INTEGER NOT NULL DEFAULT 0")
+        db.execute("ALTER TABLE conveyor_jobs ADD COLUMN held TEXT")
+        # The claim index now holds only jobs without limits (the schema creates it anew).
+        db.execute("DROP INDEX IF EXISTS conveyor_jobs_pending")
+
+
 def _served(db: sqlite3.Connection, queue: str, levels: int) -> list[list[int]]:
     """The stored priorities each of a worker's ``levels`` takes from ``queue``: its own, and for
     the last level also any stored above it, which a producer configured with more levels wrote.
     Those come after the last level's own due jobs (rather than never)."""
     served = [[level] for level in range(levels)]
     level = levels - 1
-    while (row := db.execute(_LEVEL_ABOVE, (queue, level)).fetchone()) is not None:
+    while (row := db.execute(_LEVEL_ABOVE, {"queue": queue, "level": level}).fetchone())[0] is not None:
         level = row[0]
         served[-1].append(level)
     return served
