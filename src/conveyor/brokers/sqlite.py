@@ -31,6 +31,7 @@ from conveyor.brokers import sqlite_limits as limiter
 from conveyor.brokers import sqlite_lock as writer_lock
 from conveyor.brokers.base import Broker, Lease, claimed, errors_of, job_row
 from conveyor.errors import ConfigurationError, KeyConflict
+from conveyor.limits import group_of
 from conveyor.priority import Fairness
 from conveyor.records import (
     AckStatus,
@@ -223,6 +224,7 @@ class SQLiteBroker(Broker):
 
     def _insert(self, db: sqlite3.Connection, messages: Sequence[Message], now: float) -> list[Enqueued]:
         out: list[Enqueued] = []
+        groups: dict[tuple[str, int, str], tuple[tuple[Rule, ...], float]] = {}
         for m in messages:
             if m.key is not None:
                 row = db.execute(
@@ -237,13 +239,19 @@ class SQLiteBroker(Broker):
                     out.append(Enqueued(row[0], False))
                     continue
             due = m.run_at if m.run_at is not None else now + m.delay
-            grp = limiter.grouped(db, m.queue, m.priority, m.limits, due) if m.limits else None
+            grp = None
+            if m.limits:
+                grp = group_of(m.limits)
+                at = (m.queue, m.priority, grp or "")
+                groups[at] = (m.limits, min(due, groups[at][1]) if at in groups else due)
             db.execute(
                 "INSERT INTO conveyor_jobs (id, task, queue, priority, state, payload, run_at, enqueued_at,"
                 " max_attempts, key, grp) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)",
                 (m.id, m.task, m.queue, m.priority, m.payload, due, now, m.max_attempts, m.key, grp),
             )
             out.append(Enqueued(m.id, True))
+        for (queue, priority, _), (rules, due) in groups.items():
+            limiter.grouped(db, queue, priority, rules, due)
         return out
 
     # -- reserve -----------------------------------------------------------------------------

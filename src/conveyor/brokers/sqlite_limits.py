@@ -36,10 +36,10 @@ _CLAIM_GROUP = f"""
 UPDATE conveyor_jobs
    SET state = 'running', attempt = attempt + 1, token = token + 1,
        lease_until = :now + :lease, worker = :worker, started_at = :now, held = :held
- WHERE rowid = (SELECT rowid FROM conveyor_jobs
-                 WHERE state = 'pending' AND queue = :queue AND priority = :priority AND grp = :grp
-                   AND run_at <= :now
-                 ORDER BY run_at, rowid LIMIT 1)
+ WHERE rowid IN (SELECT rowid FROM conveyor_jobs
+                  WHERE state = 'pending' AND queue = :queue AND priority = :priority AND grp = :grp
+                    AND run_at <= :now
+                  ORDER BY run_at, rowid LIMIT :limit)
 RETURNING {_RETURNING}
 """
 _EARLIEST_IN_GROUP = (
@@ -155,8 +155,10 @@ class Claim:
         until = [(self.key(r.key).until(r, self.now), r.key) for r in short]
         return max(t for t, _ in until), [key for t, key in until if t == INF]
 
-    def _head(self, grp: str, rules: list[Rule], priority: int, lease: float, worker: str) -> list[Any]:
-        """Claim the oldest due job of a group, recording the slots it will hold."""
+    def _head(
+        self, grp: str, rules: list[Rule], priority: int, lease: float, worker: str, count: int
+    ) -> list[Any]:
+        """Claim the ``count`` oldest due jobs of a group, recording the slots they will hold."""
         held = [r.key for r in rules if self.key(r.key).rule(r)[2] > 0]
         q = self.key("")
         if q.override and q.concurrency > 0:
@@ -164,8 +166,8 @@ class Claim:
         params = {"now": self.now, "lease": lease, "worker": worker, "queue": self.queue, "priority": priority,
                   "held": msgspec.json.encode(held).decode() if held else None}  # fmt: skip
         if grp == "":
-            return self.db.execute(CLAIM_PLAIN, params | {"limit": 1}).fetchall()
-        return self.db.execute(_CLAIM_GROUP, params | {"grp": grp}).fetchall()
+            return self.db.execute(CLAIM_PLAIN, params | {"limit": count}).fetchall()
+        return self.db.execute(_CLAIM_GROUP, params | {"grp": grp, "limit": count}).fetchall()
 
     def turns(self, priority: int, n: int, lease: float, worker: str) -> list[Any]:
         """Claim up to ``n`` jobs of one level, groups (and the jobs without limits) taking turns."""
@@ -200,21 +202,27 @@ class Claim:
                     n = 0
                     kept.append((grp, rules))
                     continue
-                short = [r for r in rules if self.key(r.key).allowance(r, now) <= 0]
+                allowances = [self.key(r.key).allowance(r, now) for r in rules]
+                short = [r for r, a in zip(rules, allowances, strict=True) if a <= 0]
                 if short:
                     blocked[grp] = self._blocked(short)
                     continue
-                got = self._head(grp, rules, priority, lease, worker)
+                # Alone in its turn, a group takes what its keys allow in one claim.
+                count = 1
+                if len(active) == 1:
+                    count = int(min([n, *allowances, q.allowance(None, now) if q.override else n]))
+                got = self._head(grp, rules, priority, lease, worker, count)
                 if not got:
                     if grp:
                         blocked[grp] = (_earliest(db, queue, priority, grp), [])
                     continue
-                for r in rules:
-                    self.key(r.key).take(r, now)
-                if q.override:
-                    q.take(None, now)
+                for _ in got:
+                    for r in rules:
+                        self.key(r.key).take(r, now)
+                    if q.override:
+                        q.take(None, now)
                 rows += got
-                n -= 1
+                n -= len(got)
                 last += 1
                 served[grp] = last
                 kept.append((grp, rules))
