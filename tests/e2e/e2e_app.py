@@ -236,3 +236,8 @@ def call_api(service: str, n: int, throttle: str) -> int:
         _spans(f"{service} {n} {app.broker.time()!r}\n")
         raise RateLimited(retry_after=0.3)
     return n
+
+
+@app.task(queue="tenants", limits=[Limit(key="tenant:{tenant}", concurrency=10_000)])
+def tenant_job(tenant: str, seconds: float = 0.002) -> None:
+    time.sleep(seconds)

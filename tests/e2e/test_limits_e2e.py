@@ -8,7 +8,7 @@ import signal
 from collections import defaultdict
 
 import pytest
-from e2e_app import call_api, per_account, rated
+from e2e_app import call_api, per_account, rated, tenant_job
 from harness import Cluster, wait_for
 
 pytestmark = pytest.mark.slow
@@ -87,3 +87,29 @@ def test_rate_limited_gives_the_attempt_back_and_ends_after_max_throttles(cluste
     times = [float(line.split()[2]) for line in (cluster.logs / "spans.log").read_text().splitlines()
              if line.startswith("github")]  # fmt: skip
     assert all(b - a >= 0.3 for a, b in itertools.pairwise(times)), times
+
+
+def test_a_small_tenant_is_not_stuck_behind_a_large_one(cluster: Cluster) -> None:
+    workers, big, small = 2, 3000, 20
+    for start in range(0, big, 500):
+        cluster.app.enqueue_many(tenant_job.message("a") for _ in range(start, start + 500))
+    for _ in range(workers):
+        cluster.worker(queues=["tenants"], concurrency=8)
+    wait_for(lambda: _finished(cluster, "tenants") >= 200, timeout=60, what="tenant a to be draining")
+    b = [job.id for job in cluster.app.enqueue_many(tenant_job.message("b") for _ in range(small))]
+
+    wait_for(lambda: all(cluster.app.job(i).status() == "succeeded" for i in b), timeout=60, what="b's jobs")
+
+    enqueued = min(cluster.app.job(i).info().enqueued_at for i in b)
+    b_starts = sorted(cluster.app.job(i).info().started_at or 0.0 for i in b)
+    a_starts = sorted(
+        j.started_at or 0.0
+        for j in cluster.app.broker.jobs(queue="tenants", state="succeeded", limit=2 * big)
+        if j.id not in b and (j.started_at or 0.0) > enqueued
+    )
+    assert _finished(cluster, "tenants") < big + small, "tenant a drained before b was served"
+    # Each claim alternates between the tenants: b's k-th start comes after at most k starts of
+    # a, plus one per worker for claims in flight when b's jobs arrived.
+    for k, start in enumerate(b_starts, 1):
+        before = sum(1 for t in a_starts if t < start)
+        assert before <= k + workers, f"b's job {k} started after {before} starts of a"
