@@ -77,15 +77,16 @@ def check_key(key: str) -> str:
 
 def rule(key: str, rate: str | float | None, burst: int | None, concurrency: int | None) -> Rule:
     """A validated rule: at least one of ``rate`` and ``concurrency``; ``burst`` only with a rate."""
-    if rate is None and concurrency is None:
-        raise ConfigurationError(f"limit {key!r}: give a rate, a concurrency, or both")
+    name = f"limit {key!r}" if key else "the queue's limit"
     if burst is not None and rate is None:
-        raise ConfigurationError(f"limit {key!r}: a burst needs a rate")
+        raise ConfigurationError(f"{name}: a burst needs a rate")
+    if rate is None and concurrency is None:
+        raise ConfigurationError(f"{name}: give a rate, a concurrency, or both")
     return Rule(
         key=key,
         rate=0.0 if rate is None else parse_rate(rate),
-        burst=_count(f"limit {key!r}: burst", burst) or 1,
-        concurrency=_count(f"limit {key!r}: concurrency", concurrency),
+        burst=_count(f"{name}: burst", burst) or 1,
+        concurrency=_count(f"{name}: concurrency", concurrency),
     )
 
 

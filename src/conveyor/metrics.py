@@ -173,7 +173,29 @@ class StoreCollector:
         live.add_metric([], len(workers))
         in_flight = GaugeMetricFamily("conveyor_worker_in_flight", "Tasks leased to live workers.")
         in_flight.add_metric([], sum(w.in_flight for w in workers))
-        yield from (depth, dead, oldest, live, in_flight)
+        tokens = GaugeMetricFamily(
+            "conveyor_limit_tokens",
+            "Starts a rate-limited key allows now (its bucket's tokens).",
+            labels=["queue", "key"],
+        )
+        running = GaugeMetricFamily(
+            "conveyor_limit_running",
+            "Jobs holding a slot of a concurrency-limited key.",
+            labels=["queue", "key"],
+        )
+        closed = GaugeMetricFamily(
+            "conveyor_limit_throttled",
+            "1 while a key is closed by a task's RateLimited, else 0.",
+            labels=["queue", "key"],
+        )
+        for info in broker.limits(now=now):
+            labels = [info.queue, info.key or "(queue)"]
+            if info.tokens is not None:
+                tokens.add_metric(labels, info.tokens)
+            if info.concurrency:
+                running.add_metric(labels, info.running)
+            closed.add_metric(labels, 1.0 if info.closed_until else 0.0)
+        yield from (depth, dead, oldest, live, in_flight, tokens, running, closed)
 
 
 def store_registry(broker: Callable[[], Broker], priorities: Priorities) -> CollectorRegistry:
