@@ -110,6 +110,8 @@ class Limit:
     key: str | None = None
 
     def __post_init__(self) -> None:
+        if self.key is not None:
+            check_key(self.key)
         rule(self.key or "task", self.rate, self.burst, self.concurrency)
 
 
