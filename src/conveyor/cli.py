@@ -214,7 +214,8 @@ def enqueue(
 @click.option("--queue", "queues", multiple=True, help="Only these queues (repeatable).")
 @click.option("--watch", is_flag=True, help="Refresh every second until Ctrl-C.")
 def status(target: str, queues: tuple[str, ...], watch: bool) -> None:
-    """Per queue and priority: ready, scheduled, running, succeeded, dead, cancelled; oldest ready age."""
+    """Per queue and priority: ready, scheduled, running, succeeded, dead, cancelled; oldest ready
+    age; ready jobs that limits hold back (see `conveyor limits list`)."""
     app = _target(target)
     if not watch:
         console.print(_status_table(app, queues))
@@ -237,12 +238,14 @@ def _status_table(app: Conveyor, queues: tuple[str, ...]) -> Table:
     for state in STATES:
         table.add_column(state, justify="right")
     table.add_column("oldest ready", justify="right")
+    table.add_column("throttled", justify="right")
     for qs in app.broker.stats(list(queues) or None):
         levels = sorted({p for per in qs.counts.values() for p in per})
         for i, level in enumerate(levels):
             age = f"{qs.oldest_ready_age:.1f} s" if i == 0 and qs.oldest_ready_age is not None else ""
             cells = [str(qs.counts.get(s, {}).get(level, 0)) for s in STATES]
-            table.add_row(_plain(qs.queue) if i == 0 else "", app.priorities.name(level), *cells, age)
+            held = str(qs.throttled) if i == 0 and qs.throttled else ""
+            table.add_row(_plain(qs.queue) if i == 0 else "", app.priorities.name(level), *cells, age, held)
     return table
 
 

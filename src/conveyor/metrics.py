@@ -162,11 +162,17 @@ class StoreCollector:
         oldest = GaugeMetricFamily(
             "conveyor_oldest_ready_age_seconds", "Age of the oldest ready job.", labels=["queue"]
         )
+        throttled = GaugeMetricFamily(
+            "conveyor_throttled_jobs",
+            "Ready jobs that rate or concurrency limits hold back now.",
+            labels=["queue"],
+        )
         for qs in broker.stats(now=now):
             for state, per_level in sorted(qs.counts.items()):
                 for level, count in sorted(per_level.items()):
                     depth.add_metric([qs.queue, self.priorities.name(level), state], count)
             dead.add_metric([qs.queue], qs.total("dead"))
+            throttled.add_metric([qs.queue], qs.throttled)
             oldest.add_metric([qs.queue], qs.oldest_ready_age or 0.0)
         workers = broker.workers(now=now)
         live = GaugeMetricFamily("conveyor_workers", "Worker processes with a live heartbeat.")
@@ -195,7 +201,7 @@ class StoreCollector:
             if info.concurrency:
                 running.add_metric(labels, info.running)
             closed.add_metric(labels, 1.0 if info.closed_until else 0.0)
-        yield from (depth, dead, oldest, live, in_flight, tokens, running, closed)
+        yield from (depth, dead, oldest, throttled, live, in_flight, tokens, running, closed)
 
 
 def store_registry(broker: Callable[[], Broker], priorities: Priorities) -> CollectorRegistry:

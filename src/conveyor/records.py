@@ -139,6 +139,10 @@ class QueueStats(msgspec.Struct, frozen=True):
     queue: str
     counts: dict[str, dict[int, int]]
     oldest_ready_age: float | None
+    #: Ready jobs that limits hold back now (counted among ``ready``): those of groups waiting
+    #: for a token, a slot or a throttle's end as of the last claim that examined them, or all
+    #: of them while the queue's own limit allows no start.
+    throttled: int = 0
 
     def total(self, state: str) -> int:
         """Jobs in ``state`` over all priorities."""

@@ -259,3 +259,17 @@ def test_a_freed_slot_wakes_a_waiting_worker(broker, open_handle):
 
     assert time.monotonic() - began < 10
     assert len(reserve(broker, broker.time(), limit=3)) == 1
+
+
+def test_stats_count_the_ready_jobs_limits_hold_back(broker, t0):
+    fill(broker, t0, 5, rate("k", 1))
+    fill(broker, t0, 4, slots("s", 2))
+    enqueue(broker, t0, *[make_message() for _ in range(3)])
+    assert broker.stats(["q"], now=t0)[0].throttled == 0
+
+    reserve(broker, t0, limit=20)  # 1 of k, 2 of s, 3 plain; the rest is held back
+
+    (stats,) = broker.stats(["q"], now=t0)
+    assert (stats.total("ready"), stats.throttled) == (6, 6)
+    broker.set_limit("q", Rule(key="", concurrency=1))
+    assert broker.stats(["q"], now=t0)[0].throttled == 6

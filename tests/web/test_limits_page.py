@@ -23,6 +23,9 @@ def test_limits_page_lists_sets_and_clears(app: Conveyor, serve, client: Client)
         assert client.get(url + "/limits").status_code == 401
         page = client.get(url + "/limits", headers=AUTH).text
         assert "acct:a1" in page and "declared" in page
+        assert "1 held back by limits" in client.get(url + "/queues/payments", headers=AUTH).text
+        metrics = client.get(url + "/metrics", headers=AUTH).text
+        assert 'conveyor_throttled_jobs{queue="payments"} 1.0' in metrics
 
         r = client.post(
             url + "/limits/set",

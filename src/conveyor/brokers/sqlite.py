@@ -606,8 +606,14 @@ class SQLiteBroker(Broker):
             counts.setdefault(state, {})[priority] = count
             if oldest is not None:
                 ages.append(now - oldest)
+        held = limiter.held_back(self._db(), list(by_queue), now)
         return [
-            QueueStats(queue=q, counts=c, oldest_ready_age=max(a) if a else None)
+            QueueStats(
+                queue=q,
+                counts=c,
+                oldest_ready_age=max(a) if a else None,
+                throttled=sum(c.get("ready", {}).values()) if held.get(q) == -1 else held.get(q, 0),
+            )
             for q, (c, a) in sorted(by_queue.items())
         ]
 

@@ -426,3 +426,23 @@ def listing(db: sqlite3.Connection, queue: str | None, now: float) -> list[Limit
 
 def keys_of(grps: Iterable[str | None]) -> set[str]:
     return {k for g in grps if g for k in g.split(limits.SEPARATOR)}
+
+
+def held_back(db: sqlite3.Connection, queues: list[str], now: float) -> dict[str, int]:
+    """Per queue: ready jobs of groups that wait (ready_at past ``now``), or -1 when the
+    queue's own limit allows no start (then every ready job is held back)."""
+    out: dict[str, int] = {}
+    for q in queues:
+        if earliest(db, q, now)[0]:
+            out[q] = -1
+            continue
+        if db.execute("SELECT 1 FROM conveyor_groups WHERE queue = ? LIMIT 1", (q,)).fetchone() is None:
+            continue
+        (count,) = db.execute(
+            "SELECT count(*) FROM conveyor_groups g JOIN conveyor_jobs j"
+            " ON j.queue = g.queue AND j.priority = g.priority AND j.grp = g.grp"
+            " WHERE g.queue = ? AND g.grp != '' AND g.ready_at > ? AND j.state = 'pending' AND j.run_at <= ?",
+            (q, now, now),
+        ).fetchone()
+        out[q] = count
+    return out

@@ -165,6 +165,7 @@ class Views:
             counts=counts,
             levels=levels,
             oldest=stats[0].oldest_ready_age if stats else None,
+            throttled=stats[0].throttled if stats else 0,
             jobs=[_row(j) for j in jobs[:PAGE]],
             offset=offset,
             more=len(jobs) > PAGE,
