@@ -735,6 +735,7 @@ class SQLiteBroker(Broker):
     def expire(self, now: float | None = None, limit: int = 1000) -> int:
         now = time.time() if now is None else now
         with self._write() as db:
+            limiter.forget_idle(db, now, limit)
             return db.execute(
                 "DELETE FROM conveyor_jobs WHERE rowid IN"
                 " (SELECT rowid FROM conveyor_jobs WHERE expires_at <= ? LIMIT ?)",

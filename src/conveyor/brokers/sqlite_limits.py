@@ -446,3 +446,20 @@ def held_back(db: sqlite3.Connection, queues: list[str], now: float) -> dict[str
         ).fetchone()
         out[q] = count
     return out
+
+
+def forget_idle(db: sqlite3.Connection, now: float, limit: int) -> None:
+    """Delete up to ``limit`` idle groups (no pending job: ready_at inf) and limit keys back to
+    their resting state (full bucket, no slot held, no throttle, no run-time rule), so tenants
+    seen once do not stay in the store for good."""
+    db.execute(
+        "DELETE FROM conveyor_groups WHERE rowid IN (SELECT g.rowid FROM conveyor_groups g"
+        " WHERE g.ready_at = ? AND NOT EXISTS (SELECT 1 FROM conveyor_jobs j WHERE j.state = 'pending'"
+        " AND j.queue = g.queue AND j.priority = g.priority AND j.grp = g.grp) LIMIT ?)",
+        (INF, limit),
+    )
+    db.execute(
+        "DELETE FROM conveyor_limits WHERE rowid IN (SELECT rowid FROM conveyor_limits WHERE rate IS NULL"
+        " AND running = 0 AND tat <= ? AND coalesce(closed_until, 0) <= ? LIMIT ?)",
+        (now, now, limit),
+    )
