@@ -273,3 +273,31 @@ def test_stats_count_the_ready_jobs_limits_hold_back(broker, t0):
     assert (stats.total("ready"), stats.throttled) == (6, 6)
     broker.set_limit("q", Rule(key="", concurrency=1))
     assert broker.stats(["q"], now=t0)[0].throttled == 6
+
+
+def _blocks(broker: Broker, seconds: float = 0.5) -> bool:
+    """Whether ``wait`` sleeps (rather than returning at once, which would make workers spin)."""
+    broker.wait(["q"], timeout=0.05)  # take any wake-up already sent
+    began = time.monotonic()
+    broker.wait(["q"], timeout=seconds)
+    return time.monotonic() - began >= seconds * 0.8
+
+
+def test_wait_sleeps_when_every_limited_job_is_claimed(broker):
+    now = broker.time()
+    fill(broker, now, 3, slots("a", 5))
+    fill(broker, now, 2, slots("b", 5))
+
+    assert len(reserve(broker, now, limit=5)) == 5
+
+    assert _blocks(broker)
+
+
+def test_wait_sleeps_when_the_limited_jobs_left_are_held_back(broker):
+    now = broker.time()
+    fill(broker, now, 2, slots("s", 1))
+    fill(broker, now, 2, rate("r", 0.01))
+
+    assert len(reserve(broker, now, limit=10)) == 2  # one each: the rest waits for a slot or a token
+
+    assert _blocks(broker)

@@ -233,6 +233,12 @@ class Claim:
                 " ON CONFLICT (queue, priority, grp) DO UPDATE SET turn = excluded.turn",
                 [(queue, priority, grp, turn) for grp, turn in served.items()],
             )
+            # A served group may have no due job left: it must not look claimable to `wait`.
+            for grp in served:
+                if grp and grp not in blocked:
+                    due = _earliest(db, queue, priority, grp)
+                    if due > now:
+                        blocked[grp] = (due, [])
         for grp, (until, waiting_on) in blocked.items():
             db.execute(
                 "UPDATE conveyor_groups SET ready_at = ? WHERE queue = ? AND priority = ? AND grp = ?",
