@@ -19,6 +19,8 @@ Grants, for a schema ``conveyor`` and roles ``conveyor_admin`` (migrates) and ``
     GRANT USAGE ON SCHEMA conveyor TO conveyor_worker;
     GRANT SELECT ON conveyor.conveyor_migrations TO conveyor_worker;
     GRANT SELECT, INSERT, UPDATE, DELETE ON conveyor.jobs, conveyor.workers TO conveyor_worker;
+    GRANT SELECT, INSERT, UPDATE, DELETE ON conveyor.limit_groups, conveyor.limit_keys TO conveyor_worker;
+    GRANT SELECT, INSERT, DELETE ON conveyor.limit_waiters TO conveyor_worker;
     GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA conveyor TO conveyor_worker;
 
 LISTEN/NOTIFY and advisory locks need no grants. The jobs table's identity column needs no

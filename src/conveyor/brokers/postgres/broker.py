@@ -22,6 +22,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg.rows import tuple_row
 
+from conveyor import limits as buckets
 from conveyor import serializer
 from conveyor.brokers.availability import guarded, refused, unavailable
 from conveyor.brokers.base import Broker, Lease, claimed, job_row
@@ -37,10 +38,12 @@ from conveyor.records import (
     Delivery,
     Enqueued,
     JobInfo,
+    LimitInfo,
     Message,
     Outcome,
     QueueStats,
     Reclaimed,
+    Rule,
     WorkerInfo,
 )
 
@@ -184,7 +187,7 @@ class PostgresBroker(Broker):
             return []
         if connection is None:
             with self._connect() as conn:
-                if all(m.key is None for m in messages):
+                if all(m.key is None and not m.limits for m in messages):
                     return self._insert_unkeyed(conn, messages, now)  # one statement, one round trip
                 # Pipelined: BEGIN travels with the insert, the wake-up with COMMIT.
                 with conn.pipeline(), conn.transaction():
@@ -235,7 +238,13 @@ class PostgresBroker(Broker):
             )
         rows = cur.execute(
             self._sql["enqueue"],
-            {**_columns(messages), "keys": [m.key for m in messages], "now": now},
+            {
+                **_columns(messages),
+                "keys": [m.key for m in messages],
+                "grps": [buckets.group_of(m.limits) for m in messages],
+                "rules": [msgspec.json.encode(m.limits).decode() if m.limits else None for m in messages],
+                "now": now,
+            },
         ).fetchall()
         out: list[Enqueued | None] = []
         created: dict[tuple[str, str | None], Message] = {}
@@ -320,7 +329,11 @@ class PostgresBroker(Broker):
         state = rows.pop()
         fairness.current[:] = state[11]
         fairness.set_queue_state(queues, state[12])
-        return claimed(rows)
+        throttled = {r[0]: r[13] for r in rows if r[13]}
+        out = claimed(rows)
+        if throttled:
+            out = [msgspec.structs.replace(d, throttled=throttled.get(d.id, 0)) for d in out]
+        return out
 
     # -- wait --------------------------------------------------------------------------------
 
@@ -405,7 +418,8 @@ class PostgresBroker(Broker):
         """Outcomes without effects, one statement per kind (retries wake their queues); all
         are sent before any result is read, so in a pipeline they share one round trip."""
         by_kind = {
-            kind: [o for _, o in outcomes if o.kind == kind] for kind in ("succeeded", "retry", "dead")
+            kind: [o for _, o in outcomes if o.kind == kind]
+            for kind in ("succeeded", "retry", "dead", "throttled")
         }
         cursors: list[tuple[str, psycopg.Cursor[tuple[Any, ...]]]] = []
         if by_kind["succeeded"]:
@@ -419,6 +433,7 @@ class PostgresBroker(Broker):
                             **_leases(batch),
                             "results": [o.result for o in batch],
                             "retention": self.retention,
+                            "channel": self.target.channel,
                             "now": now,
                         },
                     ),
@@ -448,7 +463,29 @@ class PostgresBroker(Broker):
                     "dead",
                     conn.execute(
                         self._sql["ack_dead"],
-                        {**_leases(batch), "errors": [_error_json(o.error) for o in batch], "now": now},
+                        {
+                            **_leases(batch),
+                            "errors": [_error_json(o.error) for o in batch],
+                            "channel": self.target.channel,
+                            "now": now,
+                        },
+                    ),
+                )
+            )
+        if by_kind["throttled"]:
+            batch = by_kind["throttled"]
+            cursors.append(
+                (
+                    "throttled",
+                    conn.execute(
+                        self._sql["ack_throttled"],
+                        {
+                            **_leases(batch),
+                            "delays": [float(o.delay) for o in batch],
+                            "errors": [_error_json(o.error) for o in batch],
+                            "channel": self.target.channel,
+                            "now": now,
+                        },
                     ),
                 )
             )
@@ -467,7 +504,13 @@ class PostgresBroker(Broker):
             with conn.transaction():
                 settled = conn.execute(
                     self._sql["ack_succeeded"],
-                    {**_leases([o]), "results": [o.result], "retention": self.retention, "now": now},
+                    {
+                        **_leases([o]),
+                        "results": [o.result],
+                        "retention": self.retention,
+                        "channel": self.target.channel,
+                        "now": now,
+                    },
                 ).fetchall()
                 if not settled:
                     return AckStatus("lost")
@@ -504,7 +547,12 @@ class PostgresBroker(Broker):
         with self._connect() as conn, conn.transaction():
             rows = conn.execute(
                 self._sql["release"],
-                {"ids": [job_id for job_id, _ in leases], "tokens": [token for _, token in leases]},
+                {
+                    "ids": [job_id for job_id, _ in leases],
+                    "tokens": [token for _, token in leases],
+                    "channel": self.target.channel,
+                    "now": None,
+                },
             ).fetchall()
             self._notify(conn, {queue for (queue,) in rows})
         return len(rows)
@@ -514,7 +562,9 @@ class PostgresBroker(Broker):
             if conn.execute(self._sql["any_expired"], {"now": now}).fetchone() is None:
                 return Reclaimed([], [])
             with conn.transaction():
-                rows = conn.execute(self._sql["reclaim"], {"now": now}).fetchall()
+                rows = conn.execute(
+                    self._sql["reclaim"], {"now": now, "channel": self.target.channel}
+                ).fetchall()
                 requeued = [job_id for job_id, state, _ in rows if state == "pending"]
                 self._notify(conn, {queue for _, state, queue in rows if state == "pending"})
         return Reclaimed(requeued, [job_id for job_id, state, _ in rows if state == "dead"])
@@ -590,7 +640,12 @@ class PostgresBroker(Broker):
     def replay(
         self, ids: Sequence[str] | None = None, queue: str | None = None, now: float | None = None
     ) -> int:
-        params = {"ids": None if ids is None else list(ids), "queue": queue, "now": now}
+        params = {
+            "ids": None if ids is None else list(ids),
+            "queue": queue,
+            "now": now,
+            "channel": self.target.channel,
+        }
         try:
             with self._connect() as conn, conn.transaction():
                 if queue is not None:
@@ -613,6 +668,76 @@ class PostgresBroker(Broker):
         with self._connect() as conn:
             return conn.execute(self._sql["expire"], {"limit": limit, "now": now}).rowcount
 
+    # -- limits ------------------------------------------------------------------------------
+
+    def set_limit(self, queue: str, rule: Rule) -> None:
+        if rule.key != "":
+            buckets.check_key(rule.key)
+        checked = buckets.rule(
+            rule.key or "queue",
+            rule.rate if rule.rate > 0 else None,
+            rule.burst if rule.rate > 0 else None,
+            rule.concurrency or None,
+        )
+        with self._connect() as conn:
+            conn.execute(
+                self._sql["set_limit"],
+                {
+                    "queue": queue,
+                    "key": rule.key,
+                    "rate": checked.rate or None,
+                    "burst": checked.burst if checked.rate else None,
+                    "concurrency": checked.concurrency or None,
+                    "channel": self.target.channel,
+                    "now": None,
+                },
+            )
+
+    def clear_limit(self, queue: str, key: str) -> bool:
+        with self._connect() as conn:
+            rows = conn.execute(
+                self._sql["clear_limit"],
+                {"queue": queue, "key": key, "channel": self.target.channel, "now": None},
+            ).fetchall()
+        return bool(rows)
+
+    def limits(self, queue: str | None = None, now: float | None = None) -> list[LimitInfo]:
+        with self._connect() as conn:
+            rows = conn.execute(self._sql["limits"], {"queue": queue, "now": now}).fetchall()
+        out = []
+        for q, key, tat, running, closed, o_rate, o_burst, o_conc, declared, grouped, clock in rows:
+            override = o_rate is not None or o_conc is not None
+            if override:
+                rate, burst, conc = o_rate or 0.0, o_burst or 1, o_conc or 0
+            else:
+                found = next((r for r in _rules(declared) if r.key == key), None)
+                if found is None:
+                    if not running:
+                        continue  # nothing declares it, nothing holds it: nothing to show
+                    rate, burst, conc = 0.0, 1, 0
+                else:
+                    rate, burst, conc = found.rate, found.burst, found.concurrency
+            tokens = buckets.tokens(tat, clock, rate, burst) if rate > 0 else None
+            shut = closed if closed is not None and closed > clock else None
+            if not (
+                override or running or grouped or shut is not None or (tokens is not None and tokens < burst)
+            ):
+                continue
+            out.append(
+                LimitInfo(
+                    queue=q,
+                    key=key,
+                    rate=rate,
+                    burst=burst,
+                    concurrency=conc,
+                    override=override,
+                    running=running,
+                    tokens=tokens,
+                    closed_until=shut,
+                )
+            )
+        return out
+
     def close(self) -> None:
         with self._lock:
             if self._closed:
@@ -633,6 +758,14 @@ class PostgresBroker(Broker):
                 conn.close()
         os.close(self._interrupt_r)
         os.close(self._interrupt_w)
+
+
+def _rules(stored: Any) -> list[Rule]:
+    """Declared rules as stored (jsonb, decoded by psycopg); a corrupt value as none."""
+    try:
+        return msgspec.convert(stored, list[Rule]) if stored is not None else []
+    except (msgspec.ValidationError, TypeError):
+        return []
 
 
 def _leases(outcomes: Sequence[Outcome]) -> dict[str, list[Any]]:

@@ -1,0 +1,107 @@
+"""What limits cost a PostgreSQL store: enqueue and reserve/ack throughput on one broker handle.
+
+Three modes, each on a fresh schema: ``none`` (jobs without limits: the path every queue took
+before limits existed), ``loose`` (every job carries a rate limit of 1,000,000/s with a burst of
+1,000,000 and a concurrency of 1,000,000 on one of ``--groups`` keys: declared, never binding),
+and ``queue`` (jobs without limits, and a queue limit set at run time that never binds). For each,
+one thread enqueues ``--jobs`` jobs in batches of 500, then reserves ``--batch`` at a time and
+acknowledges them as succeeded until none is left. Each figure is the median of ``--runs`` runs,
+the modes alternated; the ratios are against ``none`` of the same invocation.
+
+    .venv/bin/python bench/limits_cost.py [--runs 3] [--jobs 20000] [--modes none,loose,queue]
+
+Run it on the code before a change with ``PYTHONPATH=<that code's src>`` (mode ``none`` only)
+to compare the path without limits across versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import msgspec
+import psycopg
+
+from conveyor.brokers.postgres import PostgresBroker
+from conveyor.ids import new_id
+from conveyor.priority import Fairness
+from conveyor.records import Message, Outcome
+
+BASE = os.environ.get("CONVEYOR_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+PAYLOAD = b'[42, "an order id and a little more", {"cents": 1999}]'
+LOOSE = 1_000_000
+
+
+def run(mode: str, jobs: int, batch: int, groups: int) -> tuple[float, float]:
+    schema = f"bench_limits_{os.urandom(4).hex()}"
+    broker = PostgresBroker(f"{BASE}?schema={schema}", retention=3600.0)
+    try:
+        if mode != "none":
+            from conveyor.records import Rule  # mode none also runs on code without limits
+        if mode == "queue":
+            broker.set_limit("bench", Rule(key="", rate=LOOSE, burst=LOOSE, concurrency=LOOSE))
+        messages = []
+        for i in range(jobs):
+            m = Message(id=new_id(), task="t", queue="bench", priority=1, payload=PAYLOAD)
+            if mode == "loose":
+                rule = Rule(key=f"acct:{i % groups}", rate=LOOSE, burst=LOOSE, concurrency=LOOSE)
+                m = msgspec.structs.replace(m, limits=(rule,))
+            messages.append(m)
+        start = time.perf_counter()
+        for i in range(0, jobs, 500):
+            broker.enqueue(messages[i : i + 500])
+        enqueued = jobs / (time.perf_counter() - start)
+        fairness = Fairness([6, 3, 1])
+        done = 0
+        start = time.perf_counter()
+        while True:
+            got = broker.reserve(["bench"], batch, 60.0, "bench", fairness)
+            if not got:
+                break
+            broker.ack([Outcome(d.id, d.token, "succeeded", result=b"null") for d in got])
+            done += len(got)
+        drained = done / (time.perf_counter() - start)
+        assert done == jobs, (mode, done)
+        return enqueued, drained
+    finally:
+        broker.close()
+        with psycopg.connect(BASE, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=20_000)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--groups", type=int, default=10)
+    parser.add_argument("--modes", default="none,loose,queue")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    modes = args.modes.split(",")
+    figures: dict[str, list[tuple[float, float]]] = {m: [] for m in modes}
+    for r in range(args.runs):
+        for mode in modes if r % 2 == 0 else modes[::-1]:
+            figures[mode].append(run(mode, args.jobs, args.batch, args.groups))
+    out = {}
+    for mode, runs in figures.items():
+        enq = statistics.median(e for e, _ in runs)
+        drain = statistics.median(d for _, d in runs)
+        out[mode] = {"enqueue_per_s": round(enq), "reserve_ack_per_s": round(drain)}
+        line = f"{mode:6} enqueue {enq:9,.0f}/s  reserve+ack {drain:8,.0f}/s"
+        if "none" in out and mode != "none":
+            line += (
+                f"  (x{enq / out['none']['enqueue_per_s']:.3f} enqueue,"
+                f" x{drain / out['none']['reserve_ack_per_s']:.3f} reserve+ack)"
+            )
+        print(line, flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
