@@ -438,22 +438,30 @@ DELETE FROM {schema}.jobs
                  FOR UPDATE SKIP LOCKED);
 
 -- name: set_limit
--- A run-time limit of a queue (key ''): the queue's own) or one of its keys, kept until cleared.
+-- A run-time limit of a queue (key '': the queue's own) or one of its keys, kept until cleared.
 -- The groups it may concern (those with the key; every group of the queue for its own limit)
--- are looked at again from now, their waiters dropped, and the queue's workers woken.
+-- are looked at again from now, their waiters dropped, and the queue's workers woken. The key
+-- is locked first; a group another transaction holds is passed (a claim holding it waits for
+-- this key and sees the new rule; an enqueue or an outcome holding it makes it ready itself).
 WITH kept AS (
     INSERT INTO {schema}.limit_keys AS k (queue, key, rate, burst, concurrency)
     VALUES (%(queue)s::text, %(key)s::text, %(rate)s, %(burst)s, %(concurrency)s)
         ON CONFLICT (queue, key)
         DO UPDATE SET rate = excluded.rate, burst = excluded.burst, concurrency = excluded.concurrency
     RETURNING k.queue
-), regrouped AS (
-    UPDATE {schema}.limit_groups AS g SET ready_at = least(g.ready_at, {now})
+), locked AS (
+    SELECT g.queue, g.priority, g.grp FROM {schema}.limit_groups AS g
      WHERE g.queue = %(queue)s::text
        AND (%(key)s::text = '' OR %(key)s::text = ANY (string_to_array(g.grp, chr(31))))
+       FOR UPDATE SKIP LOCKED
+), regrouped AS (
+    UPDATE {schema}.limit_groups AS g SET ready_at = least(g.ready_at, {now})
+      FROM locked AS l
+     WHERE g.queue = l.queue AND g.priority = l.priority AND g.grp = l.grp
+    RETURNING g.queue, g.priority, g.grp
 ), unwaited AS (
-    DELETE FROM {schema}.limit_waiters AS w
-     WHERE w.queue = %(queue)s::text AND (%(key)s::text = '' OR w.key = %(key)s::text)
+    DELETE FROM {schema}.limit_waiters AS w USING regrouped AS r
+     WHERE w.queue = r.queue AND w.priority = r.priority AND w.grp = r.grp
 )
 SELECT pg_notify(%(channel)s, queue) FROM kept;
 
@@ -465,14 +473,20 @@ WITH cleared AS (
      WHERE k.queue = %(queue)s::text AND k.key = %(key)s::text
        AND (k.rate IS NOT NULL OR k.concurrency IS NOT NULL)
     RETURNING k.queue
-), regrouped AS (
-    UPDATE {schema}.limit_groups AS g SET ready_at = least(g.ready_at, {now})
-      FROM cleared
+), locked AS (
+    SELECT g.queue, g.priority, g.grp FROM {schema}.limit_groups AS g
      WHERE g.queue = %(queue)s::text
        AND (%(key)s::text = '' OR %(key)s::text = ANY (string_to_array(g.grp, chr(31))))
+       AND EXISTS (SELECT 1 FROM cleared)
+       FOR UPDATE OF g SKIP LOCKED
+), regrouped AS (
+    UPDATE {schema}.limit_groups AS g SET ready_at = least(g.ready_at, {now})
+      FROM locked AS l
+     WHERE g.queue = l.queue AND g.priority = l.priority AND g.grp = l.grp
+    RETURNING g.queue, g.priority, g.grp
 ), unwaited AS (
-    DELETE FROM {schema}.limit_waiters AS w USING cleared
-     WHERE w.queue = %(queue)s::text AND (%(key)s::text = '' OR w.key = %(key)s::text)
+    DELETE FROM {schema}.limit_waiters AS w USING regrouped AS r
+     WHERE w.queue = r.queue AND w.priority = r.priority AND w.grp = r.grp
 )
 SELECT pg_notify(%(channel)s, queue) FROM cleared;
 

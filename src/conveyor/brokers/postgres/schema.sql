@@ -641,6 +641,7 @@ DECLARE
     maxturn bigint[];
     -- rules of the candidates, flattened: the key's index in the k_ arrays and the declared rule
     r_idx   integer[] := '{}';
+    r_key   text[] := '{}';
     r_rate  double precision[] := '{}';
     r_burst integer[] := '{}';
     r_conc  integer[] := '{}';
@@ -661,6 +662,14 @@ DECLARE
     waits_g text[] := '{}';
     chosen  text[] := '{}';
     helds   jsonb[] := '{}';
+    pool    text[] := '{}';  -- due jobs locked per candidate: c_pos .. c_end, c_dry if no more
+    fetched text[];
+    c_pos   integer[];
+    c_end   integer[];
+    c_dry   boolean[];
+    p_of    integer[];
+    r_of    integer[];
+    ncand   integer[];
     held    jsonb;
     job     text;
     sq      integer;
@@ -814,13 +823,20 @@ BEGIN
             WHERE g.queue = queues[w.ord % nq + 1] AND g.priority = stored[w.ord / nq + 1]) AS m;
     n := coalesce(cardinality(c_sq), 0);
     IF n > 0 THEN
-        -- Every limit key the candidates name (declared keys get a row), and each queue's own,
-        -- locked in (queue, key) order.
+        -- The candidates' rules, flattened: candidate, key, declared rule.
+        SELECT coalesce(array_agg(c.ord::integer ORDER BY c.ord, r.n), '{}'),
+               coalesce(array_agg(r.key ORDER BY c.ord, r.n), '{}'),
+               coalesce(array_agg(r.rate ORDER BY c.ord, r.n), '{}'),
+               coalesce(array_agg(r.burst ORDER BY c.ord, r.n), '{}'),
+               coalesce(array_agg(r.concurrency ORDER BY c.ord, r.n), '{}')
+          INTO r_of, r_key, r_rate, r_burst, r_conc
+          FROM unnest(c_sq, c_rules) WITH ORDINALITY AS c (sq, rules, ord)
+         CROSS JOIN LATERAL {schema}.limit_rules(c.rules) WITH ORDINALITY AS r (key, rate, burst, concurrency, n)
+         WHERE r.key <> '';
+        -- Every limit key they name (declared keys get a row), and each queue's own, locked in
+        -- (queue, key) order.
         INSERT INTO {schema}.limit_keys (queue, key)
-        SELECT DISTINCT queues[(c.sq - 1) % nq + 1], r.key
-          FROM unnest(c_sq, c_rules) AS c (sq, rules)
-         CROSS JOIN LATERAL {schema}.limit_rules(c.rules) AS r
-         WHERE r.key <> ''
+        SELECT DISTINCT queues[(c_sq[u.o] - 1) % nq + 1], u.k FROM unnest(r_of, r_key) AS u (o, k)
          ORDER BY 1, 2
             ON CONFLICT (queue, key) DO NOTHING;
         SELECT array_agg(k2.queue ORDER BY k2.queue, k2.key), array_agg(k2.key ORDER BY k2.queue, k2.key),
@@ -833,13 +849,16 @@ BEGIN
                        l2.concurrency
                   FROM {schema}.limit_keys AS l2
                  WHERE (l2.queue, l2.key) IN (
-                        SELECT DISTINCT queues[(c.sq - 1) % nq + 1], r.key
-                          FROM unnest(c_sq, c_rules) AS c (sq, rules)
-                         CROSS JOIN LATERAL {schema}.limit_rules(c.rules) AS r
+                        SELECT queues[(c_sq[u.o] - 1) % nq + 1], u.k FROM unnest(r_of, r_key) AS u (o, k)
                         UNION
                         SELECT queues[(c.sq - 1) % nq + 1], '' FROM unnest(c_sq) AS c (sq))
                  ORDER BY l2.queue, l2.key
                    FOR UPDATE) AS k2;
+        -- Each rule's key as its place in the k_ arrays (0: not found, which cannot happen).
+        SELECT coalesce(array_agg(coalesce(kk.idx::integer, 0) ORDER BY u.e), '{}') INTO r_idx
+          FROM unnest(r_of, r_key) WITH ORDINALITY AS u (o, k, e)
+          LEFT JOIN unnest(k_q, k_key) WITH ORDINALITY AS kk (queue, key, idx)
+            ON kk.queue = queues[(c_sq[u.o] - 1) % nq + 1] AND kk.key = u.k;
         k_dirty := array_fill(false, ARRAY[coalesce(cardinality(k_q), 0) + 1]);
         qkey := array_fill(0, ARRAY[nq]);
         FOR x2 IN 1 .. coalesce(cardinality(k_q), 0) LOOP
@@ -851,25 +870,57 @@ BEGIN
         c_at := array_fill(NULL::double precision, ARRAY[n]);
         c_first := array_fill(0, ARRAY[n]);
         c_count := array_fill(0, ARRAY[n]);
+        c_pos := array_fill(1, ARRAY[n]);
+        c_end := array_fill(0, ARRAY[n]);
+        c_dry := array_fill(false, ARRAY[n]);
+        FOR e IN 1 .. cardinality(r_of) LOOP
+            IF c_count[r_of[e]] = 0 THEN
+                c_first[r_of[e]] := e;
+            END IF;
+            c_count[r_of[e]] := c_count[r_of[e]] + 1;
+        END LOOP;
+        -- Lock each candidate's first due jobs, as many as its part of its share, in one
+        -- statement (a group that runs out before the end fetches more below).
+        ncand := array_fill(0, ARRAY[ns * nq]);
         FOR c IN 1 .. n LOOP
-            c_first[c] := cardinality(r_idx) + 1;
-            FOR kname, rate, burst, conc IN
-                SELECT r.key, r.rate, r.burst, r.concurrency FROM {schema}.limit_rules(c_rules[c]) AS r
-            LOOP
-                x := 0;
-                FOR x2 IN 1 .. coalesce(cardinality(k_q), 0) LOOP
-                    IF k_q[x2] = queues[(c_sq[c] - 1) % nq + 1] AND k_key[x2] = kname THEN
-                        x := x2;
-                        EXIT;
-                    END IF;
-                END LOOP;
-                CONTINUE WHEN x = 0;  -- a key "" declared by a corrupt rule: not a key
-                r_idx := r_idx || x;
-                r_rate := r_rate || rate;
-                r_burst := r_burst || burst;
-                r_conc := r_conc || conc;
-                c_count[c] := c_count[c] + 1;
-            END LOOP;
+            ncand[c_sq[c]] := ncand[c_sq[c]] + 1;
+        END LOOP;
+        SELECT coalesce(array_agg(f.ord ORDER BY f.ord, f.run_at, f.seq), '{}'),
+               coalesce(array_agg(f.id ORDER BY f.ord, f.run_at, f.seq), '{}')
+          INTO p_of, pool
+          FROM (SELECT c.ord::integer AS ord, d.id, d.run_at, d.seq
+                  FROM unnest(c_sq, c_grp) WITH ORDINALITY AS c (sq, grp, ord)
+                 CROSS JOIN LATERAL (
+                       SELECT j2.id, j2.run_at, j2.seq FROM {schema}.jobs AS j2
+                        WHERE j2.state = 'pending' AND j2.grp = c.grp
+                          AND j2.queue = queues[(c.sq - 1) % nq + 1]
+                          AND j2.priority = stored[(c.sq - 1) / nq + 1] AND j2.run_at <= clock
+                        ORDER BY j2.run_at, j2.seq
+                        LIMIT least(want[c.sq], want[c.sq] / ncand[c.sq] + 1)
+                          FOR UPDATE SKIP LOCKED) AS d
+                 WHERE c.grp <> '' AND want[c.sq] > 0
+                UNION ALL
+                SELECT c.ord::integer, d.id, d.run_at, d.seq
+                  FROM unnest(c_sq, c_grp) WITH ORDINALITY AS c (sq, grp, ord)
+                 CROSS JOIN LATERAL (
+                       SELECT j2.id, j2.run_at, j2.seq FROM {schema}.jobs AS j2
+                        WHERE j2.state = 'pending' AND j2.grp IS NULL
+                          AND j2.queue = queues[(c.sq - 1) % nq + 1]
+                          AND j2.priority = stored[(c.sq - 1) / nq + 1] AND j2.run_at <= clock
+                        ORDER BY j2.run_at, j2.seq
+                        LIMIT least(want[c.sq], want[c.sq] / ncand[c.sq] + 1)
+                          FOR UPDATE SKIP LOCKED) AS d
+                 WHERE c.grp = '' AND want[c.sq] > 0) AS f;
+        FOR e IN 1 .. cardinality(p_of) LOOP
+            IF c_end[p_of[e]] = 0 THEN
+                c_pos[p_of[e]] := e;
+            END IF;
+            c_end[p_of[e]] := e;
+        END LOOP;
+        FOR c IN 1 .. n LOOP
+            IF want[c_sq[c]] > 0 THEN
+                c_dry[c] := c_end[c] - c_pos[c] + 1 < least(want[c_sq[c]], want[c_sq[c]] / ncand[c_sq[c]] + 1);
+            END IF;
         END LOOP;
     END IF;
     -- Take each share, then (second pass) what shares cut short left, by round robin.
@@ -915,6 +966,7 @@ BEGIN
                     held := '[]';
                     FOR e IN c_first[c] .. c_first[c] + c_count[c] - 1 LOOP
                         x := r_idx[e];
+                        CONTINUE WHEN x = 0;
                         IF k_orate[x] IS NOT NULL OR k_oconc[x] IS NOT NULL THEN
                             rate := coalesce(k_orate[x], 0);
                             burst := coalesce(k_oburst[x], 1);
@@ -946,28 +998,53 @@ BEGIN
                         c_at[c] := blocked_at;
                         CONTINUE;
                     END IF;
-                    IF c_grp[c] = '' THEN
-                        SELECT j2.id INTO job FROM {schema}.jobs AS j2
-                         WHERE j2.state = 'pending' AND j2.grp IS NULL AND j2.queue = queues[q]
-                           AND j2.priority = stored[s] AND j2.run_at <= clock AND j2.id <> ALL (chosen)
-                         ORDER BY j2.run_at, j2.seq
-                         LIMIT 1
-                           FOR UPDATE SKIP LOCKED;
-                    ELSE
-                        SELECT j2.id INTO job FROM {schema}.jobs AS j2
-                         WHERE j2.state = 'pending' AND j2.grp = c_grp[c] AND j2.queue = queues[q]
-                           AND j2.priority = stored[s] AND j2.run_at <= clock AND j2.id <> ALL (chosen)
-                         ORDER BY j2.run_at, j2.seq
-                         LIMIT 1
-                           FOR UPDATE SKIP LOCKED;
+                    IF c_pos[c] > c_end[c] THEN
+                        IF c_dry[c] THEN
+                            c_state[c] := 3;
+                            CONTINUE;
+                        END IF;
+                        -- Lock the group's next due jobs, as many as its share of what is left.
+                        k := 0;
+                        FOR c2 IN 1 .. n LOOP
+                            IF c_sq[c2] = sq AND c_state[c2] < 2 THEN
+                                k := k + 1;
+                            END IF;
+                        END LOOP;
+                        k := least(t, t / greatest(k, 1) + 1);
+                        IF c_grp[c] = '' THEN
+                            SELECT coalesce(array_agg(f.id ORDER BY f.run_at, f.seq), '{}') INTO fetched
+                              FROM (SELECT j2.id, j2.run_at, j2.seq FROM {schema}.jobs AS j2
+                                     WHERE j2.state = 'pending' AND j2.grp IS NULL AND j2.queue = queues[q]
+                                       AND j2.priority = stored[s] AND j2.run_at <= clock
+                                       AND j2.id <> ALL (chosen)
+                                     ORDER BY j2.run_at, j2.seq
+                                     LIMIT k
+                                       FOR UPDATE SKIP LOCKED) AS f;
+                        ELSE
+                            SELECT coalesce(array_agg(f.id ORDER BY f.run_at, f.seq), '{}') INTO fetched
+                              FROM (SELECT j2.id, j2.run_at, j2.seq FROM {schema}.jobs AS j2
+                                     WHERE j2.state = 'pending' AND j2.grp = c_grp[c] AND j2.queue = queues[q]
+                                       AND j2.priority = stored[s] AND j2.run_at <= clock
+                                       AND j2.id <> ALL (chosen)
+                                     ORDER BY j2.run_at, j2.seq
+                                     LIMIT k
+                                       FOR UPDATE SKIP LOCKED) AS f;
+                        END IF;
+                        c_dry[c] := cardinality(fetched) < k;
+                        IF cardinality(fetched) = 0 THEN
+                            c_state[c] := 3;
+                            CONTINUE;
+                        END IF;
+                        c_pos[c] := cardinality(pool) + 1;
+                        pool := pool || fetched;
+                        c_end[c] := cardinality(pool);
                     END IF;
-                    IF NOT FOUND THEN
-                        c_state[c] := 3;
-                        CONTINUE;
-                    END IF;
+                    job := pool[c_pos[c]];
+                    c_pos[c] := c_pos[c] + 1;
                     -- Take it: a token of every rate, a slot of every concurrency.
                     FOR e IN c_first[c] .. c_first[c] + c_count[c] - 1 LOOP
                         x := r_idx[e];
+                        CONTINUE WHEN x = 0;
                         IF k_orate[x] IS NOT NULL OR k_oconc[x] IS NOT NULL THEN
                             rate := coalesce(k_orate[x], 0);
                             conc := coalesce(k_oconc[x], 0);
