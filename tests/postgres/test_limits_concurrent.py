@@ -112,3 +112,94 @@ def test_corrupt_rules_and_held_cost_only_their_record(store_url: str, admin: An
         assert {i.key: i.running for i in broker.limits("q")}.get("other", 0) == 0
     finally:
         broker.close()
+
+
+def test_mixed_outcomes_and_run_time_changes_under_concurrency_free_every_slot(store_url: str) -> None:
+    """Claimers acknowledging every kind of outcome at once (several kinds per batch), releasing,
+    while another handle changes a limit and reclaims: no deadlock, no lost job, no slot kept."""
+    setup = PostgresBroker(store_url)
+    messages = []
+    for i in range(300):
+        rules: tuple[Rule, ...] = (Rule("shared", concurrency=4), Rule(f"t:{i % 7}", rate=500.0, burst=3))
+        if i % 3 == 0:
+            rules = (Rule(f"t:{i % 7}", concurrency=2),)
+        if i % 5 == 0:
+            rules = ()
+        queue = "ab"[i % 2]
+        messages.append(
+            Message(
+                id=new_id(),
+                task="t",
+                queue=queue,
+                priority=i % 3,
+                payload=b"[]",
+                limits=rules,
+                max_attempts=50,
+            )
+        )
+    setup.enqueue(messages)
+    setup.set_limit("a", Rule("", concurrency=6))
+    lock = threading.Lock()
+    finished: set[str] = set()
+    failures: list[BaseException] = []
+    stop = threading.Event()
+
+    def work(n: int) -> None:
+        broker = PostgresBroker(store_url)
+        fairness = Fairness((6, 3, 1))
+        kinds = ["succeeded", "succeeded", "retry", "throttled", "release", "dead"]
+        try:
+            turn = n
+            while not stop.is_set():
+                got = broker.reserve(["a", "b"], 5, 30.0, f"w{n}", fairness)
+                outcomes, released = [], []
+                for d in got:
+                    kind = kinds[turn % len(kinds)]
+                    turn += 1
+                    if kind == "release":
+                        released.append((d.id, d.token))
+                    else:
+                        delay = 0.01 if kind in ("retry", "throttled") else 0.0
+                        outcomes.append(
+                            Outcome(d.id, d.token, kind, result=b"null", delay=delay, error={"type": "E"})
+                        )  # type: ignore[arg-type]
+                assert [s.status for s in broker.ack(outcomes)] == ["ok"] * len(outcomes)
+                assert broker.release(released) == len(released)
+                with lock:
+                    finished.update(o.id for o in outcomes if o.kind in ("succeeded", "dead"))
+                    if len(finished) == len(messages):
+                        stop.set()
+                if not got:
+                    broker.wait(["a", "b"], 0.2)
+        except BaseException as exc:
+            failures.append(exc)
+            stop.set()
+        finally:
+            broker.close()
+
+    def change() -> None:
+        broker = PostgresBroker(store_url)
+        try:
+            n = 0
+            while not stop.is_set():
+                broker.set_limit("b", Rule("shared", concurrency=1 + n % 5))
+                broker.reclaim()
+                broker.clear_limit("b", "shared")
+                n += 1
+        except BaseException as exc:
+            failures.append(exc)
+            stop.set()
+        finally:
+            broker.close()
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(5)] + [threading.Thread(target=change)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert not failures, failures
+        assert len(finished) == len(messages)
+        assert [(i.queue, i.key, i.running) for i in setup.limits() if i.running] == []
+    finally:
+        setup.close()

@@ -390,16 +390,8 @@ class PostgresBroker(Broker):
         simple = [(i, o) for i, o in enumerate(outcomes) if not (o.effects or o.enqueues)]
         with self._connect() as conn:
             if len(simple) == len(outcomes):
-                # Without effects: one statement per kind, each waking the queues it touches.
-                # One kind (the usual batch) is one autocommit statement: one round trip, one
-                # commit. Several kinds share a pipelined transaction (BEGIN and the statements
-                # in one round trip, COMMIT in a second).
-                kinds = {o.kind for _, o in simple}
-                if len(kinds) == 1:
-                    self._settle(conn, simple, now, statuses)
-                else:
-                    with conn.pipeline(), conn.transaction():
-                        self._settle(conn, simple, now, statuses)
+                # Without effects: one autocommit statement, one round trip, one commit.
+                self._settle(conn, simple, now, statuses)
             else:
                 with conn.transaction():
                     self._settle(conn, simple, now, statuses)
@@ -415,8 +407,31 @@ class PostgresBroker(Broker):
         now: float | None,
         statuses: dict[int, AckStatus],
     ) -> None:
-        """Outcomes without effects, one statement per kind (retries wake their queues); all
-        are sent before any result is read, so in a pipeline they share one round trip."""
+        """Outcomes without effects in one statement (retries wake their queues): the kind's
+        own when they are all of one kind (the usual batch), else ack_mixed, which settles every
+        kind and then their limits at once (two statements in one transaction would take limit
+        locks in two rounds, out of the order every claim takes them in)."""
+        if len({o.kind for _, o in outcomes}) > 1:
+            batch = [o for _, o in outcomes]
+            rows = conn.execute(
+                self._sql["ack_mixed"],
+                {
+                    **_leases(batch),
+                    "kinds": [o.kind for o in batch],
+                    "results": [o.result if o.kind == "succeeded" else None for o in batch],
+                    "delays": [float(o.delay) for o in batch],
+                    "errors": [None if o.kind == "succeeded" else _error_json(o.error) for o in batch],
+                    "retention": self.retention,
+                    "channel": self.target.channel,
+                    "now": now,
+                },
+            ).fetchall()
+            mixed: set[tuple[str, str]] = {(kind, job_id) for kind, job_id in rows}
+            for i, o in outcomes:
+                ok = (o.kind, o.id) in mixed
+                mixed.discard((o.kind, o.id))
+                statuses[i] = AckStatus("ok" if ok else "lost")
+            return
         by_kind = {
             kind: [o for _, o in outcomes if o.kind == kind]
             for kind in ("succeeded", "retry", "dead", "throttled")

@@ -261,6 +261,62 @@ WITH throttled AS (
 )
 SELECT throttled.id FROM throttled, woken, (SELECT count(*) FROM limited) AS l;
 
+-- name: ack_mixed
+-- A batch of outcomes of several kinds in one statement: each kind as in its own statement
+-- above, then one after_settle for all of them (limit locks in one round, in the claim's order).
+-- Returns (kind, id) of the outcomes settled.
+WITH o AS (
+    SELECT * FROM unnest(%(ids)s::text[], %(tokens)s::bigint[], %(kinds)s::text[],
+                         %(results)s::bytea[], %(delays)s::float8[], %(errors)s::jsonb[])
+                  AS o (id, token, kind, result, delay, error)
+), succeeded AS (
+    UPDATE {schema}.jobs AS j
+       SET state = 'succeeded', result = o.result, finished_at = {now},
+           expires_at = {now} + %(retention)s, lease_until = NULL
+      FROM o
+     WHERE o.kind = 'succeeded' AND j.id = o.id AND j.token = o.token AND j.state = 'running'
+    RETURNING j.id, o.kind, j.queue, j.priority, j.grp, j.rules, j.held, j.run_at
+), retried AS (
+    UPDATE {schema}.jobs AS j
+       SET state = 'pending', run_at = {now} + o.delay, lease_until = NULL, worker = NULL,
+           errors = j.errors || jsonb_build_array(o.error)
+      FROM o
+     WHERE o.kind = 'retry' AND j.id = o.id AND j.token = o.token AND j.state = 'running'
+    RETURNING j.id, o.kind, j.queue, j.priority, j.grp, j.rules, j.held, j.run_at
+), buried AS (
+    UPDATE {schema}.jobs AS j
+       SET state = 'dead', finished_at = {now}, lease_until = NULL,
+           errors = j.errors || jsonb_build_array(o.error)
+      FROM o
+     WHERE o.kind = 'dead' AND j.id = o.id AND j.token = o.token AND j.state = 'running'
+    RETURNING j.id, o.kind, j.queue, j.priority, j.grp, j.rules, j.held, j.run_at
+), throttled AS (
+    UPDATE {schema}.jobs AS j
+       SET state = 'pending', run_at = {now} + o.delay, lease_until = NULL, worker = NULL,
+           attempt = greatest(j.attempt - 1, 0), throttled = j.throttled + 1,
+           errors = j.errors || jsonb_build_array(o.error)
+      FROM o
+     WHERE o.kind = 'throttled' AND j.id = o.id AND j.token = o.token AND j.state = 'running'
+    RETURNING j.id, o.kind, j.queue, j.priority, j.grp, j.rules, j.held, j.run_at
+), settled AS (
+    SELECT * FROM succeeded UNION ALL SELECT * FROM retried
+    UNION ALL SELECT * FROM buried UNION ALL SELECT * FROM throttled
+), woken AS (
+    SELECT count(pg_notify(%(channel)s, queue)) AS n
+      FROM (SELECT DISTINCT queue FROM settled WHERE kind IN ('retry', 'throttled') ORDER BY queue) AS q
+), limited AS (
+    SELECT {schema}.after_settle(array_agg(queue), array_agg(priority), array_agg(grp),
+                                 array_agg(rules), array_agg(held),
+                                 array_agg(grp IS NOT NULL AND kind IN ('retry', 'throttled')),
+                                 array_agg(run_at),
+                                 array_agg(CASE WHEN kind = 'throttled' THEN run_at END),
+                                 {now}, %(channel)s)
+      FROM settled
+     WHERE held IS NOT NULL OR (grp IS NOT NULL AND kind IN ('retry', 'throttled'))
+    HAVING count(*) > 0
+)
+SELECT settled.kind, settled.id FROM settled, woken, (SELECT count(*) FROM limited) AS l;
+
 -- name: ack_dead
 -- Outcomes "dead": into the dead letter queue, the error appended to the history.
 WITH settled AS (
