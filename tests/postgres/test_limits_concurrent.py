@@ -115,8 +115,9 @@ def test_corrupt_rules_and_held_cost_only_their_record(store_url: str, admin: An
 
 
 def test_mixed_outcomes_and_run_time_changes_under_concurrency_free_every_slot(store_url: str) -> None:
-    """Claimers acknowledging every kind of outcome at once (several kinds per batch), releasing,
-    while another handle changes a limit and reclaims: no deadlock, no lost job, no slot kept."""
+    """Claimers acknowledging every kind of outcome at once (several kinds per batch, some with
+    effects) and releasing, while another handle changes a limit and reclaims: no deadlock, no
+    lost job, no slot kept."""
     setup = PostgresBroker(store_url)
     messages = []
     for i in range(300):
@@ -147,7 +148,7 @@ def test_mixed_outcomes_and_run_time_changes_under_concurrency_free_every_slot(s
     def work(n: int) -> None:
         broker = PostgresBroker(store_url)
         fairness = Fairness((6, 3, 1))
-        kinds = ["succeeded", "succeeded", "retry", "throttled", "release", "dead"]
+        kinds = ["succeeded", "effects", "retry", "throttled", "release", "dead", "effects"]
         try:
             turn = n
             while not stop.is_set():
@@ -158,6 +159,10 @@ def test_mixed_outcomes_and_run_time_changes_under_concurrency_free_every_slot(s
                     turn += 1
                     if kind == "release":
                         released.append((d.id, d.token))
+                    elif kind == "effects":  # settled in a transaction of several statements
+                        outcomes.append(
+                            Outcome(d.id, d.token, "succeeded", result=b"null", effects=(("SELECT 1",),))
+                        )
                     else:
                         delay = 0.01 if kind in ("retry", "throttled") else 0.0
                         outcomes.append(

@@ -394,6 +394,14 @@ class PostgresBroker(Broker):
                 self._settle(conn, simple, now, statuses)
             else:
                 with conn.transaction():
+                    conn.execute(
+                        self._sql["lock_settling"],
+                        {
+                            "ids": [o.id for o in outcomes],
+                            "tokens": [o.token for o in outcomes],
+                            "kinds": [o.kind for o in outcomes],
+                        },
+                    )
                     self._settle(conn, simple, now, statuses)
                     for i, o in enumerate(outcomes):
                         if i not in statuses:

@@ -317,6 +317,11 @@ WITH o AS (
 )
 SELECT settled.kind, settled.id FROM settled, woken, (SELECT count(*) FROM limited) AS l;
 
+-- name: lock_settling
+-- Outcomes with effects settle in several statements of one transaction: take their limit locks
+-- first, in the claims' order (see the function).
+SELECT {schema}.lock_settling(%(ids)s::text[], %(tokens)s::bigint[], %(kinds)s::text[]);
+
 -- name: ack_dead
 -- Outcomes "dead": into the dead letter queue, the error appended to the history.
 WITH settled AS (

@@ -518,6 +518,37 @@ BEGIN
     RETURN cardinality(t_q);
 END
 $fn$;
+-- Before outcomes that settle in several statements of one transaction (those with effects):
+-- lock, in the claims' order, the group rows they may put jobs back into and then the limit keys
+-- whose slots they free or which they close, so that no later statement of the transaction
+-- waits for a group while holding a key, nor takes keys out of order.
+CREATE FUNCTION {schema}.lock_settling(ids text[], tokens bigint[], kinds text[]) RETURNS integer
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    PERFORM 1 FROM {schema}.limit_groups AS g
+      JOIN (SELECT DISTINCT j.queue, j.priority, j.grp FROM {schema}.jobs AS j
+              JOIN unnest(ids, tokens, kinds) AS o (id, token, kind) ON j.id = o.id AND j.token = o.token
+             WHERE j.state = 'running' AND j.grp IS NOT NULL AND o.kind IN ('retry', 'throttled')) AS m
+        ON g.queue = m.queue AND g.priority = m.priority AND g.grp = m.grp
+     ORDER BY g.queue, g.priority, g.grp
+       FOR UPDATE OF g;
+    PERFORM 1 FROM {schema}.limit_keys AS k
+      JOIN (SELECT j.queue, h.key FROM {schema}.jobs AS j
+              JOIN unnest(ids, tokens) AS o (id, token) ON j.id = o.id AND j.token = o.token
+             CROSS JOIN LATERAL jsonb_array_elements_text(
+                   CASE WHEN jsonb_typeof(j.held) = 'array' THEN j.held ELSE '[]' END) AS h (key)
+             WHERE j.state = 'running'
+            UNION
+            SELECT j.queue, x.key FROM {schema}.jobs AS j
+              JOIN unnest(ids, tokens, kinds) AS o (id, token, kind) ON j.id = o.id AND j.token = o.token
+             CROSS JOIN LATERAL unnest(string_to_array(j.grp, chr(31))) AS x (key)
+             WHERE j.state = 'running' AND o.kind = 'throttled') AS m
+        ON k.queue = m.queue AND k.key = m.key
+     ORDER BY k.queue, k.key
+       FOR UPDATE OF k;
+    RETURN 0;
+END
+$fn$;
 -- The claim of a reservation from queues with limits (docs/flow-control.md), called by reserve.
 -- The split across levels and the deal across queues are reserve's (Fairness), on the due jobs
 -- of the groups that may run (ready_at <= now) and the jobs without limits; each share is then
