@@ -24,8 +24,10 @@ Grants, for a schema ``conveyor`` and roles ``conveyor_admin`` (migrates) and ``
     GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA conveyor TO conveyor_worker;
 
 LISTEN/NOTIFY and advisory locks need no grants. The jobs table's identity column needs no
-sequence grant. The function (``reserve``: a whole reservation in one round trip) runs with the
-caller's rights; PUBLIC may execute new functions unless the database revoked that.
+sequence grant. The functions (``reserve``: a whole reservation in one round trip, and those of
+limits) run with the caller's rights; PUBLIC may execute new functions unless the database
+revoked that. A worker role granted only the first two tables before schema version 5 needs the
+limit tables' grants too: every reservation looks there for limits.
 
 Throughput: a reserve, an ack batch and an enqueue batch without keys are one statement and one
 commit each, and every commit waits for its WAL flush, so acknowledged outcomes survive a server

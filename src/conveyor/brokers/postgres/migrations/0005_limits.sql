@@ -220,10 +220,13 @@ DECLARE
 BEGIN
     -- Limits (docs/flow-control.md): a reservation from a queue with groups of limited jobs or
     -- a limit of its own is reserve_limited's; every other one is the claim below, as before.
-    IF EXISTS (SELECT 1 FROM {schema}.limit_groups AS g WHERE g.queue = ANY (queues) AND g.grp <> '')
-       OR EXISTS (SELECT 1 FROM {schema}.limit_keys AS lk
-                   WHERE lk.queue = ANY (queues) AND lk.key = ''
-                     AND (lk.rate IS NOT NULL OR lk.concurrency IS NOT NULL)) THEN
+    PERFORM 1 FROM (SELECT 1 FROM {schema}.limit_groups AS g WHERE g.queue = ANY (queues) AND g.grp <> ''
+                    UNION ALL
+                    SELECT 1 FROM {schema}.limit_keys AS lk
+                     WHERE lk.queue = ANY (queues) AND lk.key = ''
+                       AND (lk.rate IS NOT NULL OR lk.concurrency IS NOT NULL)
+                    LIMIT 1) AS limited;
+    IF FOUND THEN
         RETURN QUERY SELECT * FROM {schema}.reserve_limited(queues, weights, fair, qweights, qfair,
                                                            in_order, lim, lease, worker_id, clock);
         RETURN;
