@@ -70,6 +70,8 @@ _REFUSALS = (
 _UNAVAILABLE_CLASSES = ("08", "53", "57")
 #: Longest wait for one of ``max_connections`` to come back when all are busy.
 _POOL_WAIT = 10.0
+#: Most leases a handle remembers as claimed without limits (see PostgresBroker._plain).
+_PLAIN_MAX = 65536
 
 
 @guarded
@@ -99,6 +101,11 @@ class PostgresBroker(Broker):
         self._owned: list[Connection] = []
         self._interrupt_r, self._interrupt_w = os.pipe()
         self._closed = False
+        #: Deliveries this handle claimed without limits (no group, no slot), id -> token: their
+        #: outcomes take the statements without the limits clause. A hint only: an outcome this
+        #: handle did not see claimed takes the full statement, which is right for any job.
+        self._plain: dict[str, int] = {}
+        self._plain_lock = threading.Lock()
 
     # -- connections -------------------------------------------------------------------------
 
@@ -330,10 +337,28 @@ class PostgresBroker(Broker):
         fairness.current[:] = state[11]
         fairness.set_queue_state(queues, state[12])
         throttled = {r[0]: r[13] for r in rows if r[13]}
+        self._remember_plain([(r[0], r[7]) for r in rows if not r[14]])
         out = claimed(rows)
         if throttled:
             out = [msgspec.structs.replace(d, throttled=throttled.get(d.id, 0)) for d in out]
         return out
+
+    def _remember_plain(self, leases: list[tuple[str, int]]) -> None:
+        with self._plain_lock:
+            for job_id, token in leases:
+                self._plain[job_id] = token
+            while len(self._plain) > _PLAIN_MAX:  # leases lost without an outcome here
+                del self._plain[next(iter(self._plain))]
+
+    def _all_plain(self, leases: Sequence[tuple[str, int]]) -> bool:
+        """Whether this handle claimed every one of these leases without limits."""
+        plain = self._plain
+        return all(plain.get(job_id) == token for job_id, token in leases)
+
+    def _forget_plain(self, ids: Sequence[str]) -> None:
+        with self._plain_lock:
+            for job_id in ids:
+                self._plain.pop(job_id, None)
 
     # -- wait --------------------------------------------------------------------------------
 
@@ -394,18 +419,20 @@ class PostgresBroker(Broker):
                 self._settle(conn, simple, now, statuses)
             else:
                 with conn.transaction():
-                    conn.execute(
-                        self._sql["lock_settling"],
-                        {
-                            "ids": [o.id for o in outcomes],
-                            "tokens": [o.token for o in outcomes],
-                            "kinds": [o.kind for o in outcomes],
-                        },
-                    )
+                    if not self._all_plain([(o.id, o.token) for o in outcomes]):
+                        conn.execute(
+                            self._sql["lock_settling"],
+                            {
+                                "ids": [o.id for o in outcomes],
+                                "tokens": [o.token for o in outcomes],
+                                "kinds": [o.kind for o in outcomes],
+                            },
+                        )
                     self._settle(conn, simple, now, statuses)
                     for i, o in enumerate(outcomes):
                         if i not in statuses:
                             statuses[i] = self._settle_with_effects(conn, o, now)
+        self._forget_plain([o.id for o in outcomes])
         return [statuses[i] for i in range(len(outcomes))]
 
     def _settle(
@@ -444,6 +471,8 @@ class PostgresBroker(Broker):
             kind: [o for _, o in outcomes if o.kind == kind]
             for kind in ("succeeded", "retry", "dead", "throttled")
         }
+        # Claimed here without limits: the statements without the limits clause.
+        plain = "_plain" if self._all_plain([(o.id, o.token) for _, o in outcomes]) else ""
         cursors: list[tuple[str, psycopg.Cursor[tuple[Any, ...]]]] = []
         if by_kind["succeeded"]:
             batch = by_kind["succeeded"]
@@ -451,7 +480,7 @@ class PostgresBroker(Broker):
                 (
                     "succeeded",
                     conn.execute(
-                        self._sql["ack_succeeded"],
+                        self._sql["ack_succeeded" + plain],
                         {
                             **_leases(batch),
                             "results": [o.result for o in batch],
@@ -468,7 +497,7 @@ class PostgresBroker(Broker):
                 (
                     "retry",
                     conn.execute(
-                        self._sql["ack_retry"],
+                        self._sql["ack_retry" + plain],
                         {
                             **_leases(batch),
                             "delays": [float(o.delay) for o in batch],
@@ -485,7 +514,7 @@ class PostgresBroker(Broker):
                 (
                     "dead",
                     conn.execute(
-                        self._sql["ack_dead"],
+                        self._sql["ack_dead" + plain],
                         {
                             **_leases(batch),
                             "errors": [_error_json(o.error) for o in batch],
@@ -578,6 +607,7 @@ class PostgresBroker(Broker):
                 },
             ).fetchall()
             self._notify(conn, {queue for (queue,) in rows})
+        self._forget_plain([job_id for job_id, _ in leases])
         return len(rows)
 
     def reclaim(self, now: float | None = None) -> Reclaimed:

@@ -261,6 +261,41 @@ WITH throttled AS (
 )
 SELECT throttled.id FROM throttled, woken, (SELECT count(*) FROM limited) AS l;
 
+-- name: ack_succeeded_plain
+-- ack_succeeded for deliveries this broker claimed without limits (no group, no slot held: the
+-- claim said so, and neither changes while the token is current): nothing to free.
+UPDATE {schema}.jobs AS j
+   SET state = 'succeeded', result = o.result, finished_at = {now},
+       expires_at = {now} + %(retention)s, lease_until = NULL
+  FROM unnest(%(ids)b::text[], %(tokens)b::bigint[], %(results)b::bytea[]) AS o (id, token, result)
+ WHERE j.id = o.id AND j.token = o.token AND j.state = 'running'
+RETURNING j.id;
+
+-- name: ack_retry_plain
+-- ack_retry for deliveries claimed without limits (see ack_succeeded_plain).
+WITH retried AS (
+    UPDATE {schema}.jobs AS j
+       SET state = 'pending', run_at = {now} + o.delay, lease_until = NULL, worker = NULL,
+           errors = j.errors || jsonb_build_array(o.error)
+      FROM unnest(%(ids)s::text[], %(tokens)s::bigint[], %(delays)s::float8[], %(errors)s::jsonb[])
+           AS o (id, token, delay, error)
+     WHERE j.id = o.id AND j.token = o.token AND j.state = 'running'
+    RETURNING j.id, j.queue
+), woken AS (
+    SELECT count(pg_notify(%(channel)s, queue)) AS n
+      FROM (SELECT DISTINCT queue FROM retried ORDER BY queue) AS q
+)
+SELECT retried.id FROM retried, woken;
+
+-- name: ack_dead_plain
+-- ack_dead for deliveries claimed without limits (see ack_succeeded_plain).
+UPDATE {schema}.jobs AS j
+   SET state = 'dead', finished_at = {now}, lease_until = NULL,
+       errors = j.errors || jsonb_build_array(o.error)
+  FROM unnest(%(ids)s::text[], %(tokens)s::bigint[], %(errors)s::jsonb[]) AS o (id, token, error)
+ WHERE j.id = o.id AND j.token = o.token AND j.state = 'running'
+RETURNING j.id;
+
 -- name: ack_mixed
 -- A batch of outcomes of several kinds in one statement: each kind as in its own statement
 -- above, then one after_settle for all of them (limit locks in one round, in the claim's order).

@@ -193,7 +193,8 @@ CREATE FUNCTION {schema}.reserve(
 ) RETURNS TABLE (r_id text, r_task text, r_queue text, r_priority integer, r_payload bytea,
                  r_attempt integer, r_max_attempts integer, r_token bigint,
                  r_run_at double precision, r_enqueued_at double precision, r_key text,
-                 r_fair integer[], r_qfair integer[], r_throttled integer)
+                 r_fair integer[], r_qfair integer[], r_throttled integer,
+                 r_limited boolean)
 LANGUAGE plpgsql AS $fn$
 DECLARE
     levels  integer := coalesce(array_length(weights, 1), 0);
@@ -410,15 +411,16 @@ BEGIN
         RETURN QUERY
         UPDATE {schema}.jobs AS j
            SET state = 'running', attempt = j.attempt + 1, token = j.token + 1,
-               lease_until = clock + lease, worker = worker_id, started_at = clock
+               lease_until = clock + lease, worker = worker_id, started_at = clock, held = NULL
           FROM unnest(chosen) AS picked (id)
          WHERE j.id = picked.id
         RETURNING j.id, j.task, j.queue, j.priority, j.payload, j.attempt, j.max_attempts, j.token,
-                  j.run_at, j.enqueued_at, j.key, NULL::integer[], NULL::integer[], j.throttled;
+                  j.run_at, j.enqueued_at, j.key, NULL::integer[], NULL::integer[], j.throttled,
+                  false;
     END IF;
     RETURN QUERY SELECT NULL::text, NULL::text, NULL::text, NULL::integer, NULL::bytea,
                         NULL::integer, NULL::integer, NULL::bigint, NULL::double precision,
-                        NULL::double precision, NULL::text, cur, qcur, NULL::integer;
+                        NULL::double precision, NULL::text, cur, qcur, NULL::integer, NULL::boolean;
 END
 $fn$;
 -- A job's or group's declared rules (a JSON array of [key, rate, burst, concurrency]) as rows;
@@ -570,7 +572,8 @@ CREATE FUNCTION {schema}.reserve_limited(
 ) RETURNS TABLE (r_id text, r_task text, r_queue text, r_priority integer, r_payload bytea,
                  r_attempt integer, r_max_attempts integer, r_token bigint,
                  r_run_at double precision, r_enqueued_at double precision, r_key text,
-                 r_fair integer[], r_qfair integer[], r_throttled integer)
+                 r_fair integer[], r_qfair integer[], r_throttled integer,
+                 r_limited boolean)
 LANGUAGE plpgsql AS $fn$
 DECLARE
     levels  integer := coalesce(array_length(weights, 1), 0);
@@ -1095,10 +1098,11 @@ BEGIN
           FROM unnest(chosen, helds) AS picked (id, held)
          WHERE j.id = picked.id
         RETURNING j.id, j.task, j.queue, j.priority, j.payload, j.attempt, j.max_attempts, j.token,
-                  j.run_at, j.enqueued_at, j.key, NULL::integer[], NULL::integer[], j.throttled;
+                  j.run_at, j.enqueued_at, j.key, NULL::integer[], NULL::integer[], j.throttled,
+                  j.grp IS NOT NULL OR j.held IS NOT NULL;
     END IF;
     RETURN QUERY SELECT NULL::text, NULL::text, NULL::text, NULL::integer, NULL::bytea,
                         NULL::integer, NULL::integer, NULL::bigint, NULL::double precision,
-                        NULL::double precision, NULL::text, cur, qcur, NULL::integer;
+                        NULL::double precision, NULL::text, cur, qcur, NULL::integer, NULL::boolean;
 END
 $fn$;
