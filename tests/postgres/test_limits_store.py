@@ -24,13 +24,13 @@ def test_a_claim_without_limits_holds_no_slot_a_former_claim_held(store_url: str
         (again,) = broker.reserve(["q"], 1, 30.0, "w", fairness)  # the claim without limits
         assert again.id == first.id
         broker.set_limit("q", Rule(key="", concurrency=1))
-        (second,) = broker.reserve(["q"], 1, 30.0, "w", fairness)  # takes the one slot
+        (_second,) = broker.reserve(["q"], 1, 30.0, "w", fairness)  # takes the one slot
 
         # Acknowledged through a handle that did not claim it: the statement that frees slots.
         assert other.ack([Outcome(again.id, again.token, "succeeded", result=b"null")])[0].status == "ok"
         broker.enqueue([plain()])
 
-        assert broker.reserve(["q"], 1, 30.0, "w", fairness) == []  # `second` still holds it
+        assert broker.reserve(["q"], 1, 30.0, "w", fairness) == []  # `_second` still holds it
         assert {i.key: i.running for i in broker.limits("q")}[""] == 1
     finally:
         broker.close()
