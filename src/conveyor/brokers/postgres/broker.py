@@ -14,7 +14,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import msgspec
@@ -336,29 +336,29 @@ class PostgresBroker(Broker):
         state = rows.pop()
         fairness.current[:] = state[11]
         fairness.set_queue_state(queues, state[12])
-        throttled = {r[0]: r[13] for r in rows if r[13]}
-        self._remember_plain([(r[0], r[7]) for r in rows if not r[14]])
+        plain = self._plain
+        with self._plain_lock:
+            for r in rows:
+                if not r[14]:
+                    plain[r[0]] = r[7]
+            while len(plain) > _PLAIN_MAX:  # leases lost without an outcome here
+                del plain[next(iter(plain))]
         out = claimed(rows)
-        if throttled:
-            out = [msgspec.structs.replace(d, throttled=throttled.get(d.id, 0)) for d in out]
+        if any(r[13] for r in rows):
+            throttled = {r[0]: r[13] for r in rows}
+            out = [msgspec.structs.replace(d, throttled=throttled[d.id]) for d in out]
         return out
 
-    def _remember_plain(self, leases: list[tuple[str, int]]) -> None:
-        with self._plain_lock:
-            for job_id, token in leases:
-                self._plain[job_id] = token
-            while len(self._plain) > _PLAIN_MAX:  # leases lost without an outcome here
-                del self._plain[next(iter(self._plain))]
-
-    def _all_plain(self, leases: Sequence[tuple[str, int]]) -> bool:
-        """Whether this handle claimed every one of these leases without limits."""
+    def _all_plain(self, outcomes: Iterable[Outcome]) -> bool:
+        """Whether this handle claimed the jobs of all these outcomes without limits."""
         plain = self._plain
-        return all(plain.get(job_id) == token for job_id, token in leases)
+        return all(plain.get(o.id) == o.token for o in outcomes)
 
-    def _forget_plain(self, ids: Sequence[str]) -> None:
+    def _forget_plain(self, outcomes: Iterable[Outcome]) -> None:
+        plain = self._plain
         with self._plain_lock:
-            for job_id in ids:
-                self._plain.pop(job_id, None)
+            for o in outcomes:
+                plain.pop(o.id, None)
 
     # -- wait --------------------------------------------------------------------------------
 
@@ -419,7 +419,7 @@ class PostgresBroker(Broker):
                 self._settle(conn, simple, now, statuses)
             else:
                 with conn.transaction():
-                    if not self._all_plain([(o.id, o.token) for o in outcomes]):
+                    if not self._all_plain(outcomes):
                         conn.execute(
                             self._sql["lock_settling"],
                             {
@@ -432,7 +432,7 @@ class PostgresBroker(Broker):
                     for i, o in enumerate(outcomes):
                         if i not in statuses:
                             statuses[i] = self._settle_with_effects(conn, o, now)
-        self._forget_plain([o.id for o in outcomes])
+        self._forget_plain(outcomes)
         return [statuses[i] for i in range(len(outcomes))]
 
     def _settle(
@@ -472,7 +472,7 @@ class PostgresBroker(Broker):
             for kind in ("succeeded", "retry", "dead", "throttled")
         }
         # Claimed here without limits: the statements without the limits clause.
-        plain = "_plain" if self._all_plain([(o.id, o.token) for _, o in outcomes]) else ""
+        plain = "_plain" if self._all_plain(o for _, o in outcomes) else ""
         cursors: list[tuple[str, psycopg.Cursor[tuple[Any, ...]]]] = []
         if by_kind["succeeded"]:
             batch = by_kind["succeeded"]
@@ -607,7 +607,9 @@ class PostgresBroker(Broker):
                 },
             ).fetchall()
             self._notify(conn, {queue for (queue,) in rows})
-        self._forget_plain([job_id for job_id, _ in leases])
+        with self._plain_lock:
+            for job_id, _ in leases:
+                self._plain.pop(job_id, None)
         return len(rows)
 
     def reclaim(self, now: float | None = None) -> Reclaimed:
