@@ -345,7 +345,7 @@ class PostgresBroker(Broker):
                 del plain[next(iter(plain))]
         out = claimed(rows)
         if any(r[13] for r in rows):
-            throttled = {r[0]: r[13] for r in rows}
+            throttled = {r[0]: r[13] or 0 for r in rows}
             out = [msgspec.structs.replace(d, throttled=throttled[d.id]) for d in out]
         return out
 

@@ -244,7 +244,7 @@ SELECT retried.id FROM retried, woken, (SELECT count(*) FROM limited) AS l;
 WITH throttled AS (
     UPDATE {schema}.jobs AS j
        SET state = 'pending', run_at = {now} + o.delay, lease_until = NULL, worker = NULL,
-           attempt = greatest(j.attempt - 1, 0), throttled = j.throttled + 1,
+           attempt = greatest(j.attempt - 1, 0), throttled = coalesce(j.throttled, 0) + 1,
            errors = j.errors || jsonb_build_array(o.error)
       FROM unnest(%(ids)s::text[], %(tokens)s::bigint[], %(delays)s::float8[], %(errors)s::jsonb[])
            AS o (id, token, delay, error)
@@ -328,7 +328,7 @@ WITH o AS (
 ), throttled AS (
     UPDATE {schema}.jobs AS j
        SET state = 'pending', run_at = {now} + o.delay, lease_until = NULL, worker = NULL,
-           attempt = greatest(j.attempt - 1, 0), throttled = j.throttled + 1,
+           attempt = greatest(j.attempt - 1, 0), throttled = coalesce(j.throttled, 0) + 1,
            errors = j.errors || jsonb_build_array(o.error)
       FROM o
      WHERE o.kind = 'throttled' AND j.id = o.id AND j.token = o.token AND j.state = 'running'

@@ -36,11 +36,12 @@ CREATE TABLE {schema}.jobs (
     -- Limits (docs/flow-control.md): the job's group (its limit keys joined by chr(31); NULL
     -- without limits), its rules as enqueued (a JSON array of [key, rate, burst, concurrency]),
     -- the keys whose concurrency slot it holds while running ('' for the queue's own limit), and
-    -- how many times it was throttled (RateLimited: an attempt not counted).
+    -- how many times it was throttled (RateLimited: an attempt not counted; NULL for none, which
+    -- costs a row no bytes beyond its null bitmap).
     grp          text,
     rules        jsonb,
     held         jsonb,
-    throttled    integer          NOT NULL DEFAULT 0
+    throttled    integer
 );
 -- Claim and the earliest due time: one range scan per (queue, priority), FIFO by due time;
 -- jobs with limits are claimed through their groups (jobs_group).

@@ -7,7 +7,7 @@
 -- knows); version 3's serves only jobs without limits, so workers of earlier versions never
 -- break a limit during a rolling deploy.
 ALTER TABLE {schema}.jobs ADD COLUMN grp text, ADD COLUMN rules jsonb, ADD COLUMN held jsonb,
-    ADD COLUMN throttled integer NOT NULL DEFAULT 0;
+    ADD COLUMN throttled integer;
 DROP INDEX {schema}.jobs_claim;
 -- Claim and the earliest due time: one range scan per (queue, priority), FIFO by due time;
 -- jobs with limits are claimed through their groups (jobs_group).
