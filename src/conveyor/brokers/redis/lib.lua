@@ -19,7 +19,11 @@
 local R_TASK, R_PRIO, R_PAYLOAD, R_RUN_AT, R_ENQUEUED, R_ATTEMPT, R_MAX, R_TOKEN, R_STATE, R_SEQ =
   1, 2, 3, 4, 5, 6, 7, 8, 9, 10
 local R_KEY, R_LEASE, R_WORKER, R_STARTED, R_FINISHED, R_RESULT, R_ERRORS = 11, 12, 13, 14, 15, 16, 17
-local R_FIELDS = 17
+-- A job with limits (docs/flow-control.md) also has: its group (its limits' keys joined by
+-- "\31"), the times it was throttled, and the keys whose concurrency slot it holds while running
+-- (an array; "" is the queue's own limit). A job without limits stores none of them.
+local R_GROUP, R_THROTTLED, R_HELD = 18, 19, 20
+local R_FIELDS = 20
 
 local function fmt(x)
   if not x then return '' end
@@ -106,7 +110,7 @@ local function pack_record(r)
   local last = R_FIELDS
   while last > 0 and not r[last] do last = last - 1 end
   local packed = {r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12], r[13],
-    r[14], r[15], r[16], r[17]}
+    r[14], r[15], r[16], r[17], r[18], r[19], r[20]}
   for i = 1, last do
     if packed[i] == nil then packed[i] = false end
   end
@@ -233,8 +237,9 @@ local function emit(out, id, r)
   out[n + 18] = fmt(r[R_SEQ])
 end
 
--- A leased job as the 10 reply fields a worker needs: id, task, priority, payload, attempt,
--- max_attempts, token, run_at, enqueued_at ('' when it is run_at), key (see wire.delivery).
+-- A leased job as the 11 reply fields a worker needs: id, task, priority, payload, attempt,
+-- max_attempts, token, run_at, enqueued_at ('' when it is run_at), key, throttled (see
+-- wire.delivery).
 local function emit_delivery(out, id, r)
   local n = #out
   out[n + 1] = id
@@ -247,15 +252,18 @@ local function emit_delivery(out, id, r)
   out[n + 8] = fmt(r[R_RUN_AT])
   out[n + 9] = r[R_ENQUEUED] ~= r[R_RUN_AT] and fmt(r[R_ENQUEUED]) or ''
   out[n + 10] = opt_out(r[R_KEY])
+  out[n + 11] = tonumber(r[R_THROTTLED]) or 0
 end
 
 -- Messages from ARGV[at] (wire.packed_messages): a MessagePack array of [shapes, runs, ids,
 -- keys], then their payloads in ARGV[at + 1], ARGV[at + 2], ... A shape holds what messages
 -- of a batch mostly share: [task, priority, delay, run_at (nil for none), max_attempts]; runs
 -- are [count, shape index] pairs in message order; keys maps a message's index to its
--- idempotency key (nil when no message has one). Each message is read as {id, shape, payload,
--- key or false}: a batch costs one table per message, not one per field.
-local M_ID, M_SHAPE, M_PAYLOAD, M_KEY = 1, 2, 3, 4
+-- idempotency key (nil when no message has one). A batch with limits adds two more: its distinct
+-- rule sets (each an array of [key, rate, burst, concurrency]) and a map of a message's index to
+-- its rule set's. Each message is read as {id, shape, payload, key or false, rules or nil}: a
+-- batch costs one table per message, not one per field.
+local M_ID, M_SHAPE, M_PAYLOAD, M_KEY, M_RULES = 1, 2, 3, 4, 5
 local S_TASK, S_PRIO, S_DELAY, S_RUN_AT, S_MAX = 1, 2, 3, 4, 5
 local function read_messages(at)
   local packed = cmsgpack.unpack(ARGV[at])
@@ -268,7 +276,416 @@ local function read_messages(at)
       msgs[i] = {ids[i], shape, ARGV[at + i], keys[i] or false}
     end
   end
+  if packed[6] then
+    local sets = packed[5]
+    for index, set in pairs(packed[6]) do msgs[index][M_RULES] = sets[set] end
+  end
   return msgs
+end
+
+-- == Limits (docs/flow-control.md) ===============================================================
+-- Keys of a queue with limits, besides those above (all under its base, so in its slot):
+--   <base>:gp:<L>:<grp> zset  pending jobs of group grp at level L, scored and named as pending:<L>
+--   <base>:grouped:<L>  zset  every pending job with limits of level L (listings, counts)
+--   <base>:groups:<L>   zset  grp -> ready_at: not claimable before (+inf: waits for a slot)
+--   <base>:turns:<L>    hash  grp -> turn (round robin; "" the jobs without limits), and
+--                             "\31" -> the last turn given
+--   <base>:grules       hash  grp -> MessagePack [[key, rate, burst, concurrency], ...] of the
+--                             group's latest enqueue (kept after the group empties: a retried
+--                             or replayed job returns to it)
+--   <base>:limits       hash  "<key>\31o" run-time rule "rate burst concurrency", "<key>\31t" the
+--                             bucket's tat, "<key>\31r" slots held, "<key>\31c" closed until;
+--                             key "" is the queue's own limit
+--   <base>:waiters:<key> hash "<L>\31<grp>" -> 1: groups blocked on the key's concurrency
+-- A group's name is its keys joined by "\31", which no key contains. pending:<L> keeps only the
+-- jobs without limits, so a queue without limits claims as it did before limits existed.
+local SEP = '\31'
+local INF = math.huge
+
+local function group_of(r)
+  local g = r[R_GROUP]
+  if type(g) == 'string' and g ~= '' then return g end
+  return nil
+end
+
+local function group_keys(grp)
+  local keys = {}
+  for k in string.gmatch(grp, '[^\31]+') do keys[#keys + 1] = k end
+  return keys
+end
+
+-- A rule set's group name, or nil for one that is not an array of [key, ...] with string keys.
+local function group_name(rules)
+  if type(rules) ~= 'table' or #rules == 0 then return nil end
+  local keys = {}
+  for i, x in ipairs(rules) do
+    if type(x) ~= 'table' or type(x[1]) ~= 'string' or x[1] == '' then return nil end
+    keys[i] = x[1]
+  end
+  return table.concat(keys, SEP)
+end
+
+local function score_of(s)
+  if not s then return nil end
+  if s == 'inf' or s == '+inf' then return INF end
+  if s == '-inf' then return -INF end
+  return tonumber(s)
+end
+
+-- Make a group's row exist with ready_at no later than `due_s`; a new group's turn comes after
+-- every other group's of its level.
+local function touch_group(jobs, level, grp, due_s)
+  local b = base_of(jobs)
+  if redis.call('ZADD', b .. ':groups:' .. level, 'LT', due_s, grp) == 1 then
+    local turns = b .. ':turns:' .. level
+    redis.call('HSET', turns, grp, redis.call('HINCRBY', turns, SEP, 1))
+  end
+end
+
+-- Index a pending record: the level's zset, or its group's for a job with limits.
+local function to_pending(jobs, id, r)
+  local level, due, m = r[R_PRIO], fmt(r[R_RUN_AT]), member(id, r[R_SEQ])
+  local grp = group_of(r)
+  if not grp then
+    redis.call('ZADD', pending_key(jobs, level), due, m)
+    return
+  end
+  local b = base_of(jobs)
+  redis.call('ZADD', b .. ':gp:' .. level .. ':' .. grp, due, m)
+  redis.call('ZADD', b .. ':grouped:' .. level, due, m)
+  touch_group(jobs, level, grp, due)
+end
+
+-- Unindex a pending record (an emptied group's row goes at its next claim).
+local function from_pending(jobs, id, r)
+  local level, m = r[R_PRIO], member(id, r[R_SEQ])
+  local grp = group_of(r)
+  if not grp then
+    redis.call('ZREM', pending_key(jobs, level), m)
+    return
+  end
+  local b = base_of(jobs)
+  redis.call('ZREM', b .. ':gp:' .. level .. ':' .. grp, m)
+  redis.call('ZREM', b .. ':grouped:' .. level, m)
+end
+
+-- Pending jobs with limits of a batch, by level and group: write_enqueue collects them here.
+local function grouped_list(grouped, level, grp, rules)
+  local by_level = grouped[level]
+  if not by_level then
+    by_level = {}
+    grouped[level] = by_level
+  end
+  local zs = by_level[grp]
+  if not zs then
+    zs = {rules = rules}
+    by_level[grp] = zs
+  end
+  return zs
+end
+
+-- Store a batch's grouped pending jobs: their groups' zsets and rows, rules, the level index.
+local function write_grouped(jobs, grouped, t)
+  local b = base_of(jobs)
+  local rules = {}
+  for level, by_level in pairs(grouped) do
+    local all = {}
+    for grp, zs in pairs(by_level) do
+      local first = nil
+      for k = 1, #zs, 2 do
+        all[#all + 1] = zs[k]
+        all[#all + 1] = zs[k + 1]
+        local due = tonumber(zs[k])
+        if not first or due < first then first = due end
+      end
+      call_many('ZADD', b .. ':gp:' .. level .. ':' .. grp, zs, 2)
+      touch_group(jobs, level, grp, fmt(first))
+      rules[grp] = zs.rules
+    end
+    call_many('ZADD', b .. ':grouped:' .. level, all, 2)
+    tally(t, 'p' .. level, #all / 2)
+  end
+  for grp, r in pairs(rules) do redis.call('HSET', b .. ':grules', grp, cmsgpack.pack(r)) end
+end
+
+-- A run-time rule {rate, burst, concurrency} from its stored form, or nil.
+local function parse_rule(s)
+  if type(s) ~= 'string' then return nil end
+  local rate, burst, conc = string.match(s, '^(%S+) (%S+) (%S+)$')
+  rate, burst, conc = tonumber(rate), tonumber(burst), tonumber(conc)
+  if not rate or not burst or not conc then return nil end
+  return {rate, burst, conc}
+end
+
+-- A limit key's state, read once per script into `cache`: o (run-time rule or nil), t (tat),
+-- r (slots held), c (closed until).
+local function key_state(limits, cache, key)
+  local s = cache[key]
+  if s then return s end
+  local v = redis.call('HMGET', limits, key .. '\31o', key .. '\31t', key .. '\31r', key .. '\31c')
+  s = {o = parse_rule(v[1]), t = tonumber(v[2]) or 0, r = tonumber(v[3]) or 0, c = tonumber(v[4]) or 0}
+  cache[key] = s
+  return s
+end
+
+local function save_states(limits, cache)
+  local sets, dels = {}, {}
+  for key, s in pairs(cache) do
+    if s.dirty then
+      sets[#sets + 1] = key .. '\31t'
+      sets[#sets + 1] = fmt(s.t)
+      if s.r > 0 then
+        sets[#sets + 1] = key .. '\31r'
+        sets[#sets + 1] = tostring(s.r)
+      else
+        dels[#dels + 1] = key .. '\31r'
+      end
+    end
+  end
+  if #sets > 0 then call_many('HSET', limits, sets, 2) end
+  if #dels > 0 then call_many('HDEL', limits, dels, 1) end
+end
+
+-- A group's keys, each {key, declared rule {rate, burst, concurrency} or nil}; a corrupt or
+-- missing rules entry declares nothing (run-time rules of its keys still apply).
+local function group_rules(grules, grp)
+  local declared = {}
+  local raw = redis.call('HGET', grules, grp)
+  if raw then
+    local ok, t = pcall(cmsgpack.unpack, raw)
+    if ok and type(t) == 'table' then
+      for _, x in ipairs(t) do
+        if type(x) == 'table' and type(x[1]) == 'string' then
+          local rate, burst, conc = tonumber(x[2]), tonumber(x[3]), tonumber(x[4])
+          if rate and burst and conc then declared[x[1]] = {rate, burst, conc} end
+        end
+      end
+    end
+  end
+  local out = {}
+  for _, k in ipairs(group_keys(grp)) do out[#out + 1] = {k, declared[k]} end
+  return out
+end
+
+-- The bucket arithmetic of conveyor.limits (GCRA), the same to the last float operation.
+local function bucket_tokens(tat, now, rate, burst)
+  if rate <= 0 then return INF end
+  return math.max(0, math.floor(burst - math.max(0, tat - now) * rate + 1e-9))
+end
+
+local function next_token(tat, now, rate, burst)
+  if rate <= 0 then return now end
+  return math.max(now, tat - (burst - 1) / rate)
+end
+
+-- How many starts `keys` ({key, declared rule} each) allow now; when none, also the time they
+-- may (`at`) and the keys whose slots are all held (`full`: then only a freed slot tells).
+local function allowance(limits, cache, keys, now)
+  local a, at, full = INF, now, nil
+  for _, kd in ipairs(keys) do
+    local s = key_state(limits, cache, kd[1])
+    local rule = s.o or kd[2]
+    if s.c > now then
+      a = 0
+      at = math.max(at, s.c)
+    end
+    if rule then
+      local rate, burst, conc = rule[1], rule[2], rule[3]
+      if conc > 0 then
+        local room = conc - s.r
+        if room <= 0 then
+          full = full or {}
+          full[#full + 1] = kd[1]
+        end
+        a = math.min(a, math.max(0, room))
+      end
+      if rate > 0 then
+        local tk = bucket_tokens(s.t, now, rate, burst)
+        if tk <= 0 then at = math.max(at, next_token(s.t, now, rate, burst)) end
+        a = math.min(a, tk)
+      end
+    end
+  end
+  return a, at, full
+end
+
+-- Spend `count` starts of `keys` (their states in `cache`): a token of each rate, a slot of each
+-- concurrency. Returns the keys whose slot each start holds, or false.
+local function spend_keys(cache, keys, now, count)
+  local held = false
+  for _, kd in ipairs(keys) do
+    local s = cache[kd[1]]
+    local rule = s.o or kd[2]
+    if rule then
+      if rule[1] > 0 then
+        s.t = math.max(s.t, now) + count / rule[1]
+        s.dirty = true
+      end
+      if rule[3] > 0 then
+        s.r = s.r + count
+        s.dirty = true
+        held = held or {}
+        held[#held + 1] = kd[1]
+      end
+    end
+  end
+  return held
+end
+
+-- Free the slots a job held (a job leaving running with its token current): groups waiting for
+-- them become claimable (ready_at -inf: whatever clock the next claim reads). Returns whether
+-- waiting workers should be woken.
+local function free_held(jobs, r)
+  local held = r[R_HELD]
+  if not held then return false end
+  r[R_HELD] = false
+  if type(held) ~= 'table' then return false end
+  local b = base_of(jobs)
+  local limits, woke = b .. ':limits', false
+  for _, key in ipairs(held) do
+    if type(key) == 'string' then
+      if redis.call('HINCRBY', limits, key .. '\31r', -1) <= 0 then redis.call('HDEL', limits, key .. '\31r') end
+      if key == '' then woke = true end
+      local wk = b .. ':waiters:' .. key
+      local waiting = redis.call('HKEYS', wk)
+      if #waiting > 0 then
+        call_many('HDEL', wk, waiting, 1)
+        for _, w in ipairs(waiting) do
+          local level, grp = string.match(w, '^([^\31]*)\31(.*)$')
+          if level then redis.call('ZADD', b .. ':groups:' .. level, 'XX', 'LT', '-inf', grp) end
+        end
+        woke = true
+      end
+    end
+  end
+  return woke
+end
+
+-- Close every key of a throttled job's group until `till` (RateLimited).
+local function close_group(jobs, r, till)
+  local grp = group_of(r)
+  if not grp then return end
+  local limits = base_of(jobs) .. ':limits'
+  for _, key in ipairs(group_keys(grp)) do
+    local c = tonumber(redis.call('HGET', limits, key .. '\31c')) or 0
+    if till > c then redis.call('HSET', limits, key .. '\31c', fmt(till)) end
+  end
+end
+
+-- The queue's own limit as a key list for allowance/spend_keys ({} when it has none).
+local function queue_keys(limits, cache)
+  local s = key_state(limits, cache, '')
+  if s.o then return {{'', nil}} end
+  return {}
+end
+
+-- A group after its claims: ready_at its earliest pending due time, or the row deleted when it
+-- has no pending job (its turn too).
+local function settle_group(b, level, grp, zs, now)
+  local head = redis.call('ZRANGE', zs, 0, 0, 'WITHSCORES')
+  if not head[2] then
+    redis.call('ZREM', b .. ':groups:' .. level, grp)
+    redis.call('HDEL', b .. ':turns:' .. level, grp)
+  elseif tonumber(head[2]) > now then
+    redis.call('ZADD', b .. ':groups:' .. level, 'XX', head[2], grp)
+  end
+end
+
+-- Claim up to `n` due jobs of one stored level, taking turns between its groups and its jobs
+-- without limits ("", one group): each pass over the groups that may run, in turn order, takes
+-- one job per group, oldest due first, while every key of the group (and `qkeys`, the queue's
+-- own limit) allows it; a served group takes the next turn. A group that cannot run gets the
+-- time it may (or waits for a slot), one without a due job its earliest due time.
+-- Returns the claimed pending members and, for each, the keys whose slots it holds (or false).
+local function claim_turns(jobs, level, n, now, cache, qkeys)
+  local b = base_of(jobs)
+  local groups, turns, limits = b .. ':groups:' .. level, b .. ':turns:' .. level, b .. ':limits'
+  local pk, now_s = pending_key(jobs, level), fmt(now)
+  local members, helds = {}, {}
+  local cands = {}
+  for _, grp in ipairs(redis.call('ZRANGEBYSCORE', groups, '-inf', now_s)) do
+    cands[#cands + 1] = {grp = grp, zs = b .. ':gp:' .. level .. ':' .. grp}
+  end
+  if redis.call('ZRANGEBYSCORE', pk, '-inf', now_s, 'LIMIT', 0, 1)[1] then
+    cands[#cands + 1] = {grp = '', zs = pk, plain = true, keys = qkeys}
+  end
+  if #cands == 0 then return members, helds end
+  local names = {}
+  for k, c in ipairs(cands) do names[k] = c.grp end
+  local got = redis.call('HMGET', turns, unpack(names))
+  for k, c in ipairs(cands) do c.turn = tonumber(got[k]) or 0 end
+  table.sort(cands, function(x, y)
+    if x.turn ~= y.turn then return x.turn < y.turn end
+    return x.grp < y.grp
+  end)
+  local grules = b .. ':grules'
+  local active = #cands
+  local served = {}
+  while n > 0 and active > 0 do
+    for _, c in ipairs(cands) do
+      if n <= 0 then break end
+      if not c.done then
+        local head = redis.call('ZRANGEBYSCORE', c.zs, '-inf', now_s, 'LIMIT', 0, 1)[1]
+        local a, at, full = 0, now, nil
+        if head then
+          if not c.keys then
+            c.keys = group_rules(grules, c.grp)
+            for _, q in ipairs(qkeys) do c.keys[#c.keys + 1] = q end
+          end
+          a, at, full = allowance(limits, cache, c.keys, now)
+        end
+        if not head then
+          c.done, active = true, active - 1
+          if not c.plain then settle_group(b, level, c.grp, c.zs, now) end
+        elseif a <= 0 then
+          c.done, active = true, active - 1
+          if not c.plain then
+            if full then
+              redis.call('ZADD', groups, 'XX', '+inf', c.grp)
+              for _, key in ipairs(full) do
+                redis.call('HSET', b .. ':waiters:' .. key, level .. SEP .. c.grp, 1)
+              end
+            else
+              redis.call('ZADD', groups, 'XX', fmt(at), c.grp)
+            end
+          end
+        else
+          redis.call('ZREM', c.zs, head)
+          if not c.plain then redis.call('ZREM', b .. ':grouped:' .. level, head) end
+          members[#members + 1] = head
+          helds[#members] = spend_keys(cache, c.keys, now, 1)
+          if not c.served then
+            c.served = true
+            served[#served + 1] = c
+          end
+          c.turn = redis.call('HINCRBY', turns, SEP, 1)
+          n = n - 1
+        end
+      end
+    end
+  end
+  for _, c in ipairs(served) do
+    redis.call('HSET', turns, c.grp, c.turn)
+    if not c.done and not c.plain then settle_group(b, level, c.grp, c.zs, now) end
+  end
+  return members, helds
+end
+
+-- Claim for reserve on a queue with limits: by turns at a level with groups, else the level's
+-- due jobs in order, each spending the queue's own limit (`qkeys`). Returns as claim_turns.
+local function claim_limited(jobs, level, n, now, cache, qkeys)
+  local b = base_of(jobs)
+  if redis.call('ZRANGE', b .. ':groups:' .. level, 0, 0)[1] then
+    return claim_turns(jobs, level, n, now, cache, qkeys)
+  end
+  local pk = pending_key(jobs, level)
+  local members = redis.call('ZRANGEBYSCORE', pk, '-inf', fmt(now), 'LIMIT', 0, n)
+  local helds = {}
+  if #members > 0 then
+    redis.call('ZREMRANGEBYRANK', pk, 0, #members - 1)
+    for k = 1, #members do helds[k] = spend_keys(cache, qkeys, now, 1) end
+  end
+  return members, helds
 end
 
 -- Decide, writing nothing, which messages are new: returns a plan or nil and the conflict
@@ -312,7 +729,7 @@ local function write_enqueue(jobs, keys, counts, msgs, plan, now)
   local seq = sequence()
   local base = math.floor(now * 1000000)
   local now_s, now_p = fmt(now), cmsgpack.pack(now)
-  local records, pending, key_ids, parts, t = {}, {}, {}, {}, {}
+  local records, pending, key_ids, parts, t, grouped = {}, {}, {}, {}, {}, {}
   for i, m in ipairs(msgs) do
     if plan[i] == true then
       local shape, id, key = m[M_SHAPE], m[M_ID], m[M_KEY]
@@ -339,10 +756,16 @@ local function write_enqueue(jobs, keys, counts, msgs, plan, now)
         key_ids[#key_ids + 1] = key
         key_ids[#key_ids + 1] = id
       end
+      local grp = m[M_RULES] and group_name(m[M_RULES])
+      if grp then
+        -- 18 fields (array16 header): the key or false, six absent ones, then the group.
+        rec = '\220\0\18' .. string.sub(rec, 2) .. (key and '' or '\194') .. '\194\194\194\194\194\194'
+          .. cmsgpack.pack(grp)
+      end
       records[#records + 1] = id
       records[#records + 1] = rec
       local level = shape[S_PRIO]
-      local zs = pending[level]
+      local zs = grp and grouped_list(grouped, level, grp, m[M_RULES]) or pending[level]
       if not zs then
         zs = {}
         pending[level] = zs
@@ -357,6 +780,7 @@ local function write_enqueue(jobs, keys, counts, msgs, plan, now)
     call_many('ZADD', pending_key(jobs, level), zs, 2)
     tally(t, 'p' .. level, #zs / 2)
   end
+  if next(grouped) then write_grouped(jobs, grouped, t) end
   if #key_ids > 0 then call_many('HSET', keys, key_ids, 2) end
   settle(counts, t)
   wake(jobs)

@@ -2,7 +2,8 @@
 --
 -- KEYS[1] <base>:jobs   KEYS[2] <base>:running   KEYS[3] <base>:counts
 -- ARGV[1..] job id, token pairs
--- Returns how many were released (a stale token releases nothing). Wakes the queue's waiters.
+-- Returns how many were released (a stale token releases nothing); their limits' slots are freed,
+-- their tokens stay spent. Wakes the queue's waiters.
 
 local n = 0
 for i = 1, #ARGV, 2 do
@@ -15,9 +16,10 @@ for i = 1, #ARGV, 2 do
     r[R_LEASE] = false
     r[R_WORKER] = false
     r[R_STARTED] = false
+    free_held(KEYS[1], r)
     save(KEYS[1], id, r)
     redis.call('ZREM', KEYS[2], id)
-    redis.call('ZADD', pending_key(KEYS[1], level), fmt(r[R_RUN_AT]), member(id, r[R_SEQ]))
+    to_pending(KEYS[1], id, r)
     bump(KEYS[3], 'r' .. level, -1)
     bump(KEYS[3], 'p' .. level, 1)
     n = n + 1

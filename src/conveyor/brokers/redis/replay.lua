@@ -19,7 +19,7 @@ for _, id in ipairs(ids) do
     r[R_STARTED] = false
     r[R_WORKER] = false
     save(KEYS[1], id, r)
-    redis.call('ZADD', pending_key(KEYS[1], level), fmt(now), member(id, r[R_SEQ]))
+    to_pending(KEYS[1], id, r)
     bump(KEYS[2], 'd' .. level, -1)
     bump(KEYS[2], 'p' .. level, 1)
     n = n + 1

@@ -30,6 +30,7 @@ else
     left[level + 1] = 0
     for _, stored in ipairs(served[level + 1]) do
       left[level + 1] = left[level + 1] + redis.call('ZCOUNT', pending_key(KEYS[1], stored), '-inf', fmt(now))
+        + redis.call('ZCOUNT', base_of(KEYS[1]) .. ':grouped:' .. stored, '-inf', fmt(now))
     end
     take[level + 1] = 0
   end
@@ -55,15 +56,32 @@ local out = {#current}
 for l = 1, #current do out[#out + 1] = current[l] end
 local saves, leased, t = {}, {}, {}
 local lease_s = fmt(lease_until)
-for l = 1, #take do
-  local n = take[l]
+
+-- Limits (docs/flow-control.md): the queue's own limit caps the claim; a level with groups is
+-- claimed by turns (claim_limited). A queue without either takes the plain path below.
+local limits_key = base_of(KEYS[1]) .. ':limits'
+local cache = {}
+local qkeys = queue_keys(limits_key, cache)
+local budget = math.huge
+if #qkeys > 0 then budget = allowance(limits_key, cache, qkeys, now) end
+local got, limited = {}, #qkeys > 0
+
+local function claim_level(l, n)
+  local claimed_total = 0
   for _, level in ipairs(served[l]) do
+    n = math.min(n, budget)
     if n <= 0 then break end
     local pk = pending_key(KEYS[1], level)
-    -- The due members are the zset's lowest ranks: remove them by rank in one command.
-    local members = redis.call('ZRANGEBYSCORE', pk, '-inf', fmt(now), 'LIMIT', 0, n)
+    local members, helds
+    if #qkeys > 0 or redis.call('ZRANGE', base_of(KEYS[1]) .. ':groups:' .. level, 0, 0)[1] then
+      members, helds = claim_limited(KEYS[1], level, n, now, cache, qkeys)
+      budget, limited = budget - #members, true
+    else
+      -- The due members are the zset's lowest ranks: remove them by rank in one command.
+      members = redis.call('ZRANGEBYSCORE', pk, '-inf', fmt(now), 'LIMIT', 0, n)
+      if #members > 0 then redis.call('ZREMRANGEBYRANK', pk, 0, #members - 1) end
+    end
     if #members > 0 then
-      redis.call('ZREMRANGEBYRANK', pk, 0, #members - 1)
       n = n - #members
       local ids = {}
       for k, m in ipairs(members) do ids[k] = member_id(m) end
@@ -78,6 +96,7 @@ for l = 1, #take do
           r[R_LEASE] = lease_until
           r[R_WORKER] = ARGV[3]
           r[R_STARTED] = now
+          if helds then r[R_HELD] = helds[k] end
           saves[#saves + 1] = id
           saves[#saves + 1] = pack_record(r)
           leased[#leased + 1] = lease_s
@@ -88,8 +107,25 @@ for l = 1, #take do
       end
       tally(t, 'p' .. level, -claimed)
       tally(t, 'r' .. level, claimed)
+      claimed_total = claimed_total + #members
     end
   end
+  return claimed_total
+end
+
+local wanted, total = 0, 0
+for l = 1, #take do
+  got[l] = claim_level(l, take[l])
+  wanted, total = wanted + take[l], total + got[l]
+end
+-- Under limits a level may yield less than its share (its due jobs throttled): the rest goes
+-- to the levels that yielded all they were asked, most urgent first.
+if limited then
+  for l = 1, #take do
+    if total >= wanted then break end
+    if got[l] >= take[l] then total = total + claim_level(l, wanted - total) end
+  end
+  save_states(limits_key, cache)
 end
 if #saves > 0 then
   call_many('HSET', KEYS[1], saves, 2)
