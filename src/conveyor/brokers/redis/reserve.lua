@@ -15,6 +15,11 @@
 local now = clock(ARGV[1])
 local lease_until = now + tonumber(ARGV[2])
 local take, current, served = {}, {}, {}
+-- Limits (docs/flow-control.md): whether the queue has its own limit or ever had groups; a queue
+-- with neither claims on the plain path, as before limits existed.
+local limits_key = base_of(KEYS[1]) .. ':limits'
+local marks = redis.call('HMGET', limits_key, '\31o', GROUPED)
+local with_limits = marks[1] or marks[2]
 
 if ARGV[4] == 'take' then
   for i = 5, #ARGV do take[#take + 1] = tonumber(ARGV[i]) end
@@ -30,7 +35,10 @@ else
     left[level + 1] = 0
     for _, stored in ipairs(served[level + 1]) do
       left[level + 1] = left[level + 1] + redis.call('ZCOUNT', pending_key(KEYS[1], stored), '-inf', fmt(now))
-        + redis.call('ZCOUNT', base_of(KEYS[1]) .. ':grouped:' .. stored, '-inf', fmt(now))
+      if with_limits then
+        left[level + 1] = left[level + 1] + redis.call('ZCOUNT', base_of(KEYS[1]) .. ':grouped:' .. stored, '-inf',
+          fmt(now))
+      end
     end
     take[level + 1] = 0
   end
@@ -57,11 +65,9 @@ for l = 1, #current do out[#out + 1] = current[l] end
 local saves, leased, t = {}, {}, {}
 local lease_s = fmt(lease_until)
 
--- Limits (docs/flow-control.md): the queue's own limit caps the claim; a level with groups is
--- claimed by turns (claim_limited). A queue without either takes the plain path below.
-local limits_key = base_of(KEYS[1]) .. ':limits'
+-- The queue's own limit caps the claim; a level with groups is claimed by turns (claim_limited).
 local cache = {}
-local qkeys = queue_keys(limits_key, cache)
+local qkeys = marks[1] and queue_keys(limits_key, cache) or {}
 local budget = math.huge
 if #qkeys > 0 then budget = allowance(limits_key, cache, qkeys, now) end
 local got, limited = {}, #qkeys > 0
@@ -73,7 +79,7 @@ local function claim_level(l, n)
     if n <= 0 then break end
     local pk = pending_key(KEYS[1], level)
     local members, helds
-    if #qkeys > 0 or redis.call('ZRANGE', base_of(KEYS[1]) .. ':groups:' .. level, 0, 0)[1] then
+    if with_limits and (#qkeys > 0 or redis.call('ZRANGE', base_of(KEYS[1]) .. ':groups:' .. level, 0, 0)[1]) then
       members, helds = claim_limited(KEYS[1], level, n, now, cache, qkeys)
       budget, limited = budget - #members, true
     else
