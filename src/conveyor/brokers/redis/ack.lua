@@ -54,7 +54,7 @@ end
 local records = load_many(jobs, ids)
 
 -- Writes common to every outcome are gathered and sent once at the end.
-local saves, unleased, finished, t, seen = {}, {}, {}, {}, {}
+local saves, unleased, finished, t, seen, freed = {}, {}, {}, {}, {}, {}
 for n, o in ipairs(entries) do
   local r, id = records[n], o[O_ID]
   if seen[id] or not r or r[R_STATE] ~= 'r' or r[R_TOKEN] ~= o[O_TOKEN] then
@@ -96,7 +96,7 @@ for n, o in ipairs(entries) do
       unleased[#unleased + 1] = id
       r[R_LEASE] = false
       tally(t, 'r' .. level, -1)
-      if free_held(jobs, r) then woken = true end
+      if r[R_HELD] then free_held(r, freed) end
       local kind = o[O_KIND] or 'succeeded'
       if kind == 'succeeded' then
         r[R_STATE] = 's'
@@ -146,5 +146,6 @@ if #saves > 0 then
   if #finished > 0 then call_many('ZADD', done, finished, 2) end
   settle(counts, t)
 end
+if next(freed) and free_slots(jobs, freed) then woken = true end
 if woken then wake(jobs) end
 return out

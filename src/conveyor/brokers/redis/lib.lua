@@ -258,7 +258,7 @@ local function emit_delivery(out, id, r)
   out[n + 8] = fmt(r[R_RUN_AT])
   out[n + 9] = r[R_ENQUEUED] ~= r[R_RUN_AT] and fmt(r[R_ENQUEUED]) or ''
   out[n + 10] = opt_out(r[R_KEY])
-  out[n + 11] = tonumber(r[R_THROTTLED]) or 0
+  out[n + 11] = r[R_THROTTLED] or 0
 end
 
 -- Messages from ARGV[at] (wire.packed_messages): a MessagePack array of [shapes, runs, ids,
@@ -324,14 +324,20 @@ local function group_keys(grp)
 end
 
 -- A rule set's group name, or nil for one that is not an array of [key, ...] with string keys.
+-- Messages of a batch with the same rules share one table: its name is made once.
+local group_names = {}
 local function group_name(rules)
+  local known = group_names[rules]
+  if known ~= nil then return known end
+  group_names[rules] = false
   if type(rules) ~= 'table' or #rules == 0 then return nil end
   local keys = {}
   for i, x in ipairs(rules) do
     if type(x) ~= 'table' or type(x[1]) ~= 'string' or x[1] == '' then return nil end
     keys[i] = x[1]
   end
-  return table.concat(keys, SEP)
+  group_names[rules] = table.concat(keys, SEP)
+  return group_names[rules]
 end
 
 local function score_of(s)
@@ -401,15 +407,9 @@ local function write_grouped(jobs, grouped, t)
   for level, by_level in pairs(grouped) do
     local all = {}
     for grp, zs in pairs(by_level) do
-      local first = nil
-      for k = 1, #zs, 2 do
-        all[#all + 1] = zs[k]
-        all[#all + 1] = zs[k + 1]
-        local due = tonumber(zs[k])
-        if not first or due < first then first = due end
-      end
+      for k = 1, #zs do all[#all + 1] = zs[k] end
       call_many('ZADD', b .. ':gp:' .. level .. ':' .. grp, zs, 2)
-      touch_group(jobs, level, grp, fmt(first))
+      touch_group(jobs, level, grp, fmt(zs.first))
       rules[grp] = zs.rules
     end
     call_many('ZADD', b .. ':grouped:' .. level, all, 2)
@@ -528,7 +528,8 @@ local function spend_keys(cache, keys, now, count)
     local rule = s.o or kd[2]
     if rule then
       if rule[1] > 0 then
-        s.t = math.max(s.t, now) + count / rule[1]
+        -- One start at a time, as `count` claims one by one would: the same float roundings.
+        for _ = 1, count do s.t = math.max(s.t, now) + 1 / rule[1] end
         s.dirty = true
       end
       if rule[3] > 0 then
@@ -542,30 +543,34 @@ local function spend_keys(cache, keys, now, count)
   return held
 end
 
--- Free the slots a job held (a job leaving running with its token current): groups waiting for
--- them become claimable (ready_at -inf: whatever clock the next claim reads). Returns whether
--- waiting workers should be woken.
-local function free_held(jobs, r)
+-- Free the slots a job held (a job leaving running with its token current), counted per key in
+-- `freed` for free_slots, which a script calls once after its batch.
+local function free_held(r, freed)
   local held = r[R_HELD]
-  if not held then return false end
   r[R_HELD] = false
-  if type(held) ~= 'table' then return false end
+  if type(held) ~= 'table' then return end
+  for _, key in ipairs(held) do
+    if type(key) == 'string' then freed[key] = (freed[key] or 0) + 1 end
+  end
+end
+
+-- Give back the slots counted in `freed`: groups waiting for them become claimable (ready_at
+-- -inf: whatever clock the next claim reads). Returns whether waiting workers should be woken.
+local function free_slots(jobs, freed)
   local b = base_of(jobs)
   local limits, woke = b .. ':limits', false
-  for _, key in ipairs(held) do
-    if type(key) == 'string' then
-      if redis.call('HINCRBY', limits, key .. '\31r', -1) <= 0 then redis.call('HDEL', limits, key .. '\31r') end
-      if key == '' then woke = true end
-      local wk = b .. ':waiters:' .. key
-      local waiting = redis.call('HKEYS', wk)
-      if #waiting > 0 then
-        call_many('HDEL', wk, waiting, 1)
-        for _, w in ipairs(waiting) do
-          local level, grp = string.match(w, '^([^\31]*)\31(.*)$')
-          if level then redis.call('ZADD', b .. ':groups:' .. level, 'XX', 'LT', '-inf', grp) end
-        end
-        woke = true
+  for key, n in pairs(freed) do
+    if redis.call('HINCRBY', limits, key .. '\31r', -n) <= 0 then redis.call('HDEL', limits, key .. '\31r') end
+    if key == '' then woke = true end
+    local wk = b .. ':waiters:' .. key
+    local waiting = redis.call('HKEYS', wk)
+    if #waiting > 0 then
+      call_many('HDEL', wk, waiting, 1)
+      for _, w in ipairs(waiting) do
+        local level, grp = string.match(w, '^([^\31]*)\31(.*)$')
+        if level then redis.call('ZADD', b .. ':groups:' .. level, 'XX', 'LT', '-inf', grp) end
       end
+      woke = true
     end
   end
   return woke
@@ -662,10 +667,21 @@ local function claim_turns(jobs, level, n, now, cache, qkeys)
             end
           end
         else
-          redis.call('ZREM', c.zs, head)
-          if not c.plain then redis.call('ZREM', b .. ':grouped:' .. level, head) end
-          members[#members + 1] = head
-          helds[#members] = spend_keys(cache, c.keys, now, 1)
+          local took = {head}
+          if active == 1 and n > 1 and a > 1 then
+            -- The last group that may run: its due jobs are its zset's lowest ranks, taken at once.
+            took = redis.call('ZRANGEBYSCORE', c.zs, '-inf', now_s, 'LIMIT', 0, math.min(n, a))
+            redis.call('ZREMRANGEBYRANK', c.zs, 0, #took - 1)
+          else
+            redis.call('ZREM', c.zs, head)
+          end
+          if not c.plain then call_many('ZREM', b .. ':grouped:' .. level, took, 1) end
+          local held = spend_keys(cache, c.keys, now, #took)
+          for _, m in ipairs(took) do
+            members[#members + 1] = m
+            helds[#members] = held
+          end
+          n = n - #took + 1
           if not c.served then
             c.served = true
             served[#served + 1] = c
@@ -784,6 +800,7 @@ local function write_enqueue(jobs, keys, counts, msgs, plan, now)
       end
       zs[#zs + 1] = (due == now and now_s) or fmt(due)
       zs[#zs + 1] = member(id, s)
+      if grp and not (zs.first and zs.first <= due) then zs.first = due end
     end
   end
   if #records == 0 then return end

@@ -8,7 +8,7 @@
 
 local now = clock(ARGV[1])
 local out = {}
-local requeued, woken = false, false
+local requeued, freed = false, {}
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. fmt(now))) do
   local r = load(KEYS[1], id)
   redis.call('ZREM', KEYS[2], id)
@@ -19,7 +19,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. fmt(now)
     r[R_ERRORS] = append_error(r[R_ERRORS], '{"attempt":' .. r[R_ATTEMPT] .. ',"type":"WorkerLost","message":'
       .. cjson.encode(message) .. ',"traceback":null,"worker":' .. worker .. ',"at":' .. fmt(now) .. '}')
     r[R_LEASE] = false
-    if free_held(KEYS[1], r) then woken = true end
+    if r[R_HELD] then free_held(r, freed) end
     bump(KEYS[3], 'r' .. level, -1)
     if r[R_ATTEMPT] >= r[R_MAX] then
       r[R_STATE] = 'd'
@@ -38,5 +38,6 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. fmt(now)
     save(KEYS[1], id, r)
   end
 end
+local woken = next(freed) and free_slots(KEYS[1], freed)
 if requeued or woken then wake(KEYS[1]) end
 return out

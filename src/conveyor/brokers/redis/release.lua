@@ -5,7 +5,7 @@
 -- Returns how many were released (a stale token releases nothing); their limits' slots are freed,
 -- their tokens stay spent. Wakes the queue's waiters.
 
-local n = 0
+local n, freed = 0, {}
 for i = 1, #ARGV, 2 do
   local id = ARGV[i]
   local r = load(KEYS[1], id)
@@ -16,7 +16,7 @@ for i = 1, #ARGV, 2 do
     r[R_LEASE] = false
     r[R_WORKER] = false
     r[R_STARTED] = false
-    free_held(KEYS[1], r)
+    if r[R_HELD] then free_held(r, freed) end
     save(KEYS[1], id, r)
     redis.call('ZREM', KEYS[2], id)
     to_pending(KEYS[1], id, r)
@@ -25,5 +25,6 @@ for i = 1, #ARGV, 2 do
     n = n + 1
   end
 end
+if next(freed) then free_slots(KEYS[1], freed) end
 if n > 0 then wake(KEYS[1]) end
 return n

@@ -72,67 +72,68 @@ local budget = math.huge
 if #qkeys > 0 then budget = allowance(limits_key, cache, qkeys, now) end
 local got, limited = {}, #qkeys > 0
 
-local function claim_level(l, n)
-  local claimed_total = 0
-  for _, level in ipairs(served[l]) do
-    n = math.min(n, budget)
-    if n <= 0 then break end
-    local pk = pending_key(KEYS[1], level)
-    local members, helds
-    if with_limits and (#qkeys > 0 or redis.call('ZRANGE', base_of(KEYS[1]) .. ':groups:' .. level, 0, 0)[1]) then
-      members, helds = claim_limited(KEYS[1], level, n, now, cache, qkeys)
-      budget, limited = budget - #members, true
-    else
-      -- The due members are the zset's lowest ranks: remove them by rank in one command.
-      members = redis.call('ZRANGEBYSCORE', pk, '-inf', fmt(now), 'LIMIT', 0, n)
-      if #members > 0 then redis.call('ZREMRANGEBYRANK', pk, 0, #members - 1) end
-    end
-    if #members > 0 then
-      n = n - #members
-      local ids = {}
-      for k, m in ipairs(members) do ids[k] = member_id(m) end
-      local records = load_many(KEYS[1], ids)
-      local claimed = 0
-      for k, id in ipairs(ids) do
-        local r = records[k]
-        if r then
-          r[R_ATTEMPT] = r[R_ATTEMPT] + 1
-          r[R_TOKEN] = r[R_TOKEN] + 1
-          r[R_STATE] = 'r'
-          r[R_LEASE] = lease_until
-          r[R_WORKER] = ARGV[3]
-          r[R_STARTED] = now
-          if helds then r[R_HELD] = helds[k] end
-          saves[#saves + 1] = id
-          saves[#saves + 1] = pack_record(r)
-          leased[#leased + 1] = lease_s
-          leased[#leased + 1] = id
-          claimed = claimed + 1
-          emit_delivery(out, id, r)
-        end
-      end
-      tally(t, 'p' .. level, -claimed)
-      tally(t, 'r' .. level, claimed)
-      claimed_total = claimed_total + #members
-    end
-  end
-  return claimed_total
-end
-
-local wanted, total = 0, 0
+-- Claim `asked[l]` at each level l; under limits a level may yield less than asked (its due jobs
+-- throttled), and a second round gives the rest to the levels that yielded all they were asked,
+-- most urgent first.
+local asked, wanted, total = take, 0, 0
 for l = 1, #take do
-  got[l] = claim_level(l, take[l])
-  wanted, total = wanted + take[l], total + got[l]
+  got[l] = 0
+  wanted = wanted + take[l]
 end
--- Under limits a level may yield less than its share (its due jobs throttled): the rest goes
--- to the levels that yielded all they were asked, most urgent first.
-if limited then
+while asked do
   for l = 1, #take do
-    if total >= wanted then break end
-    if got[l] >= take[l] then total = total + claim_level(l, wanted - total) end
+    local n = math.min(asked[l], wanted - total)
+    for _, level in ipairs(served[l]) do
+      n = math.min(n, budget)
+      if n <= 0 then break end
+      local pk = pending_key(KEYS[1], level)
+      local members, helds
+      if with_limits and (#qkeys > 0 or redis.call('ZRANGE', base_of(KEYS[1]) .. ':groups:' .. level, 0, 0)[1]) then
+        members, helds = claim_limited(KEYS[1], level, n, now, cache, qkeys)
+        budget, limited = budget - #members, true
+      else
+        -- The due members are the zset's lowest ranks: remove them by rank in one command.
+        members = redis.call('ZRANGEBYSCORE', pk, '-inf', fmt(now), 'LIMIT', 0, n)
+        if #members > 0 then redis.call('ZREMRANGEBYRANK', pk, 0, #members - 1) end
+      end
+      if #members > 0 then
+        n = n - #members
+        local ids = {}
+        for k, m in ipairs(members) do ids[k] = member_id(m) end
+        local records = load_many(KEYS[1], ids)
+        local claimed = 0
+        for k, id in ipairs(ids) do
+          local r = records[k]
+          if r then
+            r[R_ATTEMPT] = r[R_ATTEMPT] + 1
+            r[R_TOKEN] = r[R_TOKEN] + 1
+            r[R_STATE] = 'r'
+            r[R_LEASE] = lease_until
+            r[R_WORKER] = ARGV[3]
+            r[R_STARTED] = now
+            if helds then r[R_HELD] = helds[k] end
+            saves[#saves + 1] = id
+            saves[#saves + 1] = pack_record(r)
+            leased[#leased + 1] = lease_s
+            leased[#leased + 1] = id
+            claimed = claimed + 1
+            emit_delivery(out, id, r)
+          end
+        end
+        tally(t, 'p' .. level, -claimed)
+        tally(t, 'r' .. level, claimed)
+        got[l], total = got[l] + #members, total + #members
+      end
+    end
   end
-  save_states(limits_key, cache)
+  local again = nil
+  if limited and asked == take and total < wanted then
+    again = {}
+    for l = 1, #take do again[l] = got[l] >= take[l] and wanted or 0 end
+  end
+  asked = again
 end
+if limited then save_states(limits_key, cache) end
 if #saves > 0 then
   call_many('HSET', KEYS[1], saves, 2)
   zadd_skiplist(KEYS[2], leased)
