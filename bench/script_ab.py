@@ -7,8 +7,8 @@ busy host slows both sides alike, which back-to-back runs of a benchmark cannot 
 
 The server's statistics are reset: use a private server (``redis-server --port 6399``). Jobs
 are without limits (the question is what the tree costs queues that do not use them), or with a
-never-binding limit on one key when ``--limited`` (this tree only: then both sides run this
-tree, one queue limited, one not).
+never-binding limit on one key (``--groups N``: on N keys, so N groups take turns) when
+``--limited`` (this tree only: then both sides run this tree, one queue limited, one not).
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ def main() -> None:
     parser.add_argument("--other-fields", type=int, default=10, help="its reply fields per delivery")
     parser.add_argument("--tasks", type=int, default=20_000)
     parser.add_argument("--limited", action="store_true")
+    parser.add_argument("--groups", type=int, default=1, help="with --limited: keys (groups) to spread over")
     args = parser.parse_args()
     client = Redis.from_url(args.url)
     client.config_resetstat()
@@ -77,7 +78,10 @@ def main() -> None:
     if args.limited:
         sides = {"limited": sides["this"], "none": sides["other"]}
         sides["none"].fields = 11
-    rule = Rule(key="acct", rate=1_000_000.0, burst=1_000_000, concurrency=1_000_000)
+    rules = [
+        (Rule(key=f"acct:{g}", rate=1_000_000.0, burst=1_000_000, concurrency=1_000_000),)
+        for g in range(args.groups)
+    ]
     for start in range(0, args.tasks, BATCH):
         for name, side in sides.items():
             batch = [
@@ -85,7 +89,9 @@ def main() -> None:
                 for _ in range(min(BATCH, args.tasks - start))
             ]
             if name == "limited":
-                batch = [msgspec.structs.replace(m, limits=(rule,)) for m in batch]
+                batch = [
+                    msgspec.structs.replace(m, limits=rules[i % args.groups]) for i, m in enumerate(batch)
+                ]
             side.call(
                 "enqueue", side.keys("jobs", "keys", "counts"), ["", *packed_messages(batch)], len(batch)
             )

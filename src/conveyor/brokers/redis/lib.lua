@@ -458,9 +458,8 @@ end
 
 -- A group's keys, each {key, declared rule {rate, burst, concurrency} or nil}; a corrupt or
 -- missing rules entry declares nothing (run-time rules of its keys still apply).
-local function group_rules(grules, grp)
+local function rules_of(raw, grp)
   local declared = {}
-  local raw = redis.call('HGET', grules, grp)
   if raw then
     local ok, t = pcall(cmsgpack.unpack, raw)
     if ok and type(t) == 'table' then
@@ -475,6 +474,50 @@ local function group_rules(grules, grp)
   local out = {}
   for _, k in ipairs(group_keys(grp)) do out[#out + 1] = {k, declared[k]} end
   return out
+end
+
+local function group_rules(grules, grp)
+  return rules_of(redis.call('HGET', grules, grp), grp)
+end
+
+-- Read the rules of the groups `cands` ({grp, ...} each, given `keys`: theirs and `qkeys`) and
+-- the states of their keys into `cache`, a few commands for all of them.
+local function prefetch(grules, limits, cache, cands, qkeys)
+  for i = 1, #cands, CHUNK do
+    local names = {}
+    for k = i, math.min(#cands, i + CHUNK - 1) do names[#names + 1] = cands[k].grp end
+    for k, raw in ipairs(redis.call('HMGET', grules, unpack(names))) do
+      local c = cands[i + k - 1]
+      c.keys = rules_of(raw, c.grp)
+      for _, q in ipairs(qkeys) do c.keys[#c.keys + 1] = q end
+    end
+  end
+  local wanted, fields = {}, {}
+  for _, c in ipairs(cands) do
+    for _, kd in ipairs(c.keys) do
+      local key = kd[1]
+      if not cache[key] and not wanted[key] then
+        wanted[key] = true
+        wanted[#wanted + 1] = key
+      end
+    end
+  end
+  for i = 1, #wanted, CHUNK do
+    fields = {}
+    for k = i, math.min(#wanted, i + CHUNK - 1) do
+      local key = wanted[k]
+      fields[#fields + 1] = key .. '\31o'
+      fields[#fields + 1] = key .. '\31t'
+      fields[#fields + 1] = key .. '\31r'
+      fields[#fields + 1] = key .. '\31c'
+    end
+    local v = redis.call('HMGET', limits, unpack(fields))
+    for k = i, math.min(#wanted, i + CHUNK - 1) do
+      local o = (k - i) * 4
+      cache[wanted[k]] = {o = parse_rule(v[o + 1]), t = tonumber(v[o + 2]) or 0, r = tonumber(v[o + 3]) or 0,
+        c = tonumber(v[o + 4]) or 0}
+    end
+  end
 end
 
 -- The bucket arithmetic of conveyor.limits (GCRA), the same to the last float operation.
@@ -594,23 +637,13 @@ local function queue_keys(limits, cache)
   return {}
 end
 
--- A group after its claims: ready_at its earliest pending due time, or the row deleted when it
--- has no pending job (its turn too).
-local function settle_group(b, level, grp, zs, now)
-  local head = redis.call('ZRANGE', zs, 0, 0, 'WITHSCORES')
-  if not head[2] then
-    redis.call('ZREM', b .. ':groups:' .. level, grp)
-    redis.call('HDEL', b .. ':turns:' .. level, grp)
-  elseif tonumber(head[2]) > now then
-    redis.call('ZADD', b .. ':groups:' .. level, 'XX', head[2], grp)
-  end
-end
-
 -- Claim up to `n` due jobs of one stored level, taking turns between its groups and its jobs
 -- without limits ("", one group): each pass over the groups that may run, in turn order, takes
 -- one job per group, oldest due first, while every key of the group (and `qkeys`, the queue's
 -- own limit) allows it; a served group takes the next turn. A group that cannot run gets the
--- time it may (or waits for a slot), one without a due job its earliest due time.
+-- time it may (or waits for a slot), one without a due job its earliest due time, one without
+-- pending jobs no row. A group's taken jobs are its zset's lowest ranks (due ones sort first):
+-- they are read by rank past those taken and removed once at the end, as are every other write.
 -- Returns the claimed pending members and, for each, the keys whose slots it holds (or false).
 local function claim_turns(jobs, level, n, now, cache, qkeys)
   local b = base_of(jobs)
@@ -619,10 +652,10 @@ local function claim_turns(jobs, level, n, now, cache, qkeys)
   local members, helds = {}, {}
   local cands = {}
   for _, grp in ipairs(redis.call('ZRANGEBYSCORE', groups, '-inf', now_s)) do
-    cands[#cands + 1] = {grp = grp, zs = b .. ':gp:' .. level .. ':' .. grp}
+    cands[#cands + 1] = {grp = grp, zs = b .. ':gp:' .. level .. ':' .. grp, taken = 0}
   end
   if redis.call('ZRANGEBYSCORE', pk, '-inf', now_s, 'LIMIT', 0, 1)[1] then
-    cands[#cands + 1] = {grp = '', zs = pk, plain = true, keys = qkeys}
+    cands[#cands + 1] = {grp = '', zs = pk, plain = true, keys = qkeys, taken = 0}
   end
   if #cands == 0 then return members, helds end
   for i = 1, #cands, CHUNK do
@@ -636,66 +669,103 @@ local function claim_turns(jobs, level, n, now, cache, qkeys)
     return x.grp < y.grp
   end)
   local grules = b .. ':grules'
-  local active = #cands
-  local served = {}
+  local likely = {}  -- the groups the first pass examines, their rules and keys read at once
+  for k = 1, math.min(#cands, n) do
+    if not cands[k].plain then likely[#likely + 1] = cands[k] end
+  end
+  prefetch(grules, limits, cache, likely, qkeys)
+  local active, last_turn = #cands, nil
+  local ready_at, gone, waits, unindex = {}, {}, {}, {}
   while n > 0 and active > 0 do
     for _, c in ipairs(cands) do
       if n <= 0 then break end
       if not c.done then
-        local head = redis.call('ZRANGEBYSCORE', c.zs, '-inf', now_s, 'LIMIT', 0, 1)[1]
+        -- The next job past those taken, and the one after it (for the group's next ready_at).
+        local two = redis.call('ZRANGE', c.zs, c.taken, c.taken + 1, 'WITHSCORES')
+        local head, due = two[1], score_of(two[2])
+        c.after = two[3] and two[4] or false
         local a, at, full = 0, now, nil
-        if head then
+        if head and due <= now then
           if not c.keys then
             c.keys = group_rules(grules, c.grp)
             for _, q in ipairs(qkeys) do c.keys[#c.keys + 1] = q end
           end
           a, at, full = allowance(limits, cache, c.keys, now)
         end
-        if not head then
+        if not head or due > now then
           c.done, active = true, active - 1
-          if not c.plain then settle_group(b, level, c.grp, c.zs, now) end
+          if not c.plain then
+            if head then
+              ready_at[#ready_at + 1] = two[2]
+              ready_at[#ready_at + 1] = c.grp
+            else
+              gone[#gone + 1] = c.grp
+            end
+          end
         elseif a <= 0 then
           c.done, active = true, active - 1
           if not c.plain then
-            if full then
-              redis.call('ZADD', groups, 'XX', '+inf', c.grp)
-              for _, key in ipairs(full) do
-                redis.call('HSET', b .. ':waiters:' .. key, level .. SEP .. c.grp, 1)
-              end
-            else
-              redis.call('ZADD', groups, 'XX', fmt(at), c.grp)
-            end
+            ready_at[#ready_at + 1] = full and '+inf' or fmt(at)
+            ready_at[#ready_at + 1] = c.grp
+            for _, key in ipairs(full or {}) do waits[#waits + 1] = {key, level .. SEP .. c.grp} end
           end
         else
           local took = {head}
           if active == 1 and n > 1 and a > 1 then
-            -- The last group that may run: its due jobs are its zset's lowest ranks, taken at once.
-            took = redis.call('ZRANGEBYSCORE', c.zs, '-inf', now_s, 'LIMIT', 0, math.min(n, a))
-            redis.call('ZREMRANGEBYRANK', c.zs, 0, #took - 1)
-          else
-            redis.call('ZREM', c.zs, head)
+            -- The last group that may run: its due jobs next in rank, at once.
+            took = redis.call('ZRANGEBYSCORE', c.zs, '-inf', now_s, 'LIMIT', c.taken, math.min(n, a))
+            c.after = nil  -- unknown: read at the end
           end
-          if not c.plain then call_many('ZREM', b .. ':grouped:' .. level, took, 1) end
           local held = spend_keys(cache, c.keys, now, #took)
           for _, m in ipairs(took) do
             members[#members + 1] = m
             helds[#members] = held
+            if not c.plain then unindex[#unindex + 1] = m end
           end
-          n = n - #took + 1
-          if not c.served then
-            c.served = true
-            served[#served + 1] = c
-          end
-          c.turn = redis.call('HINCRBY', turns, SEP, 1)
-          n = n - 1
+          c.taken = c.taken + #took
+          n = n - #took
+          if not last_turn then last_turn = tonumber(redis.call('HGET', turns, SEP)) or 0 end
+          last_turn = last_turn + 1
+          c.turn = last_turn
         end
       end
     end
   end
-  for _, c in ipairs(served) do
-    redis.call('HSET', turns, c.grp, c.turn)
-    if not c.done and not c.plain then settle_group(b, level, c.grp, c.zs, now) end
+  local turned = {}
+  for _, c in ipairs(cands) do
+    if c.taken > 0 then
+      redis.call('ZREMRANGEBYRANK', c.zs, 0, c.taken - 1)
+      turned[#turned + 1] = c.grp
+      turned[#turned + 1] = c.turn
+      if not c.done and not c.plain then
+        -- Served and not looked at again: its ready_at from what follows its taken jobs.
+        local after = c.after
+        if after == nil then after = redis.call('ZRANGE', c.zs, 0, 0, 'WITHSCORES')[2] or false end
+        if not after then
+          gone[#gone + 1] = c.grp
+        elseif score_of(after) > now then
+          ready_at[#ready_at + 1] = after
+          ready_at[#ready_at + 1] = c.grp
+        end
+      end
+    end
   end
+  if last_turn then
+    turned[#turned + 1] = SEP
+    turned[#turned + 1] = last_turn
+    call_many('HSET', turns, turned, 2)
+  end
+  if #unindex > 0 then call_many('ZREM', b .. ':grouped:' .. level, unindex, 1) end
+  if #ready_at > 0 then
+    for i = 1, #ready_at, 2 * CHUNK do
+      redis.call('ZADD', groups, 'XX', unpack(ready_at, i, math.min(#ready_at, i + 2 * CHUNK - 1)))
+    end
+  end
+  if #gone > 0 then
+    call_many('ZREM', groups, gone, 1)
+    call_many('HDEL', turns, gone, 1)
+  end
+  for _, w in ipairs(waits) do redis.call('HSET', b .. ':waiters:' .. w[1], w[2], 1) end
   return members, helds
 end
 
