@@ -96,7 +96,7 @@ for n, o in ipairs(entries) do
       unleased[#unleased + 1] = id
       r[R_LEASE] = false
       tally(t, 'r' .. level, -1)
-      if r[R_HELD] then free_held(r, freed) end
+      if r[R_HELD] then limits_lib().free_held(r, freed) end
       local kind = o[O_KIND] or 'succeeded'
       if kind == 'succeeded' then
         r[R_STATE] = 's'
@@ -122,7 +122,7 @@ for n, o in ipairs(entries) do
         r[R_THROTTLED] = (tonumber(r[R_THROTTLED]) or 0) + 1
         r[R_WORKER] = false
         r[R_ERRORS] = append_error(r[R_ERRORS], o[O_ERR])
-        close_group(jobs, r, r[R_RUN_AT])
+        limits_lib().close_group(jobs, r, r[R_RUN_AT])
         to_pending(jobs, id, r)
         tally(t, 'p' .. level, 1)
         woken = true
@@ -146,6 +146,6 @@ if #saves > 0 then
   if #finished > 0 then call_many('ZADD', done, finished, 2) end
   settle(counts, t)
 end
-if next(freed) and free_slots(jobs, freed) then woken = true end
+if next(freed) and limits_lib().free_slots(jobs, freed) then woken = true end
 if woken then wake(jobs) end
 return out

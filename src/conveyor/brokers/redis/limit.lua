@@ -10,7 +10,7 @@
 local b = base_of(KEYS[1])
 local limits, key = b .. ':limits', ARGV[2]
 if ARGV[1] == 'set' then
-  if not parse_rule(ARGV[3]) then return redis.error_reply('ERR limit: malformed rule') end
+  if not limits_lib().parse_rule(ARGV[3]) then return redis.error_reply('ERR limit: malformed rule') end
   redis.call('HSET', limits, key .. '\31o', ARGV[3])
 elseif redis.call('HDEL', limits, key .. '\31o') == 0 then
   return 0

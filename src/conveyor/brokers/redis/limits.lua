@@ -30,18 +30,18 @@ local declared = {}
 local grules = b .. ':grules'
 local rules = redis.call('HGETALL', grules)
 for i = 1, #rules, 2 do
-  for _, kd in ipairs(group_rules(grules, rules[i])) do
+  for _, kd in ipairs(limits_lib().group_rules(grules, rules[i])) do
     if kd[2] and (not declared[kd[1]] or queued[kd[1]]) then declared[kd[1]] = kd[2] end
   end
 end
 for k in pairs(queued) do state[k] = state[k] or {} end
 local out = {}
 for key, s in pairs(state) do
-  local override = parse_rule(s.o)
+  local override = limits_lib().parse_rule(s.o)
   local rule = override or declared[key] or {0, 1, 0}
   local rate, burst, conc = rule[1], rule[2], rule[3]
   local running = tonumber(s.r) or 0
-  local tokens = rate > 0 and bucket_tokens(tonumber(s.t) or 0, now, rate, burst) or nil
+  local tokens = rate > 0 and limits_lib().bucket_tokens(tonumber(s.t) or 0, now, rate, burst) or nil
   local closed = tonumber(s.c)
   if closed and closed <= now then closed = nil end
   if override or running > 0 or (tokens and tokens < burst) or closed or queued[key] then

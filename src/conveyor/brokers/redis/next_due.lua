@@ -22,9 +22,9 @@ for _, level in ipairs(pending_levels(KEYS[2])) do
 end
 if not best then return '' end
 local cache = {}
-local qkeys = queue_keys(b .. ':limits', cache)
+local qkeys = limits_lib().queue_keys(b .. ':limits', cache)
 if #qkeys > 0 then
-  local a, at, full = allowance(b .. ':limits', cache, qkeys, now)
+  local a, at, full = limits_lib().allowance(b .. ':limits', cache, qkeys, now)
   if a <= 0 then
     if full then return '' end
     best = math.max(best, at)

@@ -19,7 +19,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. fmt(now)
     r[R_ERRORS] = append_error(r[R_ERRORS], '{"attempt":' .. r[R_ATTEMPT] .. ',"type":"WorkerLost","message":'
       .. cjson.encode(message) .. ',"traceback":null,"worker":' .. worker .. ',"at":' .. fmt(now) .. '}')
     r[R_LEASE] = false
-    if r[R_HELD] then free_held(r, freed) end
+    if r[R_HELD] then limits_lib().free_held(r, freed) end
     bump(KEYS[3], 'r' .. level, -1)
     if r[R_ATTEMPT] >= r[R_MAX] then
       r[R_STATE] = 'd'
@@ -38,6 +38,6 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. fmt(now)
     save(KEYS[1], id, r)
   end
 end
-local woken = next(freed) and free_slots(KEYS[1], freed)
+local woken = next(freed) and limits_lib().free_slots(KEYS[1], freed)
 if requeued or woken then wake(KEYS[1]) end
 return out

@@ -16,7 +16,7 @@ for i = 1, #ARGV, 2 do
     r[R_LEASE] = false
     r[R_WORKER] = false
     r[R_STARTED] = false
-    if r[R_HELD] then free_held(r, freed) end
+    if r[R_HELD] then limits_lib().free_held(r, freed) end
     save(KEYS[1], id, r)
     redis.call('ZREM', KEYS[2], id)
     to_pending(KEYS[1], id, r)
@@ -25,6 +25,6 @@ for i = 1, #ARGV, 2 do
     n = n + 1
   end
 end
-if next(freed) then free_slots(KEYS[1], freed) end
+if next(freed) then limits_lib().free_slots(KEYS[1], freed) end
 if n > 0 then wake(KEYS[1]) end
 return n

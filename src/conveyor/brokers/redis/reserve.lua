@@ -67,9 +67,9 @@ local lease_s = fmt(lease_until)
 
 -- The queue's own limit caps the claim; a level with groups is claimed by turns (claim_limited).
 local cache = {}
-local qkeys = marks[1] and queue_keys(limits_key, cache) or {}
+local qkeys = marks[1] and limits_lib().queue_keys(limits_key, cache) or {}
 local budget = math.huge
-if #qkeys > 0 then budget = allowance(limits_key, cache, qkeys, now) end
+if #qkeys > 0 then budget = limits_lib().allowance(limits_key, cache, qkeys, now) end
 local got, limited = {}, #qkeys > 0
 
 -- Claim `asked[l]` at each level l; under limits a level may yield less than asked (its due jobs
@@ -89,7 +89,7 @@ while asked do
       local pk = pending_key(KEYS[1], level)
       local members, helds
       if with_limits and (#qkeys > 0 or redis.call('ZRANGE', base_of(KEYS[1]) .. ':groups:' .. level, 0, 0)[1]) then
-        members, helds = claim_limited(KEYS[1], level, n, now, cache, qkeys)
+        members, helds = limits_lib().claim_limited(KEYS[1], level, n, now, cache, qkeys)
         budget, limited = budget - #members, true
       else
         -- The due members are the zset's lowest ranks: remove them by rank in one command.
@@ -133,7 +133,7 @@ while asked do
   end
   asked = again
 end
-if limited then save_states(limits_key, cache) end
+if limited then limits_lib().save_states(limits_key, cache) end
 if #saves > 0 then
   call_many('HSET', KEYS[1], saves, 2)
   zadd_skiplist(KEYS[2], leased)
