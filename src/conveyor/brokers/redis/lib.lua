@@ -7,7 +7,8 @@
 --   <base>:running     zset  job id, scored by lease expiry
 --   <base>:dead        zset  job id, scored by finish time
 --   <base>:done        zset  succeeded and cancelled job ids, scored by retention expiry
---   <base>:pending:<L> zset  scheduled and ready jobs of level L, scored by due time (see member)
+--   <base>:pending:<L> zset  scheduled and ready jobs of level L without limits, scored by due
+--                      time (see member); jobs with limits: see Limits below
 -- The pending zsets are named in the scripts from KEYS[1] (<base>:jobs) since a queue's levels
 -- are only known from its records; they are in the same slot as KEYS[1].
 -- Wake-ups are published on the channel "<base>:wake" (message: empty).
