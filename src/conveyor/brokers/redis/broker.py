@@ -36,9 +36,11 @@ from conveyor.brokers.redis.scripts import Call, Scripts
 from conveyor.brokers.redis.url import parse
 from conveyor.brokers.redis.wire import (
     DELIVERY_FIELDS,
+    LIMIT_FIELDS,
     adopt_fields,
     delivery,
     job,
+    limit_info,
     now_arg,
     optional,
     outcome_entry,
@@ -47,6 +49,7 @@ from conveyor.brokers.redis.wire import (
     pairs,
     raise_conflict,
     rows,
+    rule_arg,
 )
 from conveyor.errors import ConfigurationError, KeyConflict
 from conveyor.priority import Fairness
@@ -55,10 +58,12 @@ from conveyor.records import (
     Delivery,
     Enqueued,
     JobInfo,
+    LimitInfo,
     Message,
     Outcome,
     QueueStats,
     Reclaimed,
+    Rule,
     WorkerInfo,
 )
 
@@ -570,6 +575,27 @@ class RedisBroker(Broker):
         else:
             found.sort(key=lambda s_j: (-(s_j[1].finished_at or 0.0), -s_j[0]))
         return [j for _, j in found[offset : offset + limit]]
+
+    # -- limits (docs/flow-control.md; the state lives in the queue's slot, see lib.lua) -------
+
+    def set_limit(self, queue: str, rule: Rule) -> None:
+        stored = rule_arg(queue, rule)
+        self._register([queue])
+        self._run([("limit", self._keys(queue, "jobs", "counts"), ["set", rule.key, stored])])
+
+    def clear_limit(self, queue: str, key: str) -> bool:
+        (reply,) = self._run([("limit", self._keys(queue, "jobs", "counts"), ["clear", key])])
+        return bool(reply)
+
+    def limits(self, queue: str | None = None, now: float | None = None) -> list[LimitInfo]:
+        names = self._known_queues() if queue is None else [queue]
+        replies = self._run([("limits", self._keys(q, "jobs", "counts"), [now_arg(now)]) for q in names])
+        found = [
+            limit_info(f, q)
+            for q, reply in zip(names, replies, strict=True)
+            for f in rows(reply, 0, LIMIT_FIELDS)
+        ]
+        return sorted(found, key=lambda i: (i.queue, i.key))
 
     def time(self) -> float:
         reply = self._client.time()

@@ -4,7 +4,8 @@
 -- ARGV[1] now ('' = the store's clock)   ARGV[2] number of levels   ARGV[3] cap per level
 -- Returns {now, due tasks of level 0 (at most cap), of level 1, ...}; now as a decimal string,
 -- so the reservation that follows uses the same clock reading. The last level counts the stored
--- levels above it too (see served_levels), as reserve takes them.
+-- levels above it too (see served_levels), as reserve takes them. Jobs with limits count once
+-- due, whether or not their limits allow them now.
 
 local now = clock(ARGV[1])
 local out = {fmt(now)}
@@ -14,6 +15,7 @@ for level = 0, last do
   local due = 0
   for _, stored in ipairs(served_levels(KEYS[2], level, last)) do
     due = due + redis.call('ZCOUNT', pending_key(KEYS[1], stored), '-inf', fmt(now))
+      + redis.call('ZCOUNT', base_of(KEYS[1]) .. ':grouped:' .. stored, '-inf', fmt(now))
   end
   out[#out + 1] = math.min(cap, due)
 end

@@ -3,11 +3,12 @@
 --
 -- KEYS[1] <base>:jobs   KEYS[2] <base>:running   KEYS[3] <base>:counts   KEYS[4] <base>:dead
 -- ARGV[1] now
--- Returns {'requeued' | 'dead', id, ...}. Wakes the queue's waiters when it requeued a task.
+-- Returns {'requeued' | 'dead', id, ...}. Wakes the queue's waiters when it requeued a task or
+-- freed a concurrency slot of its limits.
 
 local now = clock(ARGV[1])
 local out = {}
-local requeued = false
+local requeued, freed = false, {}
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. fmt(now))) do
   local r = load(KEYS[1], id)
   redis.call('ZREM', KEYS[2], id)
@@ -18,6 +19,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. fmt(now)
     r[R_ERRORS] = append_error(r[R_ERRORS], '{"attempt":' .. r[R_ATTEMPT] .. ',"type":"WorkerLost","message":'
       .. cjson.encode(message) .. ',"traceback":null,"worker":' .. worker .. ',"at":' .. fmt(now) .. '}')
     r[R_LEASE] = false
+    if r[R_HELD] then limits_lib().free_held(r, freed) end
     bump(KEYS[3], 'r' .. level, -1)
     if r[R_ATTEMPT] >= r[R_MAX] then
       r[R_STATE] = 'd'
@@ -27,7 +29,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. fmt(now)
       out[#out + 1] = 'dead'
     else
       r[R_STATE] = 'p'
-      redis.call('ZADD', pending_key(KEYS[1], level), fmt(r[R_RUN_AT]), member(id, r[R_SEQ]))
+      to_pending(KEYS[1], id, r)
       bump(KEYS[3], 'p' .. level, 1)
       out[#out + 1] = 'requeued'
       requeued = true
@@ -36,5 +38,6 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. fmt(now)
     save(KEYS[1], id, r)
   end
 end
-if requeued then wake(KEYS[1]) end
+local woken = next(freed) and limits_lib().free_slots(KEYS[1], freed)
+if requeued or woken then wake(KEYS[1]) end
 return out

@@ -15,6 +15,11 @@
 local now = clock(ARGV[1])
 local lease_until = now + tonumber(ARGV[2])
 local take, current, served = {}, {}, {}
+-- Limits (docs/flow-control.md): whether the queue has its own limit or ever had groups; a queue
+-- with neither claims on the plain path, as before limits existed.
+local limits_key = base_of(KEYS[1]) .. ':limits'
+local marks = redis.call('HMGET', limits_key, '\31o', GROUPED)
+local with_limits = marks[1] or marks[2]
 
 if ARGV[4] == 'take' then
   for i = 5, #ARGV do take[#take + 1] = tonumber(ARGV[i]) end
@@ -30,6 +35,10 @@ else
     left[level + 1] = 0
     for _, stored in ipairs(served[level + 1]) do
       left[level + 1] = left[level + 1] + redis.call('ZCOUNT', pending_key(KEYS[1], stored), '-inf', fmt(now))
+      if with_limits then
+        left[level + 1] = left[level + 1] + redis.call('ZCOUNT', base_of(KEYS[1]) .. ':grouped:' .. stored, '-inf',
+          fmt(now))
+      end
     end
     take[level + 1] = 0
   end
@@ -55,42 +64,76 @@ local out = {#current}
 for l = 1, #current do out[#out + 1] = current[l] end
 local saves, leased, t = {}, {}, {}
 local lease_s = fmt(lease_until)
+
+-- The queue's own limit caps the claim; a level with groups is claimed by turns (claim_limited).
+local cache = {}
+local qkeys = marks[1] and limits_lib().queue_keys(limits_key, cache) or {}
+local budget = math.huge
+if #qkeys > 0 then budget = limits_lib().allowance(limits_key, cache, qkeys, now) end
+local got, limited = {}, #qkeys > 0
+
+-- Claim `asked[l]` at each level l; under limits a level may yield less than asked (its due jobs
+-- throttled), and a second round gives the rest to the levels that yielded all they were asked,
+-- most urgent first.
+local asked, wanted, total = take, 0, 0
 for l = 1, #take do
-  local n = take[l]
-  for _, level in ipairs(served[l]) do
-    if n <= 0 then break end
-    local pk = pending_key(KEYS[1], level)
-    -- The due members are the zset's lowest ranks: remove them by rank in one command.
-    local members = redis.call('ZRANGEBYSCORE', pk, '-inf', fmt(now), 'LIMIT', 0, n)
-    if #members > 0 then
-      redis.call('ZREMRANGEBYRANK', pk, 0, #members - 1)
-      n = n - #members
-      local ids = {}
-      for k, m in ipairs(members) do ids[k] = member_id(m) end
-      local records = load_many(KEYS[1], ids)
-      local claimed = 0
-      for k, id in ipairs(ids) do
-        local r = records[k]
-        if r then
-          r[R_ATTEMPT] = r[R_ATTEMPT] + 1
-          r[R_TOKEN] = r[R_TOKEN] + 1
-          r[R_STATE] = 'r'
-          r[R_LEASE] = lease_until
-          r[R_WORKER] = ARGV[3]
-          r[R_STARTED] = now
-          saves[#saves + 1] = id
-          saves[#saves + 1] = pack_record(r)
-          leased[#leased + 1] = lease_s
-          leased[#leased + 1] = id
-          claimed = claimed + 1
-          emit_delivery(out, id, r)
-        end
+  got[l] = 0
+  wanted = wanted + take[l]
+end
+while asked do
+  for l = 1, #take do
+    local n = math.min(asked[l], wanted - total)
+    for _, level in ipairs(served[l]) do
+      n = math.min(n, budget)
+      if n <= 0 then break end
+      local pk = pending_key(KEYS[1], level)
+      local members, helds
+      if with_limits and (#qkeys > 0 or redis.call('ZRANGE', base_of(KEYS[1]) .. ':groups:' .. level, 0, 0)[1]) then
+        members, helds = limits_lib().claim_limited(KEYS[1], level, n, now, cache, qkeys)
+        budget, limited = budget - #members, true
+      else
+        -- The due members are the zset's lowest ranks: remove them by rank in one command.
+        members = redis.call('ZRANGEBYSCORE', pk, '-inf', fmt(now), 'LIMIT', 0, n)
+        if #members > 0 then redis.call('ZREMRANGEBYRANK', pk, 0, #members - 1) end
       end
-      tally(t, 'p' .. level, -claimed)
-      tally(t, 'r' .. level, claimed)
+      if #members > 0 then
+        n = n - #members
+        local ids = {}
+        for k, m in ipairs(members) do ids[k] = member_id(m) end
+        local records = load_many(KEYS[1], ids)
+        local claimed = 0
+        for k, id in ipairs(ids) do
+          local r = records[k]
+          if r then
+            r[R_ATTEMPT] = r[R_ATTEMPT] + 1
+            r[R_TOKEN] = r[R_TOKEN] + 1
+            r[R_STATE] = 'r'
+            r[R_LEASE] = lease_until
+            r[R_WORKER] = ARGV[3]
+            r[R_STARTED] = now
+            if helds then r[R_HELD] = helds[k] end
+            saves[#saves + 1] = id
+            saves[#saves + 1] = pack_record(r)
+            leased[#leased + 1] = lease_s
+            leased[#leased + 1] = id
+            claimed = claimed + 1
+            emit_delivery(out, id, r)
+          end
+        end
+        tally(t, 'p' .. level, -claimed)
+        tally(t, 'r' .. level, claimed)
+        got[l], total = got[l] + #members, total + #members
+      end
     end
   end
+  local again = nil
+  if limited and asked == take and total < wanted then
+    again = {}
+    for l = 1, #take do again[l] = got[l] >= take[l] and wanted or 0 end
+  end
+  asked = again
 end
+if limited then limits_lib().save_states(limits_key, cache) end
 if #saves > 0 then
   call_many('HSET', KEYS[1], saves, 2)
   zadd_skiplist(KEYS[2], leased)

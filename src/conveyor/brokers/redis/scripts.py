@@ -42,6 +42,8 @@ NAMES = (
     "stats",
     "next_due",
     "beat",
+    "limit",
+    "limits",
 )
 
 #: One script call: (script name, KEYS, ARGV). KEYS[1] decides the slot: all its keys share it.

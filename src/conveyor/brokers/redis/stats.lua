@@ -12,18 +12,22 @@ local flat = redis.call('HGETALL', KEYS[2])
 for i = 1, #flat, 2 do
   local state, level = string.sub(flat[i], 1, 1), string.sub(flat[i], 2)
   if state == 'p' then
-    local pk = pending_key(KEYS[1], level)
-    local ready = redis.call('ZCOUNT', pk, '-inf', fmt(now))
+    local pk, gk = pending_key(KEYS[1], level), base_of(KEYS[1]) .. ':grouped:' .. level
+    local ready = redis.call('ZCOUNT', pk, '-inf', fmt(now)) + redis.call('ZCOUNT', gk, '-inf', fmt(now))
     for _, t in ipairs({{'ready', ready}, {'scheduled', tonumber(flat[i + 1]) - ready}}) do
       out[#out + 1] = t[1]
       out[#out + 1] = level
       out[#out + 1] = t[2]
     end
     if ready > 0 then
-      local head = redis.call('ZRANGE', pk, 0, 0, 'WITHSCORES')
-      out[#out + 1] = 'oldest'
-      out[#out + 1] = level
-      out[#out + 1] = head[2]
+      for _, zs in ipairs({pk, gk}) do
+        local head = redis.call('ZRANGE', zs, 0, 0, 'WITHSCORES')
+        if head[2] then
+          out[#out + 1] = 'oldest'
+          out[#out + 1] = level
+          out[#out + 1] = head[2]
+        end
+      end
     end
   else
     out[#out + 1] = names[state]
