@@ -207,8 +207,10 @@ def tokens(tat: float, now: float, rate: float, burst: int) -> float:
     ``tat - now < burst/rate`` after it. Unlimited (``math.inf``) without a rate."""
     if rate <= 0:
         return math.inf
-    # A small epsilon keeps float error from denying a token that is exactly due.
-    return max(0.0, math.floor(burst - max(0.0, tat - now) * rate + 1e-9))
+    # Times near 1.7e9 s carry float error of ~4e-7 s, which becomes 4e-7 * rate tokens: the
+    # margin keeps that error from denying a token that is exactly due (and allows one at most
+    # a microsecond early).
+    return max(0.0, math.floor(burst - max(0.0, tat - now) * rate + 1e-9 + 1e-6 * rate))
 
 
 def spend(tat: float, now: float, rate: float, count: int) -> float:

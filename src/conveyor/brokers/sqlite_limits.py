@@ -169,6 +169,33 @@ class Claim:
             return self.db.execute(CLAIM_PLAIN, params | {"limit": count}).fetchall()
         return self.db.execute(_CLAIM_GROUP, params | {"grp": grp, "limit": count}).fetchall()
 
+    def _settle_turns(
+        self, priority: int, served: dict[str, int], blocked: dict[str, tuple[float, list[str]]]
+    ) -> None:
+        """Store the served groups' new turns, and when the blocked ones may be claimable."""
+        db, now, queue = self.db, self.now, self.queue
+        if served:
+            db.executemany(
+                "INSERT INTO conveyor_groups (queue, priority, grp, turn, ready_at) VALUES (?, ?, ?, ?, 0)"
+                " ON CONFLICT (queue, priority, grp) DO UPDATE SET turn = excluded.turn",
+                [(queue, priority, grp, turn) for grp, turn in served.items()],
+            )
+            # A served group may have no due job left: it must not look claimable to `wait`.
+            for grp in served:
+                if grp and grp not in blocked:
+                    due = _earliest(db, queue, priority, grp)
+                    if due > now:
+                        blocked[grp] = (due, [])
+        for grp, (until, waiting_on) in blocked.items():
+            db.execute(
+                "UPDATE conveyor_groups SET ready_at = ? WHERE queue = ? AND priority = ? AND grp = ?",
+                (until, queue, priority, grp),
+            )
+            db.executemany(
+                "INSERT OR IGNORE INTO conveyor_waiters (queue, key, priority, grp) VALUES (?, ?, ?, ?)",
+                [(queue, key, priority, grp) for key in waiting_on],
+            )
+
     def turns(self, priority: int, n: int, lease: float, worker: str) -> list[Any]:
         """Claim up to ``n`` jobs of one level, groups (and the jobs without limits) taking turns."""
         db, now, queue = self.db, self.now, self.queue
@@ -227,27 +254,7 @@ class Claim:
                 served[grp] = last
                 kept.append((grp, rules))
             active = kept
-        if served:
-            db.executemany(
-                "INSERT INTO conveyor_groups (queue, priority, grp, turn, ready_at) VALUES (?, ?, ?, ?, 0)"
-                " ON CONFLICT (queue, priority, grp) DO UPDATE SET turn = excluded.turn",
-                [(queue, priority, grp, turn) for grp, turn in served.items()],
-            )
-            # A served group may have no due job left: it must not look claimable to `wait`.
-            for grp in served:
-                if grp and grp not in blocked:
-                    due = _earliest(db, queue, priority, grp)
-                    if due > now:
-                        blocked[grp] = (due, [])
-        for grp, (until, waiting_on) in blocked.items():
-            db.execute(
-                "UPDATE conveyor_groups SET ready_at = ? WHERE queue = ? AND priority = ? AND grp = ?",
-                (until, queue, priority, grp),
-            )
-            db.executemany(
-                "INSERT OR IGNORE INTO conveyor_waiters (queue, key, priority, grp) VALUES (?, ?, ?, ?)",
-                [(queue, key, priority, grp) for key in waiting_on],
-            )
+        self._settle_turns(priority, served, blocked)
         return rows
 
 
