@@ -18,6 +18,7 @@ from typing import Any
 
 import msgspec
 
+from conveyor.errors import DuplicateId
 from conveyor.priority import Fairness
 from conveyor.records import (
     AckStatus,
@@ -52,6 +53,14 @@ class Broker(abc.ABC):
         self, messages: Sequence[Message], now: float | None = None, connection: Any = None
     ) -> list[Enqueued]:
         """Store messages as ready or scheduled, deduplicating by key.
+
+        Ids are unique across the store. A message whose id is held by another job, of any
+        queue, or by another message of the batch raises DuplicateId, storing nothing of the
+        batch; a message whose key resolves to a job (below) is not refused for its id. The
+        same message again (same id, queue, task, payload, priority, max_attempts and key: an
+        enqueue sent again after its reply was lost) is no other job: it stores nothing and
+        returns its job as created. A Redis Cluster checks ids across slots before its scripts
+        run, not atomically with them (see the Redis broker).
 
         Keys are scoped to a queue. A message whose key is held by a job of its queue with the
         same task and payload returns that job (``created=False``), also after the job finished,
@@ -200,6 +209,28 @@ def claimed(rows: list[Any]) -> list[Delivery]:
         )
         for r in rows
     ]
+
+
+def duplicate_id(job_id: str) -> DuplicateId:
+    """The refusal of an enqueue whose message reuses the id of another job (every store's)."""
+    return DuplicateId(
+        f"job id {job_id!r} is held by another job (or another message of the batch): nothing of"
+        " the batch was stored; leave ids to conveyor.ids.new_id()"
+    )
+
+
+def resends(m: Message, stored: Sequence[Any]) -> bool:
+    """Whether ``m`` is the message stored as ``stored`` (queue, task, payload, priority,
+    max_attempts, key, as a row holds them): the same enqueue sent again, not another job."""
+    queue, task, payload, priority, max_attempts, key = stored
+    return (queue, task, bytes(payload), priority, max_attempts, key) == (
+        m.queue,
+        m.task,
+        m.payload,
+        m.priority,
+        m.max_attempts,
+        m.key,
+    )
 
 
 def errors_of(stored: Any) -> list[dict[str, Any]]:

@@ -76,10 +76,14 @@ for n, o in ipairs(entries) do
       end
     end
     for _, tg in pairs(targets) do
-      local plan, conflict = plan_enqueue(tg.jobs, tg.keys, tg.msgs)
+      local plan, refused = plan_enqueue(tg.jobs, tg.keys, tg.msgs)
       if not plan then
-        failure = 'KeyConflict: key ' .. conflict[1] .. ' belongs to job ' .. conflict[2]
-          .. ' with a different task or payload'
+        if refused[1] == 'key' then
+          failure = 'KeyConflict: key ' .. refused[2] .. ' belongs to job ' .. refused[3]
+            .. ' with a different task or payload'
+        else
+          failure = 'DuplicateId: job id ' .. refused[2] .. ' is held by another job'
+        end
         break
       end
       tg.plan = plan

@@ -31,7 +31,7 @@ from redis.retry import Retry
 
 from conveyor import serializer
 from conveyor.brokers.availability import guarded, refused, unavailable
-from conveyor.brokers.base import Broker, Lease
+from conveyor.brokers.base import Broker, Lease, duplicate_id
 from conveyor.brokers.redis.scripts import Call, Scripts
 from conveyor.brokers.redis.url import parse
 from conveyor.brokers.redis.wire import (
@@ -48,7 +48,7 @@ from conveyor.brokers.redis.wire import (
     raise_conflict,
     rows,
 )
-from conveyor.errors import ConfigurationError, KeyConflict
+from conveyor.errors import ConfigurationError, ConveyorError, KeyConflict
 from conveyor.priority import Fairness
 from conveyor.records import (
     AckStatus,
@@ -202,7 +202,14 @@ class RedisBroker(Broker):
                 f" Cluster, to be stored all or nothing; queues {', '.join(sorted(by_queue))} are"
                 " in different slots: enqueue them one queue at a time"
             )
+        if len(by_queue) > 1:  # one id in two queues (a script plans one queue at a time)
+            queue_of: dict[str, str] = {}
+            for m in messages:
+                if queue_of.setdefault(m.id, m.queue) != m.queue:
+                    raise duplicate_id(m.id)
         self._register(by_queue)
+        if self.target.cluster:
+            self._refuse_ids_held_elsewhere(messages)
         calls: list[Call] = []
         for group in groups:  # one script per slot: each stores its queues all or nothing
             keys: list[str] = []
@@ -210,6 +217,8 @@ class RedisBroker(Broker):
             for q in group:
                 keys += self._keys(q, "jobs", "keys", "counts")
                 args += packed_messages([messages[i] for i in by_queue[q]])
+            if not self.target.cluster:  # the script looks up the ids in every queue
+                keys.append(self._queues_key)
             calls.append(("enqueue", keys, args))
         out = [Enqueued(m.id, True) for m in messages]  # the script names only the others
         for group, reply in zip(groups, self._run(calls, durable=True), strict=True):
@@ -218,6 +227,22 @@ class RedisBroker(Broker):
                 queue = group[reply[n] - 1]
                 out[by_queue[queue][reply[n + 1] - 1]] = Enqueued(reply[n + 2].decode(), False)
         return out
+
+    def _refuse_ids_held_elsewhere(self, messages: Sequence[Message]) -> None:
+        """On a Cluster, where a script reads its own slot only, raise DuplicateId if a message's
+        id is held by a job of another queue. The look-up reads every queue (a round trip per
+        node) before the enqueue scripts run, so it is not atomic with them: two producers
+        storing one id in queues of different slots at the same moment can both succeed. The
+        scripts check the id within its own queue."""
+        queue_of = {m.id: m.queue for m in messages}
+        calls: list[Call] = []
+        for q in self._known_queues():
+            ids = [i for i, queue in queue_of.items() if queue != q]
+            if ids:
+                calls.append(("held", self._keys(q, "jobs"), ids))
+        for reply in self._run(calls):
+            if reply:
+                raise duplicate_id(reply.decode(errors="replace"))
 
     def _slot_groups(self, queues: list[str]) -> list[list[str]]:
         """``queues`` by the hash slot of their keys: one group on a single server, where one
@@ -247,7 +272,7 @@ class RedisBroker(Broker):
             (queue,) = queues
             state = [x for pair in zip(fairness.weights, fairness.current, strict=True) for x in pair]
             args = [now_arg(now), repr(float(lease)), worker, "fair", limit, *state]
-            (reply,) = self._run([("reserve", self._keys(queue, "jobs", "running", "counts"), args)])
+            (reply,) = self._run([("reserve", self._keys(queue, "jobs", "running", "counts", "dead"), args)])
             fairness.current[:] = [int(x) for x in reply[1 : 1 + reply[0]]]
             out = [delivery(f, queue) for f in rows(reply, 1 + reply[0], DELIVERY_FIELDS)]
         else:
@@ -287,7 +312,7 @@ class RedisBroker(Broker):
             [
                 (
                     "reserve",
-                    self._keys(q, "jobs", "running", "counts"),
+                    self._keys(q, "jobs", "running", "counts", "dead"),
                     [replies[qi][0], repr(float(lease)), worker, "take", *per_queue[qi]],
                 )
                 for qi, q in chosen
@@ -626,6 +651,10 @@ class RedisBroker(Broker):
                 *(x for leaving in moving.values() for f in leaving for x in adopt_fields(f)),
             ]
             (reply,) = self._run([("adopt", self._keys(queue, "jobs", "keys", "counts"), args)])
+            if reply[0] == b"invalid":
+                raise ConveyorError(
+                    f"cannot replay job {reply[1].decode(errors='replace')}: its record is corrupt"
+                )
             if reply[0] == b"conflict":
                 job_id, key, holder = (x.decode() for x in reply[1:4])
                 raise KeyConflict(
