@@ -13,11 +13,13 @@ out by ``reserve``; a stale token changes nothing and is reported as lost.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import msgspec
 
+from conveyor import redact
 from conveyor.errors import DuplicateId
 from conveyor.priority import Fairness
 from conveyor.records import (
@@ -31,6 +33,8 @@ from conveyor.records import (
     Reclaimed,
     WorkerInfo,
 )
+
+log = logging.getLogger("conveyor.store")
 
 #: (job id, fencing token) of a lease held by a worker.
 Lease = tuple[str, int]
@@ -231,6 +235,24 @@ def resends(m: Message, stored: Sequence[Any]) -> bool:
         m.max_attempts,
         m.key,
     )
+
+
+def worker_infos(rows: Iterable[tuple[Any, Any]]) -> list[WorkerInfo]:
+    """Stored worker registry entries, (worker id, info JSON) each, as WorkerInfo; an entry that
+    does not decode (not JSON, or not a WorkerInfo) is left out with a warning naming its id, so
+    one corrupt entry never fails a listing of the workers."""
+    out: list[WorkerInfo] = []
+    for worker_id, info in rows:
+        try:
+            out.append(msgspec.json.decode(info, type=WorkerInfo))
+        except (msgspec.DecodeError, TypeError, ValueError, RecursionError) as exc:
+            shown = worker_id.decode(errors="replace") if isinstance(worker_id, bytes) else str(worker_id)
+            log.warning(
+                "worker registry entry %s is corrupt and is left out: %s",
+                redact.printable(shown[:100]),
+                redact.printable(str(exc)[:200]),
+            )
+    return out
 
 
 def errors_of(stored: Any) -> list[dict[str, Any]]:

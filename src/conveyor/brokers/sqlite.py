@@ -24,8 +24,6 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import msgspec
-
 from conveyor import serializer
 from conveyor.brokers import sqlite_lock as writer_lock
 from conveyor.brokers.base import (
@@ -36,6 +34,7 @@ from conveyor.brokers.base import (
     errors_of,
     job_row,
     resends,
+    worker_infos,
 )
 from conveyor.errors import ConfigurationError, KeyConflict
 from conveyor.priority import Fairness
@@ -590,10 +589,10 @@ class SQLiteBroker(Broker):
         now = time.time() if now is None else now
         rows = (
             self._db()
-            .execute("SELECT info FROM conveyor_workers WHERE expires >= ? ORDER BY id", (now,))
+            .execute("SELECT id, info FROM conveyor_workers WHERE expires >= ? ORDER BY id", (now,))
             .fetchall()
         )
-        return [msgspec.json.decode(info, type=WorkerInfo) for (info,) in rows]
+        return worker_infos(rows)
 
     def replay(
         self, ids: Sequence[str] | None = None, queue: str | None = None, now: float | None = None

@@ -17,14 +17,13 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import msgspec
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg.rows import tuple_row
 
 from conveyor import serializer
 from conveyor.brokers.availability import guarded, refused, unavailable
-from conveyor.brokers.base import Broker, Lease, claimed, duplicate_id, job_row, resends
+from conveyor.brokers.base import Broker, Lease, claimed, duplicate_id, job_row, resends, worker_infos
 from conveyor.brokers.postgres import migrate as migrations
 from conveyor.brokers.postgres import queries
 from conveyor.brokers.postgres.dsn import parse
@@ -604,7 +603,7 @@ class PostgresBroker(Broker):
     def workers(self, now: float | None = None) -> list[WorkerInfo]:
         with self._connect() as conn:
             rows = conn.execute(self._sql["workers"], {"now": now}).fetchall()
-        return [msgspec.json.decode(info, type=WorkerInfo) for (info,) in rows]
+        return worker_infos(rows)
 
     def replay(
         self, ids: Sequence[str] | None = None, queue: str | None = None, now: float | None = None

@@ -313,7 +313,7 @@ DELETE FROM {schema}.workers WHERE expires < {now} - 3600 AND id <> %(id)s;
 SELECT extract(epoch from clock_timestamp())::float8;
 
 -- name: workers
-SELECT info::text FROM {schema}.workers WHERE expires >= {now} ORDER BY id;
+SELECT id, info::text FROM {schema}.workers WHERE expires >= {now} ORDER BY id;
 
 -- name: replay_clash
 -- A dead job whose key is held by another job of the queue it would be replayed into.

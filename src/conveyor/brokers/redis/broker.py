@@ -19,7 +19,6 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import msgspec
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.client import PubSub, Redis
 from redis.cluster import RedisCluster
@@ -31,7 +30,7 @@ from redis.retry import Retry
 
 from conveyor import serializer
 from conveyor.brokers.availability import guarded, refused, unavailable
-from conveyor.brokers.base import Broker, Lease, duplicate_id
+from conveyor.brokers.base import Broker, Lease, duplicate_id, worker_infos
 from conveyor.brokers.redis.scripts import Call, Scripts
 from conveyor.brokers.redis.url import parse
 from conveyor.brokers.redis.wire import (
@@ -610,17 +609,22 @@ class RedisBroker(Broker):
     def workers(self, now: float | None = None) -> list[WorkerInfo]:
         if now is None:
             now = self.time()
-        live: list[WorkerInfo] = []
+        live: list[tuple[bytes, bytes]] = []
         gone: list[bytes] = []
         for worker_id, entry in self._client.hgetall(self._workers_key).items():
-            expires, _, info = entry.partition(b" ")
-            if float(expires) >= now:
-                live.append(msgspec.json.decode(info, type=WorkerInfo))
-            elif float(expires) < now - 3600:
+            head, _, info = entry.partition(b" ")
+            try:
+                expires = float(head)
+            except ValueError:  # no expiry to read: left out as corrupt, with its warning
+                live.append((worker_id, b"not a registry entry: " + entry[:80]))
+                continue
+            if expires >= now:
+                live.append((worker_id, info))
+            elif expires < now - 3600:
                 gone.append(worker_id)
         if gone:
             self._client.hdel(self._workers_key, *gone)
-        return sorted(live, key=lambda w: w.id)
+        return sorted(worker_infos(live), key=lambda w: w.id)
 
     def replay(
         self, ids: Sequence[str] | None = None, queue: str | None = None, now: float | None = None
