@@ -12,6 +12,7 @@ import pytest
 from web_helpers import AUTH, Client
 
 from conveyor import Conveyor
+from conveyor.priority import Fairness
 from conveyor.records import WorkerInfo
 
 redis = pytest.importorskip("redis")
@@ -40,13 +41,16 @@ def test_every_page_answers_with_a_corrupt_job_and_worker(redis_app: Conveyor, s
     @redis_app.task(name="work", queue="q")
     def work(n: int) -> None: ...
 
-    pending, buried = work.enqueue(1), work.enqueue(2)
-    kept = work.enqueue(3)
+    pending, buried, running = work.enqueue(1), work.enqueue(2), work.enqueue(3)
     prefix = parse(redis_app.broker.display_url).prefix
+    jobs = f"{prefix}:{{q}}:jobs"
     raw = redis.Redis.from_url(REDIS_URL)
     try:
-        raw.hset(f"{prefix}:{{q}}:jobs", pending.id, b"\xc1 garbage")
-        raw.hset(f"{prefix}:{{q}}:jobs", buried.id, b"\x93\xa4work")  # an array cut short
+        raw.hset(jobs, buried.id, b"\x93\xa4work")  # an array cut short: buried by the reservation
+        leased = redis_app.broker.reserve(["q"], 10, 60.0, "w-good", Fairness(redis_app.priorities.weights))
+        assert [d.id for d in leased] == [pending.id, running.id]
+        raw.hset(jobs, pending.id, b"\xc1 garbage")  # gone bad while leased: shown as it is
+        raw.hset(jobs, running.id, b"\x92\x01")
         raw.hset(f"{prefix}:workers", "w-bad", f"{time.time() + 3600!r} {{not json".encode())
     finally:
         raw.close()
@@ -66,13 +70,15 @@ def test_every_page_answers_with_a_corrupt_job_and_worker(redis_app: Conveyor, s
             "/dead",
             "/scheduled",
             "/workers",
+            "/queues/q?state=running",
             f"/jobs/{pending.id}",
             f"/jobs/{buried.id}",
-            f"/jobs/{kept.id}",
+            f"/jobs/{running.id}",
         ]
         for path in pages:
             r = client.get(url + path, headers=AUTH)
             assert r.status_code == 200, (path, r.text[:500])
-        assert "CorruptRecord" in client.get(url + f"/jobs/{pending.id}", headers=AUTH).text
+        for job in (pending, buried, running):
+            assert "CorruptRecord" in client.get(url + f"/jobs/{job.id}", headers=AUTH).text
         workers = client.get(url + "/workers", headers=AUTH).text
         assert "w-good" in workers and "w-bad" not in workers
