@@ -292,3 +292,20 @@ def test_a_worker_runs_the_good_jobs_of_a_batch_with_a_garbage_record(
         assert result.exit_code == 0, result.output
         assert dead.id in result.output
     app.close()
+
+
+def test_a_stray_member_of_a_pending_index_costs_nothing_else(
+    broker: RedisBroker, corrupt: Callable[..., None], admin: Any, store_url: str
+) -> None:
+    batch = _messages(4)
+    broker.enqueue(batch, now=T0)
+    base = f"{parse(store_url).prefix}:{{q}}"
+    # Members too short to hold a sequence, one of them naming a (garbage) record, one naming none.
+    admin.zadd(f"{base}:pending:1", {b"x": 0, b"\x00" * 7 + b"nope": 0})
+    admin.hset(f"{base}:jobs", "", b"garbage")
+    corrupt(batch[1].id, SPOILS["garbage"])
+
+    leased = _reserve(broker)
+
+    assert sorted(d.id for d in leased) == sorted(m.id for m in batch if m.id != batch[1].id)
+    assert sorted(j.id for j in broker.dead()) == sorted(["", batch[1].id])

@@ -57,7 +57,12 @@ local function member(id, seq)
 end
 
 local function member_id(m) return string.sub(m, 8) end
-local function member_seq(m) return (struct.unpack('>I7', m)) end
+-- The sequence in a member, or nil when it is too short to hold one (not written by a script).
+local function member_seq(m)
+  local ok, seq = pcall(struct.unpack, '>I7', m)
+  if ok then return seq end
+  return nil
+end
 
 local function base_of(jobs) return string.sub(jobs, 1, -6) end
 local function pending_key(jobs, level) return base_of(jobs) .. ':pending:' .. level end
