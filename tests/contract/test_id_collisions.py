@@ -129,3 +129,23 @@ def test_the_application_refuses_a_hand_built_message_with_a_taken_id(store_url)
         assert victim.info().queue == "a"
     finally:
         app.close()
+
+
+@pytest.mark.parametrize("into", ["q", "a", "b"])
+def test_a_follow_up_enqueue_with_a_taken_id_fails_its_outcome_only(broker, t0, into):
+    """``current_job().enqueue`` of a hand-built message: the outcome that carries it fails as
+    its effects would (the job stays running), the victim and the other outcomes are untouched."""
+    victim = make_message(queue="a", payload=b'[["victim"],{}]')
+    enqueue(broker, t0, victim, make_message(queue="q"), make_message(queue="q"))
+    d1, d2 = reserve(broker, t0, queues=("q",))
+    thief = _like(victim, queue=into, payload=b'[["thief"],{}]')
+    fine = make_message(queue="b")
+
+    acks = broker.ack([succeeded(d1, enqueues=(thief,)), succeeded(d2, enqueues=(fine,))], now=t0 + 1)
+
+    assert [a.status for a in acks] == ["effects_failed", "ok"]
+    assert "DuplicateId" in (acks[0].error or "")
+    assert info(broker, d1.id, t0 + 1).state == "running"
+    job = info(broker, victim.id, t0 + 1)
+    assert (job.queue, job.payload) == ("a", b'[["victim"],{}]')
+    assert info(broker, fine.id, t0 + 1).queue == "b"

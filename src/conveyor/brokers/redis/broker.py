@@ -241,7 +241,7 @@ class RedisBroker(Broker):
                 calls.append(("held", self._keys(q, "jobs"), ids))
         for reply in self._run(calls):
             if reply:
-                raise duplicate_id(reply.decode(errors="replace"))
+                raise duplicate_id(reply[0].decode(errors="replace"))
 
     def _slot_groups(self, queues: list[str]) -> list[list[str]]:
         """``queues`` by the hash slot of their keys: one group on a single server, where one
@@ -430,6 +430,13 @@ class RedisBroker(Broker):
             if o.id in where:
                 by_queue.setdefault(where[o.id], []).append(i)
         later: dict[int, list[Message]] = {}  # follow-ups to other slots of a cluster, after the ack
+        if self.target.cluster:
+            for i, error in self._follow_ups_held_elsewhere(outcomes).items():
+                statuses[i] = AckStatus("effects_failed", error)
+                for indexes in by_queue.values():
+                    if i in indexes:
+                        indexes.remove(i)
+            by_queue = {q: indexes for q, indexes in by_queue.items() if indexes}
         calls: list[Call] = []
         for queue, indexes in by_queue.items():
             targets: list[str] = []
@@ -454,6 +461,8 @@ class RedisBroker(Broker):
             keys = self._keys(queue, "jobs", "keys", "counts", "running", "dead", "done")
             for t in targets:
                 keys += self._keys(t, "jobs", "keys", "counts")
+            if follow_ups and not self.target.cluster:  # the script looks up their ids everywhere
+                keys.append(self._queues_key)
             calls.append(("ack", keys, args))
         for indexes, reply in zip(by_queue.values(), self._run(calls), strict=True):
             for n, i in enumerate(indexes):
@@ -465,6 +474,23 @@ class RedisBroker(Broker):
                 self.enqueue([m for m in elsewhere if m.queue in group], now=now)
         self._forget(o.id for o, s in zip(outcomes, statuses, strict=True) if s.status != "effects_failed")
         return statuses
+
+    def _follow_ups_held_elsewhere(self, outcomes: Sequence[Outcome]) -> dict[int, str]:
+        """On a Cluster: the outcomes (by index) whose follow-up enqueues reuse the id of a job,
+        with the error they fail with, looked up in every queue as enqueue does (see
+        _refuse_ids_held_elsewhere; not atomic with the ack). Their own queues are asked too:
+        follow-ups into another slot are enqueued after the ack, too late to fail it."""
+        ids = list(dict.fromkeys(m.id for o in outcomes if o.kind == "succeeded" for m in o.enqueues))
+        if not ids:
+            return {}
+        calls: list[Call] = [("held", self._keys(q, "jobs"), ids) for q in self._known_queues()]
+        held = {x.decode() for reply in self._run(calls) for x in reply}
+        failed: dict[int, str] = {}
+        for i, o in enumerate(outcomes):
+            taken = [m.id for m in o.enqueues if m.id in held] if o.kind == "succeeded" else []
+            if taken:
+                failed[i] = f"DuplicateId: job id {taken[0]} is held by another job"
+        return failed
 
     def extend(self, leases: Sequence[Lease], lease: float, now: float | None = None) -> list[str]:
         if not leases:

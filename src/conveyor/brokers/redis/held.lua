@@ -1,12 +1,13 @@
--- held: whether a job of this queue holds one of the ids; a Redis Cluster's enqueue asks the
--- queues of every other slot before it stores (RedisBroker._refuse_ids_held_elsewhere), since
--- its enqueue script reads its own slot only.
+-- held: which of the ids a job of this queue holds; a Redis Cluster's enqueue (and ack, for
+-- follow-up enqueues) asks the queues of every other slot first (see
+-- RedisBroker._refuse_ids_held_elsewhere), since a script reads its own slot only.
 --
 -- KEYS[1] <base>:jobs
 -- ARGV[1..] job ids
--- Returns the first of the ids with a record here, or '' when none has one.
+-- Returns the ids with a record here, in ARGV order (none: an empty list).
 
+local out = {}
 for k, raw in ipairs(raw_many(KEYS[1], ARGV)) do
-  if raw then return ARGV[k] end
+  if raw then out[#out + 1] = ARGV[k] end
 end
-return ''
+return out
