@@ -129,6 +129,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "zrange": ("ZRANGE", f"{ACL_PREFIX}:app:{{q}}:dead", "0", "-1"),
     "zrangebyscore": ("ZRANGEBYSCORE", f"{ACL_PREFIX}:app:{{q}}:done", "-inf", "1"),
     "zrevrange": ("ZREVRANGE", f"{ACL_PREFIX}:app:{{q}}:done", "0", "9"),
+    "zscore": ("ZSCORE", f"{ACL_PREFIX}:app:{{q}}:dead", "j1"),
     "object|encoding": ("OBJECT", "ENCODING", f"{ACL_PREFIX}:app:{{q}}:running"),
     "wait": ("WAIT", "1", "1000"),
     "exists": ("EXISTS", f"{JOBS}:~slot-probe"),

@@ -13,11 +13,14 @@ out by ``reserve``; a stale token changes nothing and is reported as lost.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import msgspec
 
+from conveyor import redact
+from conveyor.errors import DuplicateId
 from conveyor.priority import Fairness
 from conveyor.records import (
     AckStatus,
@@ -30,6 +33,8 @@ from conveyor.records import (
     Reclaimed,
     WorkerInfo,
 )
+
+log = logging.getLogger("conveyor.store")
 
 #: (job id, fencing token) of a lease held by a worker.
 Lease = tuple[str, int]
@@ -52,6 +57,14 @@ class Broker(abc.ABC):
         self, messages: Sequence[Message], now: float | None = None, connection: Any = None
     ) -> list[Enqueued]:
         """Store messages as ready or scheduled, deduplicating by key.
+
+        Ids are unique across the store. A message whose id is held by another job, of any
+        queue, or by another message of the batch raises DuplicateId, storing nothing of the
+        batch; a message whose key resolves to a job (below) is not refused for its id. The
+        same message again (same id, queue, task, payload, priority, max_attempts and key: an
+        enqueue sent again after its reply was lost) is no other job: it stores nothing and
+        returns its job as created. A Redis Cluster checks ids across slots before its scripts
+        run, not atomically with them (see the Redis broker).
 
         Keys are scoped to a queue. A message whose key is held by a job of its queue with the
         same task and payload returns that job (``created=False``), also after the job finished,
@@ -200,6 +213,46 @@ def claimed(rows: list[Any]) -> list[Delivery]:
         )
         for r in rows
     ]
+
+
+def duplicate_id(job_id: str) -> DuplicateId:
+    """The refusal of an enqueue whose message reuses the id of another job (every store's)."""
+    return DuplicateId(
+        f"job id {job_id!r} is held by another job (or another message of the batch): nothing of"
+        " the batch was stored; leave ids to conveyor.ids.new_id()"
+    )
+
+
+def resends(m: Message, stored: Sequence[Any]) -> bool:
+    """Whether ``m`` is the message stored as ``stored`` (queue, task, payload, priority,
+    max_attempts, key, as a row holds them): the same enqueue sent again, not another job."""
+    queue, task, payload, priority, max_attempts, key = stored
+    return (queue, task, bytes(payload), priority, max_attempts, key) == (
+        m.queue,
+        m.task,
+        m.payload,
+        m.priority,
+        m.max_attempts,
+        m.key,
+    )
+
+
+def worker_infos(rows: Iterable[tuple[Any, Any]]) -> list[WorkerInfo]:
+    """Stored worker registry entries, (worker id, info JSON) each, as WorkerInfo; an entry that
+    does not decode (not JSON, or not a WorkerInfo) is left out with a warning naming its id, so
+    one corrupt entry never fails a listing of the workers."""
+    out: list[WorkerInfo] = []
+    for worker_id, info in rows:
+        try:
+            out.append(msgspec.json.decode(info, type=WorkerInfo))
+        except (msgspec.DecodeError, TypeError, ValueError, RecursionError) as exc:
+            shown = worker_id.decode(errors="replace") if isinstance(worker_id, bytes) else str(worker_id)
+            log.warning(
+                "worker registry entry %s is corrupt and is left out: %s",
+                redact.printable(shown[:100]),
+                redact.printable(str(exc)[:200]),
+            )
+    return out
 
 
 def errors_of(stored: Any) -> list[dict[str, Any]]:

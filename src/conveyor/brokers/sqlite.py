@@ -24,11 +24,18 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import msgspec
-
 from conveyor import serializer
 from conveyor.brokers import sqlite_lock as writer_lock
-from conveyor.brokers.base import Broker, Lease, claimed, errors_of, job_row
+from conveyor.brokers.base import (
+    Broker,
+    Lease,
+    claimed,
+    duplicate_id,
+    errors_of,
+    job_row,
+    resends,
+    worker_infos,
+)
 from conveyor.errors import ConfigurationError, KeyConflict
 from conveyor.priority import Fairness
 from conveyor.records import (
@@ -222,11 +229,18 @@ class SQLiteBroker(Broker):
                     out.append(Enqueued(row[0], False))
                     continue
             due = m.run_at if m.run_at is not None else now + m.delay
-            db.execute(
+            inserted = db.execute(
                 "INSERT INTO conveyor_jobs (id, task, queue, priority, state, payload, run_at, enqueued_at,"
-                " max_attempts, key) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
+                " max_attempts, key) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
                 (m.id, m.task, m.queue, m.priority, m.payload, due, now, m.max_attempts, m.key),
-            )
+            ).rowcount
+            if not inserted:  # the id is taken: by this very message (sent again), or refused
+                held = db.execute(
+                    "SELECT queue, task, payload, priority, max_attempts, key FROM conveyor_jobs WHERE id = ?",
+                    (m.id,),
+                ).fetchone()
+                if held is None or not resends(m, held):
+                    raise duplicate_id(m.id)
             out.append(Enqueued(m.id, True))
         return out
 
@@ -575,10 +589,10 @@ class SQLiteBroker(Broker):
         now = time.time() if now is None else now
         rows = (
             self._db()
-            .execute("SELECT info FROM conveyor_workers WHERE expires >= ? ORDER BY id", (now,))
+            .execute("SELECT id, info FROM conveyor_workers WHERE expires >= ? ORDER BY id", (now,))
             .fetchall()
         )
-        return [msgspec.json.decode(info, type=WorkerInfo) for (info,) in rows]
+        return worker_infos(rows)
 
     def replay(
         self, ids: Sequence[str] | None = None, queue: str | None = None, now: float | None = None

@@ -17,14 +17,13 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import msgspec
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg.rows import tuple_row
 
 from conveyor import serializer
 from conveyor.brokers.availability import guarded, refused, unavailable
-from conveyor.brokers.base import Broker, Lease, claimed, job_row
+from conveyor.brokers.base import Broker, Lease, claimed, duplicate_id, job_row, resends, worker_infos
 from conveyor.brokers.postgres import migrate as migrations
 from conveyor.brokers.postgres import queries
 from conveyor.brokers.postgres.dsn import parse
@@ -185,7 +184,10 @@ class PostgresBroker(Broker):
         if connection is None:
             with self._connect() as conn:
                 if all(m.key is None for m in messages):
-                    return self._insert_unkeyed(conn, messages, now)  # one statement, one round trip
+                    try:
+                        return self._insert_unkeyed(conn, messages, now)  # one statement, one round trip
+                    except pg_errors.UniqueViolation:
+                        pass  # an id is taken (the statement stored nothing): sort it out below
                 # Pipelined: BEGIN travels with the insert, the wake-up with COMMIT.
                 with conn.pipeline(), conn.transaction():
                     return self._insert(conn, messages, now)
@@ -239,22 +241,32 @@ class PostgresBroker(Broker):
         ).fetchall()
         out: list[Enqueued | None] = []
         created: dict[tuple[str, str | None], Message] = {}
+        ids: dict[str, Message] = {}  # the batch's messages inserted so far, by id
         unresolved: list[int] = []
-        for i, (m, (inserted, holder, same)) in enumerate(zip(messages, rows, strict=True)):
+        for i, (m, (inserted, holder, same, id_held, resent)) in enumerate(zip(messages, rows, strict=True)):
             key = (m.queue, m.key)
-            if inserted and not (m.key is not None and key in created):
-                out.append(Enqueued(m.id, True))
-                if m.key is not None:
-                    created[key] = m
-            elif holder is not None:
+            if holder is not None:  # the key is held: its job, whatever the message's id
                 if not same:
                     raise _conflict(m.key, holder)
                 out.append(Enqueued(holder, False))
-            elif key in created:  # repeated within the batch
+            elif m.key is not None and key in created:  # a key repeated within the batch
                 first = created[key]
                 if (first.task, first.payload) != (m.task, m.payload):
                     raise _conflict(m.key, first.id)
                 out.append(Enqueued(first.id, False))
+            elif m.id in ids:  # an id repeated within the batch: the same message, or refused
+                if ids[m.id] != m and not resends(m, _stored(ids[m.id])):
+                    raise duplicate_id(m.id)
+                out.append(Enqueued(m.id, True))
+            elif id_held:  # the same message sent again, or another job's id
+                if not resent:
+                    raise duplicate_id(m.id)
+                out.append(Enqueued(m.id, True))
+            elif inserted:
+                out.append(Enqueued(m.id, True))
+                ids[m.id] = m
+                if m.key is not None:
+                    created[key] = m
             else:  # taken by a transaction that committed after this statement began
                 out.append(None)
                 unresolved.append(i)
@@ -268,17 +280,23 @@ class PostgresBroker(Broker):
         self, conn: Connection, messages: Sequence[Message], indexes: list[int], out: list[Enqueued | None]
     ) -> None:
         wanted = [messages[i] for i in indexes]
-        rows = (
-            conn.cursor(row_factory=tuple_row)
-            .execute(
-                self._sql["key_holders"],
-                {"queues": [m.queue for m in wanted], "keys": [m.key for m in wanted]},
-            )
-            .fetchall()
-        )
+        cur = conn.cursor(row_factory=tuple_row)
+        rows = cur.execute(
+            self._sql["key_holders"],
+            {"queues": [m.queue for m in wanted], "keys": [m.key for m in wanted]},
+        ).fetchall()
         holders = {(queue, key): (job_id, task, payload) for queue, key, job_id, task, payload in rows}
+        by_id = {
+            row[0]: row[1:]
+            for row in cur.execute(self._sql["id_holders"], {"ids": [m.id for m in wanted]}).fetchall()
+        }
         for i, m in zip(indexes, wanted, strict=True):
             holder = holders.get((m.queue, m.key))
+            if holder is None and m.id in by_id:  # the id was taken, not the key
+                if not resends(m, by_id[m.id]):
+                    raise duplicate_id(m.id)
+                out[i] = Enqueued(m.id, True)
+                continue
             if holder is None:  # the holder expired in between: rare enough to hand back
                 raise ConveyorError(f"key {m.key!r} changed hands during the enqueue; try again")
             if (holder[1], bytes(holder[2])) != (m.task, m.payload):
@@ -585,7 +603,7 @@ class PostgresBroker(Broker):
     def workers(self, now: float | None = None) -> list[WorkerInfo]:
         with self._connect() as conn:
             rows = conn.execute(self._sql["workers"], {"now": now}).fetchall()
-        return [msgspec.json.decode(info, type=WorkerInfo) for (info,) in rows]
+        return worker_infos(rows)
 
     def replay(
         self, ids: Sequence[str] | None = None, queue: str | None = None, now: float | None = None
@@ -656,6 +674,11 @@ def _without_nul(value: Any) -> Any:
 
 def _conflict(key: str | None, holder: str) -> KeyConflict:
     return KeyConflict(f"key {key!r} belongs to job {holder} with a different task or payload")
+
+
+def _stored(m: Message) -> tuple[Any, ...]:
+    """A message as ``resends`` compares a stored job."""
+    return (m.queue, m.task, m.payload, m.priority, m.max_attempts, m.key)
 
 
 def _columns(messages: Sequence[Message]) -> dict[str, list[Any]]:

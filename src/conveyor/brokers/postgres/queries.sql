@@ -14,10 +14,11 @@
 -- Never write a percent sign outside a placeholder here: psycopg reads these as templates.
 
 -- name: enqueue
--- Insert a batch of messages as pending jobs; a message whose (queue, key) is taken is not
--- inserted. Each message comes back in order with whether it was inserted and the holder of its
--- key as this statement's snapshot sees it: rows inserted by this very statement are invisible
--- to it, so the caller resolves a key repeated within the batch.
+-- Insert a batch of messages as pending jobs; a message whose (queue, key) or id is taken is not
+-- inserted. Each message comes back in order with whether it was inserted, the holder of its
+-- key, and whether its id was held and by this very message (the same enqueue sent again), as
+-- this statement's snapshot sees them: rows inserted by this very statement are invisible to
+-- it, so the caller resolves a key or an id repeated within the batch.
 WITH m AS (
     SELECT *
       FROM unnest(%(ids)b::text[], %(tasks)b::text[], %(queues)b::text[], %(priorities)b::int[],
@@ -31,13 +32,18 @@ WITH m AS (
            {statement_now}, max_attempts, key
       FROM m
      ORDER BY n
-        ON CONFLICT (queue, key) WHERE key IS NOT NULL DO NOTHING
+        ON CONFLICT DO NOTHING
     RETURNING id
 )
-SELECT inserted.id IS NOT NULL, holder.id, holder.task = m.task AND holder.payload = m.payload
+SELECT inserted.id IS NOT NULL, holder.id, holder.task = m.task AND holder.payload = m.payload,
+       same.id IS NOT NULL,
+       coalesce(same.queue = m.queue AND same.task = m.task AND same.payload = m.payload
+                AND same.priority = m.priority AND same.max_attempts = m.max_attempts
+                AND same.key IS NOT DISTINCT FROM m.key, false)
   FROM m
   LEFT JOIN inserted ON inserted.id = m.id
   LEFT JOIN {schema}.jobs AS holder ON holder.queue = m.queue AND holder.key = m.key
+  LEFT JOIN {schema}.jobs AS same ON same.id = m.id
  ORDER BY m.n;
 
 -- name: lock_keys
@@ -68,6 +74,13 @@ WITH inserted AS (
 )
 SELECT count(pg_notify(%(channel)s, queue))
   FROM (SELECT DISTINCT queue FROM inserted ORDER BY queue) AS woken;
+
+-- name: id_holders
+-- The jobs holding ids: for ids taken by a transaction that committed after the enqueue
+-- statement's snapshot.
+SELECT id, queue, task, payload, priority, max_attempts, key
+  FROM {schema}.jobs
+ WHERE id = ANY(%(ids)s::text[]);
 
 -- name: key_holders
 -- The jobs holding (queue, key) pairs: for keys taken by a transaction that committed after
@@ -300,7 +313,7 @@ DELETE FROM {schema}.workers WHERE expires < {now} - 3600 AND id <> %(id)s;
 SELECT extract(epoch from clock_timestamp())::float8;
 
 -- name: workers
-SELECT info::text FROM {schema}.workers WHERE expires >= {now} ORDER BY id;
+SELECT id, info::text FROM {schema}.workers WHERE expires >= {now} ORDER BY id;
 
 -- name: replay_clash
 -- A dead job whose key is held by another job of the queue it would be replayed into.

@@ -42,6 +42,7 @@ COMMANDS: dict[str, str] = {
     "zrange": "next due time, listings, replay and purge of the dead",
     "zrangebyscore": "reserve, reclaim, expire, listings",
     "zrevrange": "listings of the dead and finished",
+    "zscore": "purge finds a corrupt record in the dead index",
     "object|encoding": "reserve keeps its lease index in skiplist encoding",
 }
 

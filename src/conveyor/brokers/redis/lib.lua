@@ -57,6 +57,12 @@ local function member(id, seq)
 end
 
 local function member_id(m) return string.sub(m, 8) end
+-- The sequence in a member, or nil when it is too short to hold one (not written by a script).
+local function member_seq(m)
+  local ok, seq = pcall(struct.unpack, '>I7', m)
+  if ok then return seq end
+  return nil
+end
 
 local function base_of(jobs) return string.sub(jobs, 1, -6) end
 local function pending_key(jobs, level) return base_of(jobs) .. ':pending:' .. level end
@@ -69,11 +75,52 @@ local function wake(jobs) redis.call('PUBLISH', base_of(jobs) .. ':wake', '') en
 -- 00:36) are larger than the bound, so a stored value is read unambiguously.
 local SEQ_DELTA = 2147483648
 
+-- A record's fields are checked for their types when it is read: a record that is not
+-- MessagePack, or not an array of the fields below, or has a field of the wrong type (written
+-- by a bug or by hand) must cost that record only, never fail a script midway for the others
+-- of its batch (Redis keeps a script's writes made before an error).
+local STATE_OK = {p = true, r = true, s = true, d = true, c = true}
+local MAX_WHOLE = 9007199254740992 -- 2^53: integers above it are not exact
+local MAX_LEVEL = 2147483647
+
+local function finite(x) return type(x) == 'number' and x == x and x > -math.huge and x < math.huge end
+local function whole(x, max) return finite(x) and x >= 0 and x <= max and x == math.floor(x) end
+
+-- Why a decoded record cannot be used, or nil when its fields have their types. (One function
+-- without helpers: every script call creates the closures of this library anew.)
+local function flaw(r)
+  if type(r) ~= 'table' then return 'not an array of fields' end
+  if type(r[R_TASK]) ~= 'string' then return 'task is not a string' end
+  if not whole(r[R_PRIO], MAX_LEVEL) then return 'priority is not a level' end
+  if type(r[R_PAYLOAD]) ~= 'string' then return 'payload is not a string' end
+  if not finite(r[R_RUN_AT]) then return 'run_at is not a time' end
+  if not whole(r[R_ATTEMPT], MAX_WHOLE) then return 'attempt is not a count' end
+  if not whole(r[R_MAX], MAX_WHOLE) then return 'max_attempts is not a count' end
+  if not whole(r[R_TOKEN], MAX_WHOLE) then return 'token is not a count' end
+  if not STATE_OK[r[R_STATE]] then return 'state is not one of p r s d c' end
+  if not finite(r[R_SEQ]) or r[R_SEQ] ~= math.floor(r[R_SEQ]) then return 'sequence is not an integer' end
+  -- Optional fields: absent (nil, false) or of their type.
+  if r[R_ENQUEUED] and not finite(r[R_ENQUEUED]) then return 'enqueued_at is not a time' end
+  if r[R_LEASE] and not finite(r[R_LEASE]) then return 'lease_until is not a time' end
+  if r[R_STARTED] and not finite(r[R_STARTED]) then return 'started_at is not a time' end
+  if r[R_FINISHED] and not finite(r[R_FINISHED]) then return 'finished_at is not a time' end
+  if r[R_KEY] and type(r[R_KEY]) ~= 'string' then return 'key is not a string' end
+  if r[R_WORKER] and type(r[R_WORKER]) ~= 'string' then return 'worker is not a string' end
+  if r[R_RESULT] and type(r[R_RESULT]) ~= 'string' then return 'result is not a string' end
+  if r[R_ERRORS] and type(r[R_ERRORS]) ~= 'string' then return 'errors is not a string' end
+  return nil
+end
+
+-- The record stored as `raw`, or false and why it cannot be used.
 local function unpack_record(raw)
-  local r = cmsgpack.unpack(raw)
+  local ok, r = pcall(cmsgpack.unpack, raw)
+  if not ok then return false, 'not MessagePack: ' .. tostring(r) end
+  local why = flaw(r)
+  if why then return false, why end
   if not r[R_ENQUEUED] then r[R_ENQUEUED] = r[R_RUN_AT] end
   local s = r[R_SEQ]
   if s > -SEQ_DELTA and s < SEQ_DELTA then r[R_SEQ] = math.floor(r[R_ENQUEUED] * 1000000) + s end
+  if not whole(r[R_SEQ], MAX_WHOLE) then return false, 'sequence is out of range' end
   return r
 end
 
@@ -92,10 +139,12 @@ local function relate(packed, enqueued, seq)
   return packed
 end
 
+-- The record of `id`: nil when there is none, false, why and the raw bytes when it is corrupt.
 local function load(jobs, id)
   local raw = redis.call('HGET', jobs, id)
-  if raw then return unpack_record(raw) end
-  return nil
+  if not raw then return nil end
+  local r, why = unpack_record(raw)
+  return r, why, raw
 end
 
 -- A record's stored form: MessagePack of its fields up to the last present one, the enqueue
@@ -152,13 +201,18 @@ local function raw_many(jobs, ids)
   return out
 end
 
--- Records of `ids` (nil for those missing).
+-- Records of `ids` (nil for those missing, false for those corrupt), and per corrupt record
+-- {why, raw bytes} by index.
 local function load_many(jobs, ids)
-  local out = {}
+  local out, bad = {}, {}
   for i, raw in ipairs(raw_many(jobs, ids)) do
-    if raw then out[i] = unpack_record(raw) end
+    if raw then
+      local r, why = unpack_record(raw)
+      out[i] = r
+      if not r then bad[i] = {why, raw} end
+    end
   end
-  return out
+  return out, bad
 end
 
 -- A new pending record.
@@ -247,119 +301,6 @@ local function emit_delivery(out, id, r)
   out[n + 8] = fmt(r[R_RUN_AT])
   out[n + 9] = r[R_ENQUEUED] ~= r[R_RUN_AT] and fmt(r[R_ENQUEUED]) or ''
   out[n + 10] = opt_out(r[R_KEY])
-end
-
--- Messages from ARGV[at] (wire.packed_messages): a MessagePack array of [shapes, runs, ids,
--- keys], then their payloads in ARGV[at + 1], ARGV[at + 2], ... A shape holds what messages
--- of a batch mostly share: [task, priority, delay, run_at (nil for none), max_attempts]; runs
--- are [count, shape index] pairs in message order; keys maps a message's index to its
--- idempotency key (nil when no message has one). Each message is read as {id, shape, payload,
--- key or false}: a batch costs one table per message, not one per field.
-local M_ID, M_SHAPE, M_PAYLOAD, M_KEY = 1, 2, 3, 4
-local S_TASK, S_PRIO, S_DELAY, S_RUN_AT, S_MAX = 1, 2, 3, 4, 5
-local function read_messages(at)
-  local packed = cmsgpack.unpack(ARGV[at])
-  local shapes, runs, ids, keys = packed[1], packed[2], packed[3], packed[4] or {}
-  local msgs, i = {}, 0
-  for r = 1, #runs, 2 do
-    local shape = shapes[runs[r + 1]]
-    for _ = 1, runs[r] do
-      i = i + 1
-      msgs[i] = {ids[i], shape, ARGV[at + i], keys[i] or false}
-    end
-  end
-  return msgs
-end
-
--- Decide, writing nothing, which messages are new: returns a plan or nil and the conflict
--- {key, holder id}. A plan holds per message true (store it), false (its id exists: an
--- earlier try of the same call stored it, before a lost reply; it counts as created) or the
--- id of the job its idempotency key resolved to (not created).
-local function plan_enqueue(jobs, keys, msgs)
-  local plan, held, ids = {}, {}, {}
-  for i, m in ipairs(msgs) do ids[i] = m[M_ID] end
-  local stored = raw_many(jobs, ids)
-  for i, m in ipairs(msgs) do
-    local key = m[M_KEY]
-    if stored[i] then
-      plan[i] = false
-    elseif key then
-      local task, payload = m[M_SHAPE][S_TASK], m[M_PAYLOAD]
-      local h = held[key]
-      if not h then
-        local hid = redis.call('HGET', keys, key)
-        local r = hid and load(jobs, hid)
-        if r then h = {hid, r[R_TASK], r[R_PAYLOAD]} end
-      end
-      if h then
-        if h[2] ~= task or h[3] ~= payload then return nil, {key, h[1]} end
-        plan[i] = h[1]
-      else
-        held[key] = {m[M_ID], task, payload}
-        plan[i] = true
-      end
-    else
-      plan[i] = true
-    end
-  end
-  return plan
-end
-
--- Store the messages a plan marks true. A record is built as MessagePack by concatenation
--- (the bytes pack_record would give, its enqueue time and sequence made relative), from parts
--- packed once per shape: tables and a general pack per message cost a third of the script.
-local function write_enqueue(jobs, keys, counts, msgs, plan, now)
-  local seq = sequence()
-  local base = math.floor(now * 1000000)
-  local now_s, now_p = fmt(now), cmsgpack.pack(now)
-  local records, pending, key_ids, parts, t = {}, {}, {}, {}, {}
-  for i, m in ipairs(msgs) do
-    if plan[i] == true then
-      local shape, id, key = m[M_SHAPE], m[M_ID], m[M_KEY]
-      local p = parts[shape]
-      if not p then
-        local head = cmsgpack.pack(shape[S_TASK], shape[S_PRIO])
-        -- Array headers of 10 and 11 fields (fixarray 0x9a, 0x9b); the enqueue time is absent
-        -- (false) when it equals the due time.
-        p = {'\154' .. head, '\155' .. head, cmsgpack.pack(false, 0, shape[S_MAX], 0, 'p'),
-          cmsgpack.pack(now, 0, shape[S_MAX], 0, 'p')}
-        parts[shape] = p
-      end
-      local due = shape[S_RUN_AT] or (now + shape[S_DELAY])
-      local s = seq + i
-      local stored = stored_seq(s, base)
-      local rec
-      if due == now then
-        rec = (key and p[2] or p[1]) .. cmsgpack.pack(m[M_PAYLOAD]) .. now_p .. p[3] .. cmsgpack.pack(stored)
-      else
-        rec = (key and p[2] or p[1]) .. cmsgpack.pack(m[M_PAYLOAD], due) .. p[4] .. cmsgpack.pack(stored)
-      end
-      if key then
-        rec = rec .. cmsgpack.pack(key)
-        key_ids[#key_ids + 1] = key
-        key_ids[#key_ids + 1] = id
-      end
-      records[#records + 1] = id
-      records[#records + 1] = rec
-      local level = shape[S_PRIO]
-      local zs = pending[level]
-      if not zs then
-        zs = {}
-        pending[level] = zs
-      end
-      zs[#zs + 1] = (due == now and now_s) or fmt(due)
-      zs[#zs + 1] = member(id, s)
-    end
-  end
-  if #records == 0 then return end
-  call_many('HSET', jobs, records, 2)
-  for level, zs in pairs(pending) do
-    call_many('ZADD', pending_key(jobs, level), zs, 2)
-    tally(t, 'p' .. level, #zs / 2)
-  end
-  if #key_ids > 0 then call_many('HSET', keys, key_ids, 2) end
-  settle(counts, t)
-  wake(jobs)
 end
 
 -- Drop a job's idempotency key if the job still holds it.

@@ -1,6 +1,6 @@
 -- reserve: lease due tasks of one queue, FIFO by due time within each level.
 --
--- KEYS[1] <base>:jobs   KEYS[2] <base>:running   KEYS[3] <base>:counts
+-- KEYS[1] <base>:jobs   KEYS[2] <base>:running   KEYS[3] <base>:counts   KEYS[4] <base>:dead
 -- ARGV[1] now   ARGV[2] lease seconds   ARGV[3] worker id   ARGV[4] mode, then either
 --   mode 'take': how many to take from level 0, 1, ...
 --   mode 'fair': the limit, then weight and current value per level of the caller's smooth
@@ -11,6 +11,8 @@
 -- Scheduled and ready tasks share the pending zsets: a task is due once its score (due time)
 -- is <= now, so promotion of delayed tasks is this range, within the same script. The last
 -- level also takes the stored levels above it (see served_levels), after its own.
+-- A due record that is corrupt (see unpack_record) is buried in place instead (bury_corrupt),
+-- counted dead of the level it was pending in: it costs itself only, never the batch.
 
 local now = clock(ARGV[1])
 local lease_until = now + tonumber(ARGV[2])
@@ -67,11 +69,15 @@ for l = 1, #take do
       n = n - #members
       local ids = {}
       for k, m in ipairs(members) do ids[k] = member_id(m) end
-      local records = load_many(KEYS[1], ids)
+      local records, bad = load_many(KEYS[1], ids)
       local claimed = 0
       for k, id in ipairs(ids) do
         local r = records[k]
-        if r then
+        if r == false then
+          bury_corrupt(KEYS[1], KEYS[4], id, bad[k][2], bad[k][1], level, member_seq(members[k]), now)
+          tally(t, 'p' .. level, -1)
+          tally(t, 'd' .. level, 1)
+        elseif r then
           r[R_ATTEMPT] = r[R_ATTEMPT] + 1
           r[R_TOKEN] = r[R_TOKEN] + 1
           r[R_STATE] = 'r'
@@ -94,6 +100,6 @@ end
 if #saves > 0 then
   call_many('HSET', KEYS[1], saves, 2)
   zadd_skiplist(KEYS[2], leased)
-  settle(KEYS[3], t)
 end
+settle(KEYS[3], t)
 return out
