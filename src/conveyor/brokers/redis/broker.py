@@ -31,7 +31,7 @@ from redis.retry import Retry
 
 from conveyor import serializer
 from conveyor.brokers.availability import guarded, refused, unavailable
-from conveyor.brokers.base import Broker, Lease
+from conveyor.brokers.base import Broker, Lease, pause_target, pauses
 from conveyor.brokers.redis.scripts import Call, Scripts
 from conveyor.brokers.redis.url import parse
 from conveyor.brokers.redis.wire import (
@@ -57,6 +57,7 @@ from conveyor.records import (
     JobInfo,
     Message,
     Outcome,
+    Pause,
     QueueStats,
     Reclaimed,
     WorkerInfo,
@@ -247,7 +248,9 @@ class RedisBroker(Broker):
             (queue,) = queues
             state = [x for pair in zip(fairness.weights, fairness.current, strict=True) for x in pair]
             args = [now_arg(now), repr(float(lease)), worker, "fair", limit, *state]
-            (reply,) = self._run([("reserve", self._keys(queue, "jobs", "running", "counts"), args)])
+            (reply,) = self._run(
+                [("reserve", self._keys(queue, "jobs", "running", "counts", "paused"), args)]
+            )
             fairness.current[:] = [int(x) for x in reply[1 : 1 + reply[0]]]
             out = [delivery(f, queue) for f in rows(reply, 1 + reply[0], DELIVERY_FIELDS)]
         else:
@@ -274,7 +277,10 @@ class RedisBroker(Broker):
         trip), split the limit across levels and queues here, then claim (another)."""
         levels = len(fairness.weights)
         replies = self._run(
-            [("ready", self._keys(q, "jobs", "counts"), [now_arg(now), levels, limit]) for q in queues]
+            [
+                ("ready", self._keys(q, "jobs", "counts", "paused"), [now_arg(now), levels, limit])
+                for q in queues
+            ]
         )
         ready = [[int(reply[1 + level]) for reply in replies] for level in range(levels)]
         take = fairness.split([sum(per_queue) for per_queue in ready], limit)
@@ -287,7 +293,7 @@ class RedisBroker(Broker):
             [
                 (
                     "reserve",
-                    self._keys(q, "jobs", "running", "counts"),
+                    self._keys(q, "jobs", "running", "counts", "paused"),
                     [replies[qi][0], repr(float(lease)), worker, "take", *per_queue[qi]],
                 )
                 for qi, q in chosen
@@ -309,7 +315,7 @@ class RedisBroker(Broker):
             # Timed from before the call: the store's "now" came later, so this errs early,
             # which costs one more look; late would delay the task.
             asked = time.monotonic()
-            dues = self._run([("next_due", self._keys(q, "jobs", "counts"), []) for q in queues])
+            dues = self._run([("next_due", self._keys(q, "jobs", "counts", "paused"), []) for q in queues])
             for due in dues:
                 if due:
                     timeout = min(timeout, float(due))
@@ -554,7 +560,10 @@ class RedisBroker(Broker):
         names = self._known_queues() if queue is None else [queue]
         args = [now_arg(now), state or "", optional(task), offset + limit]
         replies = self._run(
-            [("jobs", self._keys(q, "jobs", "counts", "running", "dead", "done"), args) for q in names]
+            [
+                ("jobs", self._keys(q, "jobs", "counts", "running", "dead", "done", "paused"), args)
+                for q in names
+            ]
         )
         found = [
             (float(f[17]), job(f, q, float(reply[0])))
@@ -611,7 +620,11 @@ class RedisBroker(Broker):
         others = [q for q in sources if q != queue] if queue is not None else []
         listed = self._run(
             [
-                ("jobs", self._keys(q, "jobs", "counts", "running", "dead", "done"), ["", "dead", "", 2**31])
+                (
+                    "jobs",
+                    self._keys(q, "jobs", "counts", "running", "dead", "done", "paused"),
+                    ["", "dead", "", 2**31],
+                )
                 for q in others
             ]
         )
@@ -678,6 +691,28 @@ class RedisBroker(Broker):
             )
             count += int(n)
         return count
+
+    # -- pause and resume --------------------------------------------------------------------
+
+    def pause(self, queue: str, task: str | None = None, now: float | None = None) -> None:
+        queue, stored = pause_target(queue, task)
+        self._register([queue])  # so that paused() finds it
+        self._run([("pause", self._keys(queue, "paused"), [stored, now_arg(now)])], durable=True)
+
+    def resume(self, queue: str, task: str | None = None) -> None:
+        queue, stored = pause_target(queue, task)
+        self._run([("resume", self._keys(queue, "jobs", "paused"), [stored])], durable=True)
+
+    def paused(self, queues: Sequence[str] | None = None) -> list[Pause]:
+        names = self._known_queues() if queues is None else list(dict.fromkeys(queues))
+        replies = self._run([("paused", self._keys(q, "paused"), []) for q in names])
+        return pauses(
+            [
+                (q, reply[i].decode(), float(reply[i + 1]))
+                for q, reply in zip(names, replies, strict=True)
+                for i in range(0, len(reply), 2)
+            ]
+        )
 
     def close(self) -> None:
         with self._lock:

@@ -8,8 +8,11 @@
 --   <base>:dead        zset  job id, scored by finish time
 --   <base>:done        zset  succeeded and cancelled job ids, scored by retention expiry
 --   <base>:pending:<L> zset  scheduled and ready jobs of level L, scored by due time (see member)
--- The pending zsets are named in the scripts from KEYS[1] (<base>:jobs) since a queue's levels
--- are only known from its records; they are in the same slot as KEYS[1].
+--   <base>:paused      hash  paused task (or '' for the whole queue) -> when it was paused
+--   <base>:parked:<T>  zset  job id of task T, scored by due time: due jobs of a paused task
+--                            that a reservation set aside; still pending (state p, counted p)
+-- The pending and parked zsets are named in the scripts from KEYS[1] (<base>:jobs) since a
+-- queue's levels and paused tasks are only known from its records; they are in KEYS[1]'s slot.
 -- Wake-ups are published on the channel "<base>:wake" (message: empty).
 --
 -- Numbers reach redis.call as strings formatted by fmt: Lua's own conversion keeps 14 digits.
@@ -60,6 +63,7 @@ local function member_id(m) return string.sub(m, 8) end
 
 local function base_of(jobs) return string.sub(jobs, 1, -6) end
 local function pending_key(jobs, level) return base_of(jobs) .. ':pending:' .. level end
+local function parked_key(jobs, task) return base_of(jobs) .. ':parked:' .. task end
 local function wake(jobs) redis.call('PUBLISH', base_of(jobs) .. ':wake', '') end
 
 -- Two fields are stored relative to others, which keeps a queued job's record in jemalloc's

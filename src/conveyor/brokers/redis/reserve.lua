@@ -1,6 +1,6 @@
 -- reserve: lease due tasks of one queue, FIFO by due time within each level.
 --
--- KEYS[1] <base>:jobs   KEYS[2] <base>:running   KEYS[3] <base>:counts
+-- KEYS[1] <base>:jobs   KEYS[2] <base>:running   KEYS[3] <base>:counts   KEYS[4] <base>:paused
 -- ARGV[1] now   ARGV[2] lease seconds   ARGV[3] worker id   ARGV[4] mode, then either
 --   mode 'take': how many to take from level 0, 1, ...
 --   mode 'fair': the limit, then weight and current value per level of the caller's smooth
@@ -11,13 +11,25 @@
 -- Scheduled and ready tasks share the pending zsets: a task is due once its score (due time)
 -- is <= now, so promotion of delayed tasks is this range, within the same script. The last
 -- level also takes the stored levels above it (see served_levels), after its own.
+-- Pauses (docs/flow-control.md): a queue paused as a whole counts as having nothing due. A due
+-- job of a paused task met at the head of a level is parked (see lib), out of the pending zset,
+-- and the walk goes on, parking at most PARK_BUDGET per call; with that spent, the call takes no
+-- more and the next one parks on.
 
 local now = clock(ARGV[1])
 local lease_until = now + tonumber(ARGV[2])
 local take, current, served = {}, {}, {}
+local PARK_BUDGET = 1000
+local held, stopped = nil, false
+local pauses = redis.call('HKEYS', KEYS[4])
+if #pauses > 0 then
+  held = {}
+  for _, t in ipairs(pauses) do held[t] = true end
+  stopped = held[''] or false
+end
 
 if ARGV[4] == 'take' then
-  for i = 5, #ARGV do take[#take + 1] = tonumber(ARGV[i]) end
+  for i = 5, #ARGV do take[#take + 1] = stopped and 0 or tonumber(ARGV[i]) end
   for l = 1, #take do served[l] = served_levels(KEYS[3], l - 1, #take - 1) end
 else
   local limit, weights, left = tonumber(ARGV[5]), {}, {}
@@ -29,7 +41,9 @@ else
     served[level + 1] = served_levels(KEYS[3], level, last)
     left[level + 1] = 0
     for _, stored in ipairs(served[level + 1]) do
-      left[level + 1] = left[level + 1] + redis.call('ZCOUNT', pending_key(KEYS[1], stored), '-inf', fmt(now))
+      if not stopped then
+        left[level + 1] = left[level + 1] + redis.call('ZCOUNT', pending_key(KEYS[1], stored), '-inf', fmt(now))
+      end
     end
     take[level + 1] = 0
   end
@@ -55,14 +69,15 @@ local out = {#current}
 for l = 1, #current do out[#out + 1] = current[l] end
 local saves, leased, t = {}, {}, {}
 local lease_s = fmt(lease_until)
+local budget = PARK_BUDGET
 for l = 1, #take do
   local n = take[l]
   for _, level in ipairs(served[l]) do
-    if n <= 0 then break end
+    if n <= 0 or budget <= 0 then break end
     local pk = pending_key(KEYS[1], level)
     -- The due members are the zset's lowest ranks: remove them by rank in one command.
     local members = redis.call('ZRANGEBYSCORE', pk, '-inf', fmt(now), 'LIMIT', 0, n)
-    if #members > 0 then
+    while #members > 0 do
       redis.call('ZREMRANGEBYRANK', pk, 0, #members - 1)
       n = n - #members
       local ids = {}
@@ -71,7 +86,11 @@ for l = 1, #take do
       local claimed = 0
       for k, id in ipairs(ids) do
         local r = records[k]
-        if r then
+        if r and held and held[r[R_TASK]] then
+          redis.call('ZADD', parked_key(KEYS[1], r[R_TASK]), fmt(r[R_RUN_AT]), id)
+          n = n + 1
+          budget = budget - 1
+        elseif r then
           r[R_ATTEMPT] = r[R_ATTEMPT] + 1
           r[R_TOKEN] = r[R_TOKEN] + 1
           r[R_STATE] = 'r'
@@ -88,6 +107,10 @@ for l = 1, #take do
       end
       tally(t, 'p' .. level, -claimed)
       tally(t, 'r' .. level, claimed)
+      members = {}
+      if held and n > 0 and budget > 0 then  -- some were parked: walk on
+        members = redis.call('ZRANGEBYSCORE', pk, '-inf', fmt(now), 'LIMIT', 0, math.min(n, budget))
+      end
     end
   end
 end

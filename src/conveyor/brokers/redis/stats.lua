@@ -4,6 +4,7 @@
 -- ARGV[1] now
 -- Returns {now, then triples state, level, count} with states ready, scheduled, running,
 -- succeeded, dead, cancelled, and one triple 'oldest', level, due time per level with due tasks.
+-- A parked job (see lib) is pending and due: it counts as ready.
 
 local now = clock(ARGV[1])
 local names = {r = 'running', s = 'succeeded', d = 'dead', c = 'cancelled'}
@@ -13,14 +14,15 @@ for i = 1, #flat, 2 do
   local state, level = string.sub(flat[i], 1, 1), string.sub(flat[i], 2)
   if state == 'p' then
     local pk = pending_key(KEYS[1], level)
-    local ready = redis.call('ZCOUNT', pk, '-inf', fmt(now))
-    for _, t in ipairs({{'ready', ready}, {'scheduled', tonumber(flat[i + 1]) - ready}}) do
+    local scheduled = redis.call('ZCOUNT', pk, '(' .. fmt(now), '+inf')
+    local ready = tonumber(flat[i + 1]) - scheduled
+    for _, t in ipairs({{'ready', ready}, {'scheduled', scheduled}}) do
       out[#out + 1] = t[1]
       out[#out + 1] = level
       out[#out + 1] = t[2]
     end
-    if ready > 0 then
-      local head = redis.call('ZRANGE', pk, 0, 0, 'WITHSCORES')
+    local head = redis.call('ZRANGE', pk, 0, 0, 'WITHSCORES')
+    if head[2] and tonumber(head[2]) <= now then
       out[#out + 1] = 'oldest'
       out[#out + 1] = level
       out[#out + 1] = head[2]
