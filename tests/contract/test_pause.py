@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from conveyor.brokers.base import PARK_BUDGET
 from conveyor.errors import ConfigurationError
 from conveyor.records import Pause
 
@@ -202,3 +203,34 @@ def test_resume_wakes_the_workers_waiting_on_the_queue(broker, open_handle, t0):
 
     assert latency < PROMPT
     assert len(reserve(waiter, now=time.time() + 1)) == 1
+
+
+def test_the_due_jobs_of_a_paused_queue_do_not_end_a_wait(broker, t0):
+    """Idle workers of a paused queue sleep until resume wakes them, rather than spin on its
+    due jobs (a wait may end early, but not at once: the bound is half the timeout)."""
+    enqueue(broker, t0, make_message())
+    broker.pause("q")
+    broker.wait(["q"], timeout=0.0)  # subscribed from here on
+
+    began = time.monotonic()
+    broker.wait(["q"], timeout=0.4)
+    assert time.monotonic() - began >= 0.2
+
+
+def test_a_backlog_larger_than_one_call_parks_is_parked_over_calls_and_all_resumed(broker, t0):
+    many = PARK_BUDGET + 50
+    for start in range(0, many, 500):
+        enqueue(broker, t0, *(make_message(task="a") for _ in range(min(500, many - start))))
+    b = make_message(task="b")
+    enqueue(broker, t0 + 1, b)
+    broker.pause("q", task="a")
+
+    calls, got = 0, []
+    while not got:  # the first call spends its budget parking and takes nothing
+        got = reserve(broker, now=t0 + 2, limit=5)
+        calls += 1
+    assert [d.id for d in got] == [b.id] and calls == 2
+    assert total(broker, "q", "ready", now=t0 + 3) == many
+
+    broker.resume("q", task="a")
+    assert len(reserve(broker, now=t0 + 4, limit=2 * many)) == many

@@ -668,11 +668,18 @@ class SQLiteBroker(Broker):
         queue, stored = pause_target(queue, task)
         with self._write() as db:
             db.execute("DELETE FROM conveyor_paused WHERE queue = ? AND task = ?", (queue, stored))
-            if stored != WHOLE_QUEUE:
-                db.execute(
-                    "UPDATE conveyor_jobs SET state = 'pending' WHERE state = 'parked' AND queue = ? AND task = ?",
-                    (queue, stored),
-                )
+        # The task's parked jobs back, PARK_BUDGET per write, so that other writers wait for no
+        # more than one batch; a reservation between two batches takes what is back already.
+        while stored != WHOLE_QUEUE:
+            self._notify({queue})
+            with self._write() as db:
+                back = db.execute(
+                    "UPDATE conveyor_jobs SET state = 'pending' WHERE rowid IN (SELECT rowid FROM conveyor_jobs"
+                    " WHERE state = 'parked' AND queue = ? AND task = ? LIMIT ?)",
+                    (queue, stored, PARK_BUDGET),
+                ).rowcount
+            if back < PARK_BUDGET:
+                break
         self._notify({queue})
 
     def paused(self, queues: Sequence[str] | None = None) -> list[Pause]:

@@ -445,12 +445,12 @@ CREATE INDEX jobs_parked ON {schema}.jobs (queue, task) WHERE state = 'parked';
 -- Reserve, minding pauses (docs/flow-control.md): the reserve function above, from the queues
 -- not paused as a whole. The pauses of each queue are read under a shared advisory lock on it,
 -- which pause takes exclusively before it returns: a reservation either sees the pause or
--- commits before pause returns. Of a queue with paused tasks, the due jobs of those tasks among
--- the first lim due jobs of each stored level are parked, until the first lim are clear of them
--- (the claim takes at most lim per level), at most 1000 per call: a queue whose heads are not
--- clear within that sits the call out, and the next call parks on. The rows looked at are
--- locked as the claim's own walk locks them (FOR UPDATE SKIP LOCKED) and stay locked by this
--- transaction, so that walk meets them first.
+-- commits before pause returns. Of a queue with paused tasks, the due jobs of those tasks ahead
+-- of the first lim others of each stored level are parked (the claim takes at most lim per
+-- level), at most 1000 per call: a queue whose heads are not clear within that sits the call
+-- out, and the next call parks on. The rows looked at are locked as the claim's own walk locks
+-- them (FOR UPDATE SKIP LOCKED) and stay locked by this transaction, so that walk meets them
+-- first.
 CREATE FUNCTION {schema}.reserve_unpaused(
     queues text[], weights integer[], fair integer[], qweights integer[], qfair integer[],
     in_order boolean, lim integer, lease double precision, worker_id text, at double precision
@@ -467,6 +467,7 @@ DECLARE
     held    text[];
     parked  text[];
     lv      integer;
+    free    integer;
     clear   boolean;
     open_i  integer[] := '{}';
     sub_q   text[] := '{}';
@@ -476,6 +477,7 @@ DECLARE
     no      integer;
     k       integer;
     rec     record;
+    c       record;
 BEGIN
     PERFORM pg_advisory_xact_lock_shared(hashtextextended('conveyor.pause' || chr(31) || '{schema}'
                                                           || chr(31) || qn, 0))
@@ -491,28 +493,34 @@ BEGIN
         clear := true;
         IF held IS NOT NULL THEN
             lv := -1;
-            <<walk>>
             LOOP
                 SELECT min(j.priority) INTO lv FROM {schema}.jobs AS j
                  WHERE j.state = 'pending' AND j.queue = queues[q] AND j.priority > lv;
                 EXIT WHEN lv IS NULL;
-                LOOP
-                    SELECT array_agg(c.id) FILTER (WHERE c.task = ANY (held)) INTO parked
-                      FROM (SELECT j.id, j.task FROM {schema}.jobs AS j
-                             WHERE j.state = 'pending' AND j.queue = queues[q] AND j.priority = lv
-                               AND j.run_at <= clock
-                             ORDER BY j.run_at, j.seq
-                             LIMIT lim
-                               FOR UPDATE SKIP LOCKED) AS c;
-                    EXIT WHEN parked IS NULL;
-                    parked := parked[1:budget];
-                    UPDATE {schema}.jobs AS j SET state = 'parked' WHERE j.id = ANY (parked);
-                    budget := budget - cardinality(parked);
-                    IF budget <= 0 THEN
-                        clear := false;
-                        EXIT walk;
+                -- One walk of the level's due jobs, locking as it goes, until lim of them are
+                -- of tasks not paused (the cursor stops there) or the budget is spent.
+                parked := '{}';
+                free := 0;
+                FOR c IN SELECT j.id, j.task FROM {schema}.jobs AS j
+                          WHERE j.state = 'pending' AND j.queue = queues[q] AND j.priority = lv
+                            AND j.run_at <= clock
+                          ORDER BY j.run_at, j.seq
+                          LIMIT lim + budget
+                            FOR UPDATE SKIP LOCKED LOOP
+                    IF c.task = ANY (held) THEN
+                        parked := parked || c.id;
+                        EXIT WHEN cardinality(parked) >= budget;
+                    ELSE
+                        free := free + 1;
+                        EXIT WHEN free >= lim;
                     END IF;
                 END LOOP;
+                UPDATE {schema}.jobs AS j SET state = 'parked' WHERE j.id = ANY (parked);
+                budget := budget - cardinality(parked);
+                IF budget <= 0 THEN
+                    clear := false;
+                    EXIT;
+                END IF;
             END LOOP;
         END IF;
         IF clear THEN

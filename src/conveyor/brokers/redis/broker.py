@@ -31,7 +31,7 @@ from redis.retry import Retry
 
 from conveyor import serializer
 from conveyor.brokers.availability import guarded, refused, unavailable
-from conveyor.brokers.base import Broker, Lease, pause_target, pauses
+from conveyor.brokers.base import PARK_BUDGET, Broker, Lease, pause_target, pauses
 from conveyor.brokers.redis.scripts import Call, Scripts
 from conveyor.brokers.redis.url import parse
 from conveyor.brokers.redis.wire import (
@@ -701,7 +701,11 @@ class RedisBroker(Broker):
 
     def resume(self, queue: str, task: str | None = None) -> None:
         queue, stored = pause_target(queue, task)
-        self._run([("resume", self._keys(queue, "jobs", "paused"), [stored])], durable=True)
+        # The parked jobs go back a batch per script, so that Redis serves others in between.
+        while self._run(
+            [("resume", self._keys(queue, "jobs", "paused"), [stored, PARK_BUDGET])], durable=True
+        )[0]:
+            pass
 
     def paused(self, queues: Sequence[str] | None = None) -> list[Pause]:
         names = self._known_queues() if queues is None else list(dict.fromkeys(queues))
