@@ -8,14 +8,17 @@ import threading
 import time
 
 import pytest
+from waiting import wait_for
 
 from conveyor.brokers.base import PARK_BUDGET
 from conveyor.errors import ConfigurationError
+from conveyor.priority import Fairness
 from conveyor.records import Pause
 
 from .helpers import (
     HIGH,
     LOW,
+    WEIGHTS,
     enqueue,
     info,
     make_message,
@@ -234,3 +237,43 @@ def test_a_backlog_larger_than_one_call_parks_is_parked_over_calls_and_all_resum
 
     broker.resume("q", task="a")
     assert len(reserve(broker, now=t0 + 4, limit=2 * many)) == many
+
+
+def test_no_claim_after_pause_returns_under_concurrent_claimers(broker, open_handle):
+    """Claimers on handles of their own reserve and acknowledge as fast as they can; the pause
+    lands among them. No job is claimed after pause returned, though each claimer reserved again
+    after that: the jobs left ready then are all left, and every start (on the store's clock) is
+    no later than the clock read after the pause returned."""
+    for _ in range(4):
+        broker.enqueue([make_message() for _ in range(500)])
+    stop = threading.Event()
+    calls = [0, 0, 0]
+    errors: list[BaseException] = []
+
+    def claim(i: int, handle) -> None:
+        try:
+            while not stop.is_set():
+                got = handle.reserve(["q"], 3, 30.0, f"w{i}", Fairness(WEIGHTS))
+                handle.ack([succeeded(d) for d in got])
+                calls[i] += 1
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=claim, args=(i, open_handle())) for i in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        wait_for(lambda: total(broker, "q", "succeeded", now=broker.time()) >= 60, what="claims")
+        broker.pause("q")
+        paused_at = broker.time()
+        left = total(broker, "q", "ready", now=paused_at)
+        after = list(calls)
+        wait_for(lambda: all(c >= a + 5 for c, a in zip(calls, after, strict=True)), what="more reservations")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not errors
+    done = broker.jobs(queue="q", state="succeeded", limit=2000)
+    assert max(j.started_at or 0.0 for j in done) <= paused_at
+    assert total(broker, "q", "ready", now=broker.time()) == left == 2000 - len(done)

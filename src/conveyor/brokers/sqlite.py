@@ -760,28 +760,28 @@ def _unpaused(db: sqlite3.Connection, queues: list[str], limit: int, now: float)
 def _park(
     db: sqlite3.Connection, queue: str, tasks: set[str], limit: int, now: float, budget: int
 ) -> tuple[int, bool]:
-    """Park due jobs of ``tasks`` at the head of each of ``queue``'s levels until the first
-    ``limit`` are clear of them; return the budget left and whether every head is clear."""
+    """Park the due jobs of ``tasks`` ahead of the first ``limit`` others of each of ``queue``'s
+    levels; return the budget left and whether every head is clear."""
     level = -1
     while (row := db.execute(_LEVEL_ABOVE, (queue, level)).fetchone()) is not None:
         level = row[0]
-        while True:
+        free = 0  # the level's first due jobs of other tasks: they stay at its head
+        while free < limit:
             head = db.execute(
                 "SELECT rowid, task FROM conveyor_jobs WHERE state = 'pending' AND queue = ? AND priority = ?"
-                " AND run_at <= ? ORDER BY run_at, rowid LIMIT ?",
-                (queue, level, now, limit),
+                " AND run_at <= ? ORDER BY run_at, rowid LIMIT ? OFFSET ?",
+                (queue, level, now, limit - free, free),
             ).fetchall()
-            held = [rowid for rowid, task in head if task in tasks]
-            if not held:
+            if not head:
                 break
-            held = held[:budget]
-            db.execute(
-                f"UPDATE conveyor_jobs SET state = 'parked' WHERE rowid IN ({','.join('?' * len(held))})",
-                held,
-            )
-            budget -= len(held)
-            if budget <= 0:
-                return 0, False
+            held = [rowid for rowid, task in head if task in tasks][:budget]
+            if held:
+                marks = ",".join("?" * len(held))
+                db.execute(f"UPDATE conveyor_jobs SET state = 'parked' WHERE rowid IN ({marks})", held)
+                budget -= len(held)
+                if budget <= 0:
+                    return 0, False
+            free += len(head) - len(held)
     return budget, True
 
 

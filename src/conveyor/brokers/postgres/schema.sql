@@ -530,10 +530,10 @@ BEGIN
         END IF;
     END LOOP;
     no := cardinality(open_i);
-    IF no = 0 THEN
+    IF no = 0 THEN  -- nothing due, as far as this worker may know: the levels' round robin resets
         RETURN QUERY SELECT NULL::text, NULL::text, NULL::text, NULL::integer, NULL::bytea,
                             NULL::integer, NULL::integer, NULL::bigint, NULL::double precision,
-                            NULL::double precision, NULL::text, fair, qfair;
+                            NULL::double precision, NULL::text, array_fill(0, ARRAY[levels]), qfair;
         RETURN;
     END IF;
     FOR l IN 1 .. levels LOOP

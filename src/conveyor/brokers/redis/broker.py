@@ -532,7 +532,9 @@ class RedisBroker(Broker):
 
     def stats(self, queues: Sequence[str] | None = None, now: float | None = None) -> list[QueueStats]:
         names = self._known_queues() if queues is None else list(dict.fromkeys(queues))
-        replies = self._run([("stats", self._keys(q, "jobs", "counts"), [now_arg(now)]) for q in names])
+        replies = self._run(
+            [("stats", self._keys(q, "jobs", "counts", "paused"), [now_arg(now)]) for q in names]
+        )
         out = []
         for q, reply in zip(names, replies, strict=True):
             clock = float(reply[0])

@@ -207,6 +207,48 @@ local function served_levels(counts, level, last)
   return levels
 end
 
+-- Jobs of paused tasks a reservation parks at most per call (see docs/flow-control.md).
+local PARK_BUDGET = 1000
+
+-- The pauses in a queue's <base>:paused hash: nil when there are none, else the set of paused
+-- tasks, '' standing for the whole queue.
+local function pauses_of(paused)
+  local fields = redis.call('HKEYS', paused)
+  if #fields == 0 then return nil end
+  local held = {}
+  for _, t in ipairs(fields) do held[t] = true end
+  return held
+end
+
+-- Park the due jobs of the paused tasks `held` that lie ahead of the first `limit` other due
+-- jobs of each of `levels` (out of the pending zset, into the task's parked zset, see above),
+-- at most `budget` of them; return the budget left, 0 when the heads may not all be clear.
+local function park_heads(jobs, held, levels, limit, now, budget)
+  for _, level in ipairs(levels) do
+    local pk = pending_key(jobs, level)
+    local free = 0
+    while free < limit and budget > 0 do
+      local members = redis.call('ZRANGEBYSCORE', pk, '-inf', fmt(now), 'LIMIT', free, limit - free)
+      if #members == 0 then break end
+      local ids = {}
+      for k, m in ipairs(members) do ids[k] = member_id(m) end
+      local records = load_many(jobs, ids)
+      for k, id in ipairs(ids) do
+        local r = records[k]
+        if r and held[r[R_TASK]] and budget > 0 then
+          redis.call('ZREM', pk, members[k])
+          redis.call('ZADD', parked_key(jobs, r[R_TASK]), fmt(r[R_RUN_AT]), id)
+          budget = budget - 1
+        else
+          free = free + 1
+        end
+      end
+    end
+    if budget <= 0 then return 0 end
+  end
+  return budget
+end
+
 -- Errors are kept as JSON text and appended without decoding, so floats keep every digit.
 local function append_error(errors, err)
   if not errors or errors == '[]' then return '[' .. err .. ']' end

@@ -11,22 +11,17 @@
 -- Scheduled and ready tasks share the pending zsets: a task is due once its score (due time)
 -- is <= now, so promotion of delayed tasks is this range, within the same script. The last
 -- level also takes the stored levels above it (see served_levels), after its own.
--- Pauses (docs/flow-control.md): a queue paused as a whole counts as having nothing due. A due
--- job of a paused task met at the head of a level is parked (see lib), out of the pending zset,
--- and the walk goes on, parking at most PARK_BUDGET per call; with that spent, the call takes no
--- more and the next one parks on.
+-- Pauses (docs/flow-control.md): a queue paused as a whole counts as having nothing due. In
+-- 'fair' mode, the due jobs of paused tasks ahead of the first `limit` others of each level are
+-- parked first (see park_heads), at most PARK_BUDGET; with that spent, the queue counts as having
+-- nothing due this call, and the next one parks on ('take' mode: the ready script parked). A
+-- job of a paused task met while claiming (paused since) is parked too.
 
 local now = clock(ARGV[1])
 local lease_until = now + tonumber(ARGV[2])
 local take, current, served = {}, {}, {}
-local PARK_BUDGET = 1000
-local held, stopped = nil, false
-local pauses = redis.call('HKEYS', KEYS[4])
-if #pauses > 0 then
-  held = {}
-  for _, t in ipairs(pauses) do held[t] = true end
-  stopped = held[''] or false
-end
+local held = pauses_of(KEYS[4])
+local stopped = held and held[''] or false
 
 if ARGV[4] == 'take' then
   for i = 5, #ARGV do take[#take + 1] = stopped and 0 or tonumber(ARGV[i]) end
@@ -34,11 +29,18 @@ if ARGV[4] == 'take' then
 else
   local limit, weights, left = tonumber(ARGV[5]), {}, {}
   local last = (#ARGV - 5) / 2 - 1
+  local levels = {}
   for i = 6, #ARGV, 2 do
     local level = #weights
     weights[level + 1] = tonumber(ARGV[i])
     current[level + 1] = tonumber(ARGV[i + 1])
     served[level + 1] = served_levels(KEYS[3], level, last)
+    for _, stored in ipairs(served[level + 1]) do levels[#levels + 1] = stored end
+  end
+  if held and not stopped then
+    stopped = park_heads(KEYS[1], held, levels, limit, now, PARK_BUDGET) == 0
+  end
+  for level = 0, last do
     left[level + 1] = 0
     for _, stored in ipairs(served[level + 1]) do
       if not stopped then
