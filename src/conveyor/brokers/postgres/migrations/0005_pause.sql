@@ -129,3 +129,17 @@ BEGIN
     END LOOP;
 END
 $fn$;
+-- Every reservation reads the pauses: roles granted rights on the jobs table get the same on the
+-- pauses, so workers running with the grants documented before this version keep working.
+DO $grants$
+DECLARE
+    g record;
+BEGIN
+    FOR g IN SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END AS who,
+                    a.privilege_type AS what
+               FROM pg_class AS c, aclexplode(c.relacl) AS a
+              WHERE c.oid = '{schema}.jobs'::regclass AND a.grantee <> c.relowner LOOP
+        EXECUTE format('GRANT %s ON {schema}.paused TO %s', g.what, g.who);
+    END LOOP;
+END
+$grants$;
