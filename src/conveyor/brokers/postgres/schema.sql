@@ -479,9 +479,13 @@ DECLARE
     rec     record;
     c       record;
 BEGIN
-    PERFORM pg_advisory_xact_lock_shared(hashtextextended('conveyor.pause' || chr(31) || '{schema}'
-                                                          || chr(31) || qn, 0))
-       FROM unnest(queues) AS qn;
+    -- In one global order (as the enqueue's key locks): a pause queued for one of them then
+    -- never waits, through this reservation, for a reservation that waits for it.
+    PERFORM pg_advisory_xact_lock_shared(h)
+       FROM (SELECT DISTINCT hashtextextended('conveyor.pause' || chr(31) || '{schema}' || chr(31) || qn, 0)
+                             AS h
+               FROM unnest(queues) AS qn
+              ORDER BY h) AS keyed;
     IF NOT EXISTS (SELECT 1 FROM {schema}.paused AS p WHERE p.queue = ANY (queues)) THEN
         RETURN QUERY SELECT * FROM {schema}.reserve(queues, weights, fair, qweights, qfair, in_order,
                                                     lim, lease, worker_id, at);
