@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 from harness import Cluster
+from redis_servers import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -43,3 +46,21 @@ def test_bad_names_are_refused_in_one_line(sqlite_cluster: Cluster) -> None:
         assert proc.stderr.startswith("Error: ConfigurationError: invalid")
         assert "Traceback" not in proc.stderr
     assert sqlite_cluster.app.paused() == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:{port}/0?socket_connect_timeout=2",
+        "postgresql://postgres@127.0.0.1:{port}/test?connect_timeout=2",
+    ],
+)
+@pytest.mark.parametrize("command", ["pause", "resume", "paused"])
+def test_a_down_store_is_one_line(url: str, command: str) -> None:
+    args = ["queue", command, url.format(port=free_port()), *(["default"] if command != "paused" else [])]
+    proc = subprocess.run(
+        [sys.executable, "-m", "conveyor", *args], check=False, capture_output=True, text=True
+    )
+    assert proc.returncode != 0
+    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stdout == "", proc.stderr + proc.stdout
+    assert "StoreUnavailable" in proc.stderr, proc.stderr
