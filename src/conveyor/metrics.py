@@ -147,7 +147,7 @@ class StoreCollector:
         self.priorities = priorities
 
     def collect(self) -> Iterator[Metric]:
-        """Query ``stats`` and ``workers`` and yield the gauges."""
+        """Query ``stats``, ``workers`` and ``paused`` and yield the gauges."""
         broker = self.broker()
         now = time.time()
         depth = GaugeMetricFamily(
@@ -172,7 +172,14 @@ class StoreCollector:
         live.add_metric([], len(workers))
         in_flight = GaugeMetricFamily("conveyor_worker_in_flight", "Tasks leased to live workers.")
         in_flight.add_metric([], sum(w.in_flight for w in workers))
-        yield from (depth, dead, oldest, live, in_flight)
+        paused = GaugeMetricFamily(
+            "conveyor_queue_paused",
+            "1 for each paused queue (task empty) and each paused task of a queue.",
+            labels=["queue", "task"],
+        )
+        for p in broker.paused():
+            paused.add_metric([p.queue, p.task or ""], 1)
+        yield from (depth, dead, oldest, live, in_flight, paused)
 
 
 def store_registry(broker: Callable[[], Broker], priorities: Priorities) -> CollectorRegistry:

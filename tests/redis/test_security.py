@@ -120,6 +120,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "hgetall": ("HGETALL", COUNTS),
     "hkeys": ("HKEYS", COUNTS),
     "hexists": ("HEXISTS", JOBS, "id"),
+    "hsetnx": ("HSETNX", f"{ACL_PREFIX}:app:{{q}}:paused", "", "1"),
     "hdel": ("HDEL", JOBS, "id"),
     "hincrby": ("HINCRBY", COUNTS, "p0", "1"),
     "zadd": ("ZADD", f"{ACL_PREFIX}:app:{{q}}:running", "1", "id"),

@@ -19,8 +19,8 @@ from typing import Any
 
 import msgspec
 
-from conveyor import redact
-from conveyor.errors import DuplicateId
+from conveyor import redact, validate
+from conveyor.errors import ConfigurationError, DuplicateId
 from conveyor.priority import Fairness
 from conveyor.records import (
     AckStatus,
@@ -29,6 +29,7 @@ from conveyor.records import (
     JobInfo,
     Message,
     Outcome,
+    Pause,
     QueueStats,
     Reclaimed,
     WorkerInfo,
@@ -181,6 +182,28 @@ class Broker(abc.ABC):
     def expire(self, now: float | None = None, limit: int = 1000) -> int:
         """Delete up to ``limit`` finished jobs whose retention has passed; return how many."""
 
+    @abc.abstractmethod
+    def pause(self, queue: str, task: str | None = None, now: float | None = None) -> None:
+        """Stop reservations from ``queue`` (only of ``task`` in it, if given) until ``resume``.
+
+        Stored, so every handle on the store obeys it, and atomic with ``reserve``: once this
+        returns, no reservation on any worker claims a job it covers. Enqueues, acks of running
+        jobs and every other operation carry on; a covered job stays pending (reported ready
+        once due). Idempotent: pausing again keeps the first pause's time. Raises
+        ConfigurationError, storing nothing, for a queue or task name no message could carry.
+        """
+
+    @abc.abstractmethod
+    def resume(self, queue: str, task: str | None = None) -> None:
+        """Undo ``pause(queue, task)`` (a no-op if it is not paused) and wake the queue's waiting
+        workers. A whole-queue pause and the pause of a task in it are separate: a job is
+        reserved only while neither covers it."""
+
+    @abc.abstractmethod
+    def paused(self, queues: Sequence[str] | None = None) -> list[Pause]:
+        """The stored pauses (of ``queues`` only, if given), by queue then task (whole queue
+        first)."""
+
     def own_connection(self) -> None:  # noqa: B027 - a no-op unless a store pools connections
         """Give the calling thread a connection of its own from now on, outside any shared pool,
         so its calls (a worker's heartbeats) never wait for a connection another thread holds.
@@ -190,6 +213,33 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Release connections and wake-up listeners."""
+
+
+#: The task stored for a pause of a whole queue: no task is named so (validate.MAX_TASK_NAME).
+WHOLE_QUEUE = ""
+#: Jobs of paused tasks a reservation sets aside at most per call (see docs/flow-control.md).
+PARK_BUDGET = 1000
+
+
+def pause_target(queue: object, task: object) -> tuple[str, str]:
+    """The stored (queue, task) of a pause, ``task`` "" for the whole queue; ConfigurationError
+    for a name no message could carry (validate's rules)."""
+    if type(queue) is not str or not validate.QUEUE_NAME.fullmatch(queue):
+        raise ConfigurationError(f"invalid queue name {str(queue)[:40]!r}: use 1-128 of A-Z a-z 0-9 _ . : -")
+    if task is None:
+        return queue, WHOLE_QUEUE
+    if type(task) is not str or not 0 < len(task) <= validate.MAX_TASK_NAME:
+        raise ConfigurationError(
+            f"invalid task name {str(task)[:40]!r}: a non-empty str of at most {validate.MAX_TASK_NAME} characters"
+        )
+    return queue, task
+
+
+def pauses(rows: Sequence[Sequence[Any]]) -> list[Pause]:
+    """Stored (queue, task, since) rows as Pause records, in the listing order."""
+    out = [Pause(queue=q, task=t or None, since=float(s)) for q, t, s in rows]
+    out.sort(key=lambda p: (p.queue, p.task or ""))
+    return out
 
 
 def claimed(rows: list[Any]) -> list[Delivery]:
@@ -274,7 +324,7 @@ def job_row(row: Sequence[Any], now: float, errors: list[dict[str, Any]]) -> Job
     task, queue, priority, state, payload, attempt, max_attempts, run_at, enqueued_at, started_at,
     finished_at, key, result, errors (decoded by the caller: ``errors``), worker, lease_until."""
     state = row[4]
-    if state == "pending":
+    if state in ("pending", "parked"):  # parked: pending, set aside while its task is paused
         state = "ready" if row[8] <= now else "scheduled"
     return JobInfo(
         id=row[0],

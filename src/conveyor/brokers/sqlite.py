@@ -27,12 +27,16 @@ from urllib.parse import parse_qs, urlsplit
 from conveyor import serializer
 from conveyor.brokers import sqlite_lock as writer_lock
 from conveyor.brokers.base import (
+    PARK_BUDGET,
+    WHOLE_QUEUE,
     Broker,
     Lease,
     claimed,
     duplicate_id,
     errors_of,
     job_row,
+    pause_target,
+    pauses,
     resends,
     worker_infos,
 )
@@ -45,6 +49,7 @@ from conveyor.records import (
     JobInfo,
     Message,
     Outcome,
+    Pause,
     QueueStats,
     Reclaimed,
     WorkerInfo,
@@ -261,6 +266,7 @@ class SQLiteBroker(Broker):
         queues = list(dict.fromkeys(queues))
         levels = len(fairness.weights)
         with self._write() as db:
+            queues = _unpaused(db, queues, limit, now)
             # The stored levels each of the worker's levels takes, per queue (see _served).
             served = [_served(db, q, levels) for q in queues]
             ready = [
@@ -303,7 +309,10 @@ class SQLiteBroker(Broker):
         """Smallest run_at of pending jobs: one index probe per (queue, priority) present."""
         db = self._db()
         best: float | None = None
+        stopped = {q for (q,) in db.execute("SELECT queue FROM conveyor_paused WHERE task = ''")}
         for q in queues:
+            if q in stopped:  # its due jobs wait for resume, which wakes the workers
+                continue
             level = -1
             while True:
                 row = db.execute(
@@ -501,7 +510,7 @@ class SQLiteBroker(Broker):
             return bool(
                 db.execute(
                     "UPDATE conveyor_jobs SET state = 'cancelled', finished_at = ?, expires_at = ?"
-                    " WHERE id = ? AND state = 'pending'",
+                    " WHERE id = ? AND state IN ('pending', 'parked')",
                     (now, now + self.retention, job_id),
                 ).rowcount
             )
@@ -524,8 +533,9 @@ class SQLiteBroker(Broker):
             self._db()
             .execute(
                 "SELECT queue, priority,"
-                " CASE WHEN state != 'pending' THEN state WHEN run_at <= ? THEN 'ready' ELSE 'scheduled' END AS st,"
-                " count(*), min(CASE WHEN state = 'pending' AND run_at <= ? THEN run_at END)"
+                " CASE WHEN state NOT IN ('pending', 'parked') THEN state WHEN run_at <= ? THEN 'ready'"
+                " ELSE 'scheduled' END AS st,"
+                " count(*), min(CASE WHEN state IN ('pending', 'parked') AND run_at <= ? THEN run_at END)"
                 f" FROM conveyor_jobs {where} GROUP BY queue, priority, st ORDER BY queue",
                 params,
             )
@@ -554,9 +564,10 @@ class SQLiteBroker(Broker):
         now: float | None = None,
     ) -> list[JobInfo]:
         now = time.time() if now is None else now
+        # A parked job (see _unpaused) is pending, set aside while its task is paused.
         stored, due, order = {
-            "scheduled": ("pending", "AND run_at > :now", "run_at, rowid"),
-            "ready": ("pending", "AND run_at <= :now", "run_at, rowid"),
+            "scheduled": (None, "AND state IN ('pending', 'parked') AND run_at > :now", "run_at, rowid"),
+            "ready": (None, "AND state IN ('pending', 'parked') AND run_at <= :now", "run_at, rowid"),
             "running": ("running", "", "started_at"),
             None: (None, "", "rowid DESC"),
         }.get(state, (state, "", "finished_at DESC"))
@@ -649,6 +660,40 @@ class SQLiteBroker(Broker):
                 (now, limit),
             ).rowcount
 
+    # -- pause and resume --------------------------------------------------------------------
+
+    def pause(self, queue: str, task: str | None = None, now: float | None = None) -> None:
+        queue, stored = pause_target(queue, task)
+        # Reservations take the same writers' lock: one that has not committed yet holds it, and
+        # every later one reads the pause.
+        with self._write() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO conveyor_paused (queue, task, since) VALUES (?, ?, ?)",
+                (queue, stored, time.time() if now is None else now),
+            )
+
+    def resume(self, queue: str, task: str | None = None) -> None:
+        queue, stored = pause_target(queue, task)
+        with self._write() as db:
+            db.execute("DELETE FROM conveyor_paused WHERE queue = ? AND task = ?", (queue, stored))
+        # The task's parked jobs back, PARK_BUDGET per write, so that other writers wait for no
+        # more than one batch; a reservation between two batches takes what is back already.
+        while stored != WHOLE_QUEUE:
+            self._notify({queue})
+            with self._write() as db:
+                back = db.execute(
+                    "UPDATE conveyor_jobs SET state = 'pending' WHERE rowid IN (SELECT rowid FROM conveyor_jobs"
+                    " WHERE state = 'parked' AND queue = ? AND task = ? LIMIT ?)",
+                    (queue, stored, PARK_BUDGET),
+                ).rowcount
+            if back < PARK_BUDGET:
+                break
+        self._notify({queue})
+
+    def paused(self, queues: Sequence[str] | None = None) -> list[Pause]:
+        rows = self._db().execute("SELECT queue, task, since FROM conveyor_paused").fetchall()
+        return pauses([r for r in rows if queues is None or r[0] in queues])
+
     def close(self) -> None:
         if self._listener is not None and self._pid == os.getpid():
             with contextlib.suppress(sqlite3.Error), self._write() as db:
@@ -692,6 +737,60 @@ def _served(db: sqlite3.Connection, queue: str, levels: int) -> list[list[int]]:
         level = row[0]
         served[-1].append(level)
     return served
+
+
+def _unpaused(db: sqlite3.Connection, queues: list[str], limit: int, now: float) -> list[str]:
+    """The queues a reservation may claim from now: those not paused as a whole, whose first
+    ``limit`` due jobs of every level belong to no paused task. Due jobs of paused tasks met at
+    the head of a level are parked (out of the claim index, so no later claim walks past them
+    again), up to PARK_BUDGET per call; a queue whose head is not clear within it sits this call
+    out, and the next call parks on."""
+    marks = ",".join("?" * len(queues))
+    rows = db.execute(f"SELECT queue, task FROM conveyor_paused WHERE queue IN ({marks})", queues).fetchall()
+    if not rows:
+        return queues
+    held: dict[str, set[str]] = {}
+    for queue, task in rows:
+        held.setdefault(queue, set()).add(task)
+    budget = PARK_BUDGET
+    open_: list[str] = []
+    for q in queues:
+        tasks = held.get(q)
+        if tasks is None:
+            open_.append(q)
+        elif WHOLE_QUEUE not in tasks:
+            budget, clear = _park(db, q, tasks, limit, now, budget)
+            if clear:
+                open_.append(q)
+    return open_
+
+
+def _park(
+    db: sqlite3.Connection, queue: str, tasks: set[str], limit: int, now: float, budget: int
+) -> tuple[int, bool]:
+    """Park the due jobs of ``tasks`` ahead of the first ``limit`` others of each of ``queue``'s
+    levels; return the budget left and whether every head is clear."""
+    level = -1
+    while (row := db.execute(_LEVEL_ABOVE, (queue, level)).fetchone()) is not None:
+        level = row[0]
+        free = 0  # the level's first due jobs of other tasks: they stay at its head
+        while free < limit:
+            head = db.execute(
+                "SELECT rowid, task FROM conveyor_jobs WHERE state = 'pending' AND queue = ? AND priority = ?"
+                " AND run_at <= ? ORDER BY run_at, rowid LIMIT ? OFFSET ?",
+                (queue, level, now, limit - free, free),
+            ).fetchall()
+            if not head:
+                break
+            held = [rowid for rowid, task in head if task in tasks][:budget]
+            if held:
+                marks = ",".join("?" * len(held))
+                db.execute(f"UPDATE conveyor_jobs SET state = 'parked' WHERE rowid IN ({marks})", held)
+                budget -= len(held)
+                if budget <= 0:
+                    return 0, False
+            free += len(head) - len(held)
+    return budget, True
 
 
 def _job(row: Sequence[Any], now: float) -> JobInfo:

@@ -18,10 +18,11 @@ Grants, for a schema ``conveyor`` and roles ``conveyor_admin`` (migrates) and ``
     GRANT CREATE ON DATABASE mydb TO conveyor_admin;  -- or own an existing schema
     GRANT USAGE ON SCHEMA conveyor TO conveyor_worker;
     GRANT SELECT ON conveyor.conveyor_migrations TO conveyor_worker;
-    GRANT SELECT, INSERT, UPDATE, DELETE ON conveyor.jobs, conveyor.workers TO conveyor_worker;
+    GRANT SELECT, INSERT, UPDATE, DELETE ON conveyor.jobs, conveyor.workers, conveyor.paused TO conveyor_worker;
     GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA conveyor TO conveyor_worker;
 
-LISTEN/NOTIFY and advisory locks need no grants. The jobs table's identity column needs no
+LISTEN/NOTIFY and advisory locks need no grants. (Migration 5 gave the roles with rights on
+``jobs`` the same on ``paused``, which it creates.) The jobs table's identity column needs no
 sequence grant. The function (``reserve``: a whole reservation in one round trip) runs with the
 caller's rights; PUBLIC may execute new functions unless the database revoked that.
 

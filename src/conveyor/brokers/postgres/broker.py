@@ -23,7 +23,17 @@ from psycopg.rows import tuple_row
 
 from conveyor import serializer
 from conveyor.brokers.availability import guarded, refused, unavailable
-from conveyor.brokers.base import Broker, Lease, claimed, duplicate_id, job_row, resends, worker_infos
+from conveyor.brokers.base import (
+    Broker,
+    Lease,
+    claimed,
+    duplicate_id,
+    job_row,
+    pause_target,
+    pauses,
+    resends,
+    worker_infos,
+)
 from conveyor.brokers.postgres import migrate as migrations
 from conveyor.brokers.postgres import queries
 from conveyor.brokers.postgres.dsn import parse
@@ -38,6 +48,7 @@ from conveyor.records import (
     JobInfo,
     Message,
     Outcome,
+    Pause,
     QueueStats,
     Reclaimed,
     WorkerInfo,
@@ -46,9 +57,10 @@ from conveyor.records import (
 Connection = psycopg.Connection[tuple[Any, ...]]
 
 #: Per listed state: the stored state, the due-time filter and the order of ``jobs``.
+#: A parked job (set aside while its task is paused) is listed as the pending job it is.
 _LISTINGS: dict[str | None, tuple[str | None, str, str]] = {
-    "scheduled": ("pending", "AND run_at > clock.now", "run_at, seq"),
-    "ready": ("pending", "AND run_at <= clock.now", "run_at, seq"),
+    "scheduled": (None, "AND state IN ('pending', 'parked') AND run_at > clock.now", "run_at, seq"),
+    "ready": (None, "AND state IN ('pending', 'parked') AND run_at <= clock.now", "run_at, seq"),
     "running": ("running", "", "started_at, seq"),
     None: (None, "", "seq DESC"),
 }
@@ -630,6 +642,26 @@ class PostgresBroker(Broker):
     def expire(self, now: float | None = None, limit: int = 1000) -> int:
         with self._connect() as conn:
             return conn.execute(self._sql["expire"], {"limit": limit, "now": now}).rowcount
+
+    # -- pause and resume --------------------------------------------------------------------
+
+    def pause(self, queue: str, task: str | None = None, now: float | None = None) -> None:
+        queue, stored = pause_target(queue, task)
+        with self._connect() as conn, conn.transaction():
+            conn.execute(self._sql["pause"], {"queue": queue, "task": stored, "now": now})
+            conn.execute(self._sql["pause_barrier"], {"schema": self.target.ident, "queue": queue})
+
+    def resume(self, queue: str, task: str | None = None) -> None:
+        queue, stored = pause_target(queue, task)
+        with self._connect() as conn:
+            conn.execute(
+                self._sql["resume"], {"queue": queue, "task": stored, "channel": self.target.channel}
+            )
+
+    def paused(self, queues: Sequence[str] | None = None) -> list[Pause]:
+        with self._connect() as conn:
+            rows = conn.execute(self._sql["paused"], {"queues": None if queues is None else list(queues)})
+            return pauses(rows.fetchall())
 
     def close(self) -> None:
         with self._lock:

@@ -121,12 +121,14 @@ SELECT w.queue, w.priority, c.id
           FOR UPDATE SKIP LOCKED) AS c;
 
 -- name: reserve
--- The whole reservation in one round trip: the schema's reserve function (migration 0004) runs
+-- The whole reservation in one round trip: the schema's reserve_unpaused function (migration
+-- 0005) leaves out what is paused and calls its reserve function (migration 0004), which runs
 -- candidates (one queue) or count_ready (several), the fair split across levels and queues and
 -- the claim of its share; its last row is the worker's new fairness state.
-SELECT * FROM {schema}.reserve(%(queues)s::text[], %(weights)s::int[], %(fair)s::int[],
-                               %(qweights)s::int[], %(qfair)s::int[], %(strict)s::boolean,
-                               %(limit)s::int, %(lease)s::float8, %(worker)s::text, %(now)s::float8);
+SELECT * FROM {schema}.reserve_unpaused(%(queues)s::text[], %(weights)s::int[], %(fair)s::int[],
+                                        %(qweights)s::int[], %(qfair)s::int[], %(strict)s::boolean,
+                                        %(limit)s::int, %(lease)s::float8, %(worker)s::text,
+                                        %(now)s::float8);
 
 -- name: claim
 -- Lease the n oldest due jobs of each (queue, priority) in one statement (the claim the reserve
@@ -158,7 +160,7 @@ RETURNING j.id, j.task, j.queue, j.priority, j.payload, j.attempt, j.max_attempt
 -- name: next_due
 -- Seconds from the database's clock to the earliest due time of a pending job of the queues
 -- (zero or less: one is ready), or NULL. A skip scan: one index probe per (queue, priority)
--- present, however many jobs wait.
+-- present, however many jobs wait. A queue paused as a whole is left out: resume wakes it.
 WITH RECURSIVE probe AS (
     SELECT q.queue, first.priority, first.run_at
       FROM unnest(%(queues)s::text[]) AS q (queue)
@@ -166,6 +168,7 @@ WITH RECURSIVE probe AS (
            SELECT priority, run_at FROM {schema}.jobs
             WHERE state = 'pending' AND queue = q.queue
             ORDER BY priority, run_at LIMIT 1) AS first
+     WHERE NOT EXISTS (SELECT 1 FROM {schema}.paused AS p WHERE p.queue = q.queue AND p.task = '')
     UNION ALL
     SELECT probe.queue, next.priority, next.run_at
       FROM probe
@@ -268,19 +271,21 @@ RETURNING j.id, j.state, j.queue;
 -- name: cancel
 UPDATE {schema}.jobs
    SET state = 'cancelled', finished_at = {now}, expires_at = {now} + %(retention)s
- WHERE id = %(id)s AND state = 'pending';
+ WHERE id = %(id)s AND state IN ('pending', 'parked');
 
 -- name: get
 SELECT {columns}, {now} FROM {schema}.jobs WHERE id = %(id)s;
 
 -- name: stats
--- Counts per queue, priority and reported state, with the oldest ready due time.
+-- Counts per queue, priority and reported state, with the oldest ready due time. A parked job
+-- (set aside while its task is paused) is pending.
 WITH clock AS (SELECT {now} AS now)
 SELECT queue, priority,
-       CASE WHEN state <> 'pending' THEN state WHEN run_at <= clock.now THEN 'ready' ELSE 'scheduled' END
+       CASE WHEN state NOT IN ('pending', 'parked') THEN state WHEN run_at <= clock.now THEN 'ready'
+            ELSE 'scheduled' END
            AS reported,
        count(*),
-       min(run_at) FILTER (WHERE state = 'pending' AND run_at <= clock.now),
+       min(run_at) FILTER (WHERE state IN ('pending', 'parked') AND run_at <= clock.now),
        min(clock.now)
   FROM {schema}.jobs, clock
  WHERE %(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[])
@@ -344,3 +349,28 @@ DELETE FROM {schema}.jobs
                WHERE expires_at <= {now}
                LIMIT %(limit)s
                  FOR UPDATE SKIP LOCKED);
+
+-- name: pause
+-- Store a pause (task '' for the whole queue); a second one keeps the first one's time.
+INSERT INTO {schema}.paused (queue, task, since) VALUES (%(queue)s, %(task)s, {now})
+    ON CONFLICT (queue, task) DO NOTHING;
+
+-- name: pause_barrier
+-- After storing a pause, in its transaction: wait for the reservations from the queue that read
+-- the pauses before it was stored (each holds this lock shared, see reserve_unpaused); later
+-- ones wait for the commit, then read it.
+SELECT pg_advisory_xact_lock(hashtextextended('conveyor.pause' || chr(31) || %(schema)s || chr(31) || %(queue)s, 0));
+
+-- name: resume
+-- Undo a pause; a task's parked jobs are pending again and the queue's workers are woken.
+WITH gone AS (
+    DELETE FROM {schema}.paused WHERE queue = %(queue)s AND task = %(task)s
+), unparked AS (
+    UPDATE {schema}.jobs SET state = 'pending'
+     WHERE state = 'parked' AND queue = %(queue)s AND task = %(task)s
+)
+SELECT pg_notify(%(channel)s, %(queue)s);
+
+-- name: paused
+SELECT queue, task, since FROM {schema}.paused
+ WHERE %(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]);

@@ -30,7 +30,7 @@ from redis.retry import Retry
 
 from conveyor import serializer
 from conveyor.brokers.availability import guarded, refused, unavailable
-from conveyor.brokers.base import Broker, Lease, duplicate_id, worker_infos
+from conveyor.brokers.base import PARK_BUDGET, Broker, Lease, duplicate_id, pause_target, pauses, worker_infos
 from conveyor.brokers.redis.scripts import Call, Scripts
 from conveyor.brokers.redis.url import parse
 from conveyor.brokers.redis.wire import (
@@ -56,6 +56,7 @@ from conveyor.records import (
     JobInfo,
     Message,
     Outcome,
+    Pause,
     QueueStats,
     Reclaimed,
     WorkerInfo,
@@ -271,7 +272,9 @@ class RedisBroker(Broker):
             (queue,) = queues
             state = [x for pair in zip(fairness.weights, fairness.current, strict=True) for x in pair]
             args = [now_arg(now), repr(float(lease)), worker, "fair", limit, *state]
-            (reply,) = self._run([("reserve", self._keys(queue, "jobs", "running", "counts", "dead"), args)])
+            (reply,) = self._run(
+                [("reserve", self._keys(queue, "jobs", "running", "counts", "dead", "paused"), args)]
+            )
             fairness.current[:] = [int(x) for x in reply[1 : 1 + reply[0]]]
             out = [delivery(f, queue) for f in rows(reply, 1 + reply[0], DELIVERY_FIELDS)]
         else:
@@ -298,7 +301,10 @@ class RedisBroker(Broker):
         trip), split the limit across levels and queues here, then claim (another)."""
         levels = len(fairness.weights)
         replies = self._run(
-            [("ready", self._keys(q, "jobs", "counts"), [now_arg(now), levels, limit]) for q in queues]
+            [
+                ("ready", self._keys(q, "jobs", "counts", "paused"), [now_arg(now), levels, limit])
+                for q in queues
+            ]
         )
         ready = [[int(reply[1 + level]) for reply in replies] for level in range(levels)]
         take = fairness.split([sum(per_queue) for per_queue in ready], limit)
@@ -311,7 +317,7 @@ class RedisBroker(Broker):
             [
                 (
                     "reserve",
-                    self._keys(q, "jobs", "running", "counts", "dead"),
+                    self._keys(q, "jobs", "running", "counts", "dead", "paused"),
                     [replies[qi][0], repr(float(lease)), worker, "take", *per_queue[qi]],
                 )
                 for qi, q in chosen
@@ -333,7 +339,7 @@ class RedisBroker(Broker):
             # Timed from before the call: the store's "now" came later, so this errs early,
             # which costs one more look; late would delay the task.
             asked = time.monotonic()
-            dues = self._run([("next_due", self._keys(q, "jobs", "counts"), []) for q in queues])
+            dues = self._run([("next_due", self._keys(q, "jobs", "counts", "paused"), []) for q in queues])
             for due in dues:
                 if due:
                     timeout = min(timeout, float(due))
@@ -576,7 +582,9 @@ class RedisBroker(Broker):
 
     def stats(self, queues: Sequence[str] | None = None, now: float | None = None) -> list[QueueStats]:
         names = self._known_queues() if queues is None else list(dict.fromkeys(queues))
-        replies = self._run([("stats", self._keys(q, "jobs", "counts"), [now_arg(now)]) for q in names])
+        replies = self._run(
+            [("stats", self._keys(q, "jobs", "counts", "paused"), [now_arg(now)]) for q in names]
+        )
         out = []
         for q, reply in zip(names, replies, strict=True):
             clock = float(reply[0])
@@ -604,7 +612,10 @@ class RedisBroker(Broker):
         names = self._known_queues() if queue is None else [queue]
         args = [now_arg(now), state or "", optional(task), offset + limit]
         replies = self._run(
-            [("jobs", self._keys(q, "jobs", "counts", "running", "dead", "done"), args) for q in names]
+            [
+                ("jobs", self._keys(q, "jobs", "counts", "running", "dead", "done", "paused"), args)
+                for q in names
+            ]
         )
         found = [
             (float(f[17]), job(f, q, float(reply[0])))
@@ -666,7 +677,11 @@ class RedisBroker(Broker):
         others = [q for q in sources if q != queue] if queue is not None else []
         listed = self._run(
             [
-                ("jobs", self._keys(q, "jobs", "counts", "running", "dead", "done"), ["", "dead", "", 2**31])
+                (
+                    "jobs",
+                    self._keys(q, "jobs", "counts", "running", "dead", "done", "paused"),
+                    ["", "dead", "", 2**31],
+                )
                 for q in others
             ]
         )
@@ -737,6 +752,32 @@ class RedisBroker(Broker):
             )
             count += int(n)
         return count
+
+    # -- pause and resume --------------------------------------------------------------------
+
+    def pause(self, queue: str, task: str | None = None, now: float | None = None) -> None:
+        queue, stored = pause_target(queue, task)
+        self._register([queue])  # so that paused() finds it
+        self._run([("pause", self._keys(queue, "paused"), [stored, now_arg(now)])], durable=True)
+
+    def resume(self, queue: str, task: str | None = None) -> None:
+        queue, stored = pause_target(queue, task)
+        # The parked jobs go back a batch per script, so that Redis serves others in between.
+        while self._run(
+            [("resume", self._keys(queue, "jobs", "paused"), [stored, PARK_BUDGET])], durable=True
+        )[0]:
+            pass
+
+    def paused(self, queues: Sequence[str] | None = None) -> list[Pause]:
+        names = self._known_queues() if queues is None else list(dict.fromkeys(queues))
+        replies = self._run([("paused", self._keys(q, "paused"), []) for q in names])
+        return pauses(
+            [
+                (q, reply[i].decode(), float(reply[i + 1]))
+                for q, reply in zip(names, replies, strict=True)
+                for i in range(0, len(reply), 2)
+            ]
+        )
 
     def close(self) -> None:
         with self._lock:

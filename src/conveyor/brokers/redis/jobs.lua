@@ -1,7 +1,7 @@
 -- jobs: list jobs of this queue for operators, filtered by state and task.
 --
 -- KEYS[1] <base>:jobs   KEYS[2] <base>:counts   KEYS[3] <base>:running   KEYS[4] <base>:dead
--- KEYS[5] <base>:done
+-- KEYS[5] <base>:done   KEYS[6] <base>:paused
 -- ARGV[1] now   ARGV[2] state ('' for any)   ARGV[3] task (optional string)   ARGV[4] how many
 -- Returns {now, then 18 fields per job (see emit)}: the first ARGV[4] matches of each index in
 -- its own order (pending by due time, dead and finished newest first; every running job; for
@@ -49,6 +49,14 @@ if state == 'scheduled' or state == 'ready' then
     local pk = pending_key(KEYS[1], level)
     walk(function(offset) return redis.call('ZRANGEBYSCORE', pk, low, high, 'LIMIT', offset, CHUNK) end, 'p',
       member_id)
+  end
+  if state == 'ready' then  -- and the due jobs of paused tasks, set aside (see lib)
+    for _, paused in ipairs(redis.call('HKEYS', KEYS[6])) do
+      if paused ~= '' and (not task or task == paused) then
+        local parked = parked_key(KEYS[1], paused)
+        walk(function(offset) return redis.call('ZRANGE', parked, offset, offset + CHUNK - 1) end, 'p')
+      end
+    end
   end
 elseif state == 'running' then
   want = math.huge

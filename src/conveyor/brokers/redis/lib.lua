@@ -8,8 +8,11 @@
 --   <base>:dead        zset  job id, scored by finish time
 --   <base>:done        zset  succeeded and cancelled job ids, scored by retention expiry
 --   <base>:pending:<L> zset  scheduled and ready jobs of level L, scored by due time (see member)
--- The pending zsets are named in the scripts from KEYS[1] (<base>:jobs) since a queue's levels
--- are only known from its records; they are in the same slot as KEYS[1].
+--   <base>:paused      hash  paused task (or '' for the whole queue) -> when it was paused
+--   <base>:parked:<T>  zset  job id of task T, scored by due time: due jobs of a paused task
+--                            that a reservation set aside; still pending (state p, counted p)
+-- The pending and parked zsets are named in the scripts from KEYS[1] (<base>:jobs) since a
+-- queue's levels and paused tasks are only known from its records; they are in KEYS[1]'s slot.
 -- Wake-ups are published on the channel "<base>:wake" (message: empty).
 --
 -- Numbers reach redis.call as strings formatted by fmt: Lua's own conversion keeps 14 digits.
@@ -66,6 +69,7 @@ end
 
 local function base_of(jobs) return string.sub(jobs, 1, -6) end
 local function pending_key(jobs, level) return base_of(jobs) .. ':pending:' .. level end
+local function parked_key(jobs, task) return base_of(jobs) .. ':parked:' .. task end
 local function wake(jobs) redis.call('PUBLISH', base_of(jobs) .. ':wake', '') end
 
 -- Two fields are stored relative to others, which keeps a queued job's record in jemalloc's
@@ -255,6 +259,48 @@ local function served_levels(counts, level, last)
     end
   end
   return levels
+end
+
+-- Jobs of paused tasks a reservation parks at most per call (see docs/flow-control.md).
+local PARK_BUDGET = 1000
+
+-- The pauses in a queue's <base>:paused hash: nil when there are none, else the set of paused
+-- tasks, '' standing for the whole queue.
+local function pauses_of(paused)
+  local fields = redis.call('HKEYS', paused)
+  if #fields == 0 then return nil end
+  local held = {}
+  for _, t in ipairs(fields) do held[t] = true end
+  return held
+end
+
+-- Park the due jobs of the paused tasks `held` that lie ahead of the first `limit` other due
+-- jobs of each of `levels` (out of the pending zset, into the task's parked zset, see above),
+-- at most `budget` of them; return the budget left, 0 when the heads may not all be clear.
+local function park_heads(jobs, held, levels, limit, now, budget)
+  for _, level in ipairs(levels) do
+    local pk = pending_key(jobs, level)
+    local free = 0
+    while free < limit and budget > 0 do
+      local members = redis.call('ZRANGEBYSCORE', pk, '-inf', fmt(now), 'LIMIT', free, limit - free)
+      if #members == 0 then break end
+      local ids = {}
+      for k, m in ipairs(members) do ids[k] = member_id(m) end
+      local records = load_many(jobs, ids)
+      for k, id in ipairs(ids) do
+        local r = records[k]
+        if r and held[r[R_TASK]] and budget > 0 then
+          redis.call('ZREM', pk, members[k])
+          redis.call('ZADD', parked_key(jobs, r[R_TASK]), fmt(r[R_RUN_AT]), id)
+          budget = budget - 1
+        else
+          free = free + 1
+        end
+      end
+    end
+    if budget <= 0 then return 0 end
+  end
+  return budget
 end
 
 -- Errors are kept as JSON text and appended without decoding, so floats keep every digit.

@@ -1,7 +1,10 @@
 -- next_due: seconds until the earliest pending task of this queue is due (0 if one is due).
 --
--- KEYS[1] <base>:jobs   KEYS[2] <base>:counts
--- Returns the seconds as a decimal string, or '' when nothing is pending. Uses the store's clock.
+-- KEYS[1] <base>:jobs   KEYS[2] <base>:counts   KEYS[3] <base>:paused
+-- Returns the seconds as a decimal string, or '' when nothing is pending or the queue is paused
+-- as a whole (resume wakes its workers). Uses the store's clock.
+
+if redis.call('HEXISTS', KEYS[3], '') == 1 then return '' end
 
 local now = clock('')
 local best = nil

@@ -1,6 +1,7 @@
 -- reserve: lease due tasks of one queue, FIFO by due time within each level.
 --
 -- KEYS[1] <base>:jobs   KEYS[2] <base>:running   KEYS[3] <base>:counts   KEYS[4] <base>:dead
+-- KEYS[5] <base>:paused
 -- ARGV[1] now   ARGV[2] lease seconds   ARGV[3] worker id   ARGV[4] mode, then either
 --   mode 'take': how many to take from level 0, 1, ...
 --   mode 'fair': the limit, then weight and current value per level of the caller's smooth
@@ -13,25 +14,41 @@
 -- level also takes the stored levels above it (see served_levels), after its own.
 -- A due record that is corrupt (see unpack_record) is buried in place instead (bury_corrupt),
 -- counted dead of the level it was pending in: it costs itself only, never the batch.
+-- Pauses (docs/flow-control.md): a queue paused as a whole counts as having nothing due. In
+-- 'fair' mode, the due jobs of paused tasks ahead of the first `limit` others of each level are
+-- parked first (see park_heads), at most PARK_BUDGET; with that spent, the queue counts as having
+-- nothing due this call, and the next one parks on ('take' mode: the ready script parked). A
+-- job of a paused task met while claiming (paused since) is parked too.
 
 local now = clock(ARGV[1])
 local lease_until = now + tonumber(ARGV[2])
 local take, current, served = {}, {}, {}
+local held = pauses_of(KEYS[5])
+local stopped = held and held[''] or false
 
 if ARGV[4] == 'take' then
-  for i = 5, #ARGV do take[#take + 1] = tonumber(ARGV[i]) end
+  for i = 5, #ARGV do take[#take + 1] = stopped and 0 or tonumber(ARGV[i]) end
   for l = 1, #take do served[l] = served_levels(KEYS[3], l - 1, #take - 1) end
 else
   local limit, weights, left = tonumber(ARGV[5]), {}, {}
   local last = (#ARGV - 5) / 2 - 1
+  local levels = {}
   for i = 6, #ARGV, 2 do
     local level = #weights
     weights[level + 1] = tonumber(ARGV[i])
     current[level + 1] = tonumber(ARGV[i + 1])
     served[level + 1] = served_levels(KEYS[3], level, last)
+    for _, stored in ipairs(served[level + 1]) do levels[#levels + 1] = stored end
+  end
+  if held and not stopped then
+    stopped = park_heads(KEYS[1], held, levels, limit, now, PARK_BUDGET) == 0
+  end
+  for level = 0, last do
     left[level + 1] = 0
     for _, stored in ipairs(served[level + 1]) do
-      left[level + 1] = left[level + 1] + redis.call('ZCOUNT', pending_key(KEYS[1], stored), '-inf', fmt(now))
+      if not stopped then
+        left[level + 1] = left[level + 1] + redis.call('ZCOUNT', pending_key(KEYS[1], stored), '-inf', fmt(now))
+      end
     end
     take[level + 1] = 0
   end
@@ -57,14 +74,15 @@ local out = {#current}
 for l = 1, #current do out[#out + 1] = current[l] end
 local saves, leased, t = {}, {}, {}
 local lease_s = fmt(lease_until)
+local budget = PARK_BUDGET
 for l = 1, #take do
   local n = take[l]
   for _, level in ipairs(served[l]) do
-    if n <= 0 then break end
+    if n <= 0 or budget <= 0 then break end
     local pk = pending_key(KEYS[1], level)
     -- The due members are the zset's lowest ranks: remove them by rank in one command.
     local members = redis.call('ZRANGEBYSCORE', pk, '-inf', fmt(now), 'LIMIT', 0, n)
-    if #members > 0 then
+    while #members > 0 do
       redis.call('ZREMRANGEBYRANK', pk, 0, #members - 1)
       n = n - #members
       local ids = {}
@@ -77,6 +95,10 @@ for l = 1, #take do
           bury_corrupt(KEYS[1], KEYS[4], id, bad[k][2], bad[k][1], level, member_seq(members[k]), now)
           tally(t, 'p' .. level, -1)
           tally(t, 'd' .. level, 1)
+        elseif r and held and held[r[R_TASK]] then
+          redis.call('ZADD', parked_key(KEYS[1], r[R_TASK]), fmt(r[R_RUN_AT]), id)
+          n = n + 1
+          budget = budget - 1
         elseif r then
           r[R_ATTEMPT] = r[R_ATTEMPT] + 1
           r[R_TOKEN] = r[R_TOKEN] + 1
@@ -94,6 +116,10 @@ for l = 1, #take do
       end
       tally(t, 'p' .. level, -claimed)
       tally(t, 'r' .. level, claimed)
+      members = {}
+      if held and n > 0 and budget > 0 then  -- some were parked: walk on
+        members = redis.call('ZRANGEBYSCORE', pk, '-inf', fmt(now), 'LIMIT', 0, math.min(n, budget))
+      end
     end
   end
 end

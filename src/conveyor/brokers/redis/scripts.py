@@ -43,6 +43,9 @@ NAMES = (
     "stats",
     "next_due",
     "beat",
+    "pause",
+    "resume",
+    "paused",
 )
 
 #: One script call: (script name, KEYS, ARGV). KEYS[1] decides the slot: all its keys share it.
