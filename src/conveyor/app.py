@@ -28,7 +28,7 @@ from conveyor.ids import new_id
 from conveyor.limits import MAX_THROTTLES, Limit, Limits, check_key, rule
 from conveyor.periodic import CatchUp, Schedule, on_time
 from conveyor.priority import DEFAULT_LEVELS, Priorities
-from conveyor.records import JobInfo, LimitInfo, Message, Rule, State
+from conveyor.records import JobInfo, LimitInfo, Message, Pause, Rule, State
 from conveyor.retry import RetryPolicy
 
 P = ParamSpec("P")
@@ -262,6 +262,24 @@ class Conveyor:
     def job(self, job_id: str) -> Job:
         """A handle on an existing job."""
         return Job(self, job_id)
+
+    def pause(self, queue: str, task: str | Task[Any, Any] | None = None) -> None:
+        """Stop every worker from starting jobs of ``queue`` (only of ``task`` in it, if given)
+        until :meth:`resume`. Once this returns, no job it covers is started; enqueues are still
+        accepted and running jobs finish. Stored in the store: see docs/flow-control.md.
+
+        Raises:
+            ConfigurationError: a queue or task name no message could carry.
+        """
+        self.broker.pause(queue, task.name if isinstance(task, Task) else task)
+
+    def resume(self, queue: str, task: str | Task[Any, Any] | None = None) -> None:
+        """Undo :meth:`pause` of ``queue`` (or of ``task`` in it) and wake the waiting workers."""
+        self.broker.resume(queue, task.name if isinstance(task, Task) else task)
+
+    def paused(self) -> list[Pause]:
+        """The stored pauses, by queue then task (``task`` None: the whole queue)."""
+        return self.broker.paused()
 
 
 def _size(what: str, value: int) -> int:

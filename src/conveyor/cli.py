@@ -14,14 +14,14 @@ from typing import Any
 
 import click
 import msgspec
-from rich.console import Console
+from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
 from conveyor.app import RESERVED, Conveyor, Task
 from conveyor.brokers import redact_url
 from conveyor.errors import ConfigurationError, ConveyorError
-from conveyor.records import JobInfo
+from conveyor.records import JobInfo, Pause
 from conveyor.redact import Redactor, printable, redact_job
 from conveyor.worker.loop import WorkerConfig
 from conveyor.worker.process import load_app
@@ -218,17 +218,30 @@ def status(target: str, queues: tuple[str, ...], watch: bool) -> None:
     age; ready jobs that limits hold back (see `conveyor limits list`)."""
     app = _target(target)
     if not watch:
-        console.print(_status_table(app, queues))
+        console.print(_status(app, queues))
         return
     from rich.live import Live
 
-    with Live(_status_table(app, queues), console=console, refresh_per_second=2) as live:
+    with Live(_status(app, queues), console=console, refresh_per_second=2) as live:
         try:
             while True:
                 time.sleep(1)
-                live.update(_status_table(app, queues))
+                live.update(_status(app, queues))
         except KeyboardInterrupt:
             pass
+
+
+def _status(app: Conveyor, queues: tuple[str, ...]) -> Group:
+    """The status table, with the pauses under it."""
+    shown: list[Table | Text] = [_status_table(app, queues)]
+    pauses = app.broker.paused(list(queues) or None)
+    if pauses:
+        shown.append(Text("paused: ", style="bold yellow") + Text(", ").join(_pause_label(p) for p in pauses))
+    return Group(*shown)
+
+
+def _pause_label(p: Pause) -> Text:
+    return _plain(p.queue if p.task is None else f"{p.queue} (task {p.task})")
 
 
 def _status_table(app: Conveyor, queues: tuple[str, ...]) -> Table:
@@ -239,13 +252,15 @@ def _status_table(app: Conveyor, queues: tuple[str, ...]) -> Table:
         table.add_column(state, justify="right")
     table.add_column("oldest ready", justify="right")
     table.add_column("throttled", justify="right")
+    stopped = {p.queue for p in app.broker.paused(list(queues) or None) if p.task is None}
     for qs in app.broker.stats(list(queues) or None):
         levels = sorted({p for per in qs.counts.values() for p in per})
         for i, level in enumerate(levels):
             age = f"{qs.oldest_ready_age:.1f} s" if i == 0 and qs.oldest_ready_age is not None else ""
             cells = [str(qs.counts.get(s, {}).get(level, 0)) for s in STATES]
+            name = _plain(qs.queue) + (Text(" (paused)", style="yellow") if qs.queue in stopped else "")
             held = str(qs.throttled) if i == 0 and qs.throttled else ""
-            table.add_row(_plain(qs.queue) if i == 0 else "", app.priorities.name(level), *cells, age, held)
+            table.add_row(name if i == 0 else "", app.priorities.name(level), *cells, age, held)
     return table
 
 
@@ -416,6 +431,50 @@ def dead_purge(target: str, job_ids: tuple[str, ...], purge_all: bool) -> None:
     app = _target(target)
     count = app.broker.purge(None if purge_all else list(job_ids))
     click.echo(f"purged {count} job(s)")
+
+
+@main.group()
+def queue() -> None:
+    """Pause and resume queues, or tasks in them (see docs/flow-control.md)."""
+
+
+@queue.command("pause")
+@click.argument("target", metavar="MODULE:APP|URL")
+@click.argument("queue_name", metavar="QUEUE")
+@click.option("--task", default=None, help="Pause only this task's jobs in the queue.")
+def queue_pause(target: str, queue_name: str, task: str | None) -> None:
+    """Stop every worker from starting jobs of QUEUE; enqueues are still accepted, running jobs
+    finish. When this returns, no job of it starts until `conveyor queue resume`."""
+    _target(target).pause(queue_name, task)
+    click.echo(f"paused {queue_name}" + (f" (task {task})" if task else ""))
+
+
+@queue.command("resume")
+@click.argument("target", metavar="MODULE:APP|URL")
+@click.argument("queue_name", metavar="QUEUE")
+@click.option("--task", default=None, help="Resume only this task (paused with --task).")
+def queue_resume(target: str, queue_name: str, task: str | None) -> None:
+    """Let workers start jobs of QUEUE (or of --task in it) again, waking them at once."""
+    _target(target).resume(queue_name, task)
+    click.echo(f"resumed {queue_name}" + (f" (task {task})" if task else ""))
+
+
+@queue.command("paused")
+@click.argument("target", metavar="MODULE:APP|URL")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def queue_paused(target: str, as_json: bool) -> None:
+    """The paused queues and tasks, with when they were paused."""
+    pauses = _target(target).paused()
+    if as_json:
+        for p in pauses:
+            click.echo(json.dumps({"queue": p.queue, "task": p.task, "since": p.since}))
+        return
+    table = Table(title=f"paused ({len(pauses)})")
+    for col in ("queue", "task", "since"):
+        table.add_column(col)
+    for p in pauses:
+        table.add_row(_plain(p.queue), "(whole queue)" if p.task is None else _plain(p.task), _when(p.since))
+    console.print(table)
 
 
 @main.command()

@@ -44,6 +44,12 @@ class KeyConflict(ConveyorError):
     """An idempotency key is already used by a task with a different payload."""
 
 
+class DuplicateId(ConveyorError):
+    """A message's id is held by another job (of any queue) or another message of its batch;
+    nothing of the batch is stored. A message whose job exists as that very message (the same
+    enqueue sent again) is no duplicate: it returns its job."""
+
+
 class UnknownTask(ConveyorError):
     """A task name is not registered in the application."""
 

@@ -148,7 +148,7 @@ class StoreCollector:
         self.priorities = priorities
 
     def collect(self) -> Iterator[Metric]:
-        """Query ``stats`` and ``workers`` and yield the gauges."""
+        """Query ``stats``, ``workers`` and ``paused`` and yield the gauges."""
         broker = self.broker()
         now = time.time()
         depth = GaugeMetricFamily(
@@ -201,7 +201,14 @@ class StoreCollector:
             if info.concurrency:
                 running.add_metric(labels, info.running)
             closed.add_metric(labels, 1.0 if info.closed_until else 0.0)
-        yield from (depth, dead, oldest, throttled, live, in_flight, tokens, running, closed)
+        paused = GaugeMetricFamily(
+            "conveyor_queue_paused",
+            "1 for each paused queue (task empty) and each paused task of a queue.",
+            labels=["queue", "task"],
+        )
+        for p in broker.paused():
+            paused.add_metric([p.queue, p.task or ""], 1)
+        yield from (depth, dead, oldest, throttled, live, in_flight, paused, tokens, running, closed)
 
 
 def store_registry(broker: Callable[[], Broker], priorities: Priorities) -> CollectorRegistry:

@@ -149,6 +149,16 @@ class QueueStats(msgspec.Struct, frozen=True):
         return sum(self.counts.get(state, {}).values())
 
 
+class Pause(msgspec.Struct, frozen=True):
+    """A stored pause: no job of ``queue`` (of ``task`` in it, if given) is reserved meanwhile."""
+
+    queue: str
+    #: The paused task, or None for the whole queue.
+    task: str | None
+    #: When it was paused, by the store's clock.
+    since: float
+
+
 class Reclaimed(msgspec.Struct, frozen=True):
     """Result of ``reclaim``: ids made ready again, and ids moved to the dead letter queue."""
 

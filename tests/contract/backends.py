@@ -37,6 +37,10 @@ class Backend:
     transaction: Callable[[str], contextlib.AbstractContextManager[Any]] | None = None
     #: Remove the store made by ``new_store`` at teardown (stores that outlive ``tmp_path``).
     drop_store: Callable[[str], None] | None = None
+    #: Write a worker registry entry as raw bytes, listed until ``expires`` (Unix time), past the
+    #: broker: ``(url, worker id, info bytes, expires)``; False if the store cannot hold those
+    #: bytes (PostgreSQL's jsonb column takes JSON only).
+    write_worker: Callable[[str, str, bytes, float], bool] | None = None
 
     def open(self, url: str, retention: float = RETENTION) -> Broker:
         return open_broker(url, retention=retention)
@@ -73,9 +77,23 @@ def _sqlite_transaction(url: str) -> Iterator[sqlite3.Connection]:
         db.close()
 
 
+def _sqlite_worker(url: str, worker_id: str, info: bytes, expires: float) -> bool:
+    _sqlite_sql(
+        url,
+        "INSERT OR REPLACE INTO conveyor_workers (id, info, expires) VALUES (?, ?, ?)",
+        (worker_id, info, expires),
+    )
+    return True
+
+
 BACKENDS: dict[str, Backend] = {
     "sqlite": Backend(
-        "sqlite", _sqlite_store, sql_effects=True, run_sql=_sqlite_sql, transaction=_sqlite_transaction
+        "sqlite",
+        _sqlite_store,
+        sql_effects=True,
+        run_sql=_sqlite_sql,
+        transaction=_sqlite_transaction,
+        write_worker=_sqlite_worker,
     ),
     # "redis": Backend("redis", _redis_store),  # e.g. a fresh key prefix / database per test
 }
@@ -145,6 +163,28 @@ class _Postgres(Backend):
         return QmarkEffects(url, retention=retention)
 
 
+def _pg_worker(url: str, worker_id: str, info: bytes, expires: float) -> bool:
+    import psycopg
+
+    from conveyor.brokers.postgres.dsn import parse
+
+    statement = (
+        f'INSERT INTO "{parse(url).schema}".workers (id, info, expires) VALUES (%s, %s::jsonb, %s)'
+        " ON CONFLICT (id) DO UPDATE SET info = excluded.info, expires = excluded.expires"
+    )
+    try:
+        with _pg_connect(url, autocommit=True) as conn:
+            conn.execute(statement, (worker_id, info.decode(), expires))
+    except (
+        UnicodeDecodeError,
+        psycopg.errors.InvalidTextRepresentation,
+        psycopg.errors.UntranslatableCharacter,
+        psycopg.errors.StatementTooComplex,
+    ):
+        return False
+    return True
+
+
 # Registered whether or not psycopg is installed: without it, these tests fail, never vanish.
 BACKENDS["postgres"] = _Postgres(
     "postgres",
@@ -153,6 +193,7 @@ BACKENDS["postgres"] = _Postgres(
     run_sql=_pg_sql,
     transaction=_pg_transaction,
     drop_store=_pg_drop,
+    write_worker=_pg_worker,
 )
 
 
@@ -180,7 +221,24 @@ def _redis_drop(url: str) -> None:
         client.close()
 
 
-BACKENDS["redis"] = Backend("redis", _redis_store, drop_store=_redis_drop)
+def _redis_worker(url: str, worker_id: str, info: bytes, expires: float) -> bool:
+    """HSET the registry entry as the broker stores it ("<expires> <info>"), as the store's own
+    user (the ACL backend's user may write its prefix), on a cluster through a cluster client."""
+    from redis.client import Redis
+    from redis.cluster import RedisCluster
+
+    from conveyor.brokers.redis.url import parse
+
+    target = parse(url)
+    client: Any = RedisCluster.from_url(target.url) if target.cluster else Redis.from_url(target.url)
+    try:
+        client.hset(f"{target.prefix}:workers", worker_id, repr(expires).encode() + b" " + info)
+    finally:
+        client.close()
+    return True
+
+
+BACKENDS["redis"] = Backend("redis", _redis_store, drop_store=_redis_drop, write_worker=_redis_worker)
 
 
 def _redis_acl_store(tmp_path: Path) -> str:
@@ -212,7 +270,9 @@ def _redis_acl_drop(url: str) -> None:
     assert not refused, "the least ACL refused what the broker sent:\n" + "\n".join(refused)
 
 
-BACKENDS["redis-acl"] = Backend("redis-acl", _redis_acl_store, drop_store=_redis_acl_drop)
+BACKENDS["redis-acl"] = Backend(
+    "redis-acl", _redis_acl_store, drop_store=_redis_acl_drop, write_worker=_redis_worker
+)
 
 
 # -- Redis Cluster: 3 primaries with a replica each, private to the test process --------------
@@ -244,4 +304,6 @@ def _redis_cluster_drop(url: str) -> None:
         client.close()
 
 
-BACKENDS["redis-cluster"] = Backend("redis-cluster", _redis_cluster_store, drop_store=_redis_cluster_drop)
+BACKENDS["redis-cluster"] = Backend(
+    "redis-cluster", _redis_cluster_store, drop_store=_redis_cluster_drop, write_worker=_redis_worker
+)

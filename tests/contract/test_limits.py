@@ -271,8 +271,13 @@ def test_stats_count_the_ready_jobs_limits_hold_back(broker, t0):
 
     (stats,) = broker.stats(["q"], now=t0)
     assert (stats.total("ready"), stats.throttled) == (6, 6)
+    # A queue limit that allows no start holds back every ready job, limited or not.
+    (plain,) = enqueue(broker, t0, make_message())
     broker.set_limit("q", Rule(key="", concurrency=1))
-    assert broker.stats(["q"], now=t0)[0].throttled == 6
+    assert [d.id for d in reserve(broker, t0 + 0.5, limit=20)] == [plain]  # takes the queue's slot
+    enqueue(broker, t0, make_message())
+    (stats,) = broker.stats(["q"], now=t0 + 0.5)
+    assert (stats.total("ready"), stats.throttled) == (7, 7)
 
 
 def _blocks(broker: Broker, seconds: float = 0.5) -> bool:
@@ -301,3 +306,25 @@ def test_wait_sleeps_when_the_limited_jobs_left_are_held_back(broker):
     assert len(reserve(broker, now, limit=10)) == 2  # one each: the rest waits for a slot or a token
 
     assert _blocks(broker)
+
+
+def test_a_paused_task_s_limited_jobs_wait_for_resume(broker, t0):
+    paused = fill(broker, t0, 4, slots("acct:1", 10))
+    other = enqueue(broker, t0, *[limited(slots("acct:1", 10), task="other") for _ in range(2)])
+    broker.pause("q", "t")
+
+    got = reserve(broker, t0, limit=10)
+    assert {d.id for d in got} == set(other)
+
+    broker.resume("q", "t")
+    again = reserve(broker, t0 + 1, limit=10)
+    assert {d.id for d in again} == set(paused)
+
+
+def test_a_paused_queue_claims_nothing_whatever_its_limits(broker, t0):
+    fill(broker, t0, 3, rate("k", 100, burst=10))
+    broker.pause("q")
+
+    assert reserve(broker, t0, limit=10) == []
+    broker.resume("q")
+    assert len(reserve(broker, t0, limit=10)) == 3

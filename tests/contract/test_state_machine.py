@@ -161,6 +161,9 @@ class BrokerMachine(RuleBasedStateMachine):
         #: Jobs the last step acted on: ``get`` checks them (and one more, in turn) after it.
         self.touched: set[str] = set()
         self.steps = 0
+        #: The pauses stored: the queue's, its task's (every job here is of TASK). Either makes
+        #: reservations take nothing (see docs/flow-control.md); the task's parks due jobs.
+        self.paused = {"queue": False, "task": False}
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -259,7 +262,8 @@ class BrokerMachine(RuleBasedStateMachine):
     def reserve(self, worker: str, limit: int, lease: float) -> None:
         fairness = self.fairness[worker]
         predicted = copy.deepcopy(fairness)
-        due = [self.due(level) for level in range(LEVELS)]
+        held = any(self.paused.values())
+        due = [[] if held else self.due(level) for level in range(LEVELS)]
         take = predicted.split([min(len(d), limit) for d in due], limit)
         expected = {j.id for level, n in enumerate(take) for j in due[level][:n]}
 
@@ -290,6 +294,19 @@ class BrokerMachine(RuleBasedStateMachine):
             self.held[worker].append(d)
             self.touched.add(d.id)
         event(f"reserve: {len(got)} of limit {limit}")
+
+    @rule(scope=st.sampled_from(["queue", "task"]))
+    def pause(self, scope: str) -> None:
+        """Pause the queue or its task (again, maybe): reservations take nothing, everything
+        else goes on."""
+        self.admin.pause(self.queue, TASK if scope == "task" else None)
+        self.paused[scope] = True
+
+    @precondition(lambda self: any(self.paused.values()))
+    @rule(scope=st.sampled_from(["queue", "task"]))
+    def resume(self, scope: str) -> None:
+        self.admin.resume(self.queue, TASK if scope == "task" else None)
+        self.paused[scope] = False
 
     def ack_one(self, worker: str, d: Delivery, kind: str, delay: float) -> None:
         job = self.jobs[d.id]

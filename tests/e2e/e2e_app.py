@@ -159,6 +159,12 @@ def ok() -> str:
     return "ok"
 
 
+@app.task
+def nap(seconds: float) -> None:
+    """Hold a worker slot for ``seconds``: a backlog that takes a while to drain."""
+    time.sleep(seconds)
+
+
 @app.task(retry=RetryPolicy(max_attempts=2, base=0.01))
 def fail(message: str) -> None:
     raise RuntimeError(message)

@@ -9,11 +9,13 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import pytest
 
 import conveyor.brokers.postgres
 from conveyor.brokers.postgres import PostgresBroker, migrate
 from conveyor.brokers.postgres.dsn import parse
+from conveyor.brokers.postgres.migrate import migrations
 from conveyor.errors import ConfigurationError
 from conveyor.ids import new_id
 from conveyor.priority import Fairness
@@ -68,6 +70,10 @@ def test_a_worker_role_with_the_documented_grants_runs_every_operation(admin, st
         (again,) = broker.reserve(["q"], 1, 30, "w", fairness)
         assert broker.release([(again.id, again.token)]) == 1
         broker.reclaim()
+        broker.pause("q")
+        assert broker.reserve(["q"], 1, 30, "w", fairness) == []
+        assert [(p.queue, p.task) for p in broker.paused()] == [("q", None)]
+        broker.resume("q")
         broker.expire()
         broker.purge([])
         assert broker.get(a.id) is not None
@@ -124,5 +130,44 @@ def test_a_role_that_may_not_migrate_is_told_to_run_migrate(store_url, role):
     try:
         with pytest.raises(ConfigurationError, match="conveyor migrate"):
             broker.stats(["q"])
+    finally:
+        broker.close()
+
+
+#: The worker role's grants as documented before migration 5 (which added the pauses table).
+GRANTS_BEFORE_PAUSES = [
+    'GRANT USAGE ON SCHEMA "{schema}" TO {role}',
+    'GRANT SELECT ON "{schema}".conveyor_migrations TO {role}',
+    'GRANT SELECT, INSERT, UPDATE, DELETE ON "{schema}".jobs, "{schema}".workers TO {role}',
+    'GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA "{schema}" TO {role}',
+]
+
+
+def test_an_upgrade_to_pauses_keeps_a_worker_role_granted_as_before_working(admin, store_url, role):
+    target = parse(store_url)
+    with psycopg.connect(target.conninfo, autocommit=True) as conn, conn.transaction():
+        conn.execute(f'CREATE SCHEMA "{target.schema}"')
+        conn.execute(
+            f'CREATE TABLE "{target.schema}".conveyor_migrations (version integer PRIMARY KEY,'
+            " name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for m in [m for m in migrations() if m.version < 5]:
+            conn.execute(m.sql.replace("{schema}", target.ident).encode())
+            conn.execute(
+                f'INSERT INTO "{target.schema}".conveyor_migrations VALUES (%s, %s)', [m.version, m.name]
+            )
+    for grant in GRANTS_BEFORE_PAUSES:
+        admin.execute(grant.format(schema=target.schema, role=role))
+    assert 5 in migrate(store_url)
+
+    broker = PostgresBroker(as_role(store_url, role))
+    try:
+        m = Message(id=new_id(), task="t", queue="q", priority=1, payload=b"[]")
+        broker.enqueue([m])
+        broker.pause("q", task="t")
+        assert broker.reserve(["q"], 1, 30, "w", Fairness((6, 3, 1))) == []
+        assert [(p.queue, p.task) for p in broker.paused()] == [("q", "t")]
+        broker.resume("q", task="t")
+        assert [d.id for d in broker.reserve(["q"], 1, 30, "w", Fairness((6, 3, 1)))] == [m.id]
     finally:
         broker.close()

@@ -29,7 +29,7 @@ def stored_keys(admin, broker: RedisBroker) -> set[str]:
 
 
 def next_due(broker: RedisBroker, queue: str = "q") -> str:
-    (due,) = broker._run([("next_due", broker._keys(queue, "jobs", "counts"), [])])
+    (due,) = broker._run([("next_due", broker._keys(queue, "jobs", "counts", "paused"), [])])
     return due.decode()
 
 

@@ -7,7 +7,7 @@ from importlib import resources
 import msgspec
 import pytest
 
-from conveyor.brokers.redis.scripts import NAMES, Scripts
+from conveyor.brokers.redis.scripts import INCLUDES, NAMES, Scripts
 from conveyor.brokers.redis.wire import lua_string
 from conveyor.ids import new_id
 from conveyor.priority import Fairness
@@ -28,7 +28,8 @@ def header(name: str) -> str:
 
 def test_every_lua_file_is_an_operation_or_the_shared_helpers():
     files = {p.name.removesuffix(".lua") for p in PACKAGE.iterdir() if p.name.endswith(".lua")}
-    assert files == set(NAMES) | {"lib", "slot_guard"}  # slot_guard: the cluster's prologue
+    helpers = {extra for extras in INCLUDES.values() for extra in extras}  # some scripts' helpers
+    assert files == set(NAMES) | {"lib", "slot_guard"} | helpers  # slot_guard: the cluster's prologue
 
 
 @pytest.mark.parametrize("name", NAMES)

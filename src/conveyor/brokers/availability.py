@@ -36,6 +36,9 @@ OPERATIONS = (
     "replay",
     "purge",
     "expire",
+    "pause",
+    "resume",
+    "paused",
 )
 
 

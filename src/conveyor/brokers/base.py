@@ -13,11 +13,14 @@ out by ``reserve``; a stale token changes nothing and is reported as lost.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import msgspec
 
+from conveyor import redact, validate
+from conveyor.errors import ConfigurationError, DuplicateId
 from conveyor.priority import Fairness
 from conveyor.records import (
     AckStatus,
@@ -27,11 +30,14 @@ from conveyor.records import (
     LimitInfo,
     Message,
     Outcome,
+    Pause,
     QueueStats,
     Reclaimed,
     Rule,
     WorkerInfo,
 )
+
+log = logging.getLogger("conveyor.store")
 
 #: (job id, fencing token) of a lease held by a worker.
 Lease = tuple[str, int]
@@ -54,6 +60,14 @@ class Broker(abc.ABC):
         self, messages: Sequence[Message], now: float | None = None, connection: Any = None
     ) -> list[Enqueued]:
         """Store messages as ready or scheduled, deduplicating by key.
+
+        Ids are unique across the store. A message whose id is held by another job, of any
+        queue, or by another message of the batch raises DuplicateId, storing nothing of the
+        batch; a message whose key resolves to a job (below) is not refused for its id. The
+        same message again (same id, queue, task, payload, priority, max_attempts and key: an
+        enqueue sent again after its reply was lost) is no other job: it stores nothing and
+        returns its job as created. A Redis Cluster checks ids across slots before its scripts
+        run, not atomically with them (see the Redis broker).
 
         Keys are scoped to a queue. A message whose key is held by a job of its queue with the
         same task and payload returns that job (``created=False``), also after the job finished,
@@ -196,6 +210,28 @@ class Broker(abc.ABC):
     def expire(self, now: float | None = None, limit: int = 1000) -> int:
         """Delete up to ``limit`` finished jobs whose retention has passed; return how many."""
 
+    @abc.abstractmethod
+    def pause(self, queue: str, task: str | None = None, now: float | None = None) -> None:
+        """Stop reservations from ``queue`` (only of ``task`` in it, if given) until ``resume``.
+
+        Stored, so every handle on the store obeys it, and atomic with ``reserve``: once this
+        returns, no reservation on any worker claims a job it covers. Enqueues, acks of running
+        jobs and every other operation carry on; a covered job stays pending (reported ready
+        once due). Idempotent: pausing again keeps the first pause's time. Raises
+        ConfigurationError, storing nothing, for a queue or task name no message could carry.
+        """
+
+    @abc.abstractmethod
+    def resume(self, queue: str, task: str | None = None) -> None:
+        """Undo ``pause(queue, task)`` (a no-op if it is not paused) and wake the queue's waiting
+        workers. A whole-queue pause and the pause of a task in it are separate: a job is
+        reserved only while neither covers it."""
+
+    @abc.abstractmethod
+    def paused(self, queues: Sequence[str] | None = None) -> list[Pause]:
+        """The stored pauses (of ``queues`` only, if given), by queue then task (whole queue
+        first)."""
+
     def own_connection(self) -> None:  # noqa: B027 - a no-op unless a store pools connections
         """Give the calling thread a connection of its own from now on, outside any shared pool,
         so its calls (a worker's heartbeats) never wait for a connection another thread holds.
@@ -205,6 +241,33 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Release connections and wake-up listeners."""
+
+
+#: The task stored for a pause of a whole queue: no task is named so (validate.MAX_TASK_NAME).
+WHOLE_QUEUE = ""
+#: Jobs of paused tasks a reservation sets aside at most per call (see docs/flow-control.md).
+PARK_BUDGET = 1000
+
+
+def pause_target(queue: object, task: object) -> tuple[str, str]:
+    """The stored (queue, task) of a pause, ``task`` "" for the whole queue; ConfigurationError
+    for a name no message could carry (validate's rules)."""
+    if type(queue) is not str or not validate.QUEUE_NAME.fullmatch(queue):
+        raise ConfigurationError(f"invalid queue name {str(queue)[:40]!r}: use 1-128 of A-Z a-z 0-9 _ . : -")
+    if task is None:
+        return queue, WHOLE_QUEUE
+    if type(task) is not str or not 0 < len(task) <= validate.MAX_TASK_NAME:
+        raise ConfigurationError(
+            f"invalid task name {str(task)[:40]!r}: a non-empty str of at most {validate.MAX_TASK_NAME} characters"
+        )
+    return queue, task
+
+
+def pauses(rows: Sequence[Sequence[Any]]) -> list[Pause]:
+    """Stored (queue, task, since) rows as Pause records, in the listing order."""
+    out = [Pause(queue=q, task=t or None, since=float(s)) for q, t, s in rows]
+    out.sort(key=lambda p: (p.queue, p.task or ""))
+    return out
 
 
 def claimed(rows: list[Any]) -> list[Delivery]:
@@ -231,6 +294,46 @@ def claimed(rows: list[Any]) -> list[Delivery]:
     ]
 
 
+def duplicate_id(job_id: str) -> DuplicateId:
+    """The refusal of an enqueue whose message reuses the id of another job (every store's)."""
+    return DuplicateId(
+        f"job id {job_id!r} is held by another job (or another message of the batch): nothing of"
+        " the batch was stored; leave ids to conveyor.ids.new_id()"
+    )
+
+
+def resends(m: Message, stored: Sequence[Any]) -> bool:
+    """Whether ``m`` is the message stored as ``stored`` (queue, task, payload, priority,
+    max_attempts, key, as a row holds them): the same enqueue sent again, not another job."""
+    queue, task, payload, priority, max_attempts, key = stored
+    return (queue, task, bytes(payload), priority, max_attempts, key) == (
+        m.queue,
+        m.task,
+        m.payload,
+        m.priority,
+        m.max_attempts,
+        m.key,
+    )
+
+
+def worker_infos(rows: Iterable[tuple[Any, Any]]) -> list[WorkerInfo]:
+    """Stored worker registry entries, (worker id, info JSON) each, as WorkerInfo; an entry that
+    does not decode (not JSON, or not a WorkerInfo) is left out with a warning naming its id, so
+    one corrupt entry never fails a listing of the workers."""
+    out: list[WorkerInfo] = []
+    for worker_id, info in rows:
+        try:
+            out.append(msgspec.json.decode(info, type=WorkerInfo))
+        except (msgspec.DecodeError, TypeError, ValueError, RecursionError) as exc:
+            shown = worker_id.decode(errors="replace") if isinstance(worker_id, bytes) else str(worker_id)
+            log.warning(
+                "worker registry entry %s is corrupt and is left out: %s",
+                redact.printable(shown[:100]),
+                redact.printable(str(exc)[:200]),
+            )
+    return out
+
+
 def errors_of(stored: Any) -> list[dict[str, Any]]:
     """A stored error history as a list of records; a corrupt one as one record saying so."""
     try:
@@ -250,7 +353,7 @@ def job_row(row: Sequence[Any], now: float, errors: list[dict[str, Any]]) -> Job
     task, queue, priority, state, payload, attempt, max_attempts, run_at, enqueued_at, started_at,
     finished_at, key, result, errors (decoded by the caller: ``errors``), worker, lease_until."""
     state = row[4]
-    if state == "pending":
+    if state in ("pending", "parked"):  # parked: pending, set aside while its task is paused
         state = "ready" if row[8] <= now else "scheduled"
     return JobInfo(
         id=row[0],

@@ -24,12 +24,23 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import msgspec
-
 from conveyor import serializer
 from conveyor.brokers import sqlite_limits as limiter
 from conveyor.brokers import sqlite_lock as writer_lock
-from conveyor.brokers.base import Broker, Lease, claimed, errors_of, job_row
+from conveyor.brokers.base import (
+    PARK_BUDGET,
+    WHOLE_QUEUE,
+    Broker,
+    Lease,
+    claimed,
+    duplicate_id,
+    errors_of,
+    job_row,
+    pause_target,
+    pauses,
+    resends,
+    worker_infos,
+)
 from conveyor.errors import ConfigurationError, KeyConflict
 from conveyor.limits import group_of
 from conveyor.priority import Fairness
@@ -41,6 +52,7 @@ from conveyor.records import (
     LimitInfo,
     Message,
     Outcome,
+    Pause,
     QueueStats,
     Reclaimed,
     Rule,
@@ -239,16 +251,22 @@ class SQLiteBroker(Broker):
                     out.append(Enqueued(row[0], False))
                     continue
             due = m.run_at if m.run_at is not None else now + m.delay
-            grp = None
-            if m.limits:
-                grp = group_of(m.limits)
-                at = (m.queue, m.priority, grp or "")
-                groups[at] = (m.limits, min(due, groups[at][1]) if at in groups else due)
-            db.execute(
+            grp = group_of(m.limits) if m.limits else None
+            inserted = db.execute(
                 "INSERT INTO conveyor_jobs (id, task, queue, priority, state, payload, run_at, enqueued_at,"
-                " max_attempts, key, grp) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)",
+                " max_attempts, key, grp) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
                 (m.id, m.task, m.queue, m.priority, m.payload, due, now, m.max_attempts, m.key, grp),
-            )
+            ).rowcount
+            if not inserted:  # the id is taken: by this very message (sent again), or refused
+                held = db.execute(
+                    "SELECT queue, task, payload, priority, max_attempts, key FROM conveyor_jobs WHERE id = ?",
+                    (m.id,),
+                ).fetchone()
+                if held is None or not resends(m, held):
+                    raise duplicate_id(m.id)
+            elif grp is not None:
+                at = (m.queue, m.priority, grp)
+                groups[at] = (m.limits, min(due, groups[at][1]) if at in groups else due)
             out.append(Enqueued(m.id, True))
         for (queue, priority, _), (rules, due) in groups.items():
             limiter.grouped(db, queue, priority, rules, due)
@@ -271,6 +289,7 @@ class SQLiteBroker(Broker):
         queues = list(dict.fromkeys(queues))
         levels = len(fairness.weights)
         with self._write() as db:
+            queues = _unpaused(db, queues, limit, now)
             # The stored levels each of the worker's levels takes, per queue (see _served).
             served = [_served(db, q, levels) for q in queues]
             # Queues with limits claim through them (sqlite_limits); the rest as they always did.
@@ -328,7 +347,10 @@ class SQLiteBroker(Broker):
         db = self._db()
         now = time.time()
         best: float | None = None
+        stopped = {q for (q,) in db.execute("SELECT queue FROM conveyor_paused WHERE task = ''")}
         for q in queues:
+            if q in stopped:  # its due jobs wait for resume, which wakes the workers
+                continue
             blocked, group_due = limiter.earliest(db, q, now)
             if blocked:
                 dues = [group_due]
@@ -568,7 +590,7 @@ class SQLiteBroker(Broker):
             return bool(
                 db.execute(
                     "UPDATE conveyor_jobs SET state = 'cancelled', finished_at = ?, expires_at = ?"
-                    " WHERE id = ? AND state = 'pending'",
+                    " WHERE id = ? AND state IN ('pending', 'parked')",
                     (now, now + self.retention, job_id),
                 ).rowcount
             )
@@ -591,8 +613,9 @@ class SQLiteBroker(Broker):
             self._db()
             .execute(
                 "SELECT queue, priority,"
-                " CASE WHEN state != 'pending' THEN state WHEN run_at <= ? THEN 'ready' ELSE 'scheduled' END AS st,"
-                " count(*), min(CASE WHEN state = 'pending' AND run_at <= ? THEN run_at END)"
+                " CASE WHEN state NOT IN ('pending', 'parked') THEN state WHEN run_at <= ? THEN 'ready'"
+                " ELSE 'scheduled' END AS st,"
+                " count(*), min(CASE WHEN state IN ('pending', 'parked') AND run_at <= ? THEN run_at END)"
                 f" FROM conveyor_jobs {where} GROUP BY queue, priority, st ORDER BY queue",
                 params,
             )
@@ -627,9 +650,10 @@ class SQLiteBroker(Broker):
         now: float | None = None,
     ) -> list[JobInfo]:
         now = time.time() if now is None else now
+        # A parked job (see _unpaused) is pending, set aside while its task is paused.
         stored, due, order = {
-            "scheduled": ("pending", "AND run_at > :now", "run_at, rowid"),
-            "ready": ("pending", "AND run_at <= :now", "run_at, rowid"),
+            "scheduled": (None, "AND state IN ('pending', 'parked') AND run_at > :now", "run_at, rowid"),
+            "ready": (None, "AND state IN ('pending', 'parked') AND run_at <= :now", "run_at, rowid"),
             "running": ("running", "", "started_at"),
             None: (None, "", "rowid DESC"),
         }.get(state, (state, "", "finished_at DESC"))
@@ -676,10 +700,10 @@ class SQLiteBroker(Broker):
         now = time.time() if now is None else now
         rows = (
             self._db()
-            .execute("SELECT info FROM conveyor_workers WHERE expires >= ? ORDER BY id", (now,))
+            .execute("SELECT id, info FROM conveyor_workers WHERE expires >= ? ORDER BY id", (now,))
             .fetchall()
         )
-        return [msgspec.json.decode(info, type=WorkerInfo) for (info,) in rows]
+        return worker_infos(rows)
 
     def replay(
         self, ids: Sequence[str] | None = None, queue: str | None = None, now: float | None = None
@@ -742,6 +766,41 @@ class SQLiteBroker(Broker):
                 (now, limit),
             ).rowcount
 
+    # -- pause and resume --------------------------------------------------------------------
+
+    def pause(self, queue: str, task: str | None = None, now: float | None = None) -> None:
+        queue, stored = pause_target(queue, task)
+        # Reservations take the same writers' lock: one that has not committed yet holds it, and
+        # every later one reads the pause.
+        with self._write() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO conveyor_paused (queue, task, since) VALUES (?, ?, ?)",
+                (queue, stored, time.time() if now is None else now),
+            )
+
+    def resume(self, queue: str, task: str | None = None) -> None:
+        queue, stored = pause_target(queue, task)
+        with self._write() as db:
+            db.execute("DELETE FROM conveyor_paused WHERE queue = ? AND task = ?", (queue, stored))
+            limiter.reopen_groups(db, queue, time.time())
+        # The task's parked jobs back, PARK_BUDGET per write, so that other writers wait for no
+        # more than one batch; a reservation between two batches takes what is back already.
+        while stored != WHOLE_QUEUE:
+            self._notify({queue})
+            with self._write() as db:
+                back = db.execute(
+                    "UPDATE conveyor_jobs SET state = 'pending' WHERE rowid IN (SELECT rowid FROM conveyor_jobs"
+                    " WHERE state = 'parked' AND queue = ? AND task = ? LIMIT ?)",
+                    (queue, stored, PARK_BUDGET),
+                ).rowcount
+            if back < PARK_BUDGET:
+                break
+        self._notify({queue})
+
+    def paused(self, queues: Sequence[str] | None = None) -> list[Pause]:
+        rows = self._db().execute("SELECT queue, task, since FROM conveyor_paused").fetchall()
+        return pauses([r for r in rows if queues is None or r[0] in queues])
+
     def close(self) -> None:
         if self._listener is not None and self._pid == os.getpid():
             with contextlib.suppress(sqlite3.Error), self._write() as db:
@@ -797,6 +856,61 @@ def _served(db: sqlite3.Connection, queue: str, levels: int) -> list[list[int]]:
         level = row[0]
         served[-1].append(level)
     return served
+
+
+def _unpaused(db: sqlite3.Connection, queues: list[str], limit: int, now: float) -> list[str]:
+    """The queues a reservation may claim from now: those not paused as a whole, whose first
+    ``limit`` due jobs of every level belong to no paused task. Due jobs of paused tasks met at
+    the head of a level are parked (out of the claim index, so no later claim walks past them
+    again), up to PARK_BUDGET per call; a queue whose head is not clear within it sits this call
+    out, and the next call parks on."""
+    marks = ",".join("?" * len(queues))
+    rows = db.execute(f"SELECT queue, task FROM conveyor_paused WHERE queue IN ({marks})", queues).fetchall()
+    if not rows:
+        return queues
+    held: dict[str, set[str]] = {}
+    for queue, task in rows:
+        held.setdefault(queue, set()).add(task)
+    budget = PARK_BUDGET
+    open_: list[str] = []
+    for q in queues:
+        tasks = held.get(q)
+        if tasks is None:
+            open_.append(q)
+        elif WHOLE_QUEUE not in tasks:
+            budget, clear = _park(db, q, tasks, limit, now, budget)
+            if clear:
+                open_.append(q)
+    return open_
+
+
+def _park(
+    db: sqlite3.Connection, queue: str, tasks: set[str], limit: int, now: float, budget: int
+) -> tuple[int, bool]:
+    """Park the due jobs of ``tasks`` ahead of the first ``limit`` others of each of ``queue``'s
+    levels; return the budget left and whether every head is clear. (Jobs with limits: their
+    group's head is parked by the claim that takes turns, see sqlite_limits.Claim.)"""
+    level = -1
+    while (row := db.execute(_LEVEL_ABOVE, {"queue": queue, "level": level}).fetchone())[0] is not None:
+        level = row[0]
+        free = 0  # the level's first due jobs of other tasks: they stay at its head
+        while free < limit:
+            head = db.execute(
+                "SELECT rowid, task FROM conveyor_jobs WHERE state = 'pending' AND queue = ? AND priority = ?"
+                " AND run_at <= ? AND grp IS NULL ORDER BY run_at, rowid LIMIT ? OFFSET ?",
+                (queue, level, now, limit - free, free),
+            ).fetchall()
+            if not head:
+                break
+            held = [rowid for rowid, task in head if task in tasks][:budget]
+            if held:
+                marks = ",".join("?" * len(held))
+                db.execute(f"UPDATE conveyor_jobs SET state = 'parked' WHERE rowid IN ({marks})", held)
+                budget -= len(held)
+                if budget <= 0:
+                    return 0, False
+            free += len(head) - len(held)
+    return budget, True
 
 
 def _job(row: Sequence[Any], now: float) -> JobInfo:

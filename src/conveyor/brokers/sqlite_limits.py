@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 
 from conveyor import limits
+from conveyor.brokers.base import PARK_BUDGET
 from conveyor.records import LimitInfo, Rule
 
 INF = math.inf
@@ -105,6 +106,9 @@ class Claim:
     def __init__(self, db: sqlite3.Connection, queue: str, now: float) -> None:
         self.db, self.queue, self.now = db, queue, now
         self.keys: dict[str, _Key] = {}
+        #: Paused tasks of the queue: their grouped jobs met at a group's head are parked.
+        self.paused = {t for (t,) in db.execute("SELECT task FROM conveyor_paused WHERE queue = ?", (queue,))}
+        self.park_budget = PARK_BUDGET
 
     def key(self, name: str) -> _Key:
         k = self.keys.get(name)
@@ -167,7 +171,29 @@ class Claim:
                   "held": msgspec.json.encode(held).decode() if held else None}  # fmt: skip
         if grp == "":
             return self.db.execute(CLAIM_PLAIN, params | {"limit": count}).fetchall()
+        if self.paused and not self._park(grp, priority, count):
+            return []
         return self.db.execute(_CLAIM_GROUP, params | {"grp": grp, "limit": count}).fetchall()
+
+    def _park(self, grp: str, priority: int, count: int) -> bool:
+        """Park the due jobs of paused tasks among a group's first ``count`` due jobs, so the
+        claim takes none; False if the call's parking budget ran out first (the group sits this
+        call out, the next one parks on)."""
+        while True:
+            head = self.db.execute(
+                "SELECT rowid, task FROM conveyor_jobs WHERE state = 'pending' AND queue = ? AND priority = ?"
+                " AND grp = ? AND run_at <= ? ORDER BY run_at, rowid LIMIT ?",
+                (self.queue, priority, grp, self.now, count),
+            ).fetchall()
+            held = [rowid for rowid, task in head if task in self.paused]
+            if not held:
+                return True
+            held = held[: self.park_budget]
+            marks = ",".join("?" * len(held))
+            self.db.execute(f"UPDATE conveyor_jobs SET state = 'parked' WHERE rowid IN ({marks})", held)
+            self.park_budget -= len(held)
+            if self.park_budget <= 0:
+                return False
 
     def _settle_turns(
         self, priority: int, served: dict[str, int], blocked: dict[str, tuple[float, list[str]]]
@@ -476,3 +502,9 @@ def forget_idle(db: sqlite3.Connection, now: float, limit: int) -> None:
         " AND running = 0 AND tat <= ? AND coalesce(closed_until, 0) <= ? LIMIT ?)",
         (now, now, limit),
     )
+
+
+def reopen_groups(db: sqlite3.Connection, queue: str, now: float) -> None:
+    """A resume: jobs of the queue's groups may be back from parking, so every group is examined
+    again at the next claim (one that still cannot run is set aside again there)."""
+    db.execute("UPDATE conveyor_groups SET ready_at = ? WHERE queue = ? AND ready_at > ?", (now, queue, now))

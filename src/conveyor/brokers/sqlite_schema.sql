@@ -92,3 +92,14 @@ CREATE TABLE IF NOT EXISTS conveyor_waiters (
     grp      TEXT    NOT NULL,
     PRIMARY KEY (queue, key, priority, grp)
 );
+-- Paused queues (task '') and paused tasks of a queue: reserve claims no job they cover.
+CREATE TABLE IF NOT EXISTS conveyor_paused (
+    queue TEXT NOT NULL,
+    task  TEXT NOT NULL,
+    since REAL NOT NULL,
+    PRIMARY KEY (queue, task)
+);
+-- Due jobs of paused tasks that a reservation set aside ("parked": out of the claim index, so
+-- later claims do not walk past them again), and resume makes them pending again.
+CREATE INDEX IF NOT EXISTS conveyor_jobs_parked ON conveyor_jobs (queue, task)
+    WHERE state = 'parked';

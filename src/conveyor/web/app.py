@@ -93,6 +93,7 @@ def create_app(app: Conveyor, credentials: Credentials | None) -> Starlette:
         Route("/api/overview", views.api_overview),
         Route("/metrics", views.metrics_endpoint),
         Route("/queues/{queue}", views.queue),
+        Route("/queues/{queue}/{action}", views.queue_action, methods=["POST"]),
         Route("/jobs/{id}", views.job),
         Route("/jobs/{id}/{action}", views.job_action, methods=["POST"]),
         Route("/dead", views.dead),

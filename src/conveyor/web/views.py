@@ -1,6 +1,6 @@
 """The dashboard's pages and JSON: each reads the store through the broker's read operations only
-(``stats``, ``jobs``, ``dead``, ``get``, ``workers``) and acts through ``replay``, ``purge``
-and ``cancel``."""
+(``stats``, ``jobs``, ``dead``, ``get``, ``workers``, ``paused``) and acts through ``replay``,
+``purge``, ``cancel``, ``pause`` and ``resume``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, TypeVar
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
@@ -98,6 +98,8 @@ class Views:
         broker = self.app.broker
         now = time.time()
         stats = broker.stats(now=now)
+        pauses = broker.paused()
+        stopped = {p.queue for p in pauses if p.task is None}
         workers = broker.workers(now=now)
         recent = broker.jobs(state="succeeded", limit=200, now=now)
         self.sampler.observe(now, workers, recent)
@@ -108,6 +110,7 @@ class Views:
                 rate = rates.by_level.get((qs.queue, level), {}) if rates is not None else None
                 row: dict[str, Any] = {
                     "queue": qs.queue,
+                    "paused": qs.queue in stopped,
                     "priority": self.app.priorities.name(level),
                     **{
                         s: qs.counts.get(s, {}).get(level, 0)
@@ -121,6 +124,7 @@ class Views:
         return {
             "at": now,
             "rows": rows,
+            "paused": [{"queue": p.queue, "task": p.task, "since": p.since} for p in pauses],
             "workers": len(workers),
             "in_flight": sum(w.in_flight for w in workers),
             "succeeded_per_min": None if rates is None else round(rates.succeeded, 1),
@@ -152,6 +156,7 @@ class Views:
         state = state if state in STATES else "ready"
         offset = _offset(request)
         stats = await self._read(self.app.broker.stats, [name])
+        pauses = await self._read(self.app.broker.paused, [name])
         jobs = await self._read(self.app.broker.jobs, queue=name, state=state, limit=PAGE + 1, offset=offset)
         counts = stats[0].counts if stats else {}
         levels = sorted({p for per in counts.values() for p in per})
@@ -166,11 +171,27 @@ class Views:
             levels=levels,
             oldest=stats[0].oldest_ready_age if stats else None,
             throttled=stats[0].throttled if stats else 0,
+            paused=next((p for p in pauses if p.task is None), None),
+            paused_tasks=[p for p in pauses if p.task is not None],
             jobs=[_row(j) for j in jobs[:PAGE]],
             offset=offset,
             more=len(jobs) > PAGE,
             page=PAGE,
         )
+
+    async def queue_action(self, request: Request) -> Response:
+        """POST /queues/{queue}/{pause|resume}: the whole queue, or the form's ``task`` in it."""
+        name, action = _text(request.path_params["queue"], "queue"), request.path_params["action"]
+        if action not in ("pause", "resume"):
+            return self._problem(request, 404, "Not found", f"no action {action}")
+        form = await request.form()
+        task = _text(str(form.get("task") or "").strip(), "task") or None
+        act = self.app.broker.pause if action == "pause" else self.app.broker.resume
+        try:
+            await self._read(act, name, task)
+        except ConfigurationError as exc:
+            return self._problem(request, 400, f"Cannot {action}", str(exc))
+        return RedirectResponse(f"/queues/{quote(name, safe='')}", 303)
 
     async def job(self, request: Request) -> Response:
         """GET /jobs/{id}: payload, result, every attempt's error with traceback, timeline."""

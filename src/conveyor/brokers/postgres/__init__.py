@@ -18,16 +18,16 @@ Grants, for a schema ``conveyor`` and roles ``conveyor_admin`` (migrates) and ``
     GRANT CREATE ON DATABASE mydb TO conveyor_admin;  -- or own an existing schema
     GRANT USAGE ON SCHEMA conveyor TO conveyor_worker;
     GRANT SELECT ON conveyor.conveyor_migrations TO conveyor_worker;
-    GRANT SELECT, INSERT, UPDATE, DELETE ON conveyor.jobs, conveyor.workers TO conveyor_worker;
+    GRANT SELECT, INSERT, UPDATE, DELETE ON conveyor.jobs, conveyor.workers, conveyor.paused TO conveyor_worker;
     GRANT SELECT, INSERT, UPDATE, DELETE ON conveyor.limit_groups, conveyor.limit_keys TO conveyor_worker;
     GRANT SELECT, INSERT, DELETE ON conveyor.limit_waiters TO conveyor_worker;
     GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA conveyor TO conveyor_worker;
 
-LISTEN/NOTIFY and advisory locks need no grants. The jobs table's identity column needs no
-sequence grant. The functions (``reserve``: a whole reservation in one round trip, and those of
-limits) run with the caller's rights; PUBLIC may execute new functions unless the database
-revoked that. A worker role granted only the first two tables before schema version 5 needs the
-limit tables' grants too: every reservation looks there for limits.
+LISTEN/NOTIFY and advisory locks need no grants. (Migrations 5 and 6 gave the roles with rights
+on ``jobs`` the same on the tables they create: ``paused``, and the limit tables, which every
+reservation reads.) The jobs table's identity column needs no sequence grant. The functions
+(``reserve``: a whole reservation in one round trip, and those of pauses and limits) run with the
+caller's rights; PUBLIC may execute new functions unless the database revoked that.
 
 Throughput: a reserve, an ack batch and an enqueue batch without keys are one statement and one
 commit each, and every commit waits for its WAL flush, so acknowledged outcomes survive a server

@@ -25,7 +25,17 @@ from psycopg.rows import tuple_row
 from conveyor import limits as buckets
 from conveyor import serializer
 from conveyor.brokers.availability import guarded, refused, unavailable
-from conveyor.brokers.base import Broker, Lease, claimed, job_row
+from conveyor.brokers.base import (
+    Broker,
+    Lease,
+    claimed,
+    duplicate_id,
+    job_row,
+    pause_target,
+    pauses,
+    resends,
+    worker_infos,
+)
 from conveyor.brokers.postgres import migrate as migrations
 from conveyor.brokers.postgres import queries
 from conveyor.brokers.postgres.dsn import parse
@@ -41,6 +51,7 @@ from conveyor.records import (
     LimitInfo,
     Message,
     Outcome,
+    Pause,
     QueueStats,
     Reclaimed,
     Rule,
@@ -50,9 +61,10 @@ from conveyor.records import (
 Connection = psycopg.Connection[tuple[Any, ...]]
 
 #: Per listed state: the stored state, the due-time filter and the order of ``jobs``.
+#: A parked job (set aside while its task is paused) is listed as the pending job it is.
 _LISTINGS: dict[str | None, tuple[str | None, str, str]] = {
-    "scheduled": ("pending", "AND run_at > clock.now", "run_at, seq"),
-    "ready": ("pending", "AND run_at <= clock.now", "run_at, seq"),
+    "scheduled": (None, "AND state IN ('pending', 'parked') AND run_at > clock.now", "run_at, seq"),
+    "ready": (None, "AND state IN ('pending', 'parked') AND run_at <= clock.now", "run_at, seq"),
     "running": ("running", "", "started_at, seq"),
     None: (None, "", "seq DESC"),
 }
@@ -195,7 +207,10 @@ class PostgresBroker(Broker):
         if connection is None:
             with self._connect() as conn:
                 if all(m.key is None and not m.limits for m in messages):
-                    return self._insert_unkeyed(conn, messages, now)  # one statement, one round trip
+                    try:
+                        return self._insert_unkeyed(conn, messages, now)  # one statement, one round trip
+                    except pg_errors.UniqueViolation:
+                        pass  # an id is taken (the statement stored nothing): sort it out below
                 # Pipelined: BEGIN travels with the insert, the wake-up with COMMIT.
                 with conn.pipeline(), conn.transaction():
                     return self._insert(conn, messages, now)
@@ -255,22 +270,32 @@ class PostgresBroker(Broker):
         ).fetchall()
         out: list[Enqueued | None] = []
         created: dict[tuple[str, str | None], Message] = {}
+        ids: dict[str, Message] = {}  # the batch's messages inserted so far, by id
         unresolved: list[int] = []
-        for i, (m, (inserted, holder, same)) in enumerate(zip(messages, rows, strict=True)):
+        for i, (m, (inserted, holder, same, id_held, resent)) in enumerate(zip(messages, rows, strict=True)):
             key = (m.queue, m.key)
-            if inserted and not (m.key is not None and key in created):
-                out.append(Enqueued(m.id, True))
-                if m.key is not None:
-                    created[key] = m
-            elif holder is not None:
+            if holder is not None:  # the key is held: its job, whatever the message's id
                 if not same:
                     raise _conflict(m.key, holder)
                 out.append(Enqueued(holder, False))
-            elif key in created:  # repeated within the batch
+            elif m.key is not None and key in created:  # a key repeated within the batch
                 first = created[key]
                 if (first.task, first.payload) != (m.task, m.payload):
                     raise _conflict(m.key, first.id)
                 out.append(Enqueued(first.id, False))
+            elif m.id in ids:  # an id repeated within the batch: the same message, or refused
+                if ids[m.id] != m and not resends(m, _stored(ids[m.id])):
+                    raise duplicate_id(m.id)
+                out.append(Enqueued(m.id, True))
+            elif id_held:  # the same message sent again, or another job's id
+                if not resent:
+                    raise duplicate_id(m.id)
+                out.append(Enqueued(m.id, True))
+            elif inserted:
+                out.append(Enqueued(m.id, True))
+                ids[m.id] = m
+                if m.key is not None:
+                    created[key] = m
             else:  # taken by a transaction that committed after this statement began
                 out.append(None)
                 unresolved.append(i)
@@ -284,17 +309,23 @@ class PostgresBroker(Broker):
         self, conn: Connection, messages: Sequence[Message], indexes: list[int], out: list[Enqueued | None]
     ) -> None:
         wanted = [messages[i] for i in indexes]
-        rows = (
-            conn.cursor(row_factory=tuple_row)
-            .execute(
-                self._sql["key_holders"],
-                {"queues": [m.queue for m in wanted], "keys": [m.key for m in wanted]},
-            )
-            .fetchall()
-        )
+        cur = conn.cursor(row_factory=tuple_row)
+        rows = cur.execute(
+            self._sql["key_holders"],
+            {"queues": [m.queue for m in wanted], "keys": [m.key for m in wanted]},
+        ).fetchall()
         holders = {(queue, key): (job_id, task, payload) for queue, key, job_id, task, payload in rows}
+        by_id = {
+            row[0]: row[1:]
+            for row in cur.execute(self._sql["id_holders"], {"ids": [m.id for m in wanted]}).fetchall()
+        }
         for i, m in zip(indexes, wanted, strict=True):
             holder = holders.get((m.queue, m.key))
+            if holder is None and m.id in by_id:  # the id was taken, not the key
+                if not resends(m, by_id[m.id]):
+                    raise duplicate_id(m.id)
+                out[i] = Enqueued(m.id, True)
+                continue
             if holder is None:  # the holder expired in between: rare enough to hand back
                 raise ConveyorError(f"key {m.key!r} changed hands during the enqueue; try again")
             if (holder[1], bytes(holder[2])) != (m.task, m.payload):
@@ -343,11 +374,8 @@ class PostgresBroker(Broker):
                     plain[r[0]] = r[7]
             while len(plain) > _PLAIN_MAX:  # leases lost without an outcome here
                 del plain[next(iter(plain))]
-        out = claimed(rows)
-        if any(r[13] for r in rows):
-            throttled = {r[0]: r[13] or 0 for r in rows}
-            out = [msgspec.structs.replace(d, throttled=throttled[d.id]) for d in out]
-        return out
+        # claimed() reads a row's 12th column as the throttle count: here it is r_throttled.
+        return claimed([(*r[:11], r[13] or 0) for r in rows])
 
     def _all_plain(self, outcomes: Iterable[Outcome]) -> bool:
         """Whether this handle claimed the jobs of all these outcomes without limits."""
@@ -648,13 +676,22 @@ class PostgresBroker(Broker):
         by_queue: dict[str, tuple[dict[str, dict[int, int]], list[float]]] = {
             q: ({}, []) for q in queues or ()
         }
+        held: dict[str, int] = {}  # per queue: ready jobs limits hold back, -1 for all of them
         for queue, priority, state, count, oldest, clock in rows:
+            if state is None:  # the limits' row: waiting groups' ready jobs, queue limit shut
+                held[queue] = -1 if oldest else count
+                continue
             counts, ages = by_queue.setdefault(queue, ({}, []))
             counts.setdefault(state, {})[priority] = count
             if oldest is not None:
                 ages.append(clock - oldest)
         return [
-            QueueStats(queue=q, counts=c, oldest_ready_age=max(a) if a else None)
+            QueueStats(
+                queue=q,
+                counts=c,
+                oldest_ready_age=max(a) if a else None,
+                throttled=sum(c.get("ready", {}).values()) if held.get(q) == -1 else held.get(q, 0),
+            )
             for q, (c, a) in sorted(by_queue.items())
         ]
 
@@ -690,7 +727,7 @@ class PostgresBroker(Broker):
     def workers(self, now: float | None = None) -> list[WorkerInfo]:
         with self._connect() as conn:
             rows = conn.execute(self._sql["workers"], {"now": now}).fetchall()
-        return [msgspec.json.decode(info, type=WorkerInfo) for (info,) in rows]
+        return worker_infos(rows)
 
     def replay(
         self, ids: Sequence[str] | None = None, queue: str | None = None, now: float | None = None
@@ -793,6 +830,26 @@ class PostgresBroker(Broker):
             )
         return out
 
+    # -- pause and resume --------------------------------------------------------------------
+
+    def pause(self, queue: str, task: str | None = None, now: float | None = None) -> None:
+        queue, stored = pause_target(queue, task)
+        with self._connect() as conn, conn.transaction():
+            conn.execute(self._sql["pause"], {"queue": queue, "task": stored, "now": now})
+            conn.execute(self._sql["pause_barrier"], {"schema": self.target.ident, "queue": queue})
+
+    def resume(self, queue: str, task: str | None = None) -> None:
+        queue, stored = pause_target(queue, task)
+        with self._connect() as conn:
+            conn.execute(
+                self._sql["resume"], {"queue": queue, "task": stored, "channel": self.target.channel}
+            )
+
+    def paused(self, queues: Sequence[str] | None = None) -> list[Pause]:
+        with self._connect() as conn:
+            rows = conn.execute(self._sql["paused"], {"queues": None if queues is None else list(queues)})
+            return pauses(rows.fetchall())
+
     def close(self) -> None:
         with self._lock:
             if self._closed:
@@ -844,6 +901,11 @@ def _without_nul(value: Any) -> Any:
 
 def _conflict(key: str | None, holder: str) -> KeyConflict:
     return KeyConflict(f"key {key!r} belongs to job {holder} with a different task or payload")
+
+
+def _stored(m: Message) -> tuple[Any, ...]:
+    """A message as ``resends`` compares a stored job."""
+    return (m.queue, m.task, m.payload, m.priority, m.max_attempts, m.key)
 
 
 def _columns(messages: Sequence[Message]) -> dict[str, list[Any]]:

@@ -14,12 +14,13 @@
 -- Never write a percent sign outside a placeholder here: psycopg reads these as templates.
 
 -- name: enqueue
--- Insert a batch of messages as pending jobs; a message whose (queue, key) is taken is not
--- inserted. Each message comes back in order with whether it was inserted and the holder of its
--- key as this statement's snapshot sees it: rows inserted by this very statement are invisible
--- to it, so the caller resolves a key repeated within the batch. A job with limits joins its
--- group (docs/flow-control.md): the group's row takes the batch's latest rules and is ready no
--- later than the job is due.
+-- Insert a batch of messages as pending jobs; a message whose (queue, key) or id is taken is not
+-- inserted. Each message comes back in order with whether it was inserted, the holder of its
+-- key, and whether its id was held and by this very message (the same enqueue sent again), as
+-- this statement's snapshot sees them: rows inserted by this very statement are invisible to
+-- it, so the caller resolves a key or an id repeated within the batch. A job with limits joins
+-- its group (docs/flow-control.md): the group's row takes the batch's latest rules and is ready
+-- no later than the job is due.
 WITH m AS (
     SELECT *
       FROM unnest(%(ids)b::text[], %(tasks)b::text[], %(queues)b::text[], %(priorities)b::int[],
@@ -34,7 +35,7 @@ WITH m AS (
            {statement_now}, max_attempts, key, grp, rules::jsonb
       FROM m
      ORDER BY n
-        ON CONFLICT (queue, key) WHERE key IS NOT NULL DO NOTHING
+        ON CONFLICT DO NOTHING
     RETURNING id, run_at
 ), grouped AS (
     INSERT INTO {schema}.limit_groups AS g (queue, priority, grp, rules, turn, ready_at)
@@ -47,10 +48,15 @@ WITH m AS (
         ON CONFLICT (queue, priority, grp)
         DO UPDATE SET rules = excluded.rules, ready_at = least(g.ready_at, excluded.ready_at)
 )
-SELECT inserted.id IS NOT NULL, holder.id, holder.task = m.task AND holder.payload = m.payload
+SELECT inserted.id IS NOT NULL, holder.id, holder.task = m.task AND holder.payload = m.payload,
+       same.id IS NOT NULL,
+       coalesce(same.queue = m.queue AND same.task = m.task AND same.payload = m.payload
+                AND same.priority = m.priority AND same.max_attempts = m.max_attempts
+                AND same.key IS NOT DISTINCT FROM m.key, false)
   FROM m
   LEFT JOIN inserted ON inserted.id = m.id
   LEFT JOIN {schema}.jobs AS holder ON holder.queue = m.queue AND holder.key = m.key
+  LEFT JOIN {schema}.jobs AS same ON same.id = m.id
  ORDER BY m.n;
 
 -- name: lock_keys
@@ -81,6 +87,13 @@ WITH inserted AS (
 )
 SELECT count(pg_notify(%(channel)s, queue))
   FROM (SELECT DISTINCT queue FROM inserted ORDER BY queue) AS woken;
+
+-- name: id_holders
+-- The jobs holding ids: for ids taken by a transaction that committed after the enqueue
+-- statement's snapshot.
+SELECT id, queue, task, payload, priority, max_attempts, key
+  FROM {schema}.jobs
+ WHERE id = ANY(%(ids)s::text[]);
 
 -- name: key_holders
 -- The jobs holding (queue, key) pairs: for keys taken by a transaction that committed after
@@ -121,12 +134,14 @@ SELECT w.queue, w.priority, c.id
           FOR UPDATE SKIP LOCKED) AS c;
 
 -- name: reserve
--- The whole reservation in one round trip: the schema's reserve function (migration 0004) runs
--- candidates (one queue) or count_ready (several), the fair split across levels and queues and
--- the claim of its share; its last row is the worker's new fairness state.
-SELECT * FROM {schema}.reserve(%(queues)s::text[], %(weights)s::int[], %(fair)s::int[],
-                               %(qweights)s::int[], %(qfair)s::int[], %(strict)s::boolean,
-                               %(limit)s::int, %(lease)s::float8, %(worker)s::text, %(now)s::float8);
+-- The whole reservation in one round trip: the schema's reserve_unpaused function (migration
+-- 0006) leaves out what is paused and calls its reserve function, which runs candidates (one
+-- queue) or count_ready (several), the fair split across levels and queues and the claim of its
+-- share (reserve_limited for queues with limits); its last row is the worker's new fairness state.
+SELECT * FROM {schema}.reserve_unpaused(%(queues)s::text[], %(weights)s::int[], %(fair)s::int[],
+                                        %(qweights)s::int[], %(qfair)s::int[], %(strict)s::boolean,
+                                        %(limit)s::int, %(lease)s::float8, %(worker)s::text,
+                                        %(now)s::float8);
 
 -- name: claim
 -- Lease the n oldest due jobs of each (queue, priority) in one statement (the claim the reserve
@@ -160,7 +175,8 @@ RETURNING j.id, j.task, j.queue, j.priority, j.payload, j.attempt, j.max_attempt
 -- is), or NULL: the earliest due time of a pending job without limits (a skip scan: one index
 -- probe per (queue, priority) present, however many jobs wait), or the earliest a group of
 -- jobs with limits may run (ready_at; +infinity while it waits for a slot, which wakes it);
--- a queue its own limit holds back is ready no earlier than that limit allows.
+-- a queue its own limit holds back is ready no earlier than that limit allows. A queue paused
+-- as a whole is left out: resume wakes it.
 WITH RECURSIVE probe AS (
     SELECT q.queue, first.priority, first.run_at
       FROM unnest(%(queues)s::text[]) AS q (queue)
@@ -168,6 +184,7 @@ WITH RECURSIVE probe AS (
            SELECT priority, run_at FROM {schema}.jobs
             WHERE state = 'pending' AND grp IS NULL AND queue = q.queue
             ORDER BY priority, run_at LIMIT 1) AS first
+     WHERE NOT EXISTS (SELECT 1 FROM {schema}.paused AS p WHERE p.queue = q.queue AND p.task = '')
     UNION ALL
     SELECT probe.queue, next.priority, next.run_at
       FROM probe
@@ -181,8 +198,9 @@ WITH RECURSIVE probe AS (
 ), due AS (
     SELECT queue, run_at AS at FROM probe
     UNION ALL
-    SELECT queue, ready_at FROM {schema}.limit_groups
-     WHERE queue = ANY (%(queues)s::text[]) AND grp <> ''
+    SELECT g.queue, g.ready_at FROM {schema}.limit_groups AS g
+     WHERE g.queue = ANY (%(queues)s::text[]) AND g.grp <> ''
+       AND NOT EXISTS (SELECT 1 FROM {schema}.paused AS p WHERE p.queue = g.queue AND p.task = '')
 ), gate AS (
     SELECT k.queue,
            greatest(CASE WHEN k.closed_until > clock.now THEN k.closed_until END,
@@ -447,23 +465,49 @@ SELECT reclaimed.id, reclaimed.state, reclaimed.queue FROM reclaimed, (SELECT co
 -- name: cancel
 UPDATE {schema}.jobs
    SET state = 'cancelled', finished_at = {now}, expires_at = {now} + %(retention)s
- WHERE id = %(id)s AND state = 'pending';
+ WHERE id = %(id)s AND state IN ('pending', 'parked');
 
 -- name: get
 SELECT {columns}, {now} FROM {schema}.jobs WHERE id = %(id)s;
 
 -- name: stats
--- Counts per queue, priority and reported state, with the oldest ready due time.
+-- Counts per queue, priority and reported state, with the oldest ready due time. A parked job
+-- (set aside while its task is paused) is pending. Last, per queue with groups of jobs with
+-- limits, a row of state NULL: the ready jobs of groups that wait (ready_at past now) and
+-- whether the queue's own limit allows no start now (then every ready job is held back).
 WITH clock AS (SELECT {now} AS now)
 SELECT queue, priority,
-       CASE WHEN state <> 'pending' THEN state WHEN run_at <= clock.now THEN 'ready' ELSE 'scheduled' END
+       CASE WHEN state NOT IN ('pending', 'parked') THEN state WHEN run_at <= clock.now THEN 'ready'
+            ELSE 'scheduled' END
            AS reported,
        count(*),
-       min(run_at) FILTER (WHERE state = 'pending' AND run_at <= clock.now),
+       min(run_at) FILTER (WHERE state IN ('pending', 'parked') AND run_at <= clock.now),
        min(clock.now)
   FROM {schema}.jobs, clock
  WHERE %(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[])
- GROUP BY queue, priority, reported;
+ GROUP BY queue, priority, reported
+UNION ALL
+SELECT g.queue, NULL, NULL,
+       (SELECT count(*) FROM {schema}.limit_groups AS w
+          JOIN {schema}.jobs AS j ON j.queue = w.queue AND j.priority = w.priority AND j.grp = w.grp
+         WHERE w.queue = g.queue AND w.grp <> '' AND w.ready_at > clock.now
+           AND j.state = 'pending' AND j.run_at <= clock.now),
+       CASE WHEN EXISTS (
+                SELECT 1 FROM {schema}.limit_keys AS k
+                 WHERE k.queue = g.queue AND k.key = ''
+                   AND (k.closed_until > clock.now
+                        OR (coalesce(k.concurrency, 0) > 0 AND k.running >= k.concurrency)
+                        OR (coalesce(k.rate, 0) > 0
+                            AND floor(coalesce(k.burst, 1) - greatest(0, k.tat - clock.now) * k.rate
+                                      + 1e-9) < 1)))
+            THEN 1 ELSE 0 END,
+       clock.now
+  FROM (SELECT DISTINCT queue FROM {schema}.limit_groups
+         WHERE %(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[])
+        UNION
+        SELECT queue FROM {schema}.limit_keys
+         WHERE key = '' AND (rate IS NOT NULL OR concurrency IS NOT NULL)
+           AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))) AS g, clock;
 
 -- name: jobs
 -- A page of jobs; {due} and {order} are fixed per listed state by the broker.
@@ -492,7 +536,7 @@ DELETE FROM {schema}.workers WHERE expires < {now} - 3600 AND id <> %(id)s;
 SELECT extract(epoch from clock_timestamp())::float8;
 
 -- name: workers
-SELECT info::text FROM {schema}.workers WHERE expires >= {now} ORDER BY id;
+SELECT id, info::text FROM {schema}.workers WHERE expires >= {now} ORDER BY id;
 
 -- name: replay_clash
 -- A dead job whose key is held by another job of the queue it would be replayed into.
@@ -606,3 +650,40 @@ SELECT k.queue, k.key, k.tat, k.running, k.closed_until, k.rate, k.burst, k.conc
   FROM {schema}.limit_keys AS k, clock
  WHERE %(queue)s::text IS NULL OR k.queue = %(queue)s::text
  ORDER BY k.queue, k.key;
+
+-- name: pause
+-- Store a pause (task '' for the whole queue); a second one keeps the first one's time.
+INSERT INTO {schema}.paused (queue, task, since) VALUES (%(queue)s, %(task)s, {now})
+    ON CONFLICT (queue, task) DO NOTHING;
+
+-- name: pause_barrier
+-- After storing a pause, in its transaction: wait for the reservations from the queue that read
+-- the pauses before it was stored (each holds this lock shared, see reserve_unpaused); later
+-- ones wait for the commit, then read it.
+SELECT pg_advisory_xact_lock(hashtextextended('conveyor.pause' || chr(31) || %(schema)s || chr(31) || %(queue)s, 0));
+
+-- name: resume
+-- Undo a pause; a task's parked jobs are pending again and the queue's workers are woken. Parked
+-- jobs with limits rejoin their groups (docs/flow-control.md), as an enqueue adds them: the
+-- group's row is created if a claim deleted it meanwhile, and is ready no later than they are due.
+WITH gone AS (
+    DELETE FROM {schema}.paused WHERE queue = %(queue)s::text AND task = %(task)s::text
+), unparked AS (
+    UPDATE {schema}.jobs SET state = 'pending'
+     WHERE state = 'parked' AND queue = %(queue)s::text AND task = %(task)s::text
+    RETURNING queue, priority, grp, rules, run_at, seq
+), regrouped AS (
+    INSERT INTO {schema}.limit_groups AS g (queue, priority, grp, rules, turn, ready_at)
+    SELECT u.queue, u.priority, u.grp, (array_agg(u.rules ORDER BY u.seq DESC))[1], 0, min(u.run_at)
+      FROM unparked AS u
+     WHERE u.grp IS NOT NULL
+     GROUP BY u.queue, u.priority, u.grp
+     ORDER BY u.queue, u.priority, u.grp
+        ON CONFLICT (queue, priority, grp)
+        DO UPDATE SET ready_at = least(g.ready_at, excluded.ready_at)
+)
+SELECT pg_notify(%(channel)s, %(queue)s::text);
+
+-- name: paused
+SELECT queue, task, since FROM {schema}.paused
+ WHERE %(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]);

@@ -2,7 +2,9 @@
 --
 -- KEYS[1] <base>:jobs   KEYS[2] <base>:keys   KEYS[3] <base>:counts   KEYS[4] <base>:running
 -- KEYS[5] <base>:dead   KEYS[6] <base>:done
--- KEYS[7..] per queue receiving follow-up enqueues: <qbase>:jobs, <qbase>:keys, <qbase>:counts
+-- KEYS[7..] per queue receiving follow-up enqueues: <qbase>:jobs, <qbase>:keys, <qbase>:counts;
+-- then, on a single server with follow-ups, <prefix>:queues: their new ids are looked up in every
+-- registered queue (see held_elsewhere), as enqueue does
 -- ARGV[1] now   ARGV[2] retention seconds
 -- ARGV[3] the outcomes, one MessagePack array of [id, token, kind (succeeded|retry|dead|throttled),
 --   result (optional string), delay, error JSON, effects (arrays of command and arguments),
@@ -19,6 +21,7 @@
 local now = clock(ARGV[1])
 local expires_s = fmt(now + tonumber(ARGV[2]))
 local jobs, keys, counts, running, dead, done = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local registry = (#KEYS - 6) % 3 == 1 and KEYS[#KEYS] or nil
 local out = {}
 local woken = false
 
@@ -76,14 +79,25 @@ for n, o in ipairs(entries) do
         tg.msgs[#tg.msgs + 1] = f.m
       end
     end
+    local fresh = {}
+    local refused = nil
     for _, tg in pairs(targets) do
-      local plan, conflict = plan_enqueue(tg.jobs, tg.keys, tg.msgs)
+      local plan, stores = plan_enqueue(tg.jobs, tg.keys, tg.msgs)
       if not plan then
-        failure = 'KeyConflict: key ' .. conflict[1] .. ' belongs to job ' .. conflict[2]
-          .. ' with a different task or payload'
+        refused = stores
         break
       end
       tg.plan = plan
+      fresh[tg.jobs] = stores
+    end
+    if not refused and registry and next(fresh) then refused = held_elsewhere(registry, fresh) end
+    if refused then
+      if refused[1] == 'key' then
+        failure = 'KeyConflict: key ' .. refused[2] .. ' belongs to job ' .. refused[3]
+          .. ' with a different task or payload'
+      else
+        failure = 'DuplicateId: job id ' .. refused[2] .. ' is held by another job'
+      end
     end
     local effects = o[O_EFFECTS]
     if not failure and effects and #effects > 0 then failure = effects_error(effects) end

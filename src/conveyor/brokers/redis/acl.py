@@ -31,8 +31,9 @@ COMMANDS: dict[str, str] = {
     "hget": "job records, idempotency keys",
     "hmget": "job records",
     "hgetall": "counts, listings, the worker registry",
-    "hkeys": "counts",
-    "hexists": "job records (replay into another queue)",
+    "hkeys": "counts, pauses",
+    "hexists": "job records (replay into another queue), pauses",
+    "hsetnx": "pause (a second pause keeps the first one's time)",
     "hdel": "job records, idempotency keys, counts, the worker registry",
     "hincrby": "counts",
     "zadd": "pending, running, dead and finished indexes",
@@ -42,6 +43,7 @@ COMMANDS: dict[str, str] = {
     "zrange": "next due time, listings, replay and purge of the dead",
     "zrangebyscore": "reserve, reclaim, expire, listings",
     "zrevrange": "listings of the dead and finished",
+    "zscore": "purge finds a corrupt record in the dead index",
     "object|encoding": "reserve keeps its lease index in skiplist encoding",
 }
 

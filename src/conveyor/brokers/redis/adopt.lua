@@ -5,12 +5,16 @@
 -- ARGV[1] now   ARGV[2..] 10 fields per job: id, task, priority, payload, key (optional
 --   string), max_attempts, errors JSON, enqueued_at, token, seq
 -- Returns {'ok', n} or, storing nothing, {'conflict', job id, key, holder id} when a job's key
--- is held here by another job (or by another job of the batch).
+-- is held here by another job (or by another job of the batch), or {'invalid', job id} when a
+-- job's numeric fields do not read as numbers.
 
 local now = clock(ARGV[1])
 local held = {}
 for i = 2, #ARGV, 10 do
   local id, key = ARGV[i], opt_in(ARGV[i + 4])
+  for _, f in ipairs({2, 5, 7, 8, 9}) do
+    if not finite(tonumber(ARGV[i + f])) then return {'invalid', id} end
+  end
   if key then
     local holder = held[key] or redis.call('HGET', KEYS[2], key)
     if holder and holder ~= id then return {'conflict', id, key, holder} end

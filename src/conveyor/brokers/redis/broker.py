@@ -19,7 +19,6 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import msgspec
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.client import PubSub, Redis
 from redis.cluster import RedisCluster
@@ -31,7 +30,7 @@ from redis.retry import Retry
 
 from conveyor import serializer
 from conveyor.brokers.availability import guarded, refused, unavailable
-from conveyor.brokers.base import Broker, Lease
+from conveyor.brokers.base import PARK_BUDGET, Broker, Lease, duplicate_id, pause_target, pauses, worker_infos
 from conveyor.brokers.redis.scripts import Call, Scripts
 from conveyor.brokers.redis.url import parse
 from conveyor.brokers.redis.wire import (
@@ -51,7 +50,7 @@ from conveyor.brokers.redis.wire import (
     rows,
     rule_arg,
 )
-from conveyor.errors import ConfigurationError, KeyConflict
+from conveyor.errors import ConfigurationError, ConveyorError, KeyConflict
 from conveyor.priority import Fairness
 from conveyor.records import (
     AckStatus,
@@ -61,6 +60,7 @@ from conveyor.records import (
     LimitInfo,
     Message,
     Outcome,
+    Pause,
     QueueStats,
     Reclaimed,
     Rule,
@@ -207,7 +207,14 @@ class RedisBroker(Broker):
                 f" Cluster, to be stored all or nothing; queues {', '.join(sorted(by_queue))} are"
                 " in different slots: enqueue them one queue at a time"
             )
+        if len(by_queue) > 1:  # one id in two queues (a script plans one queue at a time)
+            queue_of: dict[str, str] = {}
+            for m in messages:
+                if queue_of.setdefault(m.id, m.queue) != m.queue:
+                    raise duplicate_id(m.id)
         self._register(by_queue)
+        if self.target.cluster:
+            self._refuse_ids_held_elsewhere(messages)
         calls: list[Call] = []
         for group in groups:  # one script per slot: each stores its queues all or nothing
             keys: list[str] = []
@@ -215,6 +222,8 @@ class RedisBroker(Broker):
             for q in group:
                 keys += self._keys(q, "jobs", "keys", "counts")
                 args += packed_messages([messages[i] for i in by_queue[q]])
+            if not self.target.cluster:  # the script looks up the ids in every queue
+                keys.append(self._queues_key)
             calls.append(("enqueue", keys, args))
         out = [Enqueued(m.id, True) for m in messages]  # the script names only the others
         for group, reply in zip(groups, self._run(calls, durable=True), strict=True):
@@ -223,6 +232,22 @@ class RedisBroker(Broker):
                 queue = group[reply[n] - 1]
                 out[by_queue[queue][reply[n + 1] - 1]] = Enqueued(reply[n + 2].decode(), False)
         return out
+
+    def _refuse_ids_held_elsewhere(self, messages: Sequence[Message]) -> None:
+        """On a Cluster, where a script reads its own slot only, raise DuplicateId if a message's
+        id is held by a job of another queue. The look-up reads every queue (a round trip per
+        node) before the enqueue scripts run, so it is not atomic with them: two producers
+        storing one id in queues of different slots at the same moment can both succeed. The
+        scripts check the id within its own queue."""
+        queue_of = {m.id: m.queue for m in messages}
+        calls: list[Call] = []
+        for q in self._known_queues():
+            ids = [i for i, queue in queue_of.items() if queue != q]
+            if ids:
+                calls.append(("held", self._keys(q, "jobs"), ids))
+        for reply in self._run(calls):
+            if reply:
+                raise duplicate_id(reply[0].decode(errors="replace"))
 
     def _slot_groups(self, queues: list[str]) -> list[list[str]]:
         """``queues`` by the hash slot of their keys: one group on a single server, where one
@@ -252,7 +277,9 @@ class RedisBroker(Broker):
             (queue,) = queues
             state = [x for pair in zip(fairness.weights, fairness.current, strict=True) for x in pair]
             args = [now_arg(now), repr(float(lease)), worker, "fair", limit, *state]
-            (reply,) = self._run([("reserve", self._keys(queue, "jobs", "running", "counts"), args)])
+            (reply,) = self._run(
+                [("reserve", self._keys(queue, "jobs", "running", "counts", "dead", "paused"), args)]
+            )
             fairness.current[:] = [int(x) for x in reply[1 : 1 + reply[0]]]
             out = [delivery(f, queue) for f in rows(reply, 1 + reply[0], DELIVERY_FIELDS)]
         else:
@@ -279,7 +306,10 @@ class RedisBroker(Broker):
         trip), split the limit across levels and queues here, then claim (another)."""
         levels = len(fairness.weights)
         replies = self._run(
-            [("ready", self._keys(q, "jobs", "counts"), [now_arg(now), levels, limit]) for q in queues]
+            [
+                ("ready", self._keys(q, "jobs", "counts", "paused"), [now_arg(now), levels, limit])
+                for q in queues
+            ]
         )
         ready = [[int(reply[1 + level]) for reply in replies] for level in range(levels)]
         take = fairness.split([sum(per_queue) for per_queue in ready], limit)
@@ -292,7 +322,7 @@ class RedisBroker(Broker):
             [
                 (
                     "reserve",
-                    self._keys(q, "jobs", "running", "counts"),
+                    self._keys(q, "jobs", "running", "counts", "dead", "paused"),
                     [replies[qi][0], repr(float(lease)), worker, "take", *per_queue[qi]],
                 )
                 for qi, q in chosen
@@ -314,7 +344,7 @@ class RedisBroker(Broker):
             # Timed from before the call: the store's "now" came later, so this errs early,
             # which costs one more look; late would delay the task.
             asked = time.monotonic()
-            dues = self._run([("next_due", self._keys(q, "jobs", "counts"), []) for q in queues])
+            dues = self._run([("next_due", self._keys(q, "jobs", "counts", "paused"), []) for q in queues])
             for due in dues:
                 if due:
                     timeout = min(timeout, float(due))
@@ -411,6 +441,13 @@ class RedisBroker(Broker):
             if o.id in where:
                 by_queue.setdefault(where[o.id], []).append(i)
         later: dict[int, list[Message]] = {}  # follow-ups to other slots of a cluster, after the ack
+        if self.target.cluster:
+            for i, error in self._follow_ups_held_elsewhere(outcomes).items():
+                statuses[i] = AckStatus("effects_failed", error)
+                for indexes in by_queue.values():
+                    if i in indexes:
+                        indexes.remove(i)
+            by_queue = {q: indexes for q, indexes in by_queue.items() if indexes}
         calls: list[Call] = []
         for queue, indexes in by_queue.items():
             targets: list[str] = []
@@ -435,6 +472,8 @@ class RedisBroker(Broker):
             keys = self._keys(queue, "jobs", "keys", "counts", "running", "dead", "done")
             for t in targets:
                 keys += self._keys(t, "jobs", "keys", "counts")
+            if follow_ups and not self.target.cluster:  # the script looks up their ids everywhere
+                keys.append(self._queues_key)
             calls.append(("ack", keys, args))
         for indexes, reply in zip(by_queue.values(), self._run(calls), strict=True):
             for n, i in enumerate(indexes):
@@ -446,6 +485,23 @@ class RedisBroker(Broker):
                 self.enqueue([m for m in elsewhere if m.queue in group], now=now)
         self._forget(o.id for o, s in zip(outcomes, statuses, strict=True) if s.status != "effects_failed")
         return statuses
+
+    def _follow_ups_held_elsewhere(self, outcomes: Sequence[Outcome]) -> dict[int, str]:
+        """On a Cluster: the outcomes (by index) whose follow-up enqueues reuse the id of a job,
+        with the error they fail with, looked up in every queue as enqueue does (see
+        _refuse_ids_held_elsewhere; not atomic with the ack). Their own queues are asked too:
+        follow-ups into another slot are enqueued after the ack, too late to fail it."""
+        ids = list(dict.fromkeys(m.id for o in outcomes if o.kind == "succeeded" for m in o.enqueues))
+        if not ids:
+            return {}
+        calls: list[Call] = [("held", self._keys(q, "jobs"), ids) for q in self._known_queues()]
+        held = {x.decode() for reply in self._run(calls) for x in reply}
+        failed: dict[int, str] = {}
+        for i, o in enumerate(outcomes):
+            taken = [m.id for m in o.enqueues if m.id in held] if o.kind == "succeeded" else []
+            if taken:
+                failed[i] = f"DuplicateId: job id {taken[0]} is held by another job"
+        return failed
 
     def extend(self, leases: Sequence[Lease], lease: float, now: float | None = None) -> list[str]:
         if not leases:
@@ -531,20 +587,25 @@ class RedisBroker(Broker):
 
     def stats(self, queues: Sequence[str] | None = None, now: float | None = None) -> list[QueueStats]:
         names = self._known_queues() if queues is None else list(dict.fromkeys(queues))
-        replies = self._run([("stats", self._keys(q, "jobs", "counts"), [now_arg(now)]) for q in names])
+        replies = self._run(
+            [("stats", self._keys(q, "jobs", "counts", "paused"), [now_arg(now)]) for q in names]
+        )
         out = []
         for q, reply in zip(names, replies, strict=True):
             clock = float(reply[0])
             counts: dict[str, dict[int, int]] = {}
             oldest: float | None = None
+            throttled = 0
             for n in range(1, len(reply), 3):
                 state, level = reply[n].decode(), int(reply[n + 1])
                 if state == "oldest":
                     due = float(reply[n + 2])
                     oldest = due if oldest is None else min(oldest, due)
+                elif state == "throttled":
+                    throttled = int(reply[n + 2])
                 elif int(reply[n + 2]):
                     counts.setdefault(state, {})[level] = int(reply[n + 2])
-            out.append(QueueStats(q, counts, None if oldest is None else clock - oldest))
+            out.append(QueueStats(q, counts, None if oldest is None else clock - oldest, throttled))
         return sorted(out, key=lambda s: s.queue)
 
     def jobs(
@@ -559,7 +620,10 @@ class RedisBroker(Broker):
         names = self._known_queues() if queue is None else [queue]
         args = [now_arg(now), state or "", optional(task), offset + limit]
         replies = self._run(
-            [("jobs", self._keys(q, "jobs", "counts", "running", "dead", "done"), args) for q in names]
+            [
+                ("jobs", self._keys(q, "jobs", "counts", "running", "dead", "done", "paused"), args)
+                for q in names
+            ]
         )
         found = [
             (float(f[17]), job(f, q, float(reply[0])))
@@ -611,17 +675,22 @@ class RedisBroker(Broker):
     def workers(self, now: float | None = None) -> list[WorkerInfo]:
         if now is None:
             now = self.time()
-        live: list[WorkerInfo] = []
+        live: list[tuple[bytes, bytes]] = []
         gone: list[bytes] = []
         for worker_id, entry in self._client.hgetall(self._workers_key).items():
-            expires, _, info = entry.partition(b" ")
-            if float(expires) >= now:
-                live.append(msgspec.json.decode(info, type=WorkerInfo))
-            elif float(expires) < now - 3600:
+            head, _, info = entry.partition(b" ")
+            try:
+                expires = float(head)
+            except ValueError:  # no expiry to read: left out as corrupt, with its warning
+                live.append((worker_id, b"not a registry entry: " + entry[:80]))
+                continue
+            if expires >= now:
+                live.append((worker_id, info))
+            elif expires < now - 3600:
                 gone.append(worker_id)
         if gone:
             self._client.hdel(self._workers_key, *gone)
-        return sorted(live, key=lambda w: w.id)
+        return sorted(worker_infos(live), key=lambda w: w.id)
 
     def replay(
         self, ids: Sequence[str] | None = None, queue: str | None = None, now: float | None = None
@@ -637,7 +706,11 @@ class RedisBroker(Broker):
         others = [q for q in sources if q != queue] if queue is not None else []
         listed = self._run(
             [
-                ("jobs", self._keys(q, "jobs", "counts", "running", "dead", "done"), ["", "dead", "", 2**31])
+                (
+                    "jobs",
+                    self._keys(q, "jobs", "counts", "running", "dead", "done", "paused"),
+                    ["", "dead", "", 2**31],
+                )
                 for q in others
             ]
         )
@@ -652,6 +725,10 @@ class RedisBroker(Broker):
                 *(x for leaving in moving.values() for f in leaving for x in adopt_fields(f)),
             ]
             (reply,) = self._run([("adopt", self._keys(queue, "jobs", "keys", "counts"), args)])
+            if reply[0] == b"invalid":
+                raise ConveyorError(
+                    f"cannot replay job {reply[1].decode(errors='replace')}: its record is corrupt"
+                )
             if reply[0] == b"conflict":
                 job_id, key, holder = (x.decode() for x in reply[1:4])
                 raise KeyConflict(
@@ -704,6 +781,32 @@ class RedisBroker(Broker):
             )
             count += int(n)
         return count
+
+    # -- pause and resume --------------------------------------------------------------------
+
+    def pause(self, queue: str, task: str | None = None, now: float | None = None) -> None:
+        queue, stored = pause_target(queue, task)
+        self._register([queue])  # so that paused() finds it
+        self._run([("pause", self._keys(queue, "paused"), [stored, now_arg(now)])], durable=True)
+
+    def resume(self, queue: str, task: str | None = None) -> None:
+        queue, stored = pause_target(queue, task)
+        # The parked jobs go back a batch per script, so that Redis serves others in between.
+        while self._run(
+            [("resume", self._keys(queue, "jobs", "paused"), [stored, PARK_BUDGET])], durable=True
+        )[0]:
+            pass
+
+    def paused(self, queues: Sequence[str] | None = None) -> list[Pause]:
+        names = self._known_queues() if queues is None else list(dict.fromkeys(queues))
+        replies = self._run([("paused", self._keys(q, "paused"), []) for q in names])
+        return pauses(
+            [
+                (q, reply[i].decode(), float(reply[i + 1]))
+                for q, reply in zip(names, replies, strict=True)
+                for i in range(0, len(reply), 2)
+            ]
+        )
 
     def close(self) -> None:
         with self._lock:

@@ -11,7 +11,9 @@ for i = 3, #ARGV do
   local r = load(KEYS[1], id)
   if r and r[R_STATE] == 'p' then
     local level = r[R_PRIO]
-    from_pending(KEYS[1], id, r)
+    if from_pending(KEYS[1], id, r) == 0 then
+      redis.call('ZREM', parked_key(KEYS[1], r[R_TASK]), id)  -- set aside while its task is paused
+    end
     r[R_STATE] = 'c'
     r[R_FINISHED] = now
     save(KEYS[1], id, r)

@@ -9,8 +9,12 @@
 --   <base>:done        zset  succeeded and cancelled job ids, scored by retention expiry
 --   <base>:pending:<L> zset  scheduled and ready jobs of level L without limits, scored by due
 --                      time (see member); jobs with limits: see Limits below
--- The pending zsets are named in the scripts from KEYS[1] (<base>:jobs) since a queue's levels
--- are only known from its records; they are in the same slot as KEYS[1].
+--   <base>:paused      hash  paused task (or '' for the whole queue) -> when it was paused
+--   <base>:parked:<T>  zset  job id of task T, scored by due time: due jobs of a paused task
+--                            that a reservation set aside (with limits or without); still
+--                            pending (state p, counted p); resume puts them back
+-- The pending and parked zsets are named in the scripts from KEYS[1] (<base>:jobs) since a
+-- queue's levels and paused tasks are only known from its records; they are in KEYS[1]'s slot.
 -- Wake-ups are published on the channel "<base>:wake" (message: empty).
 --
 -- Numbers reach redis.call as strings formatted by fmt: Lua's own conversion keeps 14 digits.
@@ -62,9 +66,16 @@ local function member(id, seq)
 end
 
 local function member_id(m) return string.sub(m, 8) end
+-- The sequence in a member, or nil when it is too short to hold one (not written by a script).
+local function member_seq(m)
+  local ok, seq = pcall(struct.unpack, '>I7', m)
+  if ok then return seq end
+  return nil
+end
 
 local function base_of(jobs) return string.sub(jobs, 1, -6) end
 local function pending_key(jobs, level) return base_of(jobs) .. ':pending:' .. level end
+local function parked_key(jobs, task) return base_of(jobs) .. ':parked:' .. task end
 local function wake(jobs) redis.call('PUBLISH', base_of(jobs) .. ':wake', '') end
 
 -- Two fields are stored relative to others, which keeps a queued job's record in jemalloc's
@@ -74,11 +85,52 @@ local function wake(jobs) redis.call('PUBLISH', base_of(jobs) .. ':wake', '') en
 -- 00:36) are larger than the bound, so a stored value is read unambiguously.
 local SEQ_DELTA = 2147483648
 
+-- A record's fields are checked for their types when it is read: a record that is not
+-- MessagePack, or not an array of the fields below, or has a field of the wrong type (written
+-- by a bug or by hand) must cost that record only, never fail a script midway for the others
+-- of its batch (Redis keeps a script's writes made before an error).
+local STATE_OK = {p = true, r = true, s = true, d = true, c = true}
+local MAX_WHOLE = 9007199254740992 -- 2^53: integers above it are not exact
+local MAX_LEVEL = 2147483647
+
+local function finite(x) return type(x) == 'number' and x == x and x > -math.huge and x < math.huge end
+local function whole(x, max) return finite(x) and x >= 0 and x <= max and x == math.floor(x) end
+
+-- Why a decoded record cannot be used, or nil when its fields have their types. (One function
+-- without helpers: every script call creates the closures of this library anew.)
+local function flaw(r)
+  if type(r) ~= 'table' then return 'not an array of fields' end
+  if type(r[R_TASK]) ~= 'string' then return 'task is not a string' end
+  if not whole(r[R_PRIO], MAX_LEVEL) then return 'priority is not a level' end
+  if type(r[R_PAYLOAD]) ~= 'string' then return 'payload is not a string' end
+  if not finite(r[R_RUN_AT]) then return 'run_at is not a time' end
+  if not whole(r[R_ATTEMPT], MAX_WHOLE) then return 'attempt is not a count' end
+  if not whole(r[R_MAX], MAX_WHOLE) then return 'max_attempts is not a count' end
+  if not whole(r[R_TOKEN], MAX_WHOLE) then return 'token is not a count' end
+  if not STATE_OK[r[R_STATE]] then return 'state is not one of p r s d c' end
+  if not finite(r[R_SEQ]) or r[R_SEQ] ~= math.floor(r[R_SEQ]) then return 'sequence is not an integer' end
+  -- Optional fields: absent (nil, false) or of their type.
+  if r[R_ENQUEUED] and not finite(r[R_ENQUEUED]) then return 'enqueued_at is not a time' end
+  if r[R_LEASE] and not finite(r[R_LEASE]) then return 'lease_until is not a time' end
+  if r[R_STARTED] and not finite(r[R_STARTED]) then return 'started_at is not a time' end
+  if r[R_FINISHED] and not finite(r[R_FINISHED]) then return 'finished_at is not a time' end
+  if r[R_KEY] and type(r[R_KEY]) ~= 'string' then return 'key is not a string' end
+  if r[R_WORKER] and type(r[R_WORKER]) ~= 'string' then return 'worker is not a string' end
+  if r[R_RESULT] and type(r[R_RESULT]) ~= 'string' then return 'result is not a string' end
+  if r[R_ERRORS] and type(r[R_ERRORS]) ~= 'string' then return 'errors is not a string' end
+  return nil
+end
+
+-- The record stored as `raw`, or false and why it cannot be used.
 local function unpack_record(raw)
-  local r = cmsgpack.unpack(raw)
+  local ok, r = pcall(cmsgpack.unpack, raw)
+  if not ok then return false, 'not MessagePack: ' .. tostring(r) end
+  local why = flaw(r)
+  if why then return false, why end
   if not r[R_ENQUEUED] then r[R_ENQUEUED] = r[R_RUN_AT] end
   local s = r[R_SEQ]
   if s > -SEQ_DELTA and s < SEQ_DELTA then r[R_SEQ] = math.floor(r[R_ENQUEUED] * 1000000) + s end
+  if not whole(r[R_SEQ], MAX_WHOLE) then return false, 'sequence is out of range' end
   return r
 end
 
@@ -97,10 +149,12 @@ local function relate(packed, enqueued, seq)
   return packed
 end
 
+-- The record of `id`: nil when there is none, false, why and the raw bytes when it is corrupt.
 local function load(jobs, id)
   local raw = redis.call('HGET', jobs, id)
-  if raw then return unpack_record(raw) end
-  return nil
+  if not raw then return nil end
+  local r, why = unpack_record(raw)
+  return r, why, raw
 end
 
 -- A record's stored form: MessagePack of its fields up to the last present one, the enqueue
@@ -163,13 +217,18 @@ local function raw_many(jobs, ids)
   return out
 end
 
--- Records of `ids` (nil for those missing).
+-- Records of `ids` (nil for those missing, false for those corrupt), and per corrupt record
+-- {why, raw bytes} by index.
 local function load_many(jobs, ids)
-  local out = {}
+  local out, bad = {}, {}
   for i, raw in ipairs(raw_many(jobs, ids)) do
-    if raw then out[i] = unpack_record(raw) end
+    if raw then
+      local r, why = unpack_record(raw)
+      out[i] = r
+      if not r then bad[i] = {why, raw} end
+    end
   end
-  return out
+  return out, bad
 end
 
 -- A new pending record.
@@ -212,6 +271,48 @@ local function served_levels(counts, level, last)
     end
   end
   return levels
+end
+
+-- Jobs of paused tasks a reservation parks at most per call (see docs/flow-control.md).
+local PARK_BUDGET = 1000
+
+-- The pauses in a queue's <base>:paused hash: nil when there are none, else the set of paused
+-- tasks, '' standing for the whole queue.
+local function pauses_of(paused)
+  local fields = redis.call('HKEYS', paused)
+  if #fields == 0 then return nil end
+  local held = {}
+  for _, t in ipairs(fields) do held[t] = true end
+  return held
+end
+
+-- Park the due jobs of the paused tasks `held` that lie ahead of the first `limit` other due
+-- jobs of each of `levels` (out of the pending zset, into the task's parked zset, see above),
+-- at most `budget` of them; return the budget left, 0 when the heads may not all be clear.
+local function park_heads(jobs, held, levels, limit, now, budget)
+  for _, level in ipairs(levels) do
+    local pk = pending_key(jobs, level)
+    local free = 0
+    while free < limit and budget > 0 do
+      local members = redis.call('ZRANGEBYSCORE', pk, '-inf', fmt(now), 'LIMIT', free, limit - free)
+      if #members == 0 then break end
+      local ids = {}
+      for k, m in ipairs(members) do ids[k] = member_id(m) end
+      local records = load_many(jobs, ids)
+      for k, id in ipairs(ids) do
+        local r = records[k]
+        if r and held[r[R_TASK]] and budget > 0 then
+          redis.call('ZREM', pk, members[k])
+          redis.call('ZADD', parked_key(jobs, r[R_TASK]), fmt(r[R_RUN_AT]), id)
+          budget = budget - 1
+        else
+          free = free + 1
+        end
+      end
+    end
+    if budget <= 0 then return 0 end
+  end
+  return budget
 end
 
 -- Errors are kept as JSON text and appended without decoding, so floats keep every digit.
@@ -259,35 +360,8 @@ local function emit_delivery(out, id, r)
   out[n + 8] = fmt(r[R_RUN_AT])
   out[n + 9] = r[R_ENQUEUED] ~= r[R_RUN_AT] and fmt(r[R_ENQUEUED]) or ''
   out[n + 10] = opt_out(r[R_KEY])
-  out[n + 11] = r[R_THROTTLED] or 0
-end
-
--- Messages from ARGV[at] (wire.packed_messages): a MessagePack array of [shapes, runs, ids,
--- keys], then their payloads in ARGV[at + 1], ARGV[at + 2], ... A shape holds what messages
--- of a batch mostly share: [task, priority, delay, run_at (nil for none), max_attempts]; runs
--- are [count, shape index] pairs in message order; keys maps a message's index to its
--- idempotency key (nil when no message has one). A batch with limits adds two more: its distinct
--- rule sets (each an array of [key, rate, burst, concurrency]) and a map of a message's index to
--- its rule set's. Each message is read as {id, shape, payload, key or false, rules or nil}: a
--- batch costs one table per message, not one per field.
-local M_ID, M_SHAPE, M_PAYLOAD, M_KEY, M_RULES = 1, 2, 3, 4, 5
-local S_TASK, S_PRIO, S_DELAY, S_RUN_AT, S_MAX = 1, 2, 3, 4, 5
-local function read_messages(at)
-  local packed = cmsgpack.unpack(ARGV[at])
-  local shapes, runs, ids, keys = packed[1], packed[2], packed[3], packed[4] or {}
-  local msgs, i = {}, 0
-  for r = 1, #runs, 2 do
-    local shape = shapes[runs[r + 1]]
-    for _ = 1, runs[r] do
-      i = i + 1
-      msgs[i] = {ids[i], shape, ARGV[at + i], keys[i] or false}
-    end
-  end
-  if packed[6] then
-    local sets = packed[5]
-    for index, set in pairs(packed[6]) do msgs[index][M_RULES] = sets[set] end
-  end
-  return msgs
+  local throttled = r[R_THROTTLED]  -- a garbage count reads as none: it costs its record nothing
+  out[n + 11] = throttled and whole(throttled, MAX_WHOLE) and throttled or 0
 end
 
 -- == Limits (docs/flow-control.md) ===============================================================
@@ -373,17 +447,15 @@ local function to_pending(jobs, id, r)
   touch_group(jobs, level, grp, due)
 end
 
--- Unindex a pending record (an emptied group's row goes at its next claim).
+-- Unindex a pending record (an emptied group's row goes at its next claim). Returns 0 when it
+-- was in neither index: parked (see above), which the caller then unparks.
 local function from_pending(jobs, id, r)
   local level, m = r[R_PRIO], member(id, r[R_SEQ])
   local grp = group_of(r)
-  if not grp then
-    redis.call('ZREM', pending_key(jobs, level), m)
-    return
-  end
+  if not grp then return redis.call('ZREM', pending_key(jobs, level), m) end
   local b = base_of(jobs)
-  redis.call('ZREM', b .. ':gp:' .. level .. ':' .. grp, m)
   redis.call('ZREM', b .. ':grouped:' .. level, m)
+  return redis.call('ZREM', b .. ':gp:' .. level .. ':' .. grp, m)
 end
 
 -- The rest of limits, made on first use (limits_lib()): a script on a queue without limits never
@@ -593,6 +665,18 @@ local function limits_lib()
     return held
   end
 
+  -- Give back, in `cache`, the slots spend_keys took for a claim that did not happen (`held`, the
+  -- keys it returned): a corrupt record buried instead of leased.
+  local function unhold(cache, held)
+    for _, key in ipairs(held) do
+      local s = cache[key]
+      if s and s.r > 0 then
+        s.r = s.r - 1
+        s.dirty = true
+      end
+    end
+  end
+
   -- Free the slots a job held (a job leaving running with its token current), counted per key in
   -- `freed` for free_slots, which a script calls once after its batch.
   local function free_held(r, freed)
@@ -644,6 +728,22 @@ local function limits_lib()
     return {}
   end
 
+  -- Whether the pending member `m` (in zset `zs`; `grouped`: a job with limits) is a job of a
+  -- paused task (`paused`, see pauses_of): then it is parked, as a claim of the plain path
+  -- parks, if `park` (the parking budget left, a one-element table) allows, and true is
+  -- returned; 'stuck' when the budget is spent (the member stays, nothing may pass it).
+  local function park_paused(jobs, zs, m, paused, park, grouped)
+    local id = member_id(m)
+    local r = load(jobs, id)
+    if not (r and paused[r[R_TASK]]) then return false end
+    if park[1] <= 0 then return 'stuck' end
+    park[1] = park[1] - 1
+    redis.call('ZREM', zs, m)
+    if grouped then redis.call('ZREM', grouped, m) end
+    redis.call('ZADD', parked_key(jobs, r[R_TASK]), fmt(r[R_RUN_AT]), id)
+    return true
+  end
+
   -- Claim up to `n` due jobs of one stored level, taking turns between its groups and its jobs
   -- without limits ("", one group): each pass over the groups that may run, in turn order, takes
   -- one job per group, oldest due first, while every key of the group (and `qkeys`, the queue's
@@ -651,8 +751,11 @@ local function limits_lib()
   -- time it may (or waits for a slot), one without a due job its earliest due time, one without
   -- pending jobs no row. A group's taken jobs are its zset's lowest ranks (due ones sort first):
   -- they are read by rank past those taken and removed once at the end, as are every other write.
+  -- With tasks `paused` (see pauses_of; nil for none), a head of a paused task is parked before
+  -- anything is spent on it (park_paused, budget `park`), and a group whose head could not be
+  -- parked is passed over as it is, claimable again.
   -- Returns the claimed pending members and, for each, the keys whose slots it holds (or false).
-  local function claim_turns(jobs, level, n, now, cache, qkeys)
+  local function claim_turns(jobs, level, n, now, cache, qkeys, paused, park)
     local b = base_of(jobs)
     local groups, turns, limits = b .. ':groups:' .. level, b .. ':turns:' .. level, b .. ':limits'
     local pk, now_s = pending_key(jobs, level), fmt(now)
@@ -719,16 +822,30 @@ local function limits_lib()
           -- The next job past those taken, and the one after it (for the group's next ready_at).
           local two = redis.call('ZRANGE', c.zs, c.taken, c.taken + 1, 'WITHSCORES')
           local head, due = two[1], score_of(two[2])
+          local stuck = false
+          while paused and head and due <= now do
+            local parked = park_paused(jobs, c.zs, head, paused, park, not c.plain and b .. ':grouped:' .. level)
+            if parked ~= true then
+              stuck = parked == 'stuck'
+              break
+            end
+            two = redis.call('ZRANGE', c.zs, c.taken, c.taken + 1, 'WITHSCORES')
+            head, due = two[1], score_of(two[2])
+          end
           c.after = two[3] and two[4] or false
           local a, at, full = 0, now, nil
-          if head and due <= now then
+          if stuck then
+            c.done, active, c.stuck = true, active - 1, true
+          elseif head and due <= now then
             if not c.keys then
               c.keys = group_rules(grules, c.grp)
               for _, q in ipairs(qkeys) do c.keys[#c.keys + 1] = q end
             end
             a, at, full = allowance(limits, cache, c.keys, now)
           end
-          if not head or due > now then
+          if stuck then
+            -- Left claimable as it is: the next claim parks on.
+          elseif not head or due > now then
             c.done, active = true, active - 1
             if not c.plain then
               if head then
@@ -747,7 +864,7 @@ local function limits_lib()
             end
           else
             local took = {head}
-            if active == 1 and n > 1 and a > 1 then
+            if active == 1 and n > 1 and a > 1 and not paused then
               -- The last group that may run: its due jobs next in rank, at once.
               took = redis.call('ZRANGEBYSCORE', c.zs, '-inf', now_s, 'LIMIT', c.taken, math.min(n, a))
               c.after = nil  -- unknown: read at the end
@@ -774,7 +891,7 @@ local function limits_lib()
         redis.call('ZREMRANGEBYRANK', c.zs, 0, c.taken - 1)
         turned[#turned + 1] = c.grp
         turned[#turned + 1] = c.turn
-        if not c.done and not c.plain then
+        if not c.done and not c.plain and not c.stuck then
           -- Served and not looked at again: its ready_at from what follows its taken jobs.
           local after = c.after
           if after == nil then after = redis.call('ZRANGE', c.zs, 0, 0, 'WITHSCORES')[2] or false end
@@ -807,14 +924,34 @@ local function limits_lib()
   end
 
   -- Claim for reserve on a queue with limits: by turns at a level with groups, else the level's
-  -- due jobs in order, each spending the queue's own limit (`qkeys`). Returns as claim_turns.
-  local function claim_limited(jobs, level, n, now, cache, qkeys)
+  -- due jobs in order, each spending the queue's own limit (`qkeys`). Jobs of `paused` tasks are
+  -- parked first, at most park[1] of them (park[1] is left lowered). Returns as claim_turns.
+  local function claim_limited(jobs, level, n, now, cache, qkeys, paused, park)
     local b = base_of(jobs)
     if redis.call('ZRANGE', b .. ':groups:' .. level, 0, 0)[1] then
-      return claim_turns(jobs, level, n, now, cache, qkeys)
+      return claim_turns(jobs, level, n, now, cache, qkeys, paused, park)
     end
     local pk = pending_key(jobs, level)
     local members = redis.call('ZRANGEBYSCORE', pk, '-inf', fmt(now), 'LIMIT', 0, n)
+    if paused then
+      -- One by one past those taken (ranks 0 .. #taken - 1), parking the paused tasks' jobs.
+      local taken = {}
+      while #members > 0 and #taken < n do
+        local stuck = false
+        for _, m in ipairs(members) do
+          local parked = park_paused(jobs, pk, m, paused, park, false)
+          if parked == 'stuck' then
+            stuck = true
+            break
+          elseif not parked then
+            taken[#taken + 1] = m
+          end
+        end
+        if stuck or #taken >= n then break end
+        members = redis.call('ZRANGEBYSCORE', pk, '-inf', fmt(now), 'LIMIT', #taken, n - #taken)
+      end
+      members = taken
+    end
     local helds = {}
     if #members > 0 then
       redis.call('ZREMRANGEBYRANK', pk, 0, #members - 1)
@@ -825,110 +962,11 @@ local function limits_lib()
   lib = {grouped_list = grouped_list, write_grouped = write_grouped, parse_rule = parse_rule,
     key_state = key_state, save_states = save_states, rules_of = rules_of,
     group_rules = group_rules, prefetch = prefetch, bucket_tokens = bucket_tokens,
-    next_token = next_token, allowance = allowance, spend_keys = spend_keys, free_held = free_held,
-    free_slots = free_slots, close_group = close_group, queue_keys = queue_keys,
-    claim_turns = claim_turns, claim_limited = claim_limited}
+    next_token = next_token, allowance = allowance, spend_keys = spend_keys, unhold = unhold,
+    free_held = free_held, free_slots = free_slots, close_group = close_group, queue_keys = queue_keys,
+    park_paused = park_paused, claim_turns = claim_turns, claim_limited = claim_limited}
   limits_lib_made = lib
   return lib
-end
-
--- Decide, writing nothing, which messages are new: returns a plan or nil and the conflict
--- {key, holder id}. A plan holds per message true (store it), false (its id exists: an
--- earlier try of the same call stored it, before a lost reply; it counts as created) or the
--- id of the job its idempotency key resolved to (not created).
-local function plan_enqueue(jobs, keys, msgs)
-  local plan, held, ids = {}, {}, {}
-  for i, m in ipairs(msgs) do ids[i] = m[M_ID] end
-  local stored = raw_many(jobs, ids)
-  for i, m in ipairs(msgs) do
-    local key = m[M_KEY]
-    if stored[i] then
-      plan[i] = false
-    elseif key then
-      local task, payload = m[M_SHAPE][S_TASK], m[M_PAYLOAD]
-      local h = held[key]
-      if not h then
-        local hid = redis.call('HGET', keys, key)
-        local r = hid and load(jobs, hid)
-        if r then h = {hid, r[R_TASK], r[R_PAYLOAD]} end
-      end
-      if h then
-        if h[2] ~= task or h[3] ~= payload then return nil, {key, h[1]} end
-        plan[i] = h[1]
-      else
-        held[key] = {m[M_ID], task, payload}
-        plan[i] = true
-      end
-    else
-      plan[i] = true
-    end
-  end
-  return plan
-end
-
--- Store the messages a plan marks true. A record is built as MessagePack by concatenation
--- (the bytes pack_record would give, its enqueue time and sequence made relative), from parts
--- packed once per shape: tables and a general pack per message cost a third of the script.
-local function write_enqueue(jobs, keys, counts, msgs, plan, now)
-  local seq = sequence()
-  local base = math.floor(now * 1000000)
-  local now_s, now_p = fmt(now), cmsgpack.pack(now)
-  local records, pending, key_ids, parts, t, grouped = {}, {}, {}, {}, {}, {}
-  for i, m in ipairs(msgs) do
-    if plan[i] == true then
-      local shape, id, key = m[M_SHAPE], m[M_ID], m[M_KEY]
-      local p = parts[shape]
-      if not p then
-        local head = cmsgpack.pack(shape[S_TASK], shape[S_PRIO])
-        -- Array headers of 10 and 11 fields (fixarray 0x9a, 0x9b); the enqueue time is absent
-        -- (false) when it equals the due time.
-        p = {'\154' .. head, '\155' .. head, cmsgpack.pack(false, 0, shape[S_MAX], 0, 'p'),
-          cmsgpack.pack(now, 0, shape[S_MAX], 0, 'p')}
-        parts[shape] = p
-      end
-      local due = shape[S_RUN_AT] or (now + shape[S_DELAY])
-      local s = seq + i
-      local stored = stored_seq(s, base)
-      local rec
-      if due == now then
-        rec = (key and p[2] or p[1]) .. cmsgpack.pack(m[M_PAYLOAD]) .. now_p .. p[3] .. cmsgpack.pack(stored)
-      else
-        rec = (key and p[2] or p[1]) .. cmsgpack.pack(m[M_PAYLOAD], due) .. p[4] .. cmsgpack.pack(stored)
-      end
-      if key then
-        rec = rec .. cmsgpack.pack(key)
-        key_ids[#key_ids + 1] = key
-        key_ids[#key_ids + 1] = id
-      end
-      local grp = m[M_RULES] and group_name(m[M_RULES])
-      if grp then
-        -- 18 fields (array16 header): the key or false, six absent ones, then the group.
-        rec = '\220\0\18' .. string.sub(rec, 2) .. (key and '' or '\194') .. '\194\194\194\194\194\194'
-          .. cmsgpack.pack(grp)
-      end
-      records[#records + 1] = id
-      records[#records + 1] = rec
-      local level = shape[S_PRIO]
-      local zs = grp and limits_lib().grouped_list(grouped, level, grp, m[M_RULES]) or pending[level]
-      if not zs then
-        zs = {}
-        pending[level] = zs
-      end
-      zs[#zs + 1] = (due == now and now_s) or fmt(due)
-      zs[#zs + 1] = member(id, s)
-      if grp and not (zs.first and zs.first <= due) then zs.first = due end
-    end
-  end
-  if #records == 0 then return end
-  call_many('HSET', jobs, records, 2)
-  for level, zs in pairs(pending) do
-    call_many('ZADD', pending_key(jobs, level), zs, 2)
-    tally(t, 'p' .. level, #zs / 2)
-  end
-  if next(grouped) then limits_lib().write_grouped(jobs, grouped, t) end
-  if #key_ids > 0 then call_many('HSET', keys, key_ids, 2) end
-  settle(counts, t)
-  wake(jobs)
 end
 
 -- Drop a job's idempotency key if the job still holds it.

@@ -1,11 +1,15 @@
 -- next_due: seconds until this queue may have a task to claim (0 if one is due).
 --
--- KEYS[1] <base>:jobs   KEYS[2] <base>:counts
--- Returns the seconds as a decimal string, or '' when nothing is pending or everything pending
--- waits for a concurrency slot (a freed slot wakes the waiters). Uses the store's clock.
+-- KEYS[1] <base>:jobs   KEYS[2] <base>:counts   KEYS[3] <base>:paused
+-- Returns the seconds as a decimal string, or '' when nothing is pending, everything pending
+-- waits for a concurrency slot (a freed slot wakes the waiters) or the queue is paused as a whole
+-- (resume wakes its workers). Uses the store's clock.
 -- Jobs with limits count by their groups' ready_at (when their limits may allow one), not by
 -- their due times, so a worker does not spin on throttled jobs; the queue's own limit, when
--- it allows nothing, defers everything to its next token or the end of its throttle.
+-- it allows nothing, defers everything to its next token or the end of its throttle. Due jobs
+-- of a paused task count until a reservation parks them (with limits or without).
+
+if redis.call('HEXISTS', KEYS[3], '') == 1 then return '' end
 
 local now = clock('')
 local best = nil

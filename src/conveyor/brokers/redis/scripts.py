@@ -38,12 +38,16 @@ NAMES = (
     "purge",
     "expire",
     "get",
+    "held",
     "jobs",
     "stats",
     "next_due",
     "beat",
     "limit",
     "limits",
+    "pause",
+    "resume",
+    "paused",
 )
 
 #: One script call: (script name, KEYS, ARGV). KEYS[1] decides the slot: all its keys share it.
@@ -58,12 +62,27 @@ _MOVED = (MovedError, ClusterDownError)
 _MOVING = (AskError, TryAgainError)
 
 
+#: Helper files a script needs besides lib.lua, prepended after it. Every call of a script runs
+#: its helpers' definitions anew (a closure per function), so each script takes only its own.
+INCLUDES: dict[str, tuple[str, ...]] = {
+    "enqueue": ("messages",),
+    "ack": ("messages",),
+    "reserve": ("corrupt",),
+    "reclaim": ("corrupt",),
+    "get": ("corrupt",),
+    "jobs": ("corrupt",),
+    "purge": ("corrupt",),
+    "expire": ("corrupt",),
+}
+
+
 def _read(name: str) -> str:
     return resources.files("conveyor.brokers.redis").joinpath(f"{name}.lua").read_text()
 
 
 class Scripts:
-    """The operation scripts, each prefixed with the shared helpers of ``lib.lua``."""
+    """The operation scripts, each prefixed with the shared helpers of ``lib.lua`` and those of
+    INCLUDES."""
 
     def __init__(self, cluster: bool = False, retries: int = 12) -> None:
         """``cluster``: every script first refuses to run in a slot that is migrating away
@@ -71,7 +90,10 @@ class Scripts:
         sent to a node that failed, are sent again, with exponential backoff (50 ms doubling to
         2 s: about 15 s for 12)."""
         lib = _read("lib") + ("\n" + _read("slot_guard") if cluster else "")
-        self.source = {name: lib + "\n" + _read(name) for name in NAMES}
+        self.source = {
+            name: "\n".join([lib, *(_read(extra) for extra in INCLUDES.get(name, ())), _read(name)])
+            for name in NAMES
+        }
         self.sha = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in self.source.items()}
         self.retries = retries
         self._backoff = ExponentialBackoff(cap=2.0, base=0.05)

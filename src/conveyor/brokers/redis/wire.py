@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 
 from conveyor import limits, serializer
-from conveyor.brokers.base import Lease, errors_of
+from conveyor.brokers.base import Lease, duplicate_id, errors_of
 from conveyor.errors import ConfigurationError, KeyConflict
 from conveyor.records import Delivery, JobInfo, LimitInfo, Message, Outcome, Rule, State
 
@@ -131,9 +131,12 @@ def adopt_fields(f: list[Any]) -> list[Any]:
 
 
 def raise_conflict(reply: list[Any]) -> None:
+    """Raise the refusal an enqueue script answered with, if any (it stored nothing then)."""
     if reply[0] == b"conflict":
-        key, holder = reply[1].decode(), reply[2].decode()
+        key, holder = reply[1].decode(errors="replace"), reply[2].decode(errors="replace")
         raise KeyConflict(f"key {key!r} belongs to job {holder} with a different task or payload")
+    if reply[0] == b"duplicate":
+        raise duplicate_id(reply[1].decode(errors="replace"))
 
 
 def rows(reply: list[Any], start: int, width: int = FIELDS) -> Iterator[list[Any]]:

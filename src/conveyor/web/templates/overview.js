@@ -46,6 +46,7 @@
     body.replaceChildren(...data.rows.map((r) => {
       const tr = document.createElement("tr");
       const q = cell(""); q.appendChild(link(r.queue, "/queues/" + encodeURIComponent(r.queue)));
+      if (r.paused) { const b = document.createElement("span"); b.className = "badge paused"; b.textContent = "paused"; q.append(" ", b); }
       const dead = cell("", "num");
       if (r.dead) dead.appendChild(link(String(r.dead), "/dead?queue=" + encodeURIComponent(r.queue))); else dead.textContent = "0";
       tr.append(q, cell(r.priority), cell(String(r.ready), "num"), cell(String(r.scheduled), "num"), cell(String(r.running), "num"),

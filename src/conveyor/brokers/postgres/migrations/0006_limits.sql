@@ -1,4 +1,4 @@
--- Version 5: rate and concurrency limits, fairness between limit keys, throttling
+-- Version 6: rate and concurrency limits, fairness between limit keys, throttling
 -- (docs/flow-control.md). Jobs get their group, rules, held slots and throttle count; the claim
 -- index serves only the jobs without limits (the others are claimed through their groups, with
 -- an index of their own); the tables of groups, limit keys and waiters; version 4's reserve
@@ -1067,15 +1067,22 @@ BEGIN
           FROM unnest(c_sq, c_grp, c_turn, c_state, c_at) AS u (sq, grp, turn, state, at)
          WHERE u.state IN (1, 2) AND g.queue = queues[(u.sq - 1) % nq + 1]
            AND g.priority = stored[(u.sq - 1) / nq + 1] AND g.grp = u.grp;
-        -- Groups found without a due job: ready at their next due time, or gone when empty.
+        -- Groups found without a due job, and served ones whose locked due jobs were all taken:
+        -- ready at their next due time (of the jobs not taken now), so that wait does not take
+        -- them for ready work. Empty, a group found so is gone; a served one is kept, ready at
+        -- +infinity, for the outcomes of the jobs just taken to lock (lock_settling) and put
+        -- back into (an idle group's row stays so, examined by no claim, until work comes back).
         FOR c IN 1 .. n LOOP
-            CONTINUE WHEN c_state[c] <> 3 OR c_grp[c] = '';
+            CONTINUE WHEN c_grp[c] = '' OR NOT (c_state[c] = 3 OR (c_state[c] = 1 AND c_pos[c] > c_end[c]));
             q := (c_sq[c] - 1) % nq + 1;
             s := (c_sq[c] - 1) / nq + 1;
             SELECT min(j2.run_at) INTO blocked_at FROM {schema}.jobs AS j2
              WHERE j2.state = 'pending' AND j2.grp = c_grp[c] AND j2.queue = queues[q]
-               AND j2.priority = stored[s];
-            IF blocked_at IS NULL THEN
+               AND j2.priority = stored[s] AND j2.id <> ALL (chosen);
+            IF blocked_at IS NULL AND c_state[c] = 1 THEN
+                UPDATE {schema}.limit_groups AS g SET ready_at = 'infinity'
+                 WHERE g.queue = queues[q] AND g.priority = stored[s] AND g.grp = c_grp[c];
+            ELSIF blocked_at IS NULL THEN
                 DELETE FROM {schema}.limit_groups AS g
                  WHERE g.queue = queues[q] AND g.priority = stored[s] AND g.grp = c_grp[c];
             ELSE
@@ -1106,3 +1113,175 @@ BEGIN
                         NULL::double precision, NULL::text, cur, qcur, NULL::integer, NULL::boolean;
 END
 $fn$;
+-- Version 5's reserve_unpaused returns what reserve did, so it is made again for reserve's new
+-- result: it also parks the paused tasks' due jobs at the heads of the groups a claim looks at.
+DROP FUNCTION {schema}.reserve_unpaused(text[], integer[], integer[], integer[], integer[], boolean,
+                                         integer, double precision, text, double precision);
+-- Reserve, minding pauses (docs/flow-control.md): the reserve function above, from the queues
+-- not paused as a whole. The pauses of each queue are read under a shared advisory lock on it,
+-- which pause takes exclusively before it returns: a reservation either sees the pause or
+-- commits before pause returns. Of a queue with paused tasks, the due jobs of those tasks ahead
+-- of the first lim others of each stored level (jobs without limits) and of each group that a
+-- claim may look at (ready_at <= now: jobs with limits, claimed oldest due first per group) are
+-- parked (the claim takes at most lim per level and per group), at most 1000 per call: a queue
+-- whose heads are not clear within that sits the call out, and the next call parks on. The rows
+-- looked at are locked as the claim's own walks lock them (FOR UPDATE SKIP LOCKED) and stay
+-- locked by this transaction, so those walks meet them first. A group left with no due job is
+-- the claim's to settle (its next due time, or its row deleted); resume puts its parked jobs
+-- back into their groups.
+CREATE FUNCTION {schema}.reserve_unpaused(
+    queues text[], weights integer[], fair integer[], qweights integer[], qfair integer[],
+    in_order boolean, lim integer, lease double precision, worker_id text, at double precision
+) RETURNS TABLE (r_id text, r_task text, r_queue text, r_priority integer, r_payload bytea,
+                 r_attempt integer, r_max_attempts integer, r_token bigint,
+                 r_run_at double precision, r_enqueued_at double precision, r_key text,
+                 r_fair integer[], r_qfair integer[], r_throttled integer, r_limited boolean)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    nq      integer := coalesce(array_length(queues, 1), 0);
+    levels  integer := coalesce(array_length(weights, 1), 0);
+    clock   double precision := coalesce(at, extract(epoch from now()));
+    budget  integer := 1000;
+    held    text[];
+    parked  text[];
+    lv      integer;
+    free    integer;
+    clear   boolean;
+    open_i  integer[] := '{}';
+    sub_q   text[] := '{}';
+    sub_w   integer[] := '{}';
+    sub_f   integer[] := '{}';
+    merged  integer[];
+    no      integer;
+    k       integer;
+    rec     record;
+    c       record;
+    g       record;
+BEGIN
+    -- In one global order (as the enqueue's key locks): a pause queued for one of them then
+    -- never waits, through this reservation, for a reservation that waits for it.
+    PERFORM pg_advisory_xact_lock_shared(h)
+       FROM (SELECT DISTINCT hashtextextended('conveyor.pause' || chr(31) || '{schema}' || chr(31) || qn, 0)
+                             AS h
+               FROM unnest(queues) AS qn
+              ORDER BY h) AS keyed;
+    IF NOT EXISTS (SELECT 1 FROM {schema}.paused AS p WHERE p.queue = ANY (queues)) THEN
+        RETURN QUERY SELECT * FROM {schema}.reserve(queues, weights, fair, qweights, qfair, in_order,
+                                                    lim, lease, worker_id, at);
+        RETURN;
+    END IF;
+    FOR q IN 1 .. nq LOOP
+        SELECT array_agg(p.task) INTO held FROM {schema}.paused AS p WHERE p.queue = queues[q];
+        CONTINUE WHEN '' = ANY (held);
+        clear := true;
+        IF held IS NOT NULL THEN
+            lv := -1;
+            LOOP
+                SELECT min(j.priority) INTO lv FROM {schema}.jobs AS j
+                 WHERE j.state = 'pending' AND j.grp IS NULL AND j.queue = queues[q] AND j.priority > lv;
+                EXIT WHEN lv IS NULL;
+                -- One walk of the level's due jobs, locking as it goes, until lim of them are
+                -- of tasks not paused (the cursor stops there) or the budget is spent.
+                parked := '{}';
+                free := 0;
+                FOR c IN SELECT j.id, j.task FROM {schema}.jobs AS j
+                          WHERE j.state = 'pending' AND j.grp IS NULL AND j.queue = queues[q]
+                            AND j.priority = lv AND j.run_at <= clock
+                          ORDER BY j.run_at, j.seq
+                          LIMIT lim + budget
+                            FOR UPDATE SKIP LOCKED LOOP
+                    IF c.task = ANY (held) THEN
+                        parked := parked || c.id;
+                        EXIT WHEN cardinality(parked) >= budget;
+                    ELSE
+                        free := free + 1;
+                        EXIT WHEN free >= lim;
+                    END IF;
+                END LOOP;
+                UPDATE {schema}.jobs AS j SET state = 'parked' WHERE j.id = ANY (parked);
+                budget := budget - cardinality(parked);
+                IF budget <= 0 THEN
+                    clear := false;
+                    EXIT;
+                END IF;
+            END LOOP;
+            -- The same walk for each group a claim may look at (its due jobs, oldest first).
+            FOR g IN SELECT lg.priority, lg.grp FROM {schema}.limit_groups AS lg
+                      WHERE lg.queue = queues[q] AND lg.grp <> '' AND lg.ready_at <= clock
+                      ORDER BY lg.priority, lg.grp LOOP
+                EXIT WHEN NOT clear;
+                parked := '{}';
+                free := 0;
+                FOR c IN SELECT j.id, j.task FROM {schema}.jobs AS j
+                          WHERE j.state = 'pending' AND j.grp = g.grp AND j.queue = queues[q]
+                            AND j.priority = g.priority AND j.run_at <= clock
+                          ORDER BY j.run_at, j.seq
+                          LIMIT lim + budget
+                            FOR UPDATE SKIP LOCKED LOOP
+                    IF c.task = ANY (held) THEN
+                        parked := parked || c.id;
+                        EXIT WHEN cardinality(parked) >= budget;
+                    ELSE
+                        free := free + 1;
+                        EXIT WHEN free >= lim;
+                    END IF;
+                END LOOP;
+                UPDATE {schema}.jobs AS j SET state = 'parked' WHERE j.id = ANY (parked);
+                budget := budget - cardinality(parked);
+                IF budget <= 0 THEN
+                    clear := false;
+                END IF;
+            END LOOP;
+        END IF;
+        IF clear THEN
+            open_i := open_i || q;
+            sub_q := sub_q || queues[q];
+            sub_w := sub_w || qweights[q];
+        END IF;
+    END LOOP;
+    no := cardinality(open_i);
+    IF no = 0 THEN  -- nothing due, as far as this worker may know: the levels' round robin resets
+        RETURN QUERY SELECT NULL::text, NULL::text, NULL::text, NULL::integer, NULL::bytea,
+                            NULL::integer, NULL::integer, NULL::bigint, NULL::double precision,
+                            NULL::double precision, NULL::text, array_fill(0, ARRAY[levels]), qfair,
+                            NULL::integer, NULL::boolean;
+        RETURN;
+    END IF;
+    FOR l IN 1 .. levels LOOP
+        FOREACH k IN ARRAY open_i LOOP
+            sub_f := sub_f || qfair[(l - 1) * nq + k];
+        END LOOP;
+    END LOOP;
+    FOR rec IN SELECT * FROM {schema}.reserve(sub_q, weights, fair, sub_w, sub_f, in_order, lim, lease,
+                                             worker_id, at) LOOP
+        merged := rec.r_qfair;
+        IF rec.r_fair IS NOT NULL THEN  -- the round robin's state, back in the caller's layout
+            merged := qfair;
+            FOR l IN 1 .. levels LOOP
+                FOR j IN 1 .. no LOOP
+                    merged[(l - 1) * nq + open_i[j]] := rec.r_qfair[(l - 1) * no + j];
+                END LOOP;
+            END LOOP;
+        END IF;
+        RETURN QUERY SELECT rec.r_id, rec.r_task, rec.r_queue, rec.r_priority, rec.r_payload,
+                            rec.r_attempt, rec.r_max_attempts, rec.r_token, rec.r_run_at,
+                            rec.r_enqueued_at, rec.r_key, rec.r_fair, merged, rec.r_throttled,
+                            rec.r_limited;
+    END LOOP;
+END
+$fn$;
+-- Every reservation reads the limit tables: roles granted rights on the jobs table get the same
+-- on them, so workers running with the grants documented before this version keep working.
+DO $grants$
+DECLARE
+    g record;
+BEGIN
+    FOR g IN SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END AS who,
+                    a.privilege_type AS what
+               FROM pg_class AS c, aclexplode(c.relacl) AS a
+              WHERE c.oid = '{schema}.jobs'::regclass AND a.grantee <> c.relowner LOOP
+        EXECUTE format('GRANT %s ON {schema}.limit_groups, {schema}.limit_keys, {schema}.limit_waiters TO %s',
+                       g.what, g.who);
+    END LOOP;
+END
+$grants$;
