@@ -13,7 +13,7 @@ out by ``reserve``; a stale token changes nothing and is reported as lost.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -49,7 +49,11 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     def enqueue(
-        self, messages: Sequence[Message], now: float | None = None, connection: Any = None
+        self,
+        messages: Sequence[Message],
+        now: float | None = None,
+        connection: Any = None,
+        max_queued: Mapping[str, int] | None = None,
     ) -> list[Enqueued]:
         """Store messages as ready or scheduled, deduplicating by key.
 
@@ -65,6 +69,13 @@ class Broker(abc.ABC):
         ``sqlite3.Connection`` on SQLite, a psycopg connection on PostgreSQL); the messages are
         written in that transaction and exist if and only if the caller commits it. Backends
         without such transactions raise ConfigurationError.
+
+        ``max_queued``: caps by queue name (backpressure). Raises QueueFull, storing nothing of
+        the batch, if a capped queue would hold more than its cap of pending (ready or
+        scheduled) jobs once the batch's new jobs are added; a message that an idempotency key
+        resolves to an existing job adds none. The check is atomic with the insert (see each
+        store for how, and docs/security.md for the bound on PostgreSQL). Queues not named
+        pay nothing for it.
         """
 
     @abc.abstractmethod

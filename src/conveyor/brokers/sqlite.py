@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -27,6 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 import msgspec
 
 from conveyor import serializer
+from conveyor.brokers import limits
 from conveyor.brokers import sqlite_lock as writer_lock
 from conveyor.brokers.base import Broker, Lease, claimed, errors_of, job_row
 from conveyor.errors import ConfigurationError, KeyConflict
@@ -60,6 +61,10 @@ RETURNING id, task, queue, priority, payload, attempt, max_attempts, token, run_
 _COUNT_READY = """
 SELECT count(*) FROM (SELECT 1 FROM conveyor_jobs
                        WHERE state = 'pending' AND queue = ? AND priority = ? AND run_at <= ? LIMIT ?)
+"""
+# A queue's pending (ready or scheduled) jobs, counted up to a bound: the max_queued check.
+_COUNT_PENDING = """
+SELECT count(*) FROM (SELECT 1 FROM conveyor_jobs WHERE state = 'pending' AND queue = ? LIMIT ?)
 """
 # The next stored level above a given one, among a queue's pending jobs: one index probe.
 _LEVEL_ABOVE = """
@@ -184,8 +189,13 @@ class SQLiteBroker(Broker):
     # -- enqueue -----------------------------------------------------------------------------
 
     def enqueue(
-        self, messages: Sequence[Message], now: float | None = None, connection: Any = None
+        self,
+        messages: Sequence[Message],
+        now: float | None = None,
+        connection: Any = None,
+        max_queued: Mapping[str, int] | None = None,
     ) -> list[Enqueued]:
+        caps = limits.capped(messages, max_queued)
         if connection is not None:
             if not isinstance(connection, sqlite3.Connection):
                 raise ConfigurationError("connection must be a sqlite3.Connection to the store's file")
@@ -194,6 +204,7 @@ class SQLiteBroker(Broker):
             connection.execute("SAVEPOINT conveyor_enqueue")
             try:
                 out = self._insert(connection, messages, time.time() if now is None else now)
+                _check_caps(connection, messages, out, caps)
             except BaseException:
                 connection.execute("ROLLBACK TO conveyor_enqueue")
                 connection.execute("RELEASE conveyor_enqueue")
@@ -202,6 +213,7 @@ class SQLiteBroker(Broker):
         else:
             with self._write() as db:  # the clock read once the write lock is held
                 out = self._insert(db, messages, time.time() if now is None else now)
+                _check_caps(db, messages, out, caps)
         if any(e.created for e in out):
             self._notify({m.queue for m in messages})
         return out
@@ -678,6 +690,18 @@ def _served(db: sqlite3.Connection, queue: str, levels: int) -> list[list[int]]:
         level = row[0]
         served[-1].append(level)
     return served
+
+
+def _check_caps(
+    db: sqlite3.Connection, messages: Sequence[Message], out: Sequence[Enqueued], caps: dict[str, int]
+) -> None:
+    """Raise QueueFull (the caller rolls back) if the insert took a capped queue past its cap.
+    Writers hold the write lock in turn, so the count is exact: no producer overshoots."""
+    for queue, cap in caps.items():
+        adding = limits.added(messages, out, queue)
+        if adding:
+            (after,) = db.execute(_COUNT_PENDING, (queue, limits.count_limit(cap, adding))).fetchone()
+            limits.check(queue, after, cap, adding)
 
 
 def _job(row: Sequence[Any], now: float) -> JobInfo:

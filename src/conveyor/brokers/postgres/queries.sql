@@ -51,6 +51,26 @@ SELECT count(pg_advisory_xact_lock(h))
          WHERE key IS NOT NULL
          ORDER BY h) AS hashed;
 
+-- name: lock_queues
+-- Before inserting into queues with a max_queued cap: one transaction-scoped advisory lock per
+-- capped queue, in one global order (before any key lock), so the producers of a capped queue
+-- insert and count in turn and no two both see room for its last places. Each statement of the
+-- next producer sees what the last committed. Uncapped queues take no lock.
+SELECT count(pg_advisory_xact_lock(h))
+  FROM (SELECT DISTINCT hashtextextended(%(scope)s || chr(30) || queue, 0) AS h
+          FROM unnest(%(queues)s::text[]) AS q (queue)
+         ORDER BY h) AS hashed;
+
+-- name: count_pending
+-- Pending (ready or scheduled) jobs of each queue, in order, each counted up to its bound: one
+-- range scan of the claim index each.
+SELECT (SELECT count(*)
+          FROM (SELECT 1 FROM {schema}.jobs
+                 WHERE state = 'pending' AND queue = w.queue
+                 LIMIT w.bound) AS capped)
+  FROM unnest(%(queues)s::text[], %(bounds)s::int[]) WITH ORDINALITY AS w (queue, bound, n)
+ ORDER BY w.n;
+
 -- name: enqueue_unkeyed
 -- The common case in one round trip: a batch without keys cannot conflict, so every message is
 -- inserted, and the queues are woken by the same statement (delivered when it commits).

@@ -16,7 +16,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -30,6 +30,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from conveyor import serializer
+from conveyor.brokers import limits
 from conveyor.brokers.availability import guarded, refused, unavailable
 from conveyor.brokers.base import Broker, Lease
 from conveyor.brokers.redis.scripts import Call, Scripts
@@ -48,7 +49,7 @@ from conveyor.brokers.redis.wire import (
     raise_conflict,
     rows,
 )
-from conveyor.errors import ConfigurationError, KeyConflict
+from conveyor.errors import ConfigurationError, KeyConflict, QueueFull
 from conveyor.priority import Fairness
 from conveyor.records import (
     AckStatus,
@@ -184,7 +185,11 @@ class RedisBroker(Broker):
     # -- enqueue -----------------------------------------------------------------------------
 
     def enqueue(
-        self, messages: Sequence[Message], now: float | None = None, connection: Any = None
+        self,
+        messages: Sequence[Message],
+        now: float | None = None,
+        connection: Any = None,
+        max_queued: Mapping[str, int] | None = None,
     ) -> list[Enqueued]:
         if connection is not None:
             raise ConfigurationError(
@@ -196,11 +201,13 @@ class RedisBroker(Broker):
         for i, m in enumerate(messages):
             by_queue.setdefault(m.queue, []).append(i)
         groups = self._slot_groups(list(by_queue))
-        if len(groups) > 1 and any(m.key is not None for m in messages):
+        caps = limits.capped(messages, max_queued)
+        if len(groups) > 1 and (caps or any(m.key is not None for m in messages)):
             raise ConfigurationError(
-                "a batch with idempotency keys must keep to queues of one hash slot on a Redis"
-                f" Cluster, to be stored all or nothing; queues {', '.join(sorted(by_queue))} are"
-                " in different slots: enqueue them one queue at a time"
+                f"a batch with {'a capped queue (max_queued)' if caps else 'idempotency keys'} must"
+                " keep to queues of one hash slot on a Redis Cluster, to be stored all or nothing;"
+                f" queues {', '.join(sorted(by_queue))} are in different slots: enqueue them one"
+                " queue at a time"
             )
         self._register(by_queue)
         calls: list[Call] = []
@@ -210,10 +217,15 @@ class RedisBroker(Broker):
             for q in group:
                 keys += self._keys(q, "jobs", "keys", "counts")
                 args += packed_messages([messages[i] for i in by_queue[q]])
+            if caps:
+                args += [caps.get(q, "") for q in group]
             calls.append(("enqueue", keys, args))
         out = [Enqueued(m.id, True) for m in messages]  # the script names only the others
         for group, reply in zip(groups, self._run(calls, durable=True), strict=True):
             raise_conflict(reply)
+            if reply[0] == b"full":
+                _, q, pending, cap, adding = reply
+                raise QueueFull(group[q - 1], pending, cap, adding)
             for n in range(1, len(reply), 3):
                 queue = group[reply[n] - 1]
                 out[by_queue[queue][reply[n + 1] - 1]] = Enqueued(reply[n + 2].decode(), False)

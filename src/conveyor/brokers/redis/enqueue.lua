@@ -5,11 +5,14 @@
 -- on: KEYS[3q-2], KEYS[3q-1], KEYS[3q] of queue q of the batch (on a Cluster, all in one slot).
 -- ARGV[1] now ('' = the store's clock)
 -- ARGV[2..] per queue in KEYS order, its messages packed (see read_messages): the packed fields,
--- then one argument per payload.
+-- then one argument per payload; then, only when the call caps a queue (max_queued), one
+-- argument per queue in KEYS order: its cap of pending jobs, or '' for none.
 -- Returns {'ok', q, index, holder id, ...} for the messages (1-based queue and index within its
 -- queue) not created, those an idempotency key resolved to another job (a created one always
 -- keeps its own id); or {'conflict', key, holder id} having stored nothing when a key is held
--- by a job with another task or payload (also by an earlier message of the batch).
+-- by a job with another task or payload (also by an earlier message of the batch); or
+-- {'full', q, pending, cap, adding} having stored nothing when the batch's new jobs would take
+-- queue q's pending (ready and scheduled) jobs, read from its counts hash, past its cap.
 -- Wakes the waiters of each queue where it stored a job.
 
 local now = clock(ARGV[1])
@@ -21,6 +24,23 @@ for q = 1, #KEYS / 3 do
   local plan, conflict = plan_enqueue(jobs, keys, msgs)
   if not plan then return {'conflict', conflict[1], conflict[2]} end
   queues[q] = {msgs, plan}
+end
+if at <= #ARGV then
+  for q = 1, #KEYS / 3 do
+    local cap, adding = tonumber(ARGV[at + q - 1]), 0
+    if cap then
+      for _, p in ipairs(queues[q][2]) do
+        if p == true then adding = adding + 1 end
+      end
+    end
+    if adding > 0 then
+      local counts, pending = redis.call('HGETALL', KEYS[3 * q]), 0
+      for i = 1, #counts, 2 do
+        if string.sub(counts[i], 1, 1) == 'p' then pending = pending + tonumber(counts[i + 1]) end
+      end
+      if pending + adding > cap then return {'full', q, pending, cap, adding} end
+    end
+  end
 end
 local out = {'ok'}
 for q, qp in ipairs(queues) do
