@@ -29,7 +29,16 @@ import msgspec
 from conveyor import serializer
 from conveyor.brokers import limits
 from conveyor.brokers import sqlite_lock as writer_lock
-from conveyor.brokers.base import Broker, Lease, claimed, errors_of, job_row
+from conveyor.brokers.base import (
+    Broker,
+    Lease,
+    as_float,
+    as_int,
+    as_text,
+    claimed,
+    errors_of,
+    job_row,
+)
 from conveyor.errors import ConfigurationError, KeyConflict
 from conveyor.priority import Fairness
 from conveyor.records import (
@@ -456,7 +465,11 @@ class SQLiteBroker(Broker):
                 " WHERE state = 'running' AND lease_until < ?",
                 (now,),
             ).fetchall()
-            for job_id, token, attempt, max_attempts, worker in expired:
+            for job_id, token, stored_attempt, stored_max, stored_worker in expired:
+                # Read as their types: a corrupt row is reclaimed like the rest, never stops the
+                # sweep (its token is matched as stored).
+                attempt, max_attempts = as_int(stored_attempt), as_int(stored_max)
+                worker = None if stored_worker is None else as_text(stored_worker)
                 error = serializer.dumps(
                     {
                         "attempt": attempt,
@@ -533,10 +546,13 @@ class SQLiteBroker(Broker):
         for q in queues or ():
             by_queue[q] = ({}, [])
         for queue, priority, state, count, oldest in rows:
-            counts, ages = by_queue.setdefault(queue, ({}, []))
-            counts.setdefault(state, {})[priority] = count
+            # A corrupt row's fields read as their types (see base.job_row), counted with the rest.
+            counts, ages = by_queue.setdefault(as_text(queue), ({}, []))
+            per_level = counts.setdefault(as_text(state), {})
+            level = as_int(priority)
+            per_level[level] = per_level.get(level, 0) + count
             if oldest is not None:
-                ages.append(now - oldest)
+                ages.append(now - as_float(oldest))
         return [
             QueueStats(queue=q, counts=c, oldest_ready_age=max(a) if a else None)
             for q, (c, a) in sorted(by_queue.items())

@@ -25,7 +25,7 @@ from psycopg.rows import tuple_row
 from conveyor import serializer
 from conveyor.brokers import limits
 from conveyor.brokers.availability import guarded, refused, unavailable
-from conveyor.brokers.base import Broker, Lease, claimed, job_row
+from conveyor.brokers.base import Broker, Lease, claimed, error_records, job_row
 from conveyor.brokers.postgres import migrate as migrations
 from conveyor.brokers.postgres import queries
 from conveyor.brokers.postgres.dsn import parse
@@ -711,4 +711,4 @@ def _columns(messages: Sequence[Message]) -> dict[str, list[Any]]:
 
 def _job(row: Sequence[Any]) -> JobInfo:
     """The server's clock (row[17]) decides ready or scheduled; jsonb errors arrive decoded."""
-    return job_row(row, row[17], row[14])
+    return job_row(row, row[17], error_records(row[14]))

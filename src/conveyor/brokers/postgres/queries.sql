@@ -155,7 +155,9 @@ WITH wanted AS (
               FOR UPDATE SKIP LOCKED) AS job
 )
 UPDATE {schema}.jobs AS j
-   SET state = 'running', attempt = attempt + 1, token = token + 1,
+   SET state = 'running',
+       attempt = CASE WHEN j.attempt < 2147483647 THEN j.attempt + 1 ELSE j.attempt END,
+       token = CASE WHEN j.token < 9223372036854775807 THEN j.token + 1 ELSE 0 END,
        lease_until = {now} + %(lease)s, worker = %(worker)s, started_at = {now}
   FROM picked
  WHERE j.id = picked.id
@@ -239,7 +241,8 @@ SELECT j.id FROM {schema}.jobs AS j JOIN l ON j.id = l.id AND j.token = l.token
 -- name: release
 -- Return leased, unstarted jobs to pending and give back their attempt.
 UPDATE {schema}.jobs AS j
-   SET state = 'pending', attempt = attempt - 1, lease_until = NULL, worker = NULL, started_at = NULL
+   SET state = 'pending', attempt = greatest(j.attempt, -2147483647) - 1, lease_until = NULL,
+       worker = NULL, started_at = NULL
   FROM unnest(%(ids)b::text[], %(tokens)b::bigint[]) AS l (id, token)
  WHERE j.id = l.id AND j.token = l.token AND j.state = 'running'
 RETURNING j.queue;

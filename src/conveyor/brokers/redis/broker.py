@@ -37,6 +37,7 @@ from conveyor.brokers.redis.scripts import Call, Scripts
 from conveyor.brokers.redis.url import parse
 from conveyor.brokers.redis.wire import (
     DELIVERY_FIELDS,
+    FIELDS,
     adopt_fields,
     delivery,
     job,
@@ -77,6 +78,15 @@ _KEEPALIVE = (
     if hasattr(socket, "TCP_KEEPIDLE")
     else {}
 )
+
+
+def _level(raw: bytes) -> int | None:
+    """A priority level from a counts field; None for one that is not a whole number (a corrupt
+    record's priority, which the scripts filed its count under)."""
+    try:
+        return int(raw)
+    except ValueError:
+        return None
 
 
 @guarded
@@ -544,13 +554,16 @@ class RedisBroker(Broker):
             clock = float(reply[0])
             counts: dict[str, dict[int, int]] = {}
             oldest: float | None = None
-            for n in range(1, len(reply), 3):
-                state, level = reply[n].decode(), int(reply[n + 1])
+            for n in range(1, len(reply) - 2, 3):
+                state, level = reply[n].decode(errors="replace"), _level(reply[n + 1])
+                if level is None:  # a count filed under a corrupt record's priority
+                    continue
                 if state == "oldest":
                     due = float(reply[n + 2])
                     oldest = due if oldest is None else min(oldest, due)
                 elif int(reply[n + 2]):
-                    counts.setdefault(state, {})[level] = int(reply[n + 2])
+                    per_level = counts.setdefault(state, {})
+                    per_level[level] = per_level.get(level, 0) + int(reply[n + 2])
             out.append(QueueStats(q, counts, None if oldest is None else clock - oldest))
         return sorted(out, key=lambda s: s.queue)
 
@@ -569,7 +582,7 @@ class RedisBroker(Broker):
             [("jobs", self._keys(q, "jobs", "counts", "running", "dead", "done"), args) for q in names]
         )
         found = [
-            (float(f[17]), job(f, q, float(reply[0])))
+            (float(f[17]) if len(f) == FIELDS and f[17] else 0.0, job(f, q, float(reply[0])))
             for q, reply in zip(names, replies, strict=True)
             for f in rows(reply, 1)
         ]
