@@ -75,8 +75,9 @@ class Broker(abc.ABC):
         the batch, if a capped queue would hold more than its cap of pending (ready or
         scheduled) jobs once the batch's new jobs are added; a message that an idempotency key
         resolves to an existing job adds none. The check is atomic with the insert (see each
-        store for how, and docs/security.md for the bound on PostgreSQL). Queues not named
-        pay nothing for it.
+        store for how, and docs/security.md). Queues not named pay nothing for it. A Redis
+        Cluster refuses (ConfigurationError, storing nothing) a batch with a capped queue
+        spanning hash slots, as one with keys.
         """
 
     @abc.abstractmethod
