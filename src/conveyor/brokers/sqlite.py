@@ -318,10 +318,11 @@ class SQLiteBroker(Broker):
                     " AND priority > ? ORDER BY priority, run_at LIMIT 1",
                     (q, level),
                 ).fetchone()
-                if row is None:
+                if row is None or not _next_level(row[0], level):
                     break
                 level = row[0]
-                best = row[1] if best is None else min(best, row[1])
+                if type(row[1]) is float or type(row[1]) is int:
+                    best = row[1] if best is None else min(best, row[1])
         return best
 
     def _listen(self, queues: Sequence[str]) -> socket.socket:
@@ -703,9 +704,18 @@ def _served(db: sqlite3.Connection, queue: str, levels: int) -> list[list[int]]:
     served = [[level] for level in range(levels)]
     level = levels - 1
     while (row := db.execute(_LEVEL_ABOVE, (queue, level)).fetchone()) is not None:
+        if not _next_level(row[0], level):
+            break
         level = row[0]
         served[-1].append(level)
     return served
+
+
+def _next_level(found: Any, level: int) -> bool:
+    """Whether a probe for the level above ``level`` found one. SQLite orders text and blobs
+    after every number, and a corrupt row's text priority that reads as a number (' 5') is
+    "above" itself: following it would probe the same row forever. Whole levels only, rising."""
+    return type(found) is int and found > level
 
 
 def _check_caps(
