@@ -19,18 +19,22 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from conveyor import serializer
+from conveyor.brokers import backpressure
 from conveyor.brokers import sqlite_lock as writer_lock
 from conveyor.brokers.base import (
     PARK_BUDGET,
     WHOLE_QUEUE,
     Broker,
     Lease,
+    as_float,
+    as_int,
+    as_text,
     claimed,
     duplicate_id,
     errors_of,
@@ -72,6 +76,10 @@ RETURNING id, task, queue, priority, payload, attempt, max_attempts, token, run_
 _COUNT_READY = """
 SELECT count(*) FROM (SELECT 1 FROM conveyor_jobs
                        WHERE state = 'pending' AND queue = ? AND priority = ? AND run_at <= ? LIMIT ?)
+"""
+# A queue's pending (ready or scheduled) jobs, counted up to a bound: the max_queued check.
+_COUNT_PENDING = """
+SELECT count(*) FROM (SELECT 1 FROM conveyor_jobs WHERE state = 'pending' AND queue = ? LIMIT ?)
 """
 # The next stored level above a given one, among a queue's pending jobs: one index probe.
 _LEVEL_ABOVE = """
@@ -196,8 +204,13 @@ class SQLiteBroker(Broker):
     # -- enqueue -----------------------------------------------------------------------------
 
     def enqueue(
-        self, messages: Sequence[Message], now: float | None = None, connection: Any = None
+        self,
+        messages: Sequence[Message],
+        now: float | None = None,
+        connection: Any = None,
+        max_queued: Mapping[str, int] | None = None,
     ) -> list[Enqueued]:
+        caps = backpressure.capped(messages, max_queued)
         if connection is not None:
             if not isinstance(connection, sqlite3.Connection):
                 raise ConfigurationError("connection must be a sqlite3.Connection to the store's file")
@@ -206,6 +219,7 @@ class SQLiteBroker(Broker):
             connection.execute("SAVEPOINT conveyor_enqueue")
             try:
                 out = self._insert(connection, messages, time.time() if now is None else now)
+                _check_caps(connection, messages, out, caps)
             except BaseException:
                 connection.execute("ROLLBACK TO conveyor_enqueue")
                 connection.execute("RELEASE conveyor_enqueue")
@@ -214,6 +228,7 @@ class SQLiteBroker(Broker):
         else:
             with self._write() as db:  # the clock read once the write lock is held
                 out = self._insert(db, messages, time.time() if now is None else now)
+                _check_caps(db, messages, out, caps)
         if any(e.created for e in out):
             self._notify({m.queue for m in messages})
         return out
@@ -320,10 +335,11 @@ class SQLiteBroker(Broker):
                     " AND priority > ? ORDER BY priority, run_at LIMIT 1",
                     (q, level),
                 ).fetchone()
-                if row is None:
+                if row is None or not _next_level(row[0], level):
                     break
                 level = row[0]
-                best = row[1] if best is None else min(best, row[1])
+                if type(row[1]) is float or type(row[1]) is int:
+                    best = row[1] if best is None else min(best, row[1])
         return best
 
     def _listen(self, queues: Sequence[str]) -> socket.socket:
@@ -467,7 +483,11 @@ class SQLiteBroker(Broker):
                 " WHERE state = 'running' AND lease_until < ?",
                 (now,),
             ).fetchall()
-            for job_id, token, attempt, max_attempts, worker in expired:
+            for job_id, token, stored_attempt, stored_max, stored_worker in expired:
+                # Read as their types: a corrupt row is reclaimed like the rest, never stops the
+                # sweep (its token is matched as stored).
+                attempt, max_attempts = as_int(stored_attempt), as_int(stored_max)
+                worker = None if stored_worker is None else as_text(stored_worker)
                 error = serializer.dumps(
                     {
                         "attempt": attempt,
@@ -545,10 +565,13 @@ class SQLiteBroker(Broker):
         for q in queues or ():
             by_queue[q] = ({}, [])
         for queue, priority, state, count, oldest in rows:
-            counts, ages = by_queue.setdefault(queue, ({}, []))
-            counts.setdefault(state, {})[priority] = count
+            # A corrupt row's fields read as their types (see base.job_row), counted with the rest.
+            counts, ages = by_queue.setdefault(as_text(queue), ({}, []))
+            per_level = counts.setdefault(as_text(state), {})
+            level = as_int(priority)
+            per_level[level] = per_level.get(level, 0) + count
             if oldest is not None:
-                ages.append(now - oldest)
+                ages.append(now - as_float(oldest))
         return [
             QueueStats(queue=q, counts=c, oldest_ready_age=max(a) if a else None)
             for q, (c, a) in sorted(by_queue.items())
@@ -734,6 +757,8 @@ def _served(db: sqlite3.Connection, queue: str, levels: int) -> list[list[int]]:
     served = [[level] for level in range(levels)]
     level = levels - 1
     while (row := db.execute(_LEVEL_ABOVE, (queue, level)).fetchone()) is not None:
+        if not _next_level(row[0], level):
+            break
         level = row[0]
         served[-1].append(level)
     return served
@@ -772,6 +797,8 @@ def _park(
     levels; return the budget left and whether every head is clear."""
     level = -1
     while (row := db.execute(_LEVEL_ABOVE, (queue, level)).fetchone()) is not None:
+        if not _next_level(row[0], level):
+            break
         level = row[0]
         free = 0  # the level's first due jobs of other tasks: they stay at its head
         while free < limit:
@@ -791,6 +818,25 @@ def _park(
                     return 0, False
             free += len(head) - len(held)
     return budget, True
+
+
+def _next_level(found: Any, level: int) -> bool:
+    """Whether a probe for the level above ``level`` found one. SQLite orders text and blobs
+    after every number, and a corrupt row's text priority that reads as a number (' 5') is
+    "above" itself: following it would probe the same row forever. Whole levels only, rising."""
+    return type(found) is int and found > level
+
+
+def _check_caps(
+    db: sqlite3.Connection, messages: Sequence[Message], out: Sequence[Enqueued], caps: dict[str, int]
+) -> None:
+    """Raise QueueFull (the caller rolls back) if the insert took a capped queue past its cap.
+    Writers hold the write lock in turn, so the count is exact: no producer overshoots."""
+    for queue, cap in caps.items():
+        adding = backpressure.added(messages, out, queue)
+        if adding:
+            (after,) = db.execute(_COUNT_PENDING, (queue, backpressure.count_limit(cap, adding))).fetchone()
+            backpressure.check(queue, after, cap, adding)
 
 
 def _job(row: Sequence[Any], now: float) -> JobInfo:
