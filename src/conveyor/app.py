@@ -22,6 +22,7 @@ from conveyor.errors import (
     JobCancelled,
     JobFailed,
     JobNotFound,
+    QueueFull,
     UnknownTask,
 )
 from conveyor.ids import new_id
@@ -54,6 +55,12 @@ class Conveyor:
         max_result: largest encoded return value a task may store, in bytes (default 16 MiB);
             a larger one fails the attempt with ResultTooLarge. Tasks may set their own.
         retention: seconds finished jobs, their results and idempotency keys are kept (default 24 h).
+        max_queued: backpressure, by queue name: the most pending (ready or scheduled) jobs the
+            queue may hold. An enqueue that would take it past that raises QueueFull and stores
+            nothing of its batch. Checked by the store atomically with the insert; queues not
+            named have no cap and pay nothing. A producer's own setting: configure every
+            producer of a queue alike. Periodic ticks, follow-up enqueues committed with a
+            task's acknowledgement, retries and replays are never refused.
     """
 
     def __init__(
@@ -65,6 +72,7 @@ class Conveyor:
         max_payload: int = 1 << 20,
         max_result: int = 16 << 20,
         retention: float = 86400.0,
+        max_queued: Mapping[str, int] | None = None,
     ) -> None:
         self.url = url or os.environ.get("CONVEYOR_URL") or DEFAULT_URL
         self.priorities = Priorities(priorities)
@@ -72,6 +80,8 @@ class Conveyor:
         self.max_payload = max_payload
         self.max_result = _size("max_result", max_result)
         self.retention = retention
+        #: Caps of pending jobs by queue (see ``max_queued`` above); empty: no queue is capped.
+        self.max_queued = _caps(max_queued)
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.schedules: list[Schedule] = []
         self._broker: Broker | None = None
@@ -208,6 +218,8 @@ class Conveyor:
 
         Raises:
             UnknownTask: a message names a task this application has not registered.
+            QueueFull: the batch would take a queue past its ``max_queued`` cap; none of it
+                was stored.
 
         Args:
             connection: enqueue inside your own open transaction on the store's database (a
@@ -221,7 +233,14 @@ class Conveyor:
         unknown = {m.task for m in batch} - self.tasks.keys()
         if unknown:
             raise UnknownTask(f"not registered in this application: {', '.join(sorted(unknown))}")
-        stored = self.broker.enqueue(batch, connection=connection)
+        if self.max_queued:
+            try:
+                stored = self.broker.enqueue(batch, connection=connection, max_queued=self.max_queued)
+            except QueueFull as exc:
+                metrics.count_refused(exc.queue, sum(1 for m in batch if m.queue == exc.queue))
+                raise
+        else:
+            stored = self.broker.enqueue(batch, connection=connection)
         created = collections.Counter(
             (m.queue, m.priority) for m, e in zip(batch, stored, strict=True) if e.created
         )
@@ -280,6 +299,22 @@ class Conveyor:
     def paused(self) -> list[Pause]:
         """The stored pauses, by queue then task (``task`` None: the whole queue)."""
         return self.broker.paused()
+
+
+def _caps(max_queued: Mapping[str, int] | None) -> dict[str, int]:
+    if max_queued is None:
+        return {}
+    if not isinstance(max_queued, Mapping):
+        raise ConfigurationError(f"max_queued must map queue names to caps, got {_shown(max_queued)}")
+    caps = {}
+    for queue, cap in max_queued.items():
+        _check_queue(queue)
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
+            raise ConfigurationError(
+                f"max_queued[{queue!r}] must be a number of jobs, 0 or more, got {_shown(cap)}"
+            )
+        caps[queue] = cap
+    return caps
 
 
 def _size(what: str, value: int) -> int:

@@ -50,6 +50,28 @@ class DuplicateId(ConveyorError):
     enqueue sent again) is no duplicate: it returns its job."""
 
 
+class QueueFull(ConveyorError):
+    """An enqueue would take a queue past its ``max_queued`` cap of pending (ready or scheduled)
+    jobs; nothing of the batch was stored. Retry later, once workers have drained the queue.
+
+    Attributes: ``queue``, ``queued`` (its pending jobs when the batch arrived), ``cap``, and
+    ``adding`` (the new jobs the batch would have added to it).
+    """
+
+    def __init__(self, queue: str, queued: int, cap: int, adding: int) -> None:
+        super().__init__(
+            f"queue {queue!r} is full: {queued} jobs ready or scheduled, max_queued {cap};"
+            f" refused a batch adding {adding} (nothing of it was stored)"
+        )
+        self.queue = queue
+        self.queued = queued
+        self.cap = cap
+        self.adding = adding
+
+    def __reduce__(self) -> tuple[type[QueueFull], tuple[str, int, int, int]]:
+        return QueueFull, (self.queue, self.queued, self.cap, self.adding)
+
+
 class UnknownTask(ConveyorError):
     """A task name is not registered in the application."""
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import bisect
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -33,6 +33,11 @@ ENQUEUED = Counter(
     "conveyor_enqueued",
     "Jobs created by enqueue in this process (key matches excluded).",
     ["queue", "priority"],
+)
+REFUSED = Counter(
+    "conveyor_enqueue_refused",
+    "Messages this process tried to enqueue into a queue at its max_queued cap (QueueFull).",
+    ["queue"],
 )
 STARTED = Counter("conveyor_started", "Attempts started by workers.", ["queue", "priority", "task"])
 FINISHED = Counter(
@@ -140,12 +145,24 @@ def count_enqueued(queue: str, priority: str, n: int = 1) -> None:
     ENQUEUED.labels(queue, priority).inc(n)
 
 
+def count_refused(queue: str, n: int) -> None:
+    """Count messages refused because ``queue`` was at its ``max_queued`` cap."""
+    REFUSED.labels(queue).inc(n)
+
+
 class StoreCollector:
     """Gauges read from the store at every scrape, through the broker's read operations."""
 
-    def __init__(self, broker: Callable[[], Broker], priorities: Priorities) -> None:
+    def __init__(
+        self,
+        broker: Callable[[], Broker],
+        priorities: Priorities,
+        max_queued: Mapping[str, int] | None = None,
+    ) -> None:
         self.broker = broker
         self.priorities = priorities
+        #: The application's caps of pending jobs, served as ``conveyor_queue_max_queued``.
+        self.max_queued = dict(max_queued or {})
 
     def collect(self) -> Iterator[Metric]:
         """Query ``stats``, ``workers`` and ``paused`` and yield the gauges."""
@@ -209,10 +226,21 @@ class StoreCollector:
         for p in broker.paused():
             paused.add_metric([p.queue, p.task or ""], 1)
         yield from (depth, dead, oldest, throttled, live, in_flight, paused, tokens, running, closed)
+        if self.max_queued:
+            caps = GaugeMetricFamily(
+                "conveyor_queue_max_queued",
+                "A queue's cap of pending (ready and scheduled) jobs, in this application's setting.",
+                labels=["queue"],
+            )
+            for queue, cap in sorted(self.max_queued.items()):
+                caps.add_metric([queue], cap)
+            yield caps
 
 
-def store_registry(broker: Callable[[], Broker], priorities: Priorities) -> CollectorRegistry:
+def store_registry(
+    broker: Callable[[], Broker], priorities: Priorities, max_queued: Mapping[str, int] | None = None
+) -> CollectorRegistry:
     """A registry holding only the store gauges (what the dashboard's /metrics serves)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StoreCollector(broker, priorities))
+    registry.register(StoreCollector(broker, priorities, max_queued))
     return registry

@@ -499,3 +499,15 @@ def test_a_keyed_batch_across_slots_is_refused_whole(broker):
     assert all(e.created for e in broker.enqueue(spread))  # without keys: nothing can conflict
     one_slot = [msgspec.structs.replace(m, id=new_id(), queue="queue-0") for m in keyed[:2]]
     assert [e.created for e in broker.enqueue(one_slot)] == [True, False]
+
+
+def test_a_batch_with_a_capped_queue_across_slots_is_refused_whole(broker):
+    """A capped queue's batch is refused whole when full: across slots it cannot be, so a batch
+    naming a capped queue must keep to one slot, as one with keys."""
+    spread = [Message(id=new_id(), task="t", queue=f"queue-{n}", priority=0, payload=b"[]") for n in range(6)]
+
+    with pytest.raises(ConfigurationError, match=r"capped queue \(max_queued\).*one hash slot"):
+        broker.enqueue(spread, max_queued={"queue-3": 100})
+
+    assert [broker.get(m.id) for m in spread] == [None] * len(spread)
+    assert all(e.created for e in broker.enqueue(spread, max_queued={"elsewhere": 1}))  # none capped

@@ -84,3 +84,18 @@ def test_a_worker_serves_the_rest_beside_a_corrupt_row(tmp_path: Path, run_worke
     assert sorted(done) == list(range(1, 8))
     assert info is not None and info.state == "dead" and info.errors[-1]["type"] == "UnknownTask"
     app.close()
+
+
+@pytest.mark.parametrize("priority", ["CAST(X'FF' AS TEXT)", "'x'", "X'00'", "2.5"])
+def test_a_priority_that_is_not_a_level_stalls_no_reservation_and_no_wait(store, priority) -> None:
+    """A priority stored as text that is not UTF-8 reads back as U+FFFD, which sorts below the
+    stored byte: the probe for the level above found the same row forever (a reservation and a
+    worker's wait that never returned, memory growing by the second). Found by
+    tests/fuzz/test_stored_record_fuzz.py."""
+    broker, db = store
+    ids = _enqueue(broker, 3)
+    db.execute(f"UPDATE conveyor_jobs SET priority = {priority} WHERE id = ?", (ids[0],))
+    reserved = broker.reserve(["q"], 10, 30.0, "w", FAIR)
+    assert {d.id for d in reserved} >= set(ids[1:])
+    broker.wait(["q"], 0.0)
+    assert len(broker.jobs(queue="q")) == 3

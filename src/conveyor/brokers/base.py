@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import Iterable, Sequence
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -57,7 +58,11 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     def enqueue(
-        self, messages: Sequence[Message], now: float | None = None, connection: Any = None
+        self,
+        messages: Sequence[Message],
+        now: float | None = None,
+        connection: Any = None,
+        max_queued: Mapping[str, int] | None = None,
     ) -> list[Enqueued]:
         """Store messages as ready or scheduled, deduplicating by key.
 
@@ -81,6 +86,14 @@ class Broker(abc.ABC):
         ``sqlite3.Connection`` on SQLite, a psycopg connection on PostgreSQL); the messages are
         written in that transaction and exist if and only if the caller commits it. Backends
         without such transactions raise ConfigurationError.
+
+        ``max_queued``: caps by queue name (backpressure). Raises QueueFull, storing nothing of
+        the batch, if a capped queue would hold more than its cap of pending (ready or
+        scheduled) jobs once the batch's new jobs are added; a message that an idempotency key
+        resolves to an existing job adds none. The check is atomic with the insert (see each
+        store for how, and docs/security.md). Queues not named pay nothing for it. A Redis
+        Cluster refuses (ConfigurationError, storing nothing) a batch with a capped queue
+        spanning hash slots, as one with keys.
         """
 
     @abc.abstractmethod
@@ -273,25 +286,48 @@ def pauses(rows: Sequence[Sequence[Any]]) -> list[Pause]:
 def claimed(rows: list[Any]) -> list[Delivery]:
     """Rows of a SQL claim as deliveries, most urgent level first, then by due time. A row holds
     id, task, queue, priority, payload, attempt, max_attempts, token, run_at, enqueued_at, key
-    and optionally throttled: the order both SQL backends' claims return them in."""
-    rows.sort(key=lambda r: (r[3], r[8]))
-    return [
+    and optionally throttled: the order both SQL backends' claims return them in. A field of the wrong type (SQLite keeps
+    whatever was written) is read as its type (see ``as_text`` and the others), so a corrupt row
+    costs only its own job: the worker buries it, or runs what it can read."""
+    out = [
         Delivery(
-            id=r[0],
-            task=r[1],
-            queue=r[2],
-            priority=r[3],
-            payload=bytes(r[4]),
-            attempt=r[5],
-            max_attempts=r[6],
-            token=r[7],
-            run_at=r[8],
-            enqueued_at=r[9],
-            key=r[10],
-            throttled=r[11] if len(r) > 11 else 0,
+            id=as_text(r[0]),
+            task=as_text(r[1]),
+            queue=as_text(r[2]),
+            priority=as_int(r[3]),
+            payload=as_blob(r[4]),
+            attempt=as_int(r[5]),
+            max_attempts=as_int(r[6]),
+            token=as_int(r[7]),
+            run_at=as_float(r[8]),
+            enqueued_at=as_float(r[9]),
+            key=None if r[10] is None else as_text(r[10]),
+            throttled=as_int(r[11]) if len(r) > 11 and r[11] is not None else 0,
         )
         for r in rows
     ]
+    out.sort(key=_delivery_order)
+    return out
+
+
+def _delivery_order(d: Delivery) -> tuple[int, float]:
+    return d.priority, -math.inf if math.isnan(d.run_at) else d.run_at
+
+
+#: The fields of an error record (one per failed attempt).
+ERROR_FIELDS = ("attempt", "type", "message", "traceback", "worker", "at")
+
+
+def corrupt_error(message: str) -> dict[str, Any]:
+    """An error record saying that part of a stored record could not be read."""
+    return {
+        "attempt": None,
+        "type": "CorruptRecord",
+        "message": message,
+        "traceback": None,
+        "worker": None,
+        "at": None,
+    }
 
 
 def duplicate_id(job_id: str) -> DuplicateId:
@@ -335,42 +371,118 @@ def worker_infos(rows: Iterable[tuple[Any, Any]]) -> list[WorkerInfo]:
 
 
 def errors_of(stored: Any) -> list[dict[str, Any]]:
-    """A stored error history as a list of records; a corrupt one as one record saying so."""
+    """A stored error history (JSON text) as a list of records (see ``error_records``); a corrupt
+    one as one record saying so."""
     try:
         errors = msgspec.json.decode(stored)
     except (msgspec.DecodeError, TypeError, RecursionError):
-        errors = None
+        shown = stored if isinstance(stored, str) else repr(stored)
+        return [corrupt_error(f"stored error history is not JSON: {shown[:200]}")]
+    return error_records(errors)
+
+
+def error_records(errors: Any) -> list[dict[str, Any]]:
+    """A decoded error history as a list of records, each with every field of ERROR_FIELDS (None
+    where the stored record lacks it); anything but a list of objects as one record saying so."""
     if isinstance(errors, list) and all(isinstance(e, dict) for e in errors):
+        for e in errors:
+            if len(e) < len(ERROR_FIELDS) or any(f not in e for f in ERROR_FIELDS):
+                for f in ERROR_FIELDS:
+                    e.setdefault(f, None)
         return errors
-    shown = stored if isinstance(stored, str) else repr(stored)
-    return [
-        {"type": "CorruptRecord", "message": f"stored error history is not a list of records: {shown[:200]}"}
-    ]
+    try:
+        shown = msgspec.json.encode(errors).decode()
+    except (TypeError, RecursionError):
+        shown = type(errors).__name__
+    return [corrupt_error(f"stored error history is not a list of records: {shown[:200]}")]
+
+
+#: States a SQL row may hold; any other reads as ``dead`` (see ``job_row``).
+_ROW_STATES = frozenset({"pending", "running", "succeeded", "dead", "cancelled"})
 
 
 def job_row(row: Sequence[Any], now: float, errors: list[dict[str, Any]]) -> JobInfo:
     """A SQL job row as a JobInfo; a pending job is ready once due at ``now``. A row holds id,
     task, queue, priority, state, payload, attempt, max_attempts, run_at, enqueued_at, started_at,
-    finished_at, key, result, errors (decoded by the caller: ``errors``), worker, lease_until."""
-    state = row[4]
+    finished_at, key, result, errors (decoded by the caller: ``errors``), worker, lease_until.
+    Fields of the wrong type are read as their type; a state no version of Conveyor writes is
+    listed as ``dead`` with a CorruptRecord error saying what was stored."""
+    state = as_text(row[4])
+    run_at = as_float(row[8])
     if state in ("pending", "parked"):  # parked: pending, set aside while its task is paused
-        state = "ready" if row[8] <= now else "scheduled"
+        state = "ready" if run_at <= now else "scheduled"
+    elif state not in _ROW_STATES:
+        errors = [*errors, corrupt_error(f"unknown stored state {state[:100]!r}")]
+        state = "dead"
     return JobInfo(
-        id=row[0],
-        task=row[1],
-        queue=row[2],
-        priority=row[3],
-        state=state,
-        payload=bytes(row[5]),
-        attempt=row[6],
-        max_attempts=row[7],
-        run_at=row[8],
-        enqueued_at=row[9],
-        started_at=row[10],
-        finished_at=row[11],
-        key=row[12],
-        result=None if row[13] is None else bytes(row[13]),
+        id=as_text(row[0]),
+        task=as_text(row[1]),
+        queue=as_text(row[2]),
+        priority=as_int(row[3]),
+        state=state,  # type: ignore[arg-type]  # checked above
+        payload=as_blob(row[5]),
+        attempt=as_int(row[6]),
+        max_attempts=as_int(row[7]),
+        run_at=run_at,
+        enqueued_at=as_float(row[9]),
+        started_at=None if row[10] is None else as_float(row[10]),
+        finished_at=None if row[11] is None else as_float(row[11]),
+        key=None if row[12] is None else as_text(row[12]),
+        result=None if row[13] is None else as_blob(row[13]),
         errors=errors,
-        worker=row[15],
-        lease_until=row[16],
+        worker=None if row[15] is None else as_text(row[15]),
+        lease_until=None if row[16] is None else as_float(row[16]),
     )
+
+
+# A stored field as the type the contract gives it, whatever the store held (SQLite keeps any
+# value in any column; a PostgreSQL column may hold NaN). Never ``bytes(n)`` of a number, which
+# allocates n bytes.
+
+
+def as_text(value: Any) -> str:
+    """Text as itself, bytes decoded (U+FFFD where not UTF-8), anything else as its digits."""
+    if type(value) is str:
+        return value
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode("utf-8", "replace")
+    return "" if value is None else str(value)
+
+
+def as_blob(value: Any) -> bytes:
+    """Bytes as themselves, text as UTF-8, a number as its digits (never n zero bytes)."""
+    if type(value) is bytes:
+        return value
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace")
+    return b"" if value is None else str(value).encode()
+
+
+def as_int(value: Any) -> int:
+    """An int as itself, a finite float truncated, digits parsed; anything else 0."""
+    if type(value) is int:
+        return value
+    if isinstance(value, float):
+        return int(value) if math.isfinite(value) else 0
+    if isinstance(value, str | bytes):
+        try:
+            return int(value)
+        except ValueError:
+            return 0
+    return 0
+
+
+def as_float(value: Any) -> float:
+    """A float as itself, an int converted, a number's text parsed; anything else NaN."""
+    if type(value) is float:
+        return value
+    if isinstance(value, int):
+        return float(value)
+    if isinstance(value, str | bytes):
+        try:
+            return float(value)
+        except ValueError:
+            return math.nan
+    return math.nan

@@ -19,12 +19,13 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from conveyor import serializer
+from conveyor.brokers import backpressure
 from conveyor.brokers import sqlite_limits as limiter
 from conveyor.brokers import sqlite_lock as writer_lock
 from conveyor.brokers.base import (
@@ -32,6 +33,9 @@ from conveyor.brokers.base import (
     WHOLE_QUEUE,
     Broker,
     Lease,
+    as_float,
+    as_int,
+    as_text,
     claimed,
     duplicate_id,
     errors_of,
@@ -83,6 +87,10 @@ _COUNT_GROUPED = """
 SELECT count(*) FROM (SELECT 1 FROM conveyor_jobs
                        WHERE state = 'pending' AND queue = ? AND priority = ? AND run_at <= ? AND grp IS NOT NULL
                        LIMIT ?)
+"""
+# A queue's pending (ready or scheduled) jobs, counted up to a bound: the max_queued check.
+_COUNT_PENDING = """
+SELECT count(*) FROM (SELECT 1 FROM conveyor_jobs WHERE state = 'pending' AND queue = ? LIMIT ?)
 """
 # The next stored level above a given one, among a queue's pending jobs: one index probe.
 _LEVEL_ABOVE = """
@@ -212,8 +220,13 @@ class SQLiteBroker(Broker):
     # -- enqueue -----------------------------------------------------------------------------
 
     def enqueue(
-        self, messages: Sequence[Message], now: float | None = None, connection: Any = None
+        self,
+        messages: Sequence[Message],
+        now: float | None = None,
+        connection: Any = None,
+        max_queued: Mapping[str, int] | None = None,
     ) -> list[Enqueued]:
+        caps = backpressure.capped(messages, max_queued)
         if connection is not None:
             if not isinstance(connection, sqlite3.Connection):
                 raise ConfigurationError("connection must be a sqlite3.Connection to the store's file")
@@ -222,6 +235,7 @@ class SQLiteBroker(Broker):
             connection.execute("SAVEPOINT conveyor_enqueue")
             try:
                 out = self._insert(connection, messages, time.time() if now is None else now)
+                _check_caps(connection, messages, out, caps)
             except BaseException:
                 connection.execute("ROLLBACK TO conveyor_enqueue")
                 connection.execute("RELEASE conveyor_enqueue")
@@ -230,6 +244,7 @@ class SQLiteBroker(Broker):
         else:
             with self._write() as db:  # the clock read once the write lock is held
                 out = self._insert(db, messages, time.time() if now is None else now)
+                _check_caps(db, messages, out, caps)
         if any(e.created for e in out):
             self._notify({m.queue for m in messages})
         return out
@@ -363,10 +378,11 @@ class SQLiteBroker(Broker):
                         " AND priority > ? AND grp IS NULL ORDER BY priority, run_at LIMIT 1",
                         (q, level),
                     ).fetchone()
-                    if row is None:
+                    if row is None or not _next_level(row[0], level):
                         break
                     level = row[0]
-                    dues.append(row[1])
+                    if type(row[1]) is float or type(row[1]) is int:
+                        dues.append(row[1])
             for due in dues:
                 if due is not None:
                     best = due if best is None else min(best, due)
@@ -542,7 +558,11 @@ class SQLiteBroker(Broker):
                 " WHERE state = 'running' AND lease_until < ?",
                 (now,),
             ).fetchall()
-            for job_id, token, attempt, max_attempts, worker in expired:
+            for job_id, token, stored_attempt, stored_max, stored_worker in expired:
+                # Read as their types: a corrupt row is reclaimed like the rest, never stops the
+                # sweep (its token is matched as stored).
+                attempt, max_attempts = as_int(stored_attempt), as_int(stored_max)
+                worker = None if stored_worker is None else as_text(stored_worker)
                 error = serializer.dumps(
                     {
                         "attempt": attempt,
@@ -625,10 +645,13 @@ class SQLiteBroker(Broker):
         for q in queues or ():
             by_queue[q] = ({}, [])
         for queue, priority, state, count, oldest in rows:
-            counts, ages = by_queue.setdefault(queue, ({}, []))
-            counts.setdefault(state, {})[priority] = count
+            # A corrupt row's fields read as their types (see base.job_row), counted with the rest.
+            counts, ages = by_queue.setdefault(as_text(queue), ({}, []))
+            per_level = counts.setdefault(as_text(state), {})
+            level = as_int(priority)
+            per_level[level] = per_level.get(level, 0) + count
             if oldest is not None:
-                ages.append(now - oldest)
+                ages.append(now - as_float(oldest))
         held = limiter.held_back(self._db(), list(by_queue), now)
         return [
             QueueStats(
@@ -853,6 +876,8 @@ def _served(db: sqlite3.Connection, queue: str, levels: int) -> list[list[int]]:
     served = [[level] for level in range(levels)]
     level = levels - 1
     while (row := db.execute(_LEVEL_ABOVE, {"queue": queue, "level": level}).fetchone())[0] is not None:
+        if not _next_level(row[0], level):
+            break
         level = row[0]
         served[-1].append(level)
     return served
@@ -892,6 +917,8 @@ def _park(
     group's head is parked by the claim that takes turns, see sqlite_limits.Claim.)"""
     level = -1
     while (row := db.execute(_LEVEL_ABOVE, {"queue": queue, "level": level}).fetchone())[0] is not None:
+        if not _next_level(row[0], level):
+            break
         level = row[0]
         free = 0  # the level's first due jobs of other tasks: they stay at its head
         while free < limit:
@@ -911,6 +938,25 @@ def _park(
                     return 0, False
             free += len(head) - len(held)
     return budget, True
+
+
+def _next_level(found: Any, level: int) -> bool:
+    """Whether a probe for the level above ``level`` found one. SQLite orders text and blobs
+    after every number, and a corrupt row's text priority that reads as a number (' 5') is
+    "above" itself: following it would probe the same row forever. Whole levels only, rising."""
+    return type(found) is int and found > level
+
+
+def _check_caps(
+    db: sqlite3.Connection, messages: Sequence[Message], out: Sequence[Enqueued], caps: dict[str, int]
+) -> None:
+    """Raise QueueFull (the caller rolls back) if the insert took a capped queue past its cap.
+    Writers hold the write lock in turn, so the count is exact: no producer overshoots."""
+    for queue, cap in caps.items():
+        adding = backpressure.added(messages, out, queue)
+        if adding:
+            (after,) = db.execute(_COUNT_PENDING, (queue, backpressure.count_limit(cap, adding))).fetchone()
+            backpressure.check(queue, after, cap, adding)
 
 
 def _job(row: Sequence[Any], now: float) -> JobInfo:

@@ -79,7 +79,7 @@ class Views:
         self.templates = templates
         self.store = store
         self.sampler = Sampler()
-        self.metrics = store_registry(lambda: app.broker, app.priorities)
+        self.metrics = store_registry(lambda: app.broker, app.priorities, app.max_queued)
 
     async def _read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await run_in_threadpool(fn, *args, **kwargs)

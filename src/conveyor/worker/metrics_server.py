@@ -73,7 +73,7 @@ class MetricsServer:
         self.directory = tempfile.mkdtemp(prefix="conveyor-metrics-")
         registry = CollectorRegistry(auto_describe=False)
         multiprocess.MultiProcessCollector(registry, path=self.directory)  # type: ignore[no-untyped-call]
-        registry.register(StoreCollector(lambda: app.broker, app.priorities))
+        registry.register(StoreCollector(lambda: app.broker, app.priorities, app.max_queued))
         #: Held while a scrape reads the files and while a dead child's files are folded.
         self._files = threading.Lock()
         handler = _handler(registry, credentials, client_timeout, self._files)

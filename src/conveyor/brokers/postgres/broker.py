@@ -14,7 +14,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -24,12 +24,14 @@ from psycopg.rows import tuple_row
 
 from conveyor import limits as buckets
 from conveyor import serializer
+from conveyor.brokers import backpressure
 from conveyor.brokers.availability import guarded, refused, unavailable
 from conveyor.brokers.base import (
     Broker,
     Lease,
     claimed,
     duplicate_id,
+    error_records,
     job_row,
     pause_target,
     pauses,
@@ -200,12 +202,20 @@ class PostgresBroker(Broker):
     # -- enqueue -----------------------------------------------------------------------------
 
     def enqueue(
-        self, messages: Sequence[Message], now: float | None = None, connection: Any = None
+        self,
+        messages: Sequence[Message],
+        now: float | None = None,
+        connection: Any = None,
+        max_queued: Mapping[str, int] | None = None,
     ) -> list[Enqueued]:
         if not messages:
             return []
+        caps = backpressure.capped(messages, max_queued)
         if connection is None:
             with self._connect() as conn:
+                if caps:
+                    with conn.pipeline(), conn.transaction():
+                        return self._insert_capped(conn, messages, now, caps)
                 if all(m.key is None and not m.limits for m in messages):
                     try:
                         return self._insert_unkeyed(conn, messages, now)  # one statement, one round trip
@@ -225,12 +235,40 @@ class PostgresBroker(Broker):
         # wake-up exist iff the caller commits. A key conflict undoes only this batch.
         connection.execute("SAVEPOINT conveyor_enqueue")
         try:
-            out = self._insert(connection, messages, now)
+            out = (
+                self._insert_capped(connection, messages, now, caps)
+                if caps
+                else self._insert(connection, messages, now)
+            )
         except BaseException:
             connection.execute("ROLLBACK TO SAVEPOINT conveyor_enqueue")
             connection.execute("RELEASE SAVEPOINT conveyor_enqueue")
             raise
         connection.execute("RELEASE SAVEPOINT conveyor_enqueue")
+        return out
+
+    def _insert_capped(
+        self, conn: Connection, messages: Sequence[Message], now: float | None, caps: dict[str, int]
+    ) -> list[Enqueued]:
+        """Insert in the open transaction into queues some of which are capped: lock the capped
+        queues (one advisory lock each, held to the end of the transaction), insert, count each
+        capped queue's pending jobs; QueueFull leaves the caller to roll back. Producers of a
+        capped queue take turns, so none overshoots its cap; uncapped queues never wait here."""
+        cur = conn.cursor(row_factory=tuple_row)
+        cur.execute(self._sql["lock_queues"], {"scope": self.target.schema, "queues": list(caps)})
+        out = self._insert(conn, messages, now)
+        adding = {q: backpressure.added(messages, out, q) for q in caps}
+        counted = [q for q in caps if adding[q]]
+        if counted:
+            rows = cur.execute(
+                self._sql["count_pending"],
+                {
+                    "queues": counted,
+                    "bounds": [backpressure.count_limit(caps[q], adding[q]) for q in counted],
+                },
+            ).fetchall()
+            for q, (after,) in zip(counted, rows, strict=True):
+                backpressure.check(q, after, caps[q], adding[q])
         return out
 
     def _insert_unkeyed(
@@ -924,4 +962,4 @@ def _columns(messages: Sequence[Message]) -> dict[str, list[Any]]:
 
 def _job(row: Sequence[Any]) -> JobInfo:
     """The server's clock (row[17]) decides ready or scheduled; jsonb errors arrive decoded."""
-    return job_row(row, row[17], row[14])
+    return job_row(row, row[17], error_records(row[14]))

@@ -70,6 +70,26 @@ SELECT count(pg_advisory_xact_lock(h))
          WHERE key IS NOT NULL
          ORDER BY h) AS hashed;
 
+-- name: lock_queues
+-- Before inserting into queues with a max_queued cap: one transaction-scoped advisory lock per
+-- capped queue, in one global order (before any key lock), so the producers of a capped queue
+-- insert and count in turn and no two both see room for its last places. Each statement of the
+-- next producer sees what the last committed. Uncapped queues take no lock.
+SELECT count(pg_advisory_xact_lock(h))
+  FROM (SELECT DISTINCT hashtextextended(%(scope)s || chr(30) || queue, 0) AS h
+          FROM unnest(%(queues)s::text[]) AS q (queue)
+         ORDER BY h) AS hashed;
+
+-- name: count_pending
+-- Pending (ready or scheduled) jobs of each queue, in order, each counted up to its bound: one
+-- range scan of the claim index each.
+SELECT (SELECT count(*)
+          FROM (SELECT 1 FROM {schema}.jobs
+                 WHERE state = 'pending' AND queue = w.queue
+                 LIMIT w.bound) AS capped)
+  FROM unnest(%(queues)s::text[], %(bounds)s::int[]) WITH ORDINALITY AS w (queue, bound, n)
+ ORDER BY w.n;
+
 -- name: enqueue_unkeyed
 -- The common case in one round trip: a batch without keys cannot conflict, so every message is
 -- inserted, and the queues are woken by the same statement (delivered when it commits).
@@ -163,7 +183,9 @@ WITH wanted AS (
               FOR UPDATE SKIP LOCKED) AS job
 )
 UPDATE {schema}.jobs AS j
-   SET state = 'running', attempt = attempt + 1, token = token + 1,
+   SET state = 'running',
+       attempt = CASE WHEN j.attempt < 2147483647 THEN j.attempt + 1 ELSE j.attempt END,
+       token = CASE WHEN j.token < 9223372036854775807 THEN j.token + 1 ELSE 0 END,
        lease_until = {now} + %(lease)s, worker = %(worker)s, started_at = {now}
   FROM picked
  WHERE j.id = picked.id
@@ -414,7 +436,7 @@ SELECT j.id FROM {schema}.jobs AS j JOIN l ON j.id = l.id AND j.token = l.token
 -- limits spent); their slots are freed and they rejoin their groups.
 WITH released AS (
     UPDATE {schema}.jobs AS j
-       SET state = 'pending', attempt = attempt - 1, lease_until = NULL, worker = NULL, started_at = NULL
+       SET state = 'pending', attempt = greatest(j.attempt, -2147483647) - 1, lease_until = NULL, worker = NULL, started_at = NULL
       FROM unnest(%(ids)b::text[], %(tokens)b::bigint[]) AS l (id, token)
      WHERE j.id = l.id AND j.token = l.token AND j.state = 'running'
     RETURNING j.queue, j.priority, j.grp, j.rules, j.held, j.run_at

@@ -233,7 +233,10 @@ BEGIN
     IF cardinality(chosen) > 0 THEN
         RETURN QUERY
         UPDATE {schema}.jobs AS j
-           SET state = 'running', attempt = j.attempt + 1, token = j.token + 1,
+           SET state = 'running',
+               -- Saturated: a stored maximum (a corrupt row) must not fail the reservation.
+               attempt = CASE WHEN j.attempt < 2147483647 THEN j.attempt + 1 ELSE j.attempt END,
+               token = CASE WHEN j.token < 9223372036854775807 THEN j.token + 1 ELSE 0 END,
                lease_until = clock + lease, worker = worker_id, started_at = clock
           FROM unnest(chosen) AS picked (id)
          WHERE j.id = picked.id
@@ -483,7 +486,10 @@ BEGIN
     IF cardinality(chosen) > 0 THEN
         RETURN QUERY
         UPDATE {schema}.jobs AS j
-           SET state = 'running', attempt = j.attempt + 1, token = j.token + 1,
+           SET state = 'running',
+               -- Saturated: a stored maximum (a corrupt row) must not fail the reservation.
+               attempt = CASE WHEN j.attempt < 2147483647 THEN j.attempt + 1 ELSE j.attempt END,
+               token = CASE WHEN j.token < 9223372036854775807 THEN j.token + 1 ELSE 0 END,
                lease_until = clock + lease, worker = worker_id, started_at = clock, held = NULL
           FROM unnest(chosen) AS picked (id)
          WHERE j.id = picked.id
@@ -1173,7 +1179,10 @@ BEGIN
     IF cardinality(chosen) > 0 THEN
         RETURN QUERY
         UPDATE {schema}.jobs AS j
-           SET state = 'running', attempt = j.attempt + 1, token = j.token + 1,
+           SET state = 'running',
+               -- Saturated: a stored maximum (a corrupt row) must not fail the reservation.
+               attempt = CASE WHEN j.attempt < 2147483647 THEN j.attempt + 1 ELSE j.attempt END,
+               token = CASE WHEN j.token < 9223372036854775807 THEN j.token + 1 ELSE 0 END,
                lease_until = clock + lease, worker = worker_id, started_at = clock, held = picked.held
           FROM unnest(chosen, helds) AS picked (id, held)
          WHERE j.id = picked.id

@@ -16,7 +16,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from redis.backoff import ExponentialBackoff, NoBackoff
@@ -29,12 +29,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from conveyor import serializer
+from conveyor.brokers import backpressure
 from conveyor.brokers.availability import guarded, refused, unavailable
 from conveyor.brokers.base import PARK_BUDGET, Broker, Lease, duplicate_id, pause_target, pauses, worker_infos
 from conveyor.brokers.redis.scripts import Call, Scripts
 from conveyor.brokers.redis.url import parse
 from conveyor.brokers.redis.wire import (
     DELIVERY_FIELDS,
+    FIELDS,
     LIMIT_FIELDS,
     adopt_fields,
     delivery,
@@ -50,7 +52,7 @@ from conveyor.brokers.redis.wire import (
     rows,
     rule_arg,
 )
-from conveyor.errors import ConfigurationError, ConveyorError, KeyConflict
+from conveyor.errors import ConfigurationError, ConveyorError, KeyConflict, QueueFull
 from conveyor.priority import Fairness
 from conveyor.records import (
     AckStatus,
@@ -81,6 +83,15 @@ _KEEPALIVE = (
     if hasattr(socket, "TCP_KEEPIDLE")
     else {}
 )
+
+
+def _level(raw: bytes) -> int | None:
+    """A priority level from a counts field; None for one that is not a whole number (a corrupt
+    record's priority, which the scripts filed its count under)."""
+    try:
+        return int(raw)
+    except ValueError:
+        return None
 
 
 @guarded
@@ -189,7 +200,11 @@ class RedisBroker(Broker):
     # -- enqueue -----------------------------------------------------------------------------
 
     def enqueue(
-        self, messages: Sequence[Message], now: float | None = None, connection: Any = None
+        self,
+        messages: Sequence[Message],
+        now: float | None = None,
+        connection: Any = None,
+        max_queued: Mapping[str, int] | None = None,
     ) -> list[Enqueued]:
         if connection is not None:
             raise ConfigurationError(
@@ -201,11 +216,13 @@ class RedisBroker(Broker):
         for i, m in enumerate(messages):
             by_queue.setdefault(m.queue, []).append(i)
         groups = self._slot_groups(list(by_queue))
-        if len(groups) > 1 and any(m.key is not None for m in messages):
+        caps = backpressure.capped(messages, max_queued)
+        if len(groups) > 1 and (caps or any(m.key is not None for m in messages)):
             raise ConfigurationError(
-                "a batch with idempotency keys must keep to queues of one hash slot on a Redis"
-                f" Cluster, to be stored all or nothing; queues {', '.join(sorted(by_queue))} are"
-                " in different slots: enqueue them one queue at a time"
+                f"a batch with {'a capped queue (max_queued)' if caps else 'idempotency keys'} must"
+                " keep to queues of one hash slot on a Redis Cluster, to be stored all or nothing;"
+                f" queues {', '.join(sorted(by_queue))} are in different slots: enqueue them one"
+                " queue at a time"
             )
         if len(by_queue) > 1:  # one id in two queues (a script plans one queue at a time)
             queue_of: dict[str, str] = {}
@@ -224,10 +241,15 @@ class RedisBroker(Broker):
                 args += packed_messages([messages[i] for i in by_queue[q]])
             if not self.target.cluster:  # the script looks up the ids in every queue
                 keys.append(self._queues_key)
+            if caps:
+                args += [caps.get(q, "") for q in group]
             calls.append(("enqueue", keys, args))
         out = [Enqueued(m.id, True) for m in messages]  # the script names only the others
         for group, reply in zip(groups, self._run(calls, durable=True), strict=True):
             raise_conflict(reply)
+            if reply[0] == b"full":
+                _, q, pending, cap, adding = reply
+                raise QueueFull(group[q - 1], pending, cap, adding)
             for n in range(1, len(reply), 3):
                 queue = group[reply[n] - 1]
                 out[by_queue[queue][reply[n + 1] - 1]] = Enqueued(reply[n + 2].decode(), False)
@@ -596,15 +618,18 @@ class RedisBroker(Broker):
             counts: dict[str, dict[int, int]] = {}
             oldest: float | None = None
             throttled = 0
-            for n in range(1, len(reply), 3):
-                state, level = reply[n].decode(), int(reply[n + 1])
+            for n in range(1, len(reply) - 2, 3):
+                state, level = reply[n].decode(errors="replace"), _level(reply[n + 1])
+                if level is None:  # a count filed under a corrupt record's priority
+                    continue
                 if state == "oldest":
                     due = float(reply[n + 2])
                     oldest = due if oldest is None else min(oldest, due)
                 elif state == "throttled":
                     throttled = int(reply[n + 2])
                 elif int(reply[n + 2]):
-                    counts.setdefault(state, {})[level] = int(reply[n + 2])
+                    per_level = counts.setdefault(state, {})
+                    per_level[level] = per_level.get(level, 0) + int(reply[n + 2])
             out.append(QueueStats(q, counts, None if oldest is None else clock - oldest, throttled))
         return sorted(out, key=lambda s: s.queue)
 
@@ -626,7 +651,7 @@ class RedisBroker(Broker):
             ]
         )
         found = [
-            (float(f[17]), job(f, q, float(reply[0])))
+            (float(f[17]) if len(f) == FIELDS and f[17] else 0.0, job(f, q, float(reply[0])))
             for q, reply in zip(names, replies, strict=True)
             for f in rows(reply, 1)
         ]

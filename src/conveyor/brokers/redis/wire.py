@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 
 from conveyor import limits, serializer
-from conveyor.brokers.base import Lease, duplicate_id, errors_of
+from conveyor.brokers.base import Lease, corrupt_error, duplicate_id, errors_of
 from conveyor.errors import ConfigurationError, KeyConflict
 from conveyor.records import Delivery, JobInfo, LimitInfo, Message, Outcome, Rule, State
 
@@ -177,16 +177,32 @@ def _delivery(f: list[Any], queue: str) -> Delivery:
         id=f[0].decode(),
         task=f[1].decode(errors="replace"),
         queue=queue,
-        priority=f[2],
-        payload=f[3],
-        attempt=f[4],
-        max_attempts=f[5],
-        token=f[6],
+        priority=_int(f[2]),
+        payload=_bytes(f[3]),
+        attempt=_int(f[4]),
+        max_attempts=_int(f[5]),
+        token=_int(f[6]),
         run_at=run_at,
         enqueued_at=float(f[8]) if f[8] else run_at,
         key=text_or_none(f[9]),
         throttled=int(f[10]),
     )
+
+
+def _int(value: Any) -> int:
+    """A reply field that must be an integer (a record's number, as Redis returns it)."""
+    if type(value) is int:
+        return value
+    if isinstance(value, bytes):
+        return int(value)  # ValueError for anything but digits: the record is corrupt
+    raise TypeError(f"expected an integer, got {type(value).__name__}")
+
+
+def _bytes(value: Any) -> bytes:
+    """A reply field that must be a string; never ``bytes(n)`` of a number (n zero bytes)."""
+    if isinstance(value, bytes):
+        return value
+    raise TypeError(f"expected a string, got {type(value).__name__}")
 
 
 def job(f: list[Any], queue: str, now: float) -> JobInfo:
@@ -199,7 +215,7 @@ def job(f: list[Any], queue: str, now: float) -> JobInfo:
             id=job_id, task=CORRUPT_TASK, queue=queue, priority=0, state="dead", payload=b"",
             attempt=0, max_attempts=0, run_at=0.0, enqueued_at=0.0, started_at=None,
             finished_at=None, key=None, result=None, worker=None, lease_until=None,
-            errors=[{"type": "CorruptRecord", "message": f"stored record does not parse: {exc}"}],
+            errors=[corrupt_error(f"stored record does not parse: {exc}")],
         )  # fmt: skip
 
 
@@ -210,11 +226,11 @@ def _job(f: list[Any], queue: str, now: float) -> JobInfo:
         id=f[0].decode(errors="replace"),
         task=f[1].decode(errors="replace"),
         queue=queue,
-        priority=int(f[2]),
+        priority=_int(f[2]),
         state=state,
-        payload=bytes(f[4]),
-        attempt=int(f[5]),
-        max_attempts=int(f[6]),
+        payload=_bytes(f[4]),
+        attempt=_int(f[5]),
+        max_attempts=_int(f[6]),
         run_at=run_at,
         enqueued_at=float(f[9]),
         started_at=float_or_none(f[10]),
