@@ -68,6 +68,16 @@ bench: $(STAMP)
 		name=$${url%%:*}; $(BIN)/conveyor bench "$$url" --json bench/results/$$name.json || exit 1; \
 	done
 
+# bench/limits.py (rate accuracy, cost of limits that do not bind, fairness between tenants) through
+# real worker processes on each backend of this machine; its own file, schema and Redis db.
+BENCH_LIMITS_URLS ?= sqlite:////tmp/conveyor-bench-limits.db postgresql://postgres@127.0.0.1:5432/test?schema=conveyor_bench_limits redis://127.0.0.1:6379/15
+.PHONY: bench-limits
+bench-limits: $(STAMP)
+	mkdir -p bench/results
+	for url in $(BENCH_LIMITS_URLS); do \
+		name=$${url%%:*}; $(BIN)/python bench/limits.py "$$url" --json bench/results/limits-$$name.json || exit 1; \
+	done
+
 clean:
 	rm -rf $(VENV) conveyor-demo.db*
 

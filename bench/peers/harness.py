@@ -1,8 +1,8 @@
 """One phase of the peer protocol for one peer, run inside that peer's own virtualenv.
 
-    <venv>/bin/python bench/peers/harness.py PEER PHASE [--tasks N] [--backlog B] [--samples S]
+    <venv>/bin/python bench/peers/harness.py PEER PHASE [--tasks N] [--backlog B] [--samples S] [--rate R]
 
-PHASE is ``throughput``, ``priority`` or ``delay``. Prints one JSON object on the last line of stdout.
+PHASE is ``throughput``, ``priority``, ``delay`` or ``rate``. Prints one JSON object on the last line of stdout.
 The peer's module ``peer_<PEER>.py`` (next to this file) gives the store, the enqueue calls and the
 worker command; every task does the same one Redis round trip (``probe.py``), which is the completion
 and timing signal for every peer alike. ``run.py`` drives this for every peer.
@@ -182,20 +182,63 @@ def delay(mod: Any, peer: str, r: redis.Redis, samples: int) -> dict[str, Any]:
     }
 
 
+def rate(mod: Any, peer: str, r: redis.Redis, per_second: float, n: int) -> dict[str, Any]:
+    """``n`` tasks of a task declared with a rate limit of ``per_second`` (the peer's own rate
+    limit: ``PEER_RATE`` in the environment of the peer's module and its workers), drained by the
+    WORKERS worker processes, for at most twice the time the limit needs plus 30 s (a peer far
+    below its limit is measured on what it started by then). Each task records when its body
+    began (``RPUSH bench:r <time>``)."""
+    mod.enqueue_batch("r", n)
+    budget = 2 * n / per_second + 30
+    workers = Workers(mod, peer, "rate")
+    try:
+        wait_for(lambda: r.llen("bench:r") >= 1, 120, workers, "the first rate-limited task")
+        with contextlib.suppress(TimeoutError):
+            wait_for(lambda: r.llen("bench:r") >= n, budget, workers, f"{n} rate-limited tasks")
+        if peer.startswith("conveyor"):  # its Redis db 13 is never flushed: drain the queue
+            wait_for(lambda: r.llen("bench:r") >= n, 120, workers, "the rest of the rate-limited tasks")
+    finally:
+        workers.stop()
+    starts = sorted(float(x) for x in r.lrange("bench:r", 0, -1))
+    done = len(starts)
+    span = starts[-1] - starts[0]
+    most, j = 0, 0
+    for i, first in enumerate(starts):  # the most starts in any window of 1 s
+        while j < len(starts) and starts[j] < first + 1.0:
+            j += 1
+        most = max(most, j - i)
+    achieved = (done - 1) / span if span > 0 else float("inf")
+    return {
+        "tasks": n,
+        "started": done,
+        "requested_per_s": per_second,
+        "achieved_per_s": achieved,
+        "achieved_over_requested": achieved / per_second,
+        "max_in_1s": most,
+        "span_s": span,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("peer")
-    parser.add_argument("phase", choices=["throughput", "priority", "delay", "info"])
+    parser.add_argument("phase", choices=["throughput", "priority", "delay", "rate", "info"])
     parser.add_argument("--tasks", type=int, default=20000)
     parser.add_argument("--backlog", type=int, default=20000)
     parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument("--rate", type=float, default=50.0, help="the rate limit (tasks/s) of the rate phase")
     args = parser.parse_args()
     # SIGTERM (run.py giving up on a phase) unwinds through the finally blocks that stop the workers
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     os.environ["PEER_PHASE"] = args.phase
+    # read by the peer's module (and its workers) in the rate phase
+    os.environ["PEER_RATE"] = f"{args.rate:g}"
     sys.path.insert(0, str(HERE))
     mod = importlib.import_module("peer_" + args.peer.split("-")[0])
-    info = {k.lower(): getattr(mod, k) for k in ("STORE", "ENQUEUE", "CONCURRENCY", "PRIORITY", "DELAY")}
+    info = {
+        k.lower(): getattr(mod, k, None)
+        for k in ("STORE", "ENQUEUE", "CONCURRENCY", "PRIORITY", "DELAY", "RATE")
+    }
     if args.phase == "info":
         print(json.dumps(info))
         return
@@ -209,6 +252,8 @@ def main() -> None:
             result = throughput(mod, args.peer, r, args.tasks)
         elif args.phase == "priority":
             result = priority(mod, args.peer, r, args.backlog, args.samples)
+        elif args.phase == "rate":
+            result = rate(mod, args.peer, r, args.rate, args.tasks)
         else:
             result = delay(mod, args.peer, r, args.samples)
     finally:

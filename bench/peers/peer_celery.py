@@ -18,6 +18,7 @@ PRIORITY = (
     "priority=0 (high) / 9 (low) with queue_order_strategy='priority', prefetch multiplier 1, acks_late"
 )
 DELAY = "apply_async(eta=...)"
+RATE = "@app.task(rate_limit='R/s'): a token bucket in each worker process (not shared)"
 
 app = Celery("peers", broker="redis://127.0.0.1:6379/14")
 app.conf.update(
@@ -36,7 +37,11 @@ if PHASE == "priority":
     }
 
 
-@app.task(name="t", ignore_result=True)
+# the rate phase's limit; Celery enforces it per worker process (a consumer's own token bucket)
+RATE_LIMIT = f"{os.environ.get('PEER_RATE', '50')}/s" if PHASE == "rate" else None
+
+
+@app.task(name="t", ignore_result=True, rate_limit=RATE_LIMIT)
 def t(kind: str, ref: float) -> None:
     probe.record(kind, ref)
 

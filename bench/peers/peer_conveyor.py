@@ -11,7 +11,7 @@ import sys
 
 import probe
 
-from conveyor import Conveyor
+from conveyor import Conveyor, Limit
 
 URL = os.environ["CONVEYOR_URL"]
 STORE = URL.split(":")[0].replace("postgresql", "postgres")
@@ -19,12 +19,19 @@ ENQUEUE = "batched (app.enqueue_many, 1,000 per call)"
 CONCURRENCY = "concurrency 32 per worker process (python -m conveyor.worker.process), async task"
 PRIORITY = "priority='high' for high, 'low' for the backlog (levels high/normal/low, weights 6:3:1)"
 DELAY = "enqueue(run_at=Unix time)"
+RATE = "@app.task(limits=[Limit(rate=R)]): one token bucket in the store, shared by every worker"
 QUEUE = os.environ.get("PEER_QUEUE", "peersbench")
 
 app = Conveyor(URL)
 
 
-@app.task(name="peers.t", queue=QUEUE)
+# the rate phase's limit (burst 1, like Celery's bucket); enforced by the store across workers
+LIMITS = (
+    [Limit(rate=float(os.environ.get("PEER_RATE", "50")))] if os.environ.get("PEER_PHASE") == "rate" else []
+)
+
+
+@app.task(name="peers.t", queue=QUEUE, limits=LIMITS)
 async def t(kind: str, ref: float) -> None:
     await probe.arecord(kind, ref)
 

@@ -1,6 +1,7 @@
 """Peer benchmark: the same throughput / priority / delay protocol against Conveyor and its peers.
 
-    python3 bench/peers/run.py [--peers celery,rq,...] [--tasks 20000] [--json out.json] [--md out.md]
+    python3 bench/peers/run.py [--peers celery,rq,...] [--phases throughput,priority,delay,rate]
+                               [--tasks 20000] [--rates 0.5,50] [--rate-seconds 40] [--json out.json] [--md out.md]
 
 Each peer runs in its own virtualenv (bench/peers/.venvs/<peer>, created on first use from
 requirements-<peer>.txt); Conveyor runs from the project's .venv. Redis peers use Redis db 14 (flushed
@@ -45,6 +46,7 @@ PEERS: dict[str, tuple[str, dict[str, str]]] = {
     "procrastinate-poll100ms": ("postgres", {"PROCRASTINATE_POLL": "0.1"}),
 }
 DEFAULT_PEERS = list(PEERS)
+PHASES = ["throughput", "priority", "delay", "rate"]
 
 
 def log(msg: str) -> None:
@@ -92,7 +94,7 @@ def reset_store(peer: str) -> None:
 def harness(peer: str, phase: str, *args: str, timeout: float = 1800) -> dict[str, Any]:
     env = os.environ | PEERS[peer][1]
     # a fresh Conveyor queue per phase: Redis db 13 is shared and never flushed here
-    env["PEER_QUEUE"] = f"peersbench-{phase}-{int(time.time())}"
+    env["PEER_QUEUE"] = f"peersbench-{phase}-{int(time.time() * 1000)}"
     cmd = [str(python_for(peer)), str(HERE / "harness.py"), peer, phase, *args]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=HERE)
     try:
@@ -112,7 +114,9 @@ def harness(peer: str, phase: str, *args: str, timeout: float = 1800) -> dict[st
     return json.loads(out.strip().splitlines()[-1])
 
 
-def run_peer(peer: str, tasks: int, samples: int) -> dict[str, Any]:
+def run_peer(
+    peer: str, tasks: int, samples: int, phases: list[str], rates: list[float], rate_seconds: float
+) -> dict[str, Any]:
     store = PEERS[peer][0]
     result: dict[str, Any] = {"peer": peer, "store": store, "errors": {}}
     if peer == "conveyor-redis":
@@ -132,10 +136,11 @@ def run_peer(peer: str, tasks: int, samples: int) -> dict[str, Any]:
     except Exception as exc:  # a peer that fails to install is reported, not fatal
         result["errors"]["install"] = str(exc)
         return result
-    for phase in ("throughput", "priority", "delay"):
-        if phase == "priority" and not result["info"]["priority"]:
+    for phase in phases:
+        if phase in ("priority", "delay", "rate") and not result["info"].get(phase):
             continue
-        if phase == "delay" and not result["info"]["delay"]:
+        if phase == "rate":
+            run_rates(peer, result, rates, rate_seconds)
             continue
         args = ["--tasks", str(tasks), "--samples", str(samples)]
         if phase == "priority":
@@ -151,6 +156,21 @@ def run_peer(peer: str, tasks: int, samples: int) -> dict[str, Any]:
             result["errors"][phase] = str(exc)
             log(f"{peer}: {phase} FAILED: {exc}")
     return result
+
+
+def run_rates(peer: str, result: dict[str, Any], rates: list[float], seconds: float) -> None:
+    """The rate phase once per rate, each on a fresh store: ``result["rate"]`` is a list."""
+    result["rate"] = []
+    for rate in rates:
+        log(f"{peer}: rate {rate:g}/s")
+        try:
+            reset_store(peer)
+            args = ["--rate", f"{rate:g}", "--tasks", str(max(2, round(rate * seconds)))]
+            result["rate"].append(harness(peer, "rate", *args))
+            log(f"{peer}: rate {json.dumps(result['rate'][-1])}")
+        except Exception as exc:
+            result["errors"][f"rate {rate:g}/s"] = str(exc)
+            log(f"{peer}: rate {rate:g}/s FAILED: {exc}")
 
 
 def fmt(value: float | None, digits: int = 0) -> str:
@@ -209,6 +229,24 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def rate_table(results: list[dict[str, Any]]) -> str:
+    lines = [
+        "| peer | store | rate limit | requested/s | achieved/s (÷ requested) | max starts in 1 s | started / queued |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        for x in r.get("rate") or []:
+            lines.append(
+                f"| {r['peer']} | {r['store']} | {r['info']['rate']} | {fmt(x['requested_per_s'], 1)} | "
+                f"{fmt(x['achieved_per_s'], 2)} ({x['achieved_over_requested']:.2f}) | {x['max_in_1s']} | "
+                f"{x['started']} / {x['tasks']} |"
+            )
+        for phase, error in r["errors"].items():
+            if phase.startswith("rate"):
+                lines.append(f"| {r['peer']} | {r['store']} | {phase} failed: {error[:120]} | | | | |")
+    return "\n".join(lines)
+
+
 def best(t: dict[str, Any]) -> float | None:
     one, batch = enqueue_rates(t)
     return max(x for x in (one, batch, 0.0) if x is not None) or None
@@ -238,13 +276,23 @@ def ratios(results: list[dict[str, Any]]) -> str:
 
 
 def report(results: list[dict[str, Any]], started: str, tasks: int) -> str:
-    return (
-        f"Peer benchmark, {started}, N={tasks} no-op tasks, 2 worker processes, "
-        f"{os.cpu_count()} CPUs, stores on this host. drain/s includes worker start-up; (steady) excludes it. "
-        f"Priority: start delay of 200 high tasks arriving every 20 ms behind a draining low backlog "
-        f"(its drain rate meanwhile in brackets). Delay: lateness of 200 tasks due 1-3 s ahead.\n\n"
-        f"{table(results)}\n\nRatios (same store, same run):\n\n{ratios(results)}\n"
-    )
+    text = ""
+    classic = ("throughput", "priority", "delay", "install")
+    if any(r.get(p) or p in r["errors"] for r in results for p in classic):
+        text += (
+            f"Peer benchmark, {started}, N={tasks} no-op tasks, 2 worker processes, "
+            f"{os.cpu_count()} CPUs, stores on this host. drain/s includes worker start-up; (steady) excludes it. "
+            f"Priority: start delay of 200 high tasks arriving every 20 ms behind a draining low backlog "
+            f"(its drain rate meanwhile in brackets). Delay: lateness of 200 tasks due 1-3 s ahead.\n\n"
+            f"{table(results)}\n\nRatios (same store, same run):\n\n{ratios(results)}\n"
+        )
+    if any(r.get("rate") or any(p.startswith("rate") for p in r["errors"]) for r in results):
+        text += (
+            f"{chr(10) if text else ''}Rate limits, {started}: a backlog of tasks declared with each peer's rate limit, "
+            f"drained by 2 worker processes (for at most twice the time the limit needs, plus 30 s); achieved = "
+            f"(started - 1) / (last start - first start), starts as each task body recorded them.\n\n{rate_table(results)}\n"
+        )
+    return text
 
 
 def main() -> None:
@@ -255,7 +303,14 @@ def main() -> None:
     parser.add_argument(
         "--peers", default=",".join(DEFAULT_PEERS), help="comma-separated, from: " + ", ".join(PEERS)
     )
+    parser.add_argument(
+        "--phases", default=",".join(PHASES), help="comma-separated, from: " + ", ".join(PHASES)
+    )
     parser.add_argument("--tasks", type=int, default=20000)
+    parser.add_argument("--rates", default="0.5,50", help="the rate phase's limits, tasks/s, comma-separated")
+    parser.add_argument(
+        "--rate-seconds", type=float, default=40.0, help="the rate phase's backlog, in seconds of --rate"
+    )
     parser.add_argument("--samples", type=int, default=200, help="high-priority and delayed tasks per test")
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--md", default=None, help="write the tables here (Markdown; default: beside --json)")
@@ -271,11 +326,15 @@ def main() -> None:
     unknown = [p for p in names if p not in PEERS]
     if unknown:
         parser.error(f"unknown peers: {', '.join(unknown)}")
+    phases = [p.strip() for p in args.phases.split(",") if p.strip()]
+    if unknown := [p for p in phases if p not in PHASES]:
+        parser.error(f"unknown phases: {', '.join(unknown)}")
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     results = []
     for peer in names:
         log(f"{peer}: start")
-        results.append(run_peer(peer, args.tasks, args.samples))
+        rates = [float(x) for x in args.rates.split(",") if x.strip()]
+        results.append(run_peer(peer, args.tasks, args.samples, phases, rates, args.rate_seconds))
         if args.json:  # keep what we have if a later peer hangs
             Path(args.json).write_text(
                 json.dumps({"started": started, "tasks": args.tasks, "results": results}, indent=2)

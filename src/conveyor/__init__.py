@@ -18,13 +18,15 @@ from conveyor.errors import (
     KeyConflict,
     PayloadTooLarge,
     QueueFull,
+    RateLimited,
     ResultTooLarge,
     Retry,
     SerializationError,
     StoreUnavailable,
     UnknownTask,
 )
-from conveyor.records import JobInfo, Message
+from conveyor.limits import Limit
+from conveyor.records import JobInfo, LimitInfo, Message, Rule
 from conveyor.retry import RetryPolicy
 
 __all__ = [
@@ -40,12 +42,16 @@ __all__ = [
     "JobInfo",
     "JobNotFound",
     "KeyConflict",
+    "Limit",
+    "LimitInfo",
     "Message",
     "PayloadTooLarge",
     "QueueFull",
+    "RateLimited",
     "ResultTooLarge",
     "Retry",
     "RetryPolicy",
+    "Rule",
     "SerializationError",
     "StoreUnavailable",
     "Task",

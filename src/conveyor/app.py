@@ -26,9 +26,10 @@ from conveyor.errors import (
     UnknownTask,
 )
 from conveyor.ids import new_id
+from conveyor.limits import MAX_THROTTLES, Limit, Limits, check_key, rule
 from conveyor.periodic import CatchUp, Schedule, on_time
 from conveyor.priority import DEFAULT_LEVELS, Priorities
-from conveyor.records import JobInfo, Message, Pause, State
+from conveyor.records import JobInfo, LimitInfo, Message, Pause, Rule, State
 from conveyor.retry import RetryPolicy
 
 P = ParamSpec("P")
@@ -119,6 +120,8 @@ class Conveyor:
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
         max_result: int | None = None,
+        limits: Iterable[Limit] | None = None,
+        max_throttles: int = MAX_THROTTLES,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(
@@ -131,6 +134,8 @@ class Conveyor:
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
         max_result: int | None = None,
+        limits: Iterable[Limit] | None = None,
+        max_throttles: int = MAX_THROTTLES,
     ) -> Any:
         """Register a function (sync or ``async def``) as a task.
 
@@ -142,10 +147,17 @@ class Conveyor:
             timeout: seconds an attempt may run before it fails with TimeoutError.
             max_result: largest encoded return value in bytes; defaults to the application's.
                 A larger one sends the job to the dead letter queue with ResultTooLarge.
+            limits: rate and concurrency limits (:class:`conveyor.Limit`), enforced by the store
+                across every worker; see docs/flow-control.md.
+            max_throttles: times a job may raise RateLimited before it is buried (default 100).
         """
 
         def register(f: Callable[..., Any]) -> Task[Any, Any]:
             t = Task(self, f, name=name, queue=queue, priority=priority, retry=retry, timeout=timeout)
+            t.limits = Limits(t.name, t.signature, limits)
+            if isinstance(max_throttles, bool) or not isinstance(max_throttles, int) or max_throttles < 0:
+                raise ConfigurationError(f"task {t.name!r}: max_throttles must be an int >= 0")
+            t.max_throttles = max_throttles
             t.max_result = None if max_result is None else _size(f"task {t.name!r}: max_result", max_result)
             if t.name in self.tasks:
                 raise ConfigurationError(f"a task named {t.name!r} is already registered")
@@ -240,6 +252,32 @@ class Conveyor:
         """:meth:`enqueue_many` for asyncio code; the store call runs off the event loop."""
         return await asyncio.to_thread(self.enqueue_many, list(messages))
 
+    def limit(
+        self,
+        queue: str,
+        key: str | None = None,
+        *,
+        rate: str | float | None = None,
+        burst: int | None = None,
+        concurrency: int | None = None,
+    ) -> None:
+        """Set a limit at run time, kept in the store and seen by every worker from its next claim.
+
+        Without ``key``, the limit is the queue's own and counts every job of the queue. With one,
+        it overrides the declared limit of that (rendered) key in the queue, for instance
+        ``app.limit("payments", "stripe:acct_9", rate="5/s")``, until :meth:`clear_limit`.
+        """
+        r = rule(check_key(key) if key is not None else "", rate, burst, concurrency)
+        self.broker.set_limit(_check_queue(queue), r)
+
+    def clear_limit(self, queue: str, key: str | None = None) -> bool:
+        """Remove a run-time limit (declared limits apply again); False if none was set."""
+        return self.broker.clear_limit(_check_queue(queue), check_key(key) if key is not None else "")
+
+    def limits(self, queue: str | None = None) -> list[LimitInfo]:
+        """The limit keys the store knows of, with their rule, running jobs and tokens now."""
+        return self.broker.limits(None if queue is None else _check_queue(queue))
+
     def job(self, job_id: str) -> Job:
         """A handle on an existing job."""
         return Job(self, job_id)
@@ -318,6 +356,9 @@ class Task(Generic[P, R]):
         self.timeout = timeout
         #: Largest encoded return value in bytes, or None for the application's ``max_result``.
         self.max_result: int | None = None
+        #: Its limits, rendered into each message (set by ``Conveyor.task``).
+        self.limits = Limits(self.name, self.signature, None)
+        self.max_throttles = MAX_THROTTLES
         self.is_async = inspect.iscoroutinefunction(fn)
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", self.name)
@@ -362,11 +403,16 @@ class Task(Generic[P, R]):
             and not kwargs
             and self._positional[0] <= len(args) <= self._positional[1]
         )
-        if not fits:
+        rules: tuple[Rule, ...] = ()
+        if not fits or self.limits.needs_arguments:
             try:
                 bound = self.signature.bind(*args, **kwargs)
             except TypeError as exc:
                 raise ArgumentError(f"{self.name}: {exc}") from None
+            if self.limits.needs_arguments:
+                with_defaults = self.signature.bind(*args, **kwargs)
+                with_defaults.apply_defaults()
+                rules = self.limits.render(with_defaults.arguments)
             if key is not None:
                 # A key's job is compared by payload: store the call in one canonical form (each
                 # argument positional where it can be, the rest by name, defaults not filled
@@ -384,6 +430,7 @@ class Task(Generic[P, R]):
             run_at=_check_run_at(run_at),
             key=_check_key(key),
             max_attempts=self.retry.max_attempts,
+            limits=rules or self.limits.render(None),
         )
 
     def enqueue(self, *args: Any, connection: Any = None, **kwargs: Any) -> Job:

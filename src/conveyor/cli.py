@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import msgspec
 from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
@@ -213,7 +214,8 @@ def enqueue(
 @click.option("--queue", "queues", multiple=True, help="Only these queues (repeatable).")
 @click.option("--watch", is_flag=True, help="Refresh every second until Ctrl-C.")
 def status(target: str, queues: tuple[str, ...], watch: bool) -> None:
-    """Per queue and priority: ready, scheduled, running, succeeded, dead, cancelled; oldest ready age."""
+    """Per queue and priority: ready, scheduled, running, succeeded, dead, cancelled; oldest ready
+    age; ready jobs that limits hold back (see `conveyor limits list`)."""
     app = _target(target)
     if not watch:
         console.print(_status(app, queues))
@@ -249,6 +251,7 @@ def _status_table(app: Conveyor, queues: tuple[str, ...]) -> Table:
     for state in STATES:
         table.add_column(state, justify="right")
     table.add_column("oldest ready", justify="right")
+    table.add_column("throttled", justify="right")
     stopped = {p.queue for p in app.broker.paused(list(queues) or None) if p.task is None}
     for qs in app.broker.stats(list(queues) or None):
         levels = sorted({p for per in qs.counts.values() for p in per})
@@ -256,7 +259,8 @@ def _status_table(app: Conveyor, queues: tuple[str, ...]) -> Table:
             age = f"{qs.oldest_ready_age:.1f} s" if i == 0 and qs.oldest_ready_age is not None else ""
             cells = [str(qs.counts.get(s, {}).get(level, 0)) for s in STATES]
             name = _plain(qs.queue) + (Text(" (paused)", style="yellow") if qs.queue in stopped else "")
-            table.add_row(name if i == 0 else "", app.priorities.name(level), *cells, age)
+            held = str(qs.throttled) if i == 0 and qs.throttled else ""
+            table.add_row(name if i == 0 else "", app.priorities.name(level), *cells, age, held)
     return table
 
 
@@ -600,3 +604,77 @@ def redis_acl(url: str, user: str | None) -> None:
     from conveyor.brokers.redis.acl import for_url
 
     click.echo(for_url(url, user))
+
+
+@main.group()
+def limits() -> None:
+    """Rate and concurrency limits in the store: list them, set or clear one at run time."""
+
+
+@limits.command("list")
+@click.argument("target", metavar="MODULE:APP|URL")
+@click.option("--queue", default=None, help="Only this queue.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def limits_list(target: str, queue: str | None, as_json: bool) -> None:
+    """Limit keys with their rule, running jobs, tokens now and any throttle."""
+    app = _target(target)
+    rows = app.limits(queue)
+    if as_json:
+        for info in rows:
+            click.echo(json.dumps(msgspec.to_builtins(info)))
+        return
+    table = Table(title=f"limits ({len(rows)} keys)")
+    for col in (
+        "queue",
+        "key",
+        "rate/s",
+        "burst",
+        "concurrency",
+        "running",
+        "tokens",
+        "throttled until",
+        "set",
+    ):
+        table.add_column(col)
+    for info in rows:
+        table.add_row(
+            _plain(info.queue),
+            _plain(info.key or "(queue)"),
+            f"{info.rate:g}" if info.rate else "-",
+            str(info.burst) if info.rate else "-",
+            str(info.concurrency or "-"),
+            str(info.running),
+            "-" if info.tokens is None else f"{info.tokens:g}",
+            _when(info.closed_until),
+            "run time" if info.override else "declared",
+        )
+    console.print(table)
+
+
+@limits.command("set")
+@click.argument("target", metavar="MODULE:APP|URL")
+@click.argument("queue")
+@click.argument("key", required=False)
+@click.option("--rate", default=None, help="Starts allowed: N/s, N/m, N/h, N/d.")
+@click.option("--burst", default=None, type=int, help="Starts allowed at once after an idle spell.")
+@click.option("--concurrency", default=None, type=int, help="Jobs running at once.")
+def limits_set(
+    target: str, queue: str, key: str | None, rate: str | None, burst: int | None, concurrency: int | None
+) -> None:
+    """Set a run-time limit on KEY in QUEUE (without KEY: on the whole queue); every worker
+    applies it from its next claim, until `conveyor limits clear`."""
+    app = _target(target)
+    app.limit(queue, key, rate=rate, burst=burst, concurrency=concurrency)
+    click.echo(f"limit set on {queue} {key or '(queue)'}")
+
+
+@limits.command("clear")
+@click.argument("target", metavar="MODULE:APP|URL")
+@click.argument("queue")
+@click.argument("key", required=False)
+def limits_clear(target: str, queue: str, key: str | None) -> None:
+    """Remove a run-time limit; the task's declared limit (if any) applies again."""
+    app = _target(target)
+    if not app.clear_limit(queue, key):
+        raise click.ClickException(f"no run-time limit on {queue} {key or '(queue)'}")
+    click.echo(f"limit cleared on {queue} {key or '(queue)'}")

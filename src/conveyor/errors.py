@@ -107,6 +107,21 @@ class Retry(Exception):
         self.delay = delay
 
 
+class RateLimited(Exception):
+    """Raise from a task when a service it calls says "too many requests": the attempt is not
+    counted, the job is due again in ``retry_after`` seconds, and every key of its limits is
+    closed to every worker until then (see docs/flow-control.md). A job throttled more than its
+    task's ``max_throttles`` times goes to the dead letter queue."""
+
+    def __init__(self, retry_after: float = 1.0, reason: str = "rate limited") -> None:
+        super().__init__(reason)
+        if not (0 <= retry_after <= 86400):
+            raise ConfigurationError(
+                f"RateLimited retry_after must be 0 to 86400 seconds, got {retry_after!r}"
+            )
+        self.retry_after = float(retry_after)
+
+
 class NotReplicated(ConveyorError):
     """A write reached the Redis primary but fewer replicas than ``wait_replicas`` confirmed it
     within ``wait_timeout``: it is stored, but a failover before it replicates would lose it."""

@@ -42,7 +42,8 @@ REFUSED = Counter(
 STARTED = Counter("conveyor_started", "Attempts started by workers.", ["queue", "priority", "task"])
 FINISHED = Counter(
     "conveyor_finished",
-    "Attempts finished, by outcome: succeeded, retry, dead, or lost (lease lost before the outcome landed).",
+    "Attempts finished, by outcome: succeeded, retry, dead, throttled (RateLimited, not counted as an"
+    " attempt), or lost (lease lost before the outcome landed).",
     ["queue", "task", "outcome"],
 )
 START_DELAY = Histogram(
@@ -178,17 +179,45 @@ class StoreCollector:
         oldest = GaugeMetricFamily(
             "conveyor_oldest_ready_age_seconds", "Age of the oldest ready job.", labels=["queue"]
         )
+        throttled = GaugeMetricFamily(
+            "conveyor_throttled_jobs",
+            "Ready jobs that rate or concurrency limits hold back now.",
+            labels=["queue"],
+        )
         for qs in broker.stats(now=now):
             for state, per_level in sorted(qs.counts.items()):
                 for level, count in sorted(per_level.items()):
                     depth.add_metric([qs.queue, self.priorities.name(level), state], count)
             dead.add_metric([qs.queue], qs.total("dead"))
+            throttled.add_metric([qs.queue], qs.throttled)
             oldest.add_metric([qs.queue], qs.oldest_ready_age or 0.0)
         workers = broker.workers(now=now)
         live = GaugeMetricFamily("conveyor_workers", "Worker processes with a live heartbeat.")
         live.add_metric([], len(workers))
         in_flight = GaugeMetricFamily("conveyor_worker_in_flight", "Tasks leased to live workers.")
         in_flight.add_metric([], sum(w.in_flight for w in workers))
+        tokens = GaugeMetricFamily(
+            "conveyor_limit_tokens",
+            "Starts a rate-limited key allows now (its bucket's tokens).",
+            labels=["queue", "key"],
+        )
+        running = GaugeMetricFamily(
+            "conveyor_limit_running",
+            "Jobs holding a slot of a concurrency-limited key.",
+            labels=["queue", "key"],
+        )
+        closed = GaugeMetricFamily(
+            "conveyor_limit_throttled",
+            "1 while a key is closed by a task's RateLimited, else 0.",
+            labels=["queue", "key"],
+        )
+        for info in broker.limits(now=now):
+            labels = [info.queue, info.key or "(queue)"]
+            if info.tokens is not None:
+                tokens.add_metric(labels, info.tokens)
+            if info.concurrency:
+                running.add_metric(labels, info.running)
+            closed.add_metric(labels, 1.0 if info.closed_until else 0.0)
         paused = GaugeMetricFamily(
             "conveyor_queue_paused",
             "1 for each paused queue (task empty) and each paused task of a queue.",
@@ -196,7 +225,7 @@ class StoreCollector:
         )
         for p in broker.paused():
             paused.add_metric([p.queue, p.task or ""], 1)
-        yield from (depth, dead, oldest, live, in_flight, paused)
+        yield from (depth, dead, oldest, throttled, live, in_flight, paused, tokens, running, closed)
         if self.max_queued:
             caps = GaugeMetricFamily(
                 "conveyor_queue_max_queued",

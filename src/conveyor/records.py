@@ -12,6 +12,19 @@ State = Literal["scheduled", "ready", "running", "succeeded", "dead", "cancelled
 TERMINAL: frozenset[str] = frozenset({"succeeded", "dead", "cancelled"})
 
 
+class Rule(msgspec.Struct, frozen=True, array_like=True):
+    """One limit of a job as rendered at enqueue: its key and what the key allows.
+
+    ``rate`` is starts per second (0: no rate limit), ``burst`` the tokens a key saves when idle,
+    ``concurrency`` how many may run at once (0: no concurrency limit). See docs/flow-control.md.
+    """
+
+    key: str
+    rate: float = 0.0
+    burst: int = 1
+    concurrency: int = 0
+
+
 class Message(msgspec.Struct, frozen=True):
     """A task call ready to be stored; built by ``task.message(...)``."""
 
@@ -31,6 +44,9 @@ class Message(msgspec.Struct, frozen=True):
     #: Idempotency key, or None.
     key: str | None = None
     max_attempts: int = 5
+    #: The task's limits rendered for this call (see conveyor.limits); the job's group, which
+    #: fairness takes turns between, is their keys (``group_of``).
+    limits: tuple[Rule, ...] = ()
 
 
 class Enqueued(msgspec.Struct, frozen=True):
@@ -57,6 +73,8 @@ class Delivery(msgspec.Struct, frozen=True):
     run_at: float
     enqueued_at: float
     key: str | None = None
+    #: Times this job ended an attempt with RateLimited (not counted as attempts).
+    throttled: int = 0
 
 
 class Outcome(msgspec.Struct, frozen=True):
@@ -64,12 +82,14 @@ class Outcome(msgspec.Struct, frozen=True):
 
     ``kind`` is ``succeeded`` (with ``result``, ``effects`` and follow-up ``enqueues`` committed
     atomically with it), ``retry`` (due again ``delay`` seconds from the store's now, ``error``
-    recorded) or ``dead`` (moved to the dead letter queue, ``error`` recorded).
+    recorded), ``dead`` (moved to the dead letter queue, ``error`` recorded) or ``throttled``
+    (due again ``delay`` seconds from the store's now with its attempt not counted, and every key
+    of its limits closed until then; ``error`` recorded).
     """
 
     id: str
     token: int
-    kind: Literal["succeeded", "retry", "dead"]
+    kind: Literal["succeeded", "retry", "dead", "throttled"]
     result: bytes | None = None
     delay: float = 0.0
     error: dict[str, Any] | None = None
@@ -119,6 +139,10 @@ class QueueStats(msgspec.Struct, frozen=True):
     queue: str
     counts: dict[str, dict[int, int]]
     oldest_ready_age: float | None
+    #: Ready jobs that limits hold back now (counted among ``ready``): those of groups waiting
+    #: for a token, a slot or a throttle's end as of the last claim that examined them, or all
+    #: of them while the queue's own limit allows no start.
+    throttled: int = 0
 
     def total(self, state: str) -> int:
         """Jobs in ``state`` over all priorities."""
@@ -159,3 +183,23 @@ class WorkerInfo(msgspec.Struct, frozen=True):
     #: The same outcomes (succeeded, retry, dead, lost) per queue and priority level
     #: (``outcomes[queue][str(level)][outcome]``; str keys keep it plain JSON).
     outcomes: dict[str, dict[str, dict[str, int]]] = {}
+
+
+class LimitInfo(msgspec.Struct, frozen=True):
+    """One limit key of a queue as the store sees it now (``conveyor limits``).
+
+    ``key`` is "" for the queue's own limit. ``rate``, ``burst`` and ``concurrency`` are the
+    effective rule (0: none); ``override`` says a run-time limit set them. ``tokens`` is how
+    many starts the bucket allows now (None without a rate), ``running`` the jobs holding a slot, ``closed_until`` the
+    end of a RateLimited throttle (or None).
+    """
+
+    queue: str
+    key: str
+    rate: float
+    burst: int
+    concurrency: int
+    override: bool
+    running: int
+    tokens: float | None
+    closed_until: float | None = None

@@ -15,9 +15,10 @@ import re
 import time
 from collections.abc import Sequence
 
+from conveyor import limits as _limits
 from conveyor.errors import ConfigurationError
 from conveyor.priority import Priorities
-from conveyor.records import Message
+from conveyor.records import Message, Rule
 
 #: Job ids as ``conveyor.ids.new_id`` makes them: 26 Crockford base32 digits.
 JOB_ID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
@@ -65,6 +66,7 @@ def messages(
             and (m.key is None or (type(m.key) is str and 0 < len(m.key) <= MAX_KEY_LENGTH))
             and type(m.max_attempts) is int
             and 1 <= m.max_attempts <= MAX_ATTEMPTS
+            and (m.limits == () or _rules_problem(m.limits) is None)
         ):
             if type(m) is not Message:
                 raise InvalidMessage(f"message {index}: a conveyor.records.Message, not {type(m).__name__}")
@@ -96,4 +98,37 @@ def _problem(m: Message, priorities: Priorities, max_payload: int, now: float) -
         return f"key: a non-empty str of at most {MAX_KEY_LENGTH} characters"
     if type(m.max_attempts) is not int or not 1 <= m.max_attempts <= MAX_ATTEMPTS:
         return f"max_attempts: an int between 1 and {MAX_ATTEMPTS}"
+    if m.limits != ():
+        return _rules_problem(m.limits)
+    return None
+
+
+def _rules_problem(rules: object) -> str | None:
+    """Why a message's limits are not servable, or None."""
+    if type(rules) is not tuple or not 0 < len(rules) <= _limits.MAX_LIMITS:
+        return f"limits: a tuple of at most {_limits.MAX_LIMITS} conveyor.Rule"
+    keys = set()
+    for r in rules:
+        if type(r) is not Rule:
+            return "limits: conveyor.Rule items"
+        try:
+            _limits.check_key(r.key)
+        except ConfigurationError as exc:
+            return f"limits: {exc}"
+        if r.key in keys:
+            return f"limits: the key {r.key!r:.80} twice"
+        keys.add(r.key)
+        if not (
+            type(r.rate) in (int, float)
+            and 0 <= r.rate <= _limits.MAX_RATE
+            and type(r.burst) is int
+            and 1 <= r.burst <= _limits.MAX_COUNT
+            and type(r.concurrency) is int
+            and 0 <= r.concurrency <= _limits.MAX_COUNT
+            and (r.rate > 0 or r.concurrency > 0)
+        ):
+            return (
+                f"limits: {r.key!r:.80}: rate 0..{_limits.MAX_RATE:g} per second, burst and"
+                f" concurrency 0..{_limits.MAX_COUNT}, a rate or a concurrency"
+            )
     return None

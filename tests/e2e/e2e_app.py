@@ -14,7 +14,7 @@ from pathlib import Path
 from types import FrameType
 
 import conveyor.brokers
-from conveyor import Conveyor, RetryPolicy, current_job
+from conveyor import Conveyor, Limit, RateLimited, RetryPolicy, current_job
 
 app = Conveyor()  # CONVEYOR_URL, set by the test
 
@@ -206,3 +206,44 @@ def second_once() -> None:
 def login(user: str, password: str) -> None:
     """Fails repeating its secret argument, as careless error messages do."""
     raise PermissionError(f"login refused for {user} with password {password}")
+
+
+# -- limits (tests/e2e/test_limits_e2e.py) --------------------------------------------------------
+
+
+def _spans(line: str) -> None:
+    """Append one line to $E2E_SPANS atomically."""
+    fd = os.open(os.environ["E2E_SPANS"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+@app.task(queue="rated", limits=[Limit(rate="200/s", burst=20)])
+def rated(n: int) -> int:
+    return n
+
+
+@app.task(queue="slots", limits=[Limit(key="acct:{account}", concurrency=2)])
+def per_account(account: str, seconds: float) -> None:
+    """Record this execution's start and end on the store's clock: ``account start end``."""
+    start = app.broker.time()
+    time.sleep(seconds)
+    _spans(f"{account} {start!r} {app.broker.time()!r}\n")
+
+
+@app.task(queue="throttled", limits=[Limit(key="api:{service}", rate="1000/s")], max_throttles=3)
+def call_api(service: str, n: int, throttle: str) -> int:
+    """Raise RateLimited once per job (``throttle`` "once") or on every execution ("always")."""
+    marker = Path(os.environ["E2E_SPANS"]).with_name(f"throttled-{service}-{n}")
+    if throttle == "always" or not marker.exists():
+        marker.touch()
+        _spans(f"{service} {n} {app.broker.time()!r}\n")
+        raise RateLimited(retry_after=0.3)
+    return n
+
+
+@app.task(queue="tenants", limits=[Limit(key="tenant:{tenant}", concurrency=10_000)])
+def tenant_job(tenant: str, seconds: float = 0.002) -> None:
+    time.sleep(seconds)

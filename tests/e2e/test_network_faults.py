@@ -39,7 +39,7 @@ CONFIG = {"lease": LEASE, "heartbeat": HEARTBEAT, "reclaim_interval": RECLAIM, "
 #: Client bytes of each request, sent when a connection first runs it (PostgreSQL sends a
 #: statement's text until it is prepared) or on every call (Redis: the script's sha).
 PATTERNS = {
-    ("postgres", "reserve"): b".reserve(",
+    ("postgres", "reserve"): b".reserve_unpaused(",
     ("postgres", "ack"): b".ledger (n)",  # the task's effect, inside the ack's transaction
     ("postgres", "heartbeat"): b"SET lease_until = ",
 }

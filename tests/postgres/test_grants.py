@@ -19,7 +19,7 @@ from conveyor.brokers.postgres.migrate import migrations
 from conveyor.errors import ConfigurationError
 from conveyor.ids import new_id
 from conveyor.priority import Fairness
-from conveyor.records import Message, Outcome, WorkerInfo
+from conveyor.records import Message, Outcome, Rule, WorkerInfo
 
 
 def documented_grants(schema: str, role: str) -> list[str]:
@@ -102,6 +102,25 @@ def test_a_worker_role_with_the_documented_grants_runs_every_operation(admin, st
         broker.wait(["q"], 5)
         woken.join()
         assert time.monotonic() - start < 1
+        # Limits: their tables and functions are covered by the grants too.
+        broker.set_limit("lim", Rule(key="", concurrency=5))
+        limited = [
+            Message(
+                id=new_id(), task="t", queue="lim", priority=1, payload=b"[]", limits=(Rule("k", 10.0, 2, 1),)
+            )
+            for _ in range(3)
+        ]
+        broker.enqueue(limited)
+        (first,) = broker.reserve(["lim"], 3, 30, "w", fairness)
+        assert broker.reserve(["lim"], 3, 30, "w", fairness) == []  # k's one slot is held
+        assert (
+            broker.ack([Outcome(first.id, first.token, "throttled", delay=0.01, error={"type": "E"})])[
+                0
+            ].status
+            == "ok"
+        )
+        assert {i.key for i in broker.limits("lim")} == {"", "k"}
+        assert broker.clear_limit("lim", "")
     finally:
         broker.close()
 

@@ -28,11 +28,13 @@ from conveyor.records import (
     Delivery,
     Enqueued,
     JobInfo,
+    LimitInfo,
     Message,
     Outcome,
     Pause,
     QueueStats,
     Reclaimed,
+    Rule,
     WorkerInfo,
 )
 
@@ -106,17 +108,27 @@ class Broker(abc.ABC):
     ) -> list[Delivery]:
         """Lease up to ``limit`` due tasks, split across priority levels by ``fairness``.
 
-        Each returned delivery's attempt is already counted and its token is new.
+        Each returned delivery's attempt is already counted and its token is new. Only jobs that
+        their limits allow now are claimed (docs/flow-control.md): each claim spends a token of
+        every rate-limited key of the job (and of its queue's limit) and holds a slot of every
+        concurrency-limited one until the job leaves ``running``. Within a level, the groups
+        of jobs with the same limit keys take turns, one job per turn, oldest due first.
         """
 
     @abc.abstractmethod
     def wait(self, queues: Sequence[str], timeout: float) -> None:
-        """Block until work may be ready: a wake-up from a producer, the earliest due time of a
-        scheduled task in ``queues``, or ``timeout`` seconds, whichever comes first."""
+        """Block until work may be ready: a wake-up from a producer (or from an outcome that
+        frees a concurrency slot), the earliest due time of a scheduled task in ``queues``, the
+        next token of a throttled group there, or ``timeout`` seconds, whichever comes first."""
 
     @abc.abstractmethod
     def ack(self, outcomes: Sequence[Outcome], now: float | None = None) -> list[AckStatus]:
-        """Apply a batch of outcomes, each atomically with its effects; one status per outcome."""
+        """Apply a batch of outcomes, each atomically with its effects; one status per outcome.
+
+        An outcome that ends a running job frees its limits' concurrency slots (only when its
+        token is current: a lost outcome frees nothing). ``throttled`` gives the attempt back
+        (``attempt - 1``), counts it in ``Delivery.throttled``, and closes every key of the
+        job's limits until its due time."""
 
     @abc.abstractmethod
     def extend(self, leases: Sequence[Lease], lease: float, now: float | None = None) -> list[str]:
@@ -124,7 +136,8 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     def release(self, leases: Sequence[Lease]) -> int:
-        """Return leased tasks to ready without counting their attempt; return how many."""
+        """Return leased tasks to ready without counting their attempt (their limits' tokens stay
+        spent, their slots are freed); return how many."""
 
     @abc.abstractmethod
     def reclaim(self, now: float | None = None) -> Reclaimed:
@@ -164,6 +177,21 @@ class Broker(abc.ABC):
     ) -> list[JobInfo]:
         """Jobs in the dead letter queue, most recently dead first."""
         return self.jobs(queue=queue, state="dead", task=task, limit=limit, offset=offset)
+
+    @abc.abstractmethod
+    def set_limit(self, queue: str, rule: Rule) -> None:
+        """Keep a run-time limit of ``queue``: ``rule.key`` "" is the queue's own limit (every
+        job of the queue counts), any other key overrides that key's declared rule in the queue.
+        Applies from the next claim on every worker, and wakes waiting workers."""
+
+    @abc.abstractmethod
+    def clear_limit(self, queue: str, key: str) -> bool:
+        """Forget a run-time limit (declared rules apply again); False if none was set."""
+
+    @abc.abstractmethod
+    def limits(self, queue: str | None = None, now: float | None = None) -> list[LimitInfo]:
+        """Every limit key of ``queue`` (all queues when None) that has a run-time rule, a job
+        running, a bucket not full, a throttle, or queued jobs: by queue, then key."""
 
     @abc.abstractmethod
     def time(self) -> float:
@@ -257,8 +285,8 @@ def pauses(rows: Sequence[Sequence[Any]]) -> list[Pause]:
 
 def claimed(rows: list[Any]) -> list[Delivery]:
     """Rows of a SQL claim as deliveries, most urgent level first, then by due time. A row holds
-    id, task, queue, priority, payload, attempt, max_attempts, token, run_at, enqueued_at, key:
-    the order both SQL backends' claims return them in. A field of the wrong type (SQLite keeps
+    id, task, queue, priority, payload, attempt, max_attempts, token, run_at, enqueued_at, key
+    and optionally throttled: the order both SQL backends' claims return them in. A field of the wrong type (SQLite keeps
     whatever was written) is read as its type (see ``as_text`` and the others), so a corrupt row
     costs only its own job: the worker buries it, or runs what it can read."""
     out = [
@@ -274,6 +302,7 @@ def claimed(rows: list[Any]) -> list[Delivery]:
             run_at=as_float(r[8]),
             enqueued_at=as_float(r[9]),
             key=None if r[10] is None else as_text(r[10]),
+            throttled=as_int(r[11]) if len(r) > 11 and r[11] is not None else 0,
         )
         for r in rows
     ]

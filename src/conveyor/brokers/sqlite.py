@@ -26,6 +26,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from conveyor import serializer
 from conveyor.brokers import backpressure
+from conveyor.brokers import sqlite_limits as limiter
 from conveyor.brokers import sqlite_lock as writer_lock
 from conveyor.brokers.base import (
     PARK_BUDGET,
@@ -45,17 +46,20 @@ from conveyor.brokers.base import (
     worker_infos,
 )
 from conveyor.errors import ConfigurationError, KeyConflict
+from conveyor.limits import group_of
 from conveyor.priority import Fairness
 from conveyor.records import (
     AckStatus,
     Delivery,
     Enqueued,
     JobInfo,
+    LimitInfo,
     Message,
     Outcome,
     Pause,
     QueueStats,
     Reclaimed,
+    Rule,
     WorkerInfo,
 )
 
@@ -70,12 +74,19 @@ UPDATE conveyor_jobs
        lease_until = :now + :lease, worker = :worker, started_at = :now
  WHERE rowid IN (SELECT rowid FROM conveyor_jobs
                   WHERE state = 'pending' AND queue = :queue AND priority = :priority AND run_at <= :now
+                    AND grp IS NULL
                   ORDER BY run_at, rowid LIMIT :limit)
-RETURNING id, task, queue, priority, payload, attempt, max_attempts, token, run_at, enqueued_at, key
+RETURNING id, task, queue, priority, payload, attempt, max_attempts, token, run_at, enqueued_at, key, throttled
 """
 _COUNT_READY = """
 SELECT count(*) FROM (SELECT 1 FROM conveyor_jobs
-                       WHERE state = 'pending' AND queue = ? AND priority = ? AND run_at <= ? LIMIT ?)
+                       WHERE state = 'pending' AND queue = ? AND priority = ? AND run_at <= ? AND grp IS NULL
+                       LIMIT ?)
+"""
+_COUNT_GROUPED = """
+SELECT count(*) FROM (SELECT 1 FROM conveyor_jobs
+                       WHERE state = 'pending' AND queue = ? AND priority = ? AND run_at <= ? AND grp IS NOT NULL
+                       LIMIT ?)
 """
 # A queue's pending (ready or scheduled) jobs, counted up to a bound: the max_queued check.
 _COUNT_PENDING = """
@@ -83,8 +94,12 @@ SELECT count(*) FROM (SELECT 1 FROM conveyor_jobs WHERE state = 'pending' AND qu
 """
 # The next stored level above a given one, among a queue's pending jobs: one index probe.
 _LEVEL_ABOVE = """
-SELECT priority FROM conveyor_jobs WHERE state = 'pending' AND queue = ? AND priority > ?
- ORDER BY priority LIMIT 1
+SELECT min(priority) FROM (
+  SELECT min(priority) AS priority FROM conveyor_jobs
+   WHERE state = 'pending' AND queue = :queue AND priority > :level AND grp IS NULL
+  UNION ALL
+  SELECT min(priority) FROM conveyor_jobs
+   WHERE state = 'pending' AND queue = :queue AND priority > :level AND grp IS NOT NULL)
 """
 #: Decodes TEXT values at C speed, a corrupt one with U+FFFD where it is not UTF-8.
 _TEXT = functools.partial(str, encoding="utf-8", errors="replace")
@@ -146,6 +161,7 @@ class SQLiteBroker(Broker):
         self._listening = ""
         self._pid = os.getpid()
         with self._write() as db:
+            _migrate(db)
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
@@ -235,6 +251,7 @@ class SQLiteBroker(Broker):
 
     def _insert(self, db: sqlite3.Connection, messages: Sequence[Message], now: float) -> list[Enqueued]:
         out: list[Enqueued] = []
+        groups: dict[tuple[str, int, str], tuple[tuple[Rule, ...], float]] = {}
         for m in messages:
             if m.key is not None:
                 row = db.execute(
@@ -249,10 +266,11 @@ class SQLiteBroker(Broker):
                     out.append(Enqueued(row[0], False))
                     continue
             due = m.run_at if m.run_at is not None else now + m.delay
+            grp = group_of(m.limits) if m.limits else None
             inserted = db.execute(
                 "INSERT INTO conveyor_jobs (id, task, queue, priority, state, payload, run_at, enqueued_at,"
-                " max_attempts, key) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-                (m.id, m.task, m.queue, m.priority, m.payload, due, now, m.max_attempts, m.key),
+                " max_attempts, key, grp) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                (m.id, m.task, m.queue, m.priority, m.payload, due, now, m.max_attempts, m.key, grp),
             ).rowcount
             if not inserted:  # the id is taken: by this very message (sent again), or refused
                 held = db.execute(
@@ -261,7 +279,12 @@ class SQLiteBroker(Broker):
                 ).fetchone()
                 if held is None or not resends(m, held):
                     raise duplicate_id(m.id)
+            elif grp is not None:
+                at = (m.queue, m.priority, grp)
+                groups[at] = (m.limits, min(due, groups[at][1]) if at in groups else due)
             out.append(Enqueued(m.id, True))
+        for (queue, priority, _), (rules, due) in groups.items():
+            limiter.grouped(db, queue, priority, rules, due)
         return out
 
     # -- reserve -----------------------------------------------------------------------------
@@ -284,9 +307,15 @@ class SQLiteBroker(Broker):
             queues = _unpaused(db, queues, limit, now)
             # The stored levels each of the worker's levels takes, per queue (see _served).
             served = [_served(db, q, levels) for q in queues]
+            # Queues with limits claim through them (sqlite_limits); the rest as they always did.
+            claims = {q: limiter.Claim(db, q, now) for q in queues if limiter.has_limits(db, q)}
             ready = [
                 [
-                    sum(db.execute(_COUNT_READY, (q, p, now, limit)).fetchone()[0] for p in served[i][level])
+                    sum(
+                        db.execute(_COUNT_READY, (q, p, now, limit)).fetchone()[0]
+                        + (db.execute(_COUNT_GROUPED, (q, p, now, limit)).fetchone()[0] if q in claims else 0)
+                        for p in served[i][level]
+                    )
                     for i, q in enumerate(queues)
                 ]
                 for level in range(levels)
@@ -300,11 +329,17 @@ class SQLiteBroker(Broker):
                 for i, (q, n) in enumerate(zip(queues, dealt, strict=True)):
                     before = len(rows)
                     params = {"now": now, "lease": lease, "worker": worker, "queue": q}
+                    claim = claims.get(q)
                     for p in served[i][level]:
                         if len(rows) - before >= n:
                             break
                         left = n - (len(rows) - before)
-                        rows += db.execute(_CLAIM, params | {"priority": p, "limit": left}).fetchall()
+                        if claim is None:
+                            rows += db.execute(_CLAIM, params | {"priority": p, "limit": left}).fetchall()
+                        else:
+                            rows += claim.turns(p, left, lease, worker)
+            for claim in claims.values():
+                claim.save()
         return claimed(rows)
 
     # -- wait --------------------------------------------------------------------------------
@@ -321,25 +356,36 @@ class SQLiteBroker(Broker):
                     pass
 
     def _earliest_due(self, queues: Sequence[str]) -> float | None:
-        """Smallest run_at of pending jobs: one index probe per (queue, priority) present."""
+        """Smallest due time of pending jobs without limits (one index probe per (queue,
+        priority) present) and of groups that wait for a token; a queue whose own limit is
+        spent counts from when it allows a start again."""
         db = self._db()
+        now = time.time()
         best: float | None = None
         stopped = {q for (q,) in db.execute("SELECT queue FROM conveyor_paused WHERE task = ''")}
         for q in queues:
             if q in stopped:  # its due jobs wait for resume, which wakes the workers
                 continue
-            level = -1
-            while True:
-                row = db.execute(
-                    "SELECT priority, run_at FROM conveyor_jobs WHERE state = 'pending' AND queue = ?"
-                    " AND priority > ? ORDER BY priority, run_at LIMIT 1",
-                    (q, level),
-                ).fetchone()
-                if row is None or not _next_level(row[0], level):
-                    break
-                level = row[0]
-                if type(row[1]) is float or type(row[1]) is int:
-                    best = row[1] if best is None else min(best, row[1])
+            blocked, group_due = limiter.earliest(db, q, now)
+            if blocked:
+                dues = [group_due]
+            else:
+                dues = [group_due]
+                level = -1
+                while True:
+                    row = db.execute(
+                        "SELECT priority, run_at FROM conveyor_jobs WHERE state = 'pending' AND queue = ?"
+                        " AND priority > ? AND grp IS NULL ORDER BY priority, run_at LIMIT 1",
+                        (q, level),
+                    ).fetchone()
+                    if row is None or not _next_level(row[0], level):
+                        break
+                    level = row[0]
+                    if type(row[1]) is float or type(row[1]) is int:
+                        dues.append(row[1])
+            for due in dues:
+                if due is not None:
+                    best = due if best is None else min(best, due)
         return best
 
     def _listen(self, queues: Sequence[str]) -> socket.socket:
@@ -389,47 +435,62 @@ class SQLiteBroker(Broker):
         woken: set[str] = set()
         with self._write() as db:
             for o in outcomes:
-                status = self._settle(db, o, now)
+                status = self._settle(db, o, now, woken)
                 statuses.append(status)
                 if status.status == "ok":
                     woken.update(m.queue for m in o.enqueues)
-                    if o.kind == "retry":
+                    if o.kind in ("retry", "throttled"):
                         woken.add("*")
         if woken:
             self._notify_all() if "*" in woken else self._notify(woken)
         return statuses
 
-    def _settle(self, db: sqlite3.Connection, o: Outcome, now: float) -> AckStatus:
+    def _settle(self, db: sqlite3.Connection, o: Outcome, now: float, woken: set[str]) -> AckStatus:
         owned = "WHERE id = :id AND token = :token AND state = 'running'"
+        left = "RETURNING queue, priority, grp, held"
         params: dict[str, Any] = {"id": o.id, "token": o.token, "now": now}
-        if o.kind == "retry":
+        if o.kind in ("retry", "throttled"):
             params |= {"due": now + o.delay, "error": serializer.dumps(o.error).decode()}
+            refund = ", attempt = attempt - 1, throttled = throttled + 1" if o.kind == "throttled" else ""
             sql = (
                 "UPDATE conveyor_jobs SET state = 'pending', run_at = :due, lease_until = NULL,"
-                f" worker = NULL, {_APPEND_ERROR} {owned}"
+                f" worker = NULL{refund}, {_APPEND_ERROR} {owned} {left}"
             )
-            return AckStatus("ok" if db.execute(sql, params).rowcount else "lost")
+            row = db.execute(sql, params).fetchone()
+            if row is None:
+                return AckStatus("lost")
+            self._left_running(db, row, now, woken)
+            if o.kind == "throttled":
+                limiter.close_keys(db, row[0], row[2], now + o.delay)
+            limiter.requeued(db, row[0], row[1], row[2], now + o.delay)
+            return AckStatus("ok")
         if o.kind == "dead":
             params["error"] = serializer.dumps(o.error).decode()
             sql = (
                 "UPDATE conveyor_jobs SET state = 'dead', finished_at = :now, lease_until = NULL,"
-                f" {_APPEND_ERROR} {owned}"
+                f" {_APPEND_ERROR} {owned} {left}"
             )
-            return AckStatus("ok" if db.execute(sql, params).rowcount else "lost")
+            row = db.execute(sql, params).fetchone()
+            if row is None:
+                return AckStatus("lost")
+            self._left_running(db, row, now, woken)
+            return AckStatus("ok")
         transactional = bool(o.effects or o.enqueues)
         if transactional:
             db.execute("SAVEPOINT outcome")
         params |= {"result": o.result, "expires": now + self.retention}
         sql = (
             "UPDATE conveyor_jobs SET state = 'succeeded', result = :result, finished_at = :now,"
-            f" expires_at = :expires, lease_until = NULL {owned}"
+            f" expires_at = :expires, lease_until = NULL {owned} {left}"
         )
-        if not db.execute(sql, params).rowcount:
+        row = db.execute(sql, params).fetchone()
+        if row is None:
             if transactional:
                 db.execute("ROLLBACK TO outcome")
                 db.execute("RELEASE outcome")
             return AckStatus("lost")
         if not transactional:
+            self._left_running(db, row, now, woken)
             return AckStatus("ok")
         try:
             for statement, *args in o.effects:
@@ -440,7 +501,16 @@ class SQLiteBroker(Broker):
             db.execute("RELEASE outcome")
             return AckStatus("effects_failed", f"{type(exc).__name__}: {exc}")
         db.execute("RELEASE outcome")
+        self._left_running(db, row, now, woken)
         return AckStatus("ok")
+
+    @staticmethod
+    def _left_running(db: sqlite3.Connection, row: Sequence[Any], now: float, woken: set[str]) -> None:
+        """A job (``queue, priority, grp, held``) left running: free the slots it held. (``held``
+        is left on the row once the job has left running: only this transition reads it, and
+        the next claim overwrites it; RETURNING shows the row as updated, so it is not cleared.)"""
+        if limiter.free(db, row[0], row[3], now):
+            woken.add(row[0])
 
     def extend(self, leases: Sequence[Lease], lease: float, now: float | None = None) -> list[str]:
         now = time.time() if now is None else now
@@ -456,15 +526,20 @@ class SQLiteBroker(Broker):
         return lost
 
     def release(self, leases: Sequence[Lease]) -> int:
+        count = 0
         with self._write() as db:
-            count = sum(
-                db.execute(
+            now = time.time()
+            for lease in leases:
+                row = db.execute(
                     "UPDATE conveyor_jobs SET state = 'pending', attempt = attempt - 1, lease_until = NULL,"
-                    " worker = NULL, started_at = NULL WHERE id = ? AND token = ? AND state = 'running'",
+                    " worker = NULL, started_at = NULL WHERE id = ? AND token = ? AND state = 'running'"
+                    " RETURNING queue, priority, grp, held, run_at",
                     lease,
-                ).rowcount
-                for lease in leases
-            )
+                ).fetchone()
+                if row is not None:
+                    count += 1
+                    self._left_running(db, row, now, set())
+                    limiter.requeued(db, row[0], row[1], row[2], row[4])
         if count:
             self._notify_all()
         return count
@@ -499,10 +574,11 @@ class SQLiteBroker(Broker):
                     }
                 ).decode()
                 final = attempt >= max_attempts
-                db.execute(
+                row = db.execute(
                     f"UPDATE conveyor_jobs SET state = :state, lease_until = NULL, {_APPEND_ERROR},"
                     " finished_at = CASE WHEN :state = 'dead' THEN :now END"
-                    " WHERE id = :id AND token = :token AND state = 'running'",
+                    " WHERE id = :id AND token = :token AND state = 'running'"
+                    " RETURNING queue, priority, grp, held, run_at",
                     {
                         "state": "dead" if final else "pending",
                         "error": error,
@@ -510,9 +586,13 @@ class SQLiteBroker(Broker):
                         "id": job_id,
                         "token": token,
                     },
-                )
+                ).fetchone()
+                if row is not None:
+                    self._left_running(db, row, now, set())
+                    if not final:
+                        limiter.requeued(db, row[0], row[1], row[2], row[4])
                 (dead if final else requeued).append(job_id)
-        if requeued:
+        if requeued or dead:
             self._notify_all()
         return Reclaimed(requeued, dead)
 
@@ -572,8 +652,14 @@ class SQLiteBroker(Broker):
             per_level[level] = per_level.get(level, 0) + count
             if oldest is not None:
                 ages.append(now - as_float(oldest))
+        held = limiter.held_back(self._db(), list(by_queue), now)
         return [
-            QueueStats(queue=q, counts=c, oldest_ready_age=max(a) if a else None)
+            QueueStats(
+                queue=q,
+                counts=c,
+                oldest_ready_age=max(a) if a else None,
+                throttled=sum(c.get("ready", {}).values()) if held.get(q) == -1 else held.get(q, 0),
+            )
             for q, (c, a) in sorted(by_queue.items())
         ]
 
@@ -606,6 +692,20 @@ class SQLiteBroker(Broker):
         )
         return [_job(r, now) for r in rows]
 
+    def set_limit(self, queue: str, rule: Rule) -> None:
+        with self._write() as db:
+            limiter.set_limit(db, queue, rule, time.time())
+        self._notify({queue})
+
+    def clear_limit(self, queue: str, key: str) -> bool:
+        with self._write() as db:
+            cleared = limiter.clear_limit(db, queue, key, time.time())
+        self._notify({queue})
+        return cleared
+
+    def limits(self, queue: str | None = None, now: float | None = None) -> list[LimitInfo]:
+        return limiter.listing(self._db(), queue, time.time() if now is None else now)
+
     def time(self) -> float:
         return time.time()
 
@@ -636,16 +736,21 @@ class SQLiteBroker(Broker):
             "UPDATE conveyor_jobs SET state = 'pending', attempt = 0, run_at = :now, finished_at = NULL,"
             " started_at = NULL, worker = NULL, queue = coalesce(:queue, queue) WHERE state = 'dead'"
         )
+        back = " RETURNING queue, priority, grp"
         with self._write() as db:
             if queue is not None:
                 self._check_replay_keys(db, ids, queue)
             if ids is None:
-                count = db.execute(sql, {"now": now, "queue": queue}).rowcount
+                rows = db.execute(sql + back, {"now": now, "queue": queue}).fetchall()
             else:
-                count = sum(
-                    db.execute(sql + " AND id = :id", {"now": now, "queue": queue, "id": i}).rowcount
+                rows = [
+                    row
                     for i in ids
-                )
+                    for row in db.execute(sql + " AND id = :id" + back, {"now": now, "queue": queue, "id": i})
+                ]
+            for q, priority, grp in {(r[0], r[1], r[2]) for r in rows if r[2]}:
+                limiter.requeued(db, q, priority, grp, now)
+            count = len(rows)
         if count:
             self._notify_all()
         return count
@@ -677,6 +782,7 @@ class SQLiteBroker(Broker):
     def expire(self, now: float | None = None, limit: int = 1000) -> int:
         now = time.time() if now is None else now
         with self._write() as db:
+            limiter.forget_idle(db, now, limit)
             return db.execute(
                 "DELETE FROM conveyor_jobs WHERE rowid IN"
                 " (SELECT rowid FROM conveyor_jobs WHERE expires_at <= ? LIMIT ?)",
@@ -699,6 +805,7 @@ class SQLiteBroker(Broker):
         queue, stored = pause_target(queue, task)
         with self._write() as db:
             db.execute("DELETE FROM conveyor_paused WHERE queue = ? AND task = ?", (queue, stored))
+            limiter.reopen_groups(db, queue, time.time())
         # The task's parked jobs back, PARK_BUDGET per write, so that other writers wait for no
         # more than one batch; a reservation between two batches takes what is back already.
         while stored != WHOLE_QUEUE:
@@ -750,13 +857,25 @@ def _close_connection(db: sqlite3.Connection, writer: int) -> None:
         os.close(writer)
 
 
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a store made by an earlier version up to the schema (limits' columns); a no-op on
+    a new or current one."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(conveyor_jobs)")}
+    if columns and "grp" not in columns:
+        db.execute("ALTER TABLE conveyor_jobs ADD COLUMN grp TEXT")
+        db.execute("ALTER TABLE conveyor_jobs ADD COLUMN throttled INTEGER NOT NULL DEFAULT 0")
+        db.execute("ALTER TABLE conveyor_jobs ADD COLUMN held TEXT")
+        # The claim index now holds only jobs without limits (the schema creates it anew).
+        db.execute("DROP INDEX IF EXISTS conveyor_jobs_pending")
+
+
 def _served(db: sqlite3.Connection, queue: str, levels: int) -> list[list[int]]:
     """The stored priorities each of a worker's ``levels`` takes from ``queue``: its own, and for
     the last level also any stored above it, which a producer configured with more levels wrote.
     Those come after the last level's own due jobs (rather than never)."""
     served = [[level] for level in range(levels)]
     level = levels - 1
-    while (row := db.execute(_LEVEL_ABOVE, (queue, level)).fetchone()) is not None:
+    while (row := db.execute(_LEVEL_ABOVE, {"queue": queue, "level": level}).fetchone())[0] is not None:
         if not _next_level(row[0], level):
             break
         level = row[0]
@@ -794,9 +913,10 @@ def _park(
     db: sqlite3.Connection, queue: str, tasks: set[str], limit: int, now: float, budget: int
 ) -> tuple[int, bool]:
     """Park the due jobs of ``tasks`` ahead of the first ``limit`` others of each of ``queue``'s
-    levels; return the budget left and whether every head is clear."""
+    levels; return the budget left and whether every head is clear. (Jobs with limits: their
+    group's head is parked by the claim that takes turns, see sqlite_limits.Claim.)"""
     level = -1
-    while (row := db.execute(_LEVEL_ABOVE, (queue, level)).fetchone()) is not None:
+    while (row := db.execute(_LEVEL_ABOVE, {"queue": queue, "level": level}).fetchone())[0] is not None:
         if not _next_level(row[0], level):
             break
         level = row[0]
@@ -804,7 +924,7 @@ def _park(
         while free < limit:
             head = db.execute(
                 "SELECT rowid, task FROM conveyor_jobs WHERE state = 'pending' AND queue = ? AND priority = ?"
-                " AND run_at <= ? ORDER BY run_at, rowid LIMIT ? OFFSET ?",
+                " AND run_at <= ? AND grp IS NULL ORDER BY run_at, rowid LIMIT ? OFFSET ?",
                 (queue, level, now, limit - free, free),
             ).fetchall()
             if not head:

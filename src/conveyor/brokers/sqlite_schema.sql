@@ -19,11 +19,19 @@ CREATE TABLE IF NOT EXISTS conveyor_jobs (
     expires_at   REAL,
     key          TEXT,
     result       BLOB,
-    errors       TEXT    NOT NULL DEFAULT '[]'
+    errors       TEXT    NOT NULL DEFAULT '[]',
+    -- Limits (docs/flow-control.md): the job's group (its limit keys joined by U+001F, NULL
+    -- without limits), its throttles, and while running the keys whose slots it holds (JSON).
+    grp          TEXT,
+    throttled    INTEGER NOT NULL DEFAULT 0,
+    held         TEXT
 );
--- Claim: one range scan per (queue, priority), FIFO by due time.
+-- Claim of jobs without limits: one range scan per (queue, priority), FIFO by due time.
 CREATE INDEX IF NOT EXISTS conveyor_jobs_pending ON conveyor_jobs (queue, priority, run_at)
-    WHERE state = 'pending';
+    WHERE state = 'pending' AND grp IS NULL;
+-- Claim of a group's jobs: the head of one group, FIFO by due time.
+CREATE INDEX IF NOT EXISTS conveyor_jobs_grouped ON conveyor_jobs (queue, priority, grp, run_at)
+    WHERE state = 'pending' AND grp IS NOT NULL;
 -- Reclaim: expired leases only.
 CREATE INDEX IF NOT EXISTS conveyor_jobs_running ON conveyor_jobs (lease_until)
     WHERE state = 'running';
@@ -48,6 +56,41 @@ CREATE TABLE IF NOT EXISTS conveyor_workers (
     id        TEXT PRIMARY KEY,
     info      TEXT NOT NULL,
     expires   REAL NOT NULL
+);
+-- Groups of jobs with the same limit keys, per queue and level: their declared rules (JSON
+-- [[key, rate, burst, concurrency], ...] of the latest enqueue), their turn in the round robin,
+-- and when they may next be claimable (inf: idle or waiting for a concurrency slot). The jobs
+-- without limits take turns as the group ''.
+CREATE TABLE IF NOT EXISTS conveyor_groups (
+    queue    TEXT    NOT NULL,
+    priority INTEGER NOT NULL,
+    grp      TEXT    NOT NULL,
+    rules    TEXT    NOT NULL DEFAULT '[]',
+    turn     INTEGER NOT NULL DEFAULT 0,
+    ready_at REAL    NOT NULL,
+    PRIMARY KEY (queue, priority, grp)
+);
+CREATE INDEX IF NOT EXISTS conveyor_groups_ready ON conveyor_groups (queue, priority, ready_at);
+-- Limit keys per queue: the bucket (tat), the slots held, a RateLimited throttle, and a
+-- run-time rule that overrides the declared one (rate NULL: none, key '' is the queue's own).
+CREATE TABLE IF NOT EXISTS conveyor_limits (
+    queue        TEXT    NOT NULL,
+    key          TEXT    NOT NULL,
+    tat          REAL    NOT NULL DEFAULT 0,
+    running      INTEGER NOT NULL DEFAULT 0,
+    closed_until REAL,
+    rate         REAL,
+    burst        INTEGER,
+    concurrency  INTEGER,
+    PRIMARY KEY (queue, key)
+);
+-- Groups waiting for a slot of a key: made claimable again when one is freed.
+CREATE TABLE IF NOT EXISTS conveyor_waiters (
+    queue    TEXT    NOT NULL,
+    key      TEXT    NOT NULL,
+    priority INTEGER NOT NULL,
+    grp      TEXT    NOT NULL,
+    PRIMARY KEY (queue, key, priority, grp)
 );
 -- Paused queues (task '') and paused tasks of a queue: reserve claims no job they cover.
 CREATE TABLE IF NOT EXISTS conveyor_paused (

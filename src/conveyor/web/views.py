@@ -170,6 +170,7 @@ class Views:
             counts=counts,
             levels=levels,
             oldest=stats[0].oldest_ready_age if stats else None,
+            throttled=stats[0].throttled if stats else 0,
             paused=next((p for p in pauses if p.task is None), None),
             paused_tasks=[p for p in pauses if p.task is not None],
             jobs=[_row(j) for j in jobs[:PAGE]],
@@ -299,6 +300,42 @@ class Views:
         done = "replayed" if action == "replay" else "purged"
         return RedirectResponse(f"/dead?{back}&{done}={count}", 303)
 
+    # -- limits --------------------------------------------------------------------------------
+
+    async def limits(self, request: Request) -> Response:
+        """GET /limits: every limit key with its rule, slots held, tokens and throttle."""
+        rows = await self._read(self.app.broker.limits)
+        return self._page(
+            request,
+            "limits.html",
+            nav="limits",
+            limits=rows,
+            message=request.query_params.get("done"),
+            error=request.query_params.get("error_message"),
+        )
+
+    async def limit_action(self, request: Request) -> Response:
+        """POST /limits/{set|clear}: a run-time limit on a queue or one of its keys."""
+        action = request.path_params["action"]
+        if action not in ("set", "clear"):
+            return self._problem(request, 404, "Not found", f"no action {action}")
+        form = await request.form()
+        queue = _text(str(form.get("queue") or "").strip(), "queue")
+        key = _text(str(form.get("key") or "").strip(), "key") or None
+        try:
+            if action == "set":
+                rate = str(form.get("rate") or "").strip() or None
+                burst = _optional_int(form.get("burst"), "burst")
+                concurrency = _optional_int(form.get("concurrency"), "concurrency")
+                await self._read(self.app.limit, queue, key, rate=rate, burst=burst, concurrency=concurrency)
+                done = f"limit set on {queue} {key or '(queue)'}"
+            else:
+                cleared = await self._read(self.app.clear_limit, queue, key)
+                done = f"limit {'cleared' if cleared else 'was not set'} on {queue} {key or '(queue)'}"
+        except ConfigurationError as exc:
+            return RedirectResponse(f"/limits?{urlencode({'error_message': str(exc)})}", 303)
+        return RedirectResponse(f"/limits?{urlencode({'done': done})}", 303)
+
     # -- scheduled and workers -----------------------------------------------------------------
 
     async def scheduled(self, request: Request) -> Response:
@@ -349,6 +386,16 @@ def _text(value: str, what: str) -> str:
     if len(value) > MAX_TEXT or _CONTROL.search(value):
         raise HTTPException(400, f"invalid {what}: control characters or more than {MAX_TEXT} characters")
     return value
+
+
+def _optional_int(value: object, what: str) -> int | None:
+    """A form's optional whole number; a 400 for anything else."""
+    text = str(value or "").strip()
+    if not text:
+        return None
+    if not text.isascii() or not text.isdigit() or len(text) > 9:
+        raise HTTPException(400, f"invalid {what}: a whole number")
+    return int(text)
 
 
 def _offset(request: Request) -> int:

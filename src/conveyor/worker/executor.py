@@ -16,7 +16,7 @@ from typing import Any
 
 from conveyor import context, serializer
 from conveyor.app import Conveyor, Task
-from conveyor.errors import Retry, SerializationError
+from conveyor.errors import RateLimited, Retry, SerializationError
 from conveyor.records import Delivery, Outcome
 from conveyor.redact import Redactor
 
@@ -47,6 +47,11 @@ def failure(
 ) -> Outcome:
     """Retry or bury a failed attempt according to the task's retry policy."""
     record = error_record(delivery, worker, exc, type(exc).__qualname__, str(exc) or repr(exc))
+    if isinstance(exc, RateLimited) and task is not None:
+        if delivery.throttled < task.max_throttles:
+            return Outcome(delivery.id, delivery.token, "throttled", delay=exc.retry_after, error=record)
+        record["message"] = f"throttled {delivery.throttled + 1} times (max_throttles {task.max_throttles})"
+        return Outcome(delivery.id, delivery.token, "dead", error=record)
     last = delivery.attempt >= delivery.max_attempts
     if task is None or last:
         return Outcome(delivery.id, delivery.token, "dead", error=record)
@@ -300,7 +305,9 @@ class Runner:
 
     def _failed(self, delivery: Delivery, task: Task[Any, Any], exc: BaseException) -> Outcome:
         outcome = failure(delivery, self.worker, exc, task, self.rng)
-        then = "dead letter queue" if outcome.kind == "dead" else f"retry in {outcome.delay:.2f} s"
+        then = {"dead": "dead letter queue", "throttled": f"throttled for {outcome.delay:.2f} s"}.get(
+            outcome.kind, f"retry in {outcome.delay:.2f} s"
+        )
         redactor = Redactor()  # the message may repeat a secret argument: logs get it masked
         redactor.arguments(delivery.payload, task.signature)
         log.warning(

@@ -151,8 +151,10 @@ class Worker:
         self._room_grew = asyncio.Event()
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
-        #: Counters for tests and status: started, succeeded, retried, dead, lost.
-        self.counts: dict[str, int] = dict.fromkeys(("started", "succeeded", "retry", "dead", "lost"), 0)
+        #: Counters for tests and status: started, succeeded, retried, dead, lost, throttled.
+        self.counts: dict[str, int] = dict.fromkeys(
+            ("started", "succeeded", "retry", "dead", "lost", "throttled"), 0
+        )
         #: The finished ones per queue and priority level: ``outcomes[queue][str(level)][kind]``.
         self.outcomes: dict[str, dict[str, dict[str, int]]] = {}
         self.metrics = Recorder(app.priorities)

@@ -19,11 +19,14 @@ Grants, for a schema ``conveyor`` and roles ``conveyor_admin`` (migrates) and ``
     GRANT USAGE ON SCHEMA conveyor TO conveyor_worker;
     GRANT SELECT ON conveyor.conveyor_migrations TO conveyor_worker;
     GRANT SELECT, INSERT, UPDATE, DELETE ON conveyor.jobs, conveyor.workers, conveyor.paused TO conveyor_worker;
+    GRANT SELECT, INSERT, UPDATE, DELETE ON conveyor.limit_groups, conveyor.limit_keys TO conveyor_worker;
+    GRANT SELECT, INSERT, DELETE ON conveyor.limit_waiters TO conveyor_worker;
     GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA conveyor TO conveyor_worker;
 
-LISTEN/NOTIFY and advisory locks need no grants. (Migration 5 gave the roles with rights on
-``jobs`` the same on ``paused``, which it creates.) The jobs table's identity column needs no
-sequence grant. The function (``reserve``: a whole reservation in one round trip) runs with the
+LISTEN/NOTIFY and advisory locks need no grants. (Migrations 5 and 6 gave the roles with rights
+on ``jobs`` the same on the tables they create: ``paused``, and the limit tables, which every
+reservation reads.) The jobs table's identity column needs no sequence grant. The functions
+(``reserve``: a whole reservation in one round trip, and those of pauses and limits) run with the
 caller's rights; PUBLIC may execute new functions unless the database revoked that.
 
 Throughput: a reserve, an ack batch and an enqueue batch without keys are one statement and one

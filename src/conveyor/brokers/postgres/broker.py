@@ -14,13 +14,15 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+import msgspec
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg.rows import tuple_row
 
+from conveyor import limits as buckets
 from conveyor import serializer
 from conveyor.brokers import backpressure
 from conveyor.brokers.availability import guarded, refused, unavailable
@@ -48,11 +50,13 @@ from conveyor.records import (
     Delivery,
     Enqueued,
     JobInfo,
+    LimitInfo,
     Message,
     Outcome,
     Pause,
     QueueStats,
     Reclaimed,
+    Rule,
     WorkerInfo,
 )
 
@@ -80,6 +84,8 @@ _REFUSALS = (
 _UNAVAILABLE_CLASSES = ("08", "53", "57")
 #: Longest wait for one of ``max_connections`` to come back when all are busy.
 _POOL_WAIT = 10.0
+#: Most leases a handle remembers as claimed without limits (see PostgresBroker._plain).
+_PLAIN_MAX = 65536
 
 
 @guarded
@@ -109,6 +115,11 @@ class PostgresBroker(Broker):
         self._owned: list[Connection] = []
         self._interrupt_r, self._interrupt_w = os.pipe()
         self._closed = False
+        #: Deliveries this handle claimed without limits (no group, no slot), id -> token: their
+        #: outcomes take the statements without the limits clause. A hint only: an outcome this
+        #: handle did not see claimed takes the full statement, which is right for any job.
+        self._plain: dict[str, int] = {}
+        self._plain_lock = threading.Lock()
 
     # -- connections -------------------------------------------------------------------------
 
@@ -205,7 +216,7 @@ class PostgresBroker(Broker):
                 if caps:
                     with conn.pipeline(), conn.transaction():
                         return self._insert_capped(conn, messages, now, caps)
-                if all(m.key is None for m in messages):
+                if all(m.key is None and not m.limits for m in messages):
                     try:
                         return self._insert_unkeyed(conn, messages, now)  # one statement, one round trip
                     except pg_errors.UniqueViolation:
@@ -287,7 +298,13 @@ class PostgresBroker(Broker):
             )
         rows = cur.execute(
             self._sql["enqueue"],
-            {**_columns(messages), "keys": [m.key for m in messages], "now": now},
+            {
+                **_columns(messages),
+                "keys": [m.key for m in messages],
+                "grps": [buckets.group_of(m.limits) for m in messages],
+                "rules": [msgspec.json.encode(m.limits).decode() if m.limits else None for m in messages],
+                "now": now,
+            },
         ).fetchall()
         out: list[Enqueued | None] = []
         created: dict[tuple[str, str | None], Message] = {}
@@ -388,7 +405,26 @@ class PostgresBroker(Broker):
         state = rows.pop()
         fairness.current[:] = state[11]
         fairness.set_queue_state(queues, state[12])
-        return claimed(rows)
+        plain = self._plain
+        with self._plain_lock:
+            for r in rows:
+                if not r[14]:
+                    plain[r[0]] = r[7]
+            while len(plain) > _PLAIN_MAX:  # leases lost without an outcome here
+                del plain[next(iter(plain))]
+        # claimed() reads a row's 12th column as the throttle count: here it is r_throttled.
+        return claimed([(*r[:11], r[13] or 0) for r in rows])
+
+    def _all_plain(self, outcomes: Iterable[Outcome]) -> bool:
+        """Whether this handle claimed the jobs of all these outcomes without limits."""
+        plain = self._plain
+        return all(plain.get(o.id) == o.token for o in outcomes)
+
+    def _forget_plain(self, outcomes: Iterable[Outcome]) -> None:
+        plain = self._plain
+        with self._plain_lock:
+            for o in outcomes:
+                plain.pop(o.id, None)
 
     # -- wait --------------------------------------------------------------------------------
 
@@ -445,22 +481,24 @@ class PostgresBroker(Broker):
         simple = [(i, o) for i, o in enumerate(outcomes) if not (o.effects or o.enqueues)]
         with self._connect() as conn:
             if len(simple) == len(outcomes):
-                # Without effects: one statement per kind, each waking the queues it touches.
-                # One kind (the usual batch) is one autocommit statement: one round trip, one
-                # commit. Several kinds share a pipelined transaction (BEGIN and the statements
-                # in one round trip, COMMIT in a second).
-                kinds = {o.kind for _, o in simple}
-                if len(kinds) == 1:
-                    self._settle(conn, simple, now, statuses)
-                else:
-                    with conn.pipeline(), conn.transaction():
-                        self._settle(conn, simple, now, statuses)
+                # Without effects: one autocommit statement, one round trip, one commit.
+                self._settle(conn, simple, now, statuses)
             else:
                 with conn.transaction():
+                    if not self._all_plain(outcomes):
+                        conn.execute(
+                            self._sql["lock_settling"],
+                            {
+                                "ids": [o.id for o in outcomes],
+                                "tokens": [o.token for o in outcomes],
+                                "kinds": [o.kind for o in outcomes],
+                            },
+                        )
                     self._settle(conn, simple, now, statuses)
                     for i, o in enumerate(outcomes):
                         if i not in statuses:
                             statuses[i] = self._settle_with_effects(conn, o, now)
+        self._forget_plain(outcomes)
         return [statuses[i] for i in range(len(outcomes))]
 
     def _settle(
@@ -470,11 +508,37 @@ class PostgresBroker(Broker):
         now: float | None,
         statuses: dict[int, AckStatus],
     ) -> None:
-        """Outcomes without effects, one statement per kind (retries wake their queues); all
-        are sent before any result is read, so in a pipeline they share one round trip."""
+        """Outcomes without effects in one statement (retries wake their queues): the kind's
+        own when they are all of one kind (the usual batch), else ack_mixed, which settles every
+        kind and then their limits at once (two statements in one transaction would take limit
+        locks in two rounds, out of the order every claim takes them in)."""
+        if len({o.kind for _, o in outcomes}) > 1:
+            batch = [o for _, o in outcomes]
+            rows = conn.execute(
+                self._sql["ack_mixed"],
+                {
+                    **_leases(batch),
+                    "kinds": [o.kind for o in batch],
+                    "results": [o.result if o.kind == "succeeded" else None for o in batch],
+                    "delays": [float(o.delay) for o in batch],
+                    "errors": [None if o.kind == "succeeded" else _error_json(o.error) for o in batch],
+                    "retention": self.retention,
+                    "channel": self.target.channel,
+                    "now": now,
+                },
+            ).fetchall()
+            mixed: set[tuple[str, str]] = {(kind, job_id) for kind, job_id in rows}
+            for i, o in outcomes:
+                ok = (o.kind, o.id) in mixed
+                mixed.discard((o.kind, o.id))
+                statuses[i] = AckStatus("ok" if ok else "lost")
+            return
         by_kind = {
-            kind: [o for _, o in outcomes if o.kind == kind] for kind in ("succeeded", "retry", "dead")
+            kind: [o for _, o in outcomes if o.kind == kind]
+            for kind in ("succeeded", "retry", "dead", "throttled")
         }
+        # Claimed here without limits: the statements without the limits clause.
+        plain = "_plain" if self._all_plain(o for _, o in outcomes) else ""
         cursors: list[tuple[str, psycopg.Cursor[tuple[Any, ...]]]] = []
         if by_kind["succeeded"]:
             batch = by_kind["succeeded"]
@@ -482,11 +546,12 @@ class PostgresBroker(Broker):
                 (
                     "succeeded",
                     conn.execute(
-                        self._sql["ack_succeeded"],
+                        self._sql["ack_succeeded" + plain],
                         {
                             **_leases(batch),
                             "results": [o.result for o in batch],
                             "retention": self.retention,
+                            "channel": self.target.channel,
                             "now": now,
                         },
                     ),
@@ -498,7 +563,7 @@ class PostgresBroker(Broker):
                 (
                     "retry",
                     conn.execute(
-                        self._sql["ack_retry"],
+                        self._sql["ack_retry" + plain],
                         {
                             **_leases(batch),
                             "delays": [float(o.delay) for o in batch],
@@ -515,8 +580,30 @@ class PostgresBroker(Broker):
                 (
                     "dead",
                     conn.execute(
-                        self._sql["ack_dead"],
-                        {**_leases(batch), "errors": [_error_json(o.error) for o in batch], "now": now},
+                        self._sql["ack_dead" + plain],
+                        {
+                            **_leases(batch),
+                            "errors": [_error_json(o.error) for o in batch],
+                            "channel": self.target.channel,
+                            "now": now,
+                        },
+                    ),
+                )
+            )
+        if by_kind["throttled"]:
+            batch = by_kind["throttled"]
+            cursors.append(
+                (
+                    "throttled",
+                    conn.execute(
+                        self._sql["ack_throttled"],
+                        {
+                            **_leases(batch),
+                            "delays": [float(o.delay) for o in batch],
+                            "errors": [_error_json(o.error) for o in batch],
+                            "channel": self.target.channel,
+                            "now": now,
+                        },
                     ),
                 )
             )
@@ -535,7 +622,13 @@ class PostgresBroker(Broker):
             with conn.transaction():
                 settled = conn.execute(
                     self._sql["ack_succeeded"],
-                    {**_leases([o]), "results": [o.result], "retention": self.retention, "now": now},
+                    {
+                        **_leases([o]),
+                        "results": [o.result],
+                        "retention": self.retention,
+                        "channel": self.target.channel,
+                        "now": now,
+                    },
                 ).fetchall()
                 if not settled:
                     return AckStatus("lost")
@@ -572,9 +665,17 @@ class PostgresBroker(Broker):
         with self._connect() as conn, conn.transaction():
             rows = conn.execute(
                 self._sql["release"],
-                {"ids": [job_id for job_id, _ in leases], "tokens": [token for _, token in leases]},
+                {
+                    "ids": [job_id for job_id, _ in leases],
+                    "tokens": [token for _, token in leases],
+                    "channel": self.target.channel,
+                    "now": None,
+                },
             ).fetchall()
             self._notify(conn, {queue for (queue,) in rows})
+        with self._plain_lock:
+            for job_id, _ in leases:
+                self._plain.pop(job_id, None)
         return len(rows)
 
     def reclaim(self, now: float | None = None) -> Reclaimed:
@@ -582,7 +683,9 @@ class PostgresBroker(Broker):
             if conn.execute(self._sql["any_expired"], {"now": now}).fetchone() is None:
                 return Reclaimed([], [])
             with conn.transaction():
-                rows = conn.execute(self._sql["reclaim"], {"now": now}).fetchall()
+                rows = conn.execute(
+                    self._sql["reclaim"], {"now": now, "channel": self.target.channel}
+                ).fetchall()
                 requeued = [job_id for job_id, state, _ in rows if state == "pending"]
                 self._notify(conn, {queue for _, state, queue in rows if state == "pending"})
         return Reclaimed(requeued, [job_id for job_id, state, _ in rows if state == "dead"])
@@ -611,13 +714,22 @@ class PostgresBroker(Broker):
         by_queue: dict[str, tuple[dict[str, dict[int, int]], list[float]]] = {
             q: ({}, []) for q in queues or ()
         }
+        held: dict[str, int] = {}  # per queue: ready jobs limits hold back, -1 for all of them
         for queue, priority, state, count, oldest, clock in rows:
+            if state is None:  # the limits' row: waiting groups' ready jobs, queue limit shut
+                held[queue] = -1 if oldest else count
+                continue
             counts, ages = by_queue.setdefault(queue, ({}, []))
             counts.setdefault(state, {})[priority] = count
             if oldest is not None:
                 ages.append(clock - oldest)
         return [
-            QueueStats(queue=q, counts=c, oldest_ready_age=max(a) if a else None)
+            QueueStats(
+                queue=q,
+                counts=c,
+                oldest_ready_age=max(a) if a else None,
+                throttled=sum(c.get("ready", {}).values()) if held.get(q) == -1 else held.get(q, 0),
+            )
             for q, (c, a) in sorted(by_queue.items())
         ]
 
@@ -658,7 +770,12 @@ class PostgresBroker(Broker):
     def replay(
         self, ids: Sequence[str] | None = None, queue: str | None = None, now: float | None = None
     ) -> int:
-        params = {"ids": None if ids is None else list(ids), "queue": queue, "now": now}
+        params = {
+            "ids": None if ids is None else list(ids),
+            "queue": queue,
+            "now": now,
+            "channel": self.target.channel,
+        }
         try:
             with self._connect() as conn, conn.transaction():
                 if queue is not None:
@@ -680,6 +797,76 @@ class PostgresBroker(Broker):
     def expire(self, now: float | None = None, limit: int = 1000) -> int:
         with self._connect() as conn:
             return conn.execute(self._sql["expire"], {"limit": limit, "now": now}).rowcount
+
+    # -- limits ------------------------------------------------------------------------------
+
+    def set_limit(self, queue: str, rule: Rule) -> None:
+        if rule.key != "":
+            buckets.check_key(rule.key)
+        checked = buckets.rule(
+            rule.key or "queue",
+            rule.rate if rule.rate > 0 else None,
+            rule.burst if rule.rate > 0 else None,
+            rule.concurrency or None,
+        )
+        with self._connect() as conn:
+            conn.execute(
+                self._sql["set_limit"],
+                {
+                    "queue": queue,
+                    "key": rule.key,
+                    "rate": checked.rate or None,
+                    "burst": checked.burst if checked.rate else None,
+                    "concurrency": checked.concurrency or None,
+                    "channel": self.target.channel,
+                    "now": None,
+                },
+            )
+
+    def clear_limit(self, queue: str, key: str) -> bool:
+        with self._connect() as conn:
+            rows = conn.execute(
+                self._sql["clear_limit"],
+                {"queue": queue, "key": key, "channel": self.target.channel, "now": None},
+            ).fetchall()
+        return bool(rows)
+
+    def limits(self, queue: str | None = None, now: float | None = None) -> list[LimitInfo]:
+        with self._connect() as conn:
+            rows = conn.execute(self._sql["limits"], {"queue": queue, "now": now}).fetchall()
+        out = []
+        for q, key, tat, running, closed, o_rate, o_burst, o_conc, declared, grouped, clock in rows:
+            override = o_rate is not None or o_conc is not None
+            if override:
+                rate, burst, conc = o_rate or 0.0, o_burst or 1, o_conc or 0
+            else:
+                found = next((r for r in _rules(declared) if r.key == key), None)
+                if found is None:
+                    if not running:
+                        continue  # nothing declares it, nothing holds it: nothing to show
+                    rate, burst, conc = 0.0, 1, 0
+                else:
+                    rate, burst, conc = found.rate, found.burst, found.concurrency
+            tokens = buckets.tokens(tat, clock, rate, burst) if rate > 0 else None
+            shut = closed if closed is not None and closed > clock else None
+            if not (
+                override or running or grouped or shut is not None or (tokens is not None and tokens < burst)
+            ):
+                continue
+            out.append(
+                LimitInfo(
+                    queue=q,
+                    key=key,
+                    rate=rate,
+                    burst=burst,
+                    concurrency=conc,
+                    override=override,
+                    running=running,
+                    tokens=tokens,
+                    closed_until=shut,
+                )
+            )
+        return out
 
     # -- pause and resume --------------------------------------------------------------------
 
@@ -721,6 +908,14 @@ class PostgresBroker(Broker):
                 conn.close()
         os.close(self._interrupt_r)
         os.close(self._interrupt_w)
+
+
+def _rules(stored: Any) -> list[Rule]:
+    """Declared rules as stored (jsonb, decoded by psycopg); a corrupt value as none."""
+    try:
+        return msgspec.convert(stored, list[Rule]) if stored is not None else []
+    except (msgspec.ValidationError, TypeError):
+        return []
 
 
 def _leases(outcomes: Sequence[Outcome]) -> dict[str, list[Any]]:

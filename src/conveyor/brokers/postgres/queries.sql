@@ -18,22 +18,35 @@
 -- inserted. Each message comes back in order with whether it was inserted, the holder of its
 -- key, and whether its id was held and by this very message (the same enqueue sent again), as
 -- this statement's snapshot sees them: rows inserted by this very statement are invisible to
--- it, so the caller resolves a key or an id repeated within the batch.
+-- it, so the caller resolves a key or an id repeated within the batch. A job with limits joins
+-- its group (docs/flow-control.md): the group's row takes the batch's latest rules and is ready
+-- no later than the job is due.
 WITH m AS (
     SELECT *
       FROM unnest(%(ids)b::text[], %(tasks)b::text[], %(queues)b::text[], %(priorities)b::int[],
                   %(payloads)b::bytea[], %(delays)b::float8[], %(run_ats)b::float8[],
-                  %(keys)b::text[], %(max_attempts)b::int[])
-           WITH ORDINALITY AS m (id, task, queue, priority, payload, delay, run_at, key, max_attempts, n)
+                  %(keys)b::text[], %(max_attempts)b::int[], %(grps)b::text[], %(rules)b::text[])
+           WITH ORDINALITY AS m (id, task, queue, priority, payload, delay, run_at, key, max_attempts,
+                                 grp, rules, n)
 ), inserted AS (
     INSERT INTO {schema}.jobs (id, task, queue, priority, state, payload, run_at, enqueued_at,
-                               max_attempts, key)
+                               max_attempts, key, grp, rules)
     SELECT id, task, queue, priority, 'pending', payload, coalesce(run_at, {statement_now} + delay),
-           {statement_now}, max_attempts, key
+           {statement_now}, max_attempts, key, grp, rules::jsonb
       FROM m
      ORDER BY n
         ON CONFLICT DO NOTHING
-    RETURNING id
+    RETURNING id, run_at
+), grouped AS (
+    INSERT INTO {schema}.limit_groups AS g (queue, priority, grp, rules, turn, ready_at)
+    SELECT m.queue, m.priority, m.grp, (array_agg(m.rules::jsonb ORDER BY m.n DESC))[1], 0,
+           min(inserted.run_at)
+      FROM m JOIN inserted ON inserted.id = m.id
+     WHERE m.grp IS NOT NULL
+     GROUP BY m.queue, m.priority, m.grp
+     ORDER BY m.queue, m.priority, m.grp
+        ON CONFLICT (queue, priority, grp)
+        DO UPDATE SET rules = excluded.rules, ready_at = least(g.ready_at, excluded.ready_at)
 )
 SELECT inserted.id IS NOT NULL, holder.id, holder.task = m.task AND holder.payload = m.payload,
        same.id IS NOT NULL,
@@ -120,7 +133,7 @@ SELECT pg_notify(%(channel)s, queue) FROM unnest(%(queues)s::text[]) AS queue;
 SELECT want.queue, want.priority,
        (SELECT count(*)
           FROM (SELECT 1 FROM {schema}.jobs
-                 WHERE state = 'pending' AND queue = want.queue AND priority = want.priority
+                 WHERE state = 'pending' AND grp IS NULL AND queue = want.queue AND priority = want.priority
                    AND run_at <= {now}
                  LIMIT %(limit)s) AS capped)
   FROM unnest(%(queues)s::text[], %(priorities)s::int[]) AS want (queue, priority);
@@ -134,7 +147,7 @@ SELECT w.queue, w.priority, c.id
   FROM unnest(%(queues)s::text[], %(priorities)s::int[]) AS w (queue, priority)
  CROSS JOIN LATERAL (
        SELECT id, run_at, seq FROM {schema}.jobs
-        WHERE state = 'pending' AND queue = w.queue AND priority = w.priority
+        WHERE state = 'pending' AND grp IS NULL AND queue = w.queue AND priority = w.priority
           AND run_at <= {now}
         ORDER BY run_at, seq
         LIMIT %(limit)s
@@ -142,9 +155,9 @@ SELECT w.queue, w.priority, c.id
 
 -- name: reserve
 -- The whole reservation in one round trip: the schema's reserve_unpaused function (migration
--- 0005) leaves out what is paused and calls its reserve function (migration 0004), which runs
--- candidates (one queue) or count_ready (several), the fair split across levels and queues and
--- the claim of its share; its last row is the worker's new fairness state.
+-- 0006) leaves out what is paused and calls its reserve function, which runs candidates (one
+-- queue) or count_ready (several), the fair split across levels and queues and the claim of its
+-- share (reserve_limited for queues with limits); its last row is the worker's new fairness state.
 SELECT * FROM {schema}.reserve_unpaused(%(queues)s::text[], %(weights)s::int[], %(fair)s::int[],
                                         %(qweights)s::int[], %(qfair)s::int[], %(strict)s::boolean,
                                         %(limit)s::int, %(lease)s::float8, %(worker)s::text,
@@ -163,7 +176,7 @@ WITH wanted AS (
       FROM wanted
      CROSS JOIN LATERAL (
            SELECT id FROM {schema}.jobs
-            WHERE state = 'pending' AND queue = wanted.queue AND priority = wanted.priority
+            WHERE state = 'pending' AND grp IS NULL AND queue = wanted.queue AND priority = wanted.priority
               AND run_at <= {now}
             ORDER BY run_at, seq
             LIMIT wanted.n
@@ -180,15 +193,18 @@ RETURNING j.id, j.task, j.queue, j.priority, j.payload, j.attempt, j.max_attempt
           j.run_at, j.enqueued_at, j.key;
 
 -- name: next_due
--- Seconds from the database's clock to the earliest due time of a pending job of the queues
--- (zero or less: one is ready), or NULL. A skip scan: one index probe per (queue, priority)
--- present, however many jobs wait. A queue paused as a whole is left out: resume wakes it.
+-- Seconds from the database's clock to when work of the queues may be ready (zero or less: some
+-- is), or NULL: the earliest due time of a pending job without limits (a skip scan: one index
+-- probe per (queue, priority) present, however many jobs wait), or the earliest a group of
+-- jobs with limits may run (ready_at; +infinity while it waits for a slot, which wakes it);
+-- a queue its own limit holds back is ready no earlier than that limit allows. A queue paused
+-- as a whole is left out: resume wakes it.
 WITH RECURSIVE probe AS (
     SELECT q.queue, first.priority, first.run_at
       FROM unnest(%(queues)s::text[]) AS q (queue)
      CROSS JOIN LATERAL (
            SELECT priority, run_at FROM {schema}.jobs
-            WHERE state = 'pending' AND queue = q.queue
+            WHERE state = 'pending' AND grp IS NULL AND queue = q.queue
             ORDER BY priority, run_at LIMIT 1) AS first
      WHERE NOT EXISTS (SELECT 1 FROM {schema}.paused AS p WHERE p.queue = q.queue AND p.task = '')
     UNION ALL
@@ -196,13 +212,98 @@ WITH RECURSIVE probe AS (
       FROM probe
      CROSS JOIN LATERAL (
            SELECT priority, run_at FROM {schema}.jobs
-            WHERE state = 'pending' AND queue = probe.queue AND priority > probe.priority
+            WHERE state = 'pending' AND grp IS NULL AND queue = probe.queue
+              AND priority > probe.priority
             ORDER BY priority, run_at LIMIT 1) AS next
+), clock AS (
+    SELECT extract(epoch from clock_timestamp()) AS now
+), due AS (
+    SELECT queue, run_at AS at FROM probe
+    UNION ALL
+    SELECT g.queue, g.ready_at FROM {schema}.limit_groups AS g
+     WHERE g.queue = ANY (%(queues)s::text[]) AND g.grp <> ''
+       AND NOT EXISTS (SELECT 1 FROM {schema}.paused AS p WHERE p.queue = g.queue AND p.task = '')
+), gate AS (
+    SELECT k.queue,
+           greatest(CASE WHEN k.closed_until > clock.now THEN k.closed_until END,
+                    CASE WHEN coalesce(k.concurrency, 0) > 0 AND k.running >= k.concurrency
+                         THEN 'infinity'::float8 END,
+                    CASE WHEN coalesce(k.rate, 0) > 0
+                          AND floor(coalesce(k.burst, 1) - greatest(0, k.tat - clock.now) * k.rate + 1e-9) < 1
+                         THEN k.tat - (coalesce(k.burst, 1) - 1) / k.rate END) AS at
+      FROM {schema}.limit_keys AS k, clock
+     WHERE k.queue = ANY (%(queues)s::text[]) AND k.key = ''
+       AND (k.rate IS NOT NULL OR k.concurrency IS NOT NULL)
 )
-SELECT min(run_at) - extract(epoch from clock_timestamp()) FROM probe;
+SELECT min(greatest(due.at, gate.at)) - min(clock.now)
+  FROM due LEFT JOIN gate ON gate.queue = due.queue, clock;
 
 -- name: ack_succeeded
 -- Outcomes "succeeded" of running jobs whose token still matches; returns the ids settled.
+-- Slots the jobs held are freed (after_settle: called only if one held any).
+WITH settled AS (
+    UPDATE {schema}.jobs AS j
+       SET state = 'succeeded', result = o.result, finished_at = {now},
+           expires_at = {now} + %(retention)s, lease_until = NULL
+      FROM unnest(%(ids)b::text[], %(tokens)b::bigint[], %(results)b::bytea[]) AS o (id, token, result)
+     WHERE j.id = o.id AND j.token = o.token AND j.state = 'running'
+    RETURNING j.id, j.queue, j.held
+), limited AS (
+    SELECT {schema}.after_settle(array_agg(queue), NULL, NULL, NULL, array_agg(held), NULL, NULL,
+                                 NULL, {now}, %(channel)s)
+      FROM settled WHERE held IS NOT NULL HAVING count(*) > 0
+)
+SELECT settled.id FROM settled, (SELECT count(*) FROM limited) AS l;
+
+-- name: ack_retry
+-- Outcomes "retry": pending again after the delay, the error appended to the history; wakes
+-- the queues of the retried jobs in the same statement (delivered when it commits).
+WITH retried AS (
+    UPDATE {schema}.jobs AS j
+       SET state = 'pending', run_at = {now} + o.delay, lease_until = NULL, worker = NULL,
+           errors = j.errors || jsonb_build_array(o.error)
+      FROM unnest(%(ids)s::text[], %(tokens)s::bigint[], %(delays)s::float8[], %(errors)s::jsonb[])
+           AS o (id, token, delay, error)
+     WHERE j.id = o.id AND j.token = o.token AND j.state = 'running'
+    RETURNING j.id, j.queue, j.priority, j.grp, j.rules, j.held, j.run_at
+), woken AS (
+    SELECT count(pg_notify(%(channel)s, queue)) AS n
+      FROM (SELECT DISTINCT queue FROM retried ORDER BY queue) AS q
+), limited AS (
+    SELECT {schema}.after_settle(array_agg(queue), array_agg(priority), array_agg(grp),
+                                 array_agg(rules), array_agg(held), array_agg(grp IS NOT NULL),
+                                 array_agg(run_at), NULL, {now}, %(channel)s)
+      FROM retried WHERE held IS NOT NULL OR grp IS NOT NULL HAVING count(*) > 0
+)
+SELECT retried.id FROM retried, woken, (SELECT count(*) FROM limited) AS l;
+
+-- name: ack_throttled
+-- Outcomes "throttled" (RateLimited): pending again after the delay with the attempt given back
+-- and counted as a throttle, the error appended; every key of the job's group is closed until
+-- then (after_settle, which also frees its slots and puts it back in its group).
+WITH throttled AS (
+    UPDATE {schema}.jobs AS j
+       SET state = 'pending', run_at = {now} + o.delay, lease_until = NULL, worker = NULL,
+           attempt = greatest(j.attempt - 1, 0), throttled = coalesce(j.throttled, 0) + 1,
+           errors = j.errors || jsonb_build_array(o.error)
+      FROM unnest(%(ids)s::text[], %(tokens)s::bigint[], %(delays)s::float8[], %(errors)s::jsonb[])
+           AS o (id, token, delay, error)
+     WHERE j.id = o.id AND j.token = o.token AND j.state = 'running'
+    RETURNING j.id, j.queue, j.priority, j.grp, j.rules, j.held, j.run_at
+), woken AS (
+    SELECT count(pg_notify(%(channel)s, queue)) AS n
+      FROM (SELECT DISTINCT queue FROM throttled ORDER BY queue) AS q
+), limited AS (
+    SELECT {schema}.after_settle(array_agg(queue), array_agg(priority), array_agg(grp),
+                                 array_agg(rules), array_agg(held), array_agg(grp IS NOT NULL),
+                                 array_agg(run_at), array_agg(run_at), {now}, %(channel)s)
+      FROM throttled WHERE held IS NOT NULL OR grp IS NOT NULL HAVING count(*) > 0
+)
+SELECT throttled.id FROM throttled, woken, (SELECT count(*) FROM limited) AS l;
+
+-- name: ack_succeeded_plain
+-- ack_succeeded for deliveries this broker claimed without limits (no group, no slot held: the
+-- claim said so, and neither changes while the token is current): nothing to free.
 UPDATE {schema}.jobs AS j
    SET state = 'succeeded', result = o.result, finished_at = {now},
        expires_at = {now} + %(retention)s, lease_until = NULL
@@ -210,9 +311,8 @@ UPDATE {schema}.jobs AS j
  WHERE j.id = o.id AND j.token = o.token AND j.state = 'running'
 RETURNING j.id;
 
--- name: ack_retry
--- Outcomes "retry": pending again after the delay, the error appended to the history; wakes
--- the queues of the retried jobs in the same statement (delivered when it commits).
+-- name: ack_retry_plain
+-- ack_retry for deliveries claimed without limits (see ack_succeeded_plain).
 WITH retried AS (
     UPDATE {schema}.jobs AS j
        SET state = 'pending', run_at = {now} + o.delay, lease_until = NULL, worker = NULL,
@@ -227,14 +327,91 @@ WITH retried AS (
 )
 SELECT retried.id FROM retried, woken;
 
--- name: ack_dead
--- Outcomes "dead": into the dead letter queue, the error appended to the history.
+-- name: ack_dead_plain
+-- ack_dead for deliveries claimed without limits (see ack_succeeded_plain).
 UPDATE {schema}.jobs AS j
    SET state = 'dead', finished_at = {now}, lease_until = NULL,
        errors = j.errors || jsonb_build_array(o.error)
   FROM unnest(%(ids)s::text[], %(tokens)s::bigint[], %(errors)s::jsonb[]) AS o (id, token, error)
  WHERE j.id = o.id AND j.token = o.token AND j.state = 'running'
 RETURNING j.id;
+
+-- name: ack_mixed
+-- A batch of outcomes of several kinds in one statement: each kind as in its own statement
+-- above, then one after_settle for all of them (limit locks in one round, in the claim's order).
+-- Returns (kind, id) of the outcomes settled.
+WITH o AS (
+    SELECT * FROM unnest(%(ids)s::text[], %(tokens)s::bigint[], %(kinds)s::text[],
+                         %(results)s::bytea[], %(delays)s::float8[], %(errors)s::jsonb[])
+                  AS o (id, token, kind, result, delay, error)
+), succeeded AS (
+    UPDATE {schema}.jobs AS j
+       SET state = 'succeeded', result = o.result, finished_at = {now},
+           expires_at = {now} + %(retention)s, lease_until = NULL
+      FROM o
+     WHERE o.kind = 'succeeded' AND j.id = o.id AND j.token = o.token AND j.state = 'running'
+    RETURNING j.id, o.kind, j.queue, j.priority, j.grp, j.rules, j.held, j.run_at
+), retried AS (
+    UPDATE {schema}.jobs AS j
+       SET state = 'pending', run_at = {now} + o.delay, lease_until = NULL, worker = NULL,
+           errors = j.errors || jsonb_build_array(o.error)
+      FROM o
+     WHERE o.kind = 'retry' AND j.id = o.id AND j.token = o.token AND j.state = 'running'
+    RETURNING j.id, o.kind, j.queue, j.priority, j.grp, j.rules, j.held, j.run_at
+), buried AS (
+    UPDATE {schema}.jobs AS j
+       SET state = 'dead', finished_at = {now}, lease_until = NULL,
+           errors = j.errors || jsonb_build_array(o.error)
+      FROM o
+     WHERE o.kind = 'dead' AND j.id = o.id AND j.token = o.token AND j.state = 'running'
+    RETURNING j.id, o.kind, j.queue, j.priority, j.grp, j.rules, j.held, j.run_at
+), throttled AS (
+    UPDATE {schema}.jobs AS j
+       SET state = 'pending', run_at = {now} + o.delay, lease_until = NULL, worker = NULL,
+           attempt = greatest(j.attempt - 1, 0), throttled = coalesce(j.throttled, 0) + 1,
+           errors = j.errors || jsonb_build_array(o.error)
+      FROM o
+     WHERE o.kind = 'throttled' AND j.id = o.id AND j.token = o.token AND j.state = 'running'
+    RETURNING j.id, o.kind, j.queue, j.priority, j.grp, j.rules, j.held, j.run_at
+), settled AS (
+    SELECT * FROM succeeded UNION ALL SELECT * FROM retried
+    UNION ALL SELECT * FROM buried UNION ALL SELECT * FROM throttled
+), woken AS (
+    SELECT count(pg_notify(%(channel)s, queue)) AS n
+      FROM (SELECT DISTINCT queue FROM settled WHERE kind IN ('retry', 'throttled') ORDER BY queue) AS q
+), limited AS (
+    SELECT {schema}.after_settle(array_agg(queue), array_agg(priority), array_agg(grp),
+                                 array_agg(rules), array_agg(held),
+                                 array_agg(grp IS NOT NULL AND kind IN ('retry', 'throttled')),
+                                 array_agg(run_at),
+                                 array_agg(CASE WHEN kind = 'throttled' THEN run_at END),
+                                 {now}, %(channel)s)
+      FROM settled
+     WHERE held IS NOT NULL OR (grp IS NOT NULL AND kind IN ('retry', 'throttled'))
+    HAVING count(*) > 0
+)
+SELECT settled.kind, settled.id FROM settled, woken, (SELECT count(*) FROM limited) AS l;
+
+-- name: lock_settling
+-- Outcomes with effects settle in several statements of one transaction: take their limit locks
+-- first, in the claims' order (see the function).
+SELECT {schema}.lock_settling(%(ids)s::text[], %(tokens)s::bigint[], %(kinds)s::text[]);
+
+-- name: ack_dead
+-- Outcomes "dead": into the dead letter queue, the error appended to the history.
+WITH settled AS (
+    UPDATE {schema}.jobs AS j
+       SET state = 'dead', finished_at = {now}, lease_until = NULL,
+           errors = j.errors || jsonb_build_array(o.error)
+      FROM unnest(%(ids)s::text[], %(tokens)s::bigint[], %(errors)s::jsonb[]) AS o (id, token, error)
+     WHERE j.id = o.id AND j.token = o.token AND j.state = 'running'
+    RETURNING j.id, j.queue, j.held
+), limited AS (
+    SELECT {schema}.after_settle(array_agg(queue), NULL, NULL, NULL, array_agg(held), NULL, NULL,
+                                 NULL, {now}, %(channel)s)
+      FROM settled WHERE held IS NOT NULL HAVING count(*) > 0
+)
+SELECT settled.id FROM settled, (SELECT count(*) FROM limited) AS l;
 
 -- name: extend
 -- Heartbeat: push the leases still held; returns their ids (the others are lost). A held row
@@ -255,13 +432,21 @@ SELECT j.id FROM {schema}.jobs AS j JOIN l ON j.id = l.id AND j.token = l.token
  WHERE j.state = 'running';
 
 -- name: release
--- Return leased, unstarted jobs to pending and give back their attempt.
-UPDATE {schema}.jobs AS j
-   SET state = 'pending', attempt = greatest(j.attempt, -2147483647) - 1, lease_until = NULL,
-       worker = NULL, started_at = NULL
-  FROM unnest(%(ids)b::text[], %(tokens)b::bigint[]) AS l (id, token)
- WHERE j.id = l.id AND j.token = l.token AND j.state = 'running'
-RETURNING j.queue;
+-- Return leased, unstarted jobs to pending and give back their attempt (not the tokens their
+-- limits spent); their slots are freed and they rejoin their groups.
+WITH released AS (
+    UPDATE {schema}.jobs AS j
+       SET state = 'pending', attempt = greatest(j.attempt, -2147483647) - 1, lease_until = NULL, worker = NULL, started_at = NULL
+      FROM unnest(%(ids)b::text[], %(tokens)b::bigint[]) AS l (id, token)
+     WHERE j.id = l.id AND j.token = l.token AND j.state = 'running'
+    RETURNING j.queue, j.priority, j.grp, j.rules, j.held, j.run_at
+), limited AS (
+    SELECT {schema}.after_settle(array_agg(queue), array_agg(priority), array_agg(grp),
+                                 array_agg(rules), array_agg(held), array_agg(grp IS NOT NULL),
+                                 array_agg(run_at), NULL, {now}, %(channel)s)
+      FROM released WHERE held IS NOT NULL OR grp IS NOT NULL HAVING count(*) > 0
+)
+SELECT released.queue FROM released, (SELECT count(*) FROM limited) AS l;
 
 -- name: any_expired
 -- Cheap probe of the running index before reclaim takes any lock.
@@ -270,12 +455,12 @@ SELECT 1 FROM {schema}.jobs WHERE state = 'running' AND lease_until < {now} LIMI
 -- name: reclaim
 -- Expired leases: pending again, or dead once their attempts are spent; either way the lost
 -- attempt is recorded as a WorkerLost error. Leases being acknowledged right now are locked
--- and skipped: their owner is alive.
+-- and skipped: their owner is alive. Their slots are freed; those requeued rejoin their groups.
 WITH expired AS (
     SELECT id FROM {schema}.jobs
      WHERE state = 'running' AND lease_until < {now}
        FOR UPDATE SKIP LOCKED
-)
+), reclaimed AS (
 UPDATE {schema}.jobs AS j
    SET state = CASE WHEN j.attempt >= j.max_attempts THEN 'dead' ELSE 'pending' END,
        finished_at = CASE WHEN j.attempt >= j.max_attempts THEN {now} END,
@@ -289,7 +474,15 @@ UPDATE {schema}.jobs AS j
            'at', {now}))
   FROM expired
  WHERE j.id = expired.id
-RETURNING j.id, j.state, j.queue;
+RETURNING j.id, j.state, j.queue, j.priority, j.grp, j.rules, j.held, j.run_at
+), limited AS (
+    SELECT {schema}.after_settle(array_agg(queue), array_agg(priority), array_agg(grp),
+                                 array_agg(rules), array_agg(held),
+                                 array_agg(grp IS NOT NULL AND state = 'pending'), array_agg(run_at),
+                                 NULL, {now}, %(channel)s)
+      FROM reclaimed WHERE held IS NOT NULL OR grp IS NOT NULL HAVING count(*) > 0
+)
+SELECT reclaimed.id, reclaimed.state, reclaimed.queue FROM reclaimed, (SELECT count(*) FROM limited) AS l;
 
 -- name: cancel
 UPDATE {schema}.jobs
@@ -301,7 +494,9 @@ SELECT {columns}, {now} FROM {schema}.jobs WHERE id = %(id)s;
 
 -- name: stats
 -- Counts per queue, priority and reported state, with the oldest ready due time. A parked job
--- (set aside while its task is paused) is pending.
+-- (set aside while its task is paused) is pending. Last, per queue with groups of jobs with
+-- limits, a row of state NULL: the ready jobs of groups that wait (ready_at past now) and
+-- whether the queue's own limit allows no start now (then every ready job is held back).
 WITH clock AS (SELECT {now} AS now)
 SELECT queue, priority,
        CASE WHEN state NOT IN ('pending', 'parked') THEN state WHEN run_at <= clock.now THEN 'ready'
@@ -312,7 +507,29 @@ SELECT queue, priority,
        min(clock.now)
   FROM {schema}.jobs, clock
  WHERE %(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[])
- GROUP BY queue, priority, reported;
+ GROUP BY queue, priority, reported
+UNION ALL
+SELECT g.queue, NULL, NULL,
+       (SELECT count(*) FROM {schema}.limit_groups AS w
+          JOIN {schema}.jobs AS j ON j.queue = w.queue AND j.priority = w.priority AND j.grp = w.grp
+         WHERE w.queue = g.queue AND w.grp <> '' AND w.ready_at > clock.now
+           AND j.state = 'pending' AND j.run_at <= clock.now),
+       CASE WHEN EXISTS (
+                SELECT 1 FROM {schema}.limit_keys AS k
+                 WHERE k.queue = g.queue AND k.key = ''
+                   AND (k.closed_until > clock.now
+                        OR (coalesce(k.concurrency, 0) > 0 AND k.running >= k.concurrency)
+                        OR (coalesce(k.rate, 0) > 0
+                            AND floor(coalesce(k.burst, 1) - greatest(0, k.tat - clock.now) * k.rate
+                                      + 1e-9) < 1)))
+            THEN 1 ELSE 0 END,
+       clock.now
+  FROM (SELECT DISTINCT queue FROM {schema}.limit_groups
+         WHERE %(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[])
+        UNION
+        SELECT queue FROM {schema}.limit_keys
+         WHERE key = '' AND (rate IS NOT NULL OR concurrency IS NOT NULL)
+           AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))) AS g, clock;
 
 -- name: jobs
 -- A page of jobs; {due} and {order} are fixed per listed state by the broker.
@@ -353,12 +570,21 @@ SELECT d.id, d.key, o.id
  LIMIT 1;
 
 -- name: replay
--- Dead jobs ready again with their attempts reset (their error history kept).
-UPDATE {schema}.jobs
-   SET state = 'pending', attempt = 0, run_at = {now}, finished_at = NULL, started_at = NULL,
-       worker = NULL, queue = coalesce(%(queue)s, queue)
- WHERE state = 'dead' AND (%(ids)s::text[] IS NULL OR id = ANY(%(ids)s::text[]))
-RETURNING queue;
+-- Dead jobs ready again with their attempts reset (their error history kept); those with
+-- limits rejoin their groups (in the queue they are replayed into).
+WITH replayed AS (
+    UPDATE {schema}.jobs
+       SET state = 'pending', attempt = 0, run_at = {now}, finished_at = NULL, started_at = NULL,
+           worker = NULL, queue = coalesce(%(queue)s, queue)
+     WHERE state = 'dead' AND (%(ids)s::text[] IS NULL OR id = ANY(%(ids)s::text[]))
+    RETURNING queue, priority, grp, rules, run_at
+), limited AS (
+    SELECT {schema}.after_settle(array_agg(queue), array_agg(priority), array_agg(grp),
+                                 array_agg(rules), NULL, array_agg(true), array_agg(run_at), NULL,
+                                 {now}, %(channel)s)
+      FROM replayed WHERE grp IS NOT NULL HAVING count(*) > 0
+)
+SELECT replayed.queue FROM replayed, (SELECT count(*) FROM limited) AS l;
 
 -- name: purge
 DELETE FROM {schema}.jobs
@@ -373,6 +599,80 @@ DELETE FROM {schema}.jobs
                LIMIT %(limit)s
                  FOR UPDATE SKIP LOCKED);
 
+-- name: set_limit
+-- A run-time limit of a queue (key '': the queue's own) or one of its keys, kept until cleared.
+-- The groups it may concern (those with the key; every group of the queue for its own limit)
+-- are looked at again from now, their waiters dropped, and the queue's workers woken. The key
+-- is locked first; a group another transaction holds is passed (a claim holding it waits for
+-- this key and sees the new rule; an enqueue or an outcome holding it makes it ready itself).
+WITH kept AS (
+    INSERT INTO {schema}.limit_keys AS k (queue, key, rate, burst, concurrency)
+    VALUES (%(queue)s::text, %(key)s::text, %(rate)s, %(burst)s, %(concurrency)s)
+        ON CONFLICT (queue, key)
+        DO UPDATE SET rate = excluded.rate, burst = excluded.burst, concurrency = excluded.concurrency
+    RETURNING k.queue
+), locked AS (
+    SELECT g.queue, g.priority, g.grp FROM {schema}.limit_groups AS g
+     WHERE g.queue = %(queue)s::text
+       AND (%(key)s::text = '' OR %(key)s::text = ANY (string_to_array(g.grp, chr(31))))
+       FOR UPDATE SKIP LOCKED
+), regrouped AS (
+    UPDATE {schema}.limit_groups AS g SET ready_at = least(g.ready_at, {now})
+      FROM locked AS l
+     WHERE g.queue = l.queue AND g.priority = l.priority AND g.grp = l.grp
+    RETURNING g.queue, g.priority, g.grp
+), unwaited AS (
+    DELETE FROM {schema}.limit_waiters AS w USING regrouped AS r
+     WHERE w.queue = r.queue AND w.priority = r.priority AND w.grp = r.grp
+)
+SELECT pg_notify(%(channel)s, queue) FROM kept;
+
+-- name: clear_limit
+-- Forget a run-time limit (the declared rules apply again); its key's bucket, slots and
+-- throttle stay. Returns the key if one was set; the groups are looked at again as for set_limit.
+WITH cleared AS (
+    UPDATE {schema}.limit_keys AS k SET rate = NULL, burst = NULL, concurrency = NULL
+     WHERE k.queue = %(queue)s::text AND k.key = %(key)s::text
+       AND (k.rate IS NOT NULL OR k.concurrency IS NOT NULL)
+    RETURNING k.queue
+), locked AS (
+    SELECT g.queue, g.priority, g.grp FROM {schema}.limit_groups AS g
+     WHERE g.queue = %(queue)s::text
+       AND (%(key)s::text = '' OR %(key)s::text = ANY (string_to_array(g.grp, chr(31))))
+       AND EXISTS (SELECT 1 FROM cleared)
+       FOR UPDATE OF g SKIP LOCKED
+), regrouped AS (
+    UPDATE {schema}.limit_groups AS g SET ready_at = least(g.ready_at, {now})
+      FROM locked AS l
+     WHERE g.queue = l.queue AND g.priority = l.priority AND g.grp = l.grp
+    RETURNING g.queue, g.priority, g.grp
+), unwaited AS (
+    DELETE FROM {schema}.limit_waiters AS w USING regrouped AS r
+     WHERE w.queue = r.queue AND w.priority = r.priority AND w.grp = r.grp
+)
+SELECT pg_notify(%(channel)s, queue) FROM cleared;
+
+-- name: limits
+-- Limit keys of a queue (all queues when NULL) with what decides them: the bucket, the slots
+-- held, the throttle, the run-time rule, and the declared rules of a group naming the key (or,
+-- when no group has pending jobs, of a running job), and whether a group naming it exists.
+WITH clock AS (SELECT {now} AS now)
+SELECT k.queue, k.key, k.tat, k.running, k.closed_until, k.rate, k.burst, k.concurrency,
+       coalesce(
+           (SELECT g.rules FROM {schema}.limit_groups AS g
+             WHERE g.queue = k.queue AND g.grp <> '' AND k.key = ANY (string_to_array(g.grp, chr(31)))
+             LIMIT 1),
+           (SELECT j.rules FROM {schema}.jobs AS j
+             WHERE j.state = 'running' AND j.queue = k.queue AND j.grp IS NOT NULL
+               AND k.key = ANY (string_to_array(j.grp, chr(31)))
+             LIMIT 1)),
+       EXISTS (SELECT 1 FROM {schema}.limit_groups AS g
+                WHERE g.queue = k.queue AND g.grp <> '' AND k.key = ANY (string_to_array(g.grp, chr(31)))),
+       clock.now
+  FROM {schema}.limit_keys AS k, clock
+ WHERE %(queue)s::text IS NULL OR k.queue = %(queue)s::text
+ ORDER BY k.queue, k.key;
+
 -- name: pause
 -- Store a pause (task '' for the whole queue); a second one keeps the first one's time.
 INSERT INTO {schema}.paused (queue, task, since) VALUES (%(queue)s, %(task)s, {now})
@@ -385,14 +685,26 @@ INSERT INTO {schema}.paused (queue, task, since) VALUES (%(queue)s, %(task)s, {n
 SELECT pg_advisory_xact_lock(hashtextextended('conveyor.pause' || chr(31) || %(schema)s || chr(31) || %(queue)s, 0));
 
 -- name: resume
--- Undo a pause; a task's parked jobs are pending again and the queue's workers are woken.
+-- Undo a pause; a task's parked jobs are pending again and the queue's workers are woken. Parked
+-- jobs with limits rejoin their groups (docs/flow-control.md), as an enqueue adds them: the
+-- group's row is created if a claim deleted it meanwhile, and is ready no later than they are due.
 WITH gone AS (
-    DELETE FROM {schema}.paused WHERE queue = %(queue)s AND task = %(task)s
+    DELETE FROM {schema}.paused WHERE queue = %(queue)s::text AND task = %(task)s::text
 ), unparked AS (
     UPDATE {schema}.jobs SET state = 'pending'
-     WHERE state = 'parked' AND queue = %(queue)s AND task = %(task)s
+     WHERE state = 'parked' AND queue = %(queue)s::text AND task = %(task)s::text
+    RETURNING queue, priority, grp, rules, run_at, seq
+), regrouped AS (
+    INSERT INTO {schema}.limit_groups AS g (queue, priority, grp, rules, turn, ready_at)
+    SELECT u.queue, u.priority, u.grp, (array_agg(u.rules ORDER BY u.seq DESC))[1], 0, min(u.run_at)
+      FROM unparked AS u
+     WHERE u.grp IS NOT NULL
+     GROUP BY u.queue, u.priority, u.grp
+     ORDER BY u.queue, u.priority, u.grp
+        ON CONFLICT (queue, priority, grp)
+        DO UPDATE SET ready_at = least(g.ready_at, excluded.ready_at)
 )
-SELECT pg_notify(%(channel)s, %(queue)s);
+SELECT pg_notify(%(channel)s, %(queue)s::text);
 
 -- name: paused
 SELECT queue, task, since FROM {schema}.paused

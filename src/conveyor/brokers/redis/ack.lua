@@ -6,7 +6,7 @@
 -- then, on a single server with follow-ups, <prefix>:queues: their new ids are looked up in every
 -- registered queue (see held_elsewhere), as enqueue does
 -- ARGV[1] now   ARGV[2] retention seconds
--- ARGV[3] the outcomes, one MessagePack array of [id, token, kind (succeeded|retry|dead),
+-- ARGV[3] the outcomes, one MessagePack array of [id, token, kind (succeeded|retry|dead|throttled),
 --   result (optional string), delay, error JSON, effects (arrays of command and arguments),
 --   follow-ups (per follow-up the index of its queue's KEYS triple, 1 = KEYS[7..9])]; a plain
 --   success (no result, effects or follow-ups) travels as [id, token] alone
@@ -15,7 +15,8 @@
 -- nothing changed) or 'effects_failed' with the error (the job stays running, its lease held).
 -- Effects run before the job leaves running, so a failing effect leaves the job's state
 -- alone; Redis does not undo effects of the same outcome that ran before the failing one.
--- Wakes waiters of the queue (retries) and of the follow-ups' queues.
+-- An applied outcome frees the concurrency slots its job held (see free_held).
+-- Wakes waiters of the queue (retries, freed slots) and of the follow-ups' queues.
 
 local now = clock(ARGV[1])
 local expires_s = fmt(now + tonumber(ARGV[2]))
@@ -56,7 +57,7 @@ end
 local records = load_many(jobs, ids)
 
 -- Writes common to every outcome are gathered and sent once at the end.
-local saves, unleased, finished, t, seen = {}, {}, {}, {}, {}
+local saves, unleased, finished, t, seen, freed = {}, {}, {}, {}, {}, {}
 for n, o in ipairs(entries) do
   local r, id = records[n], o[O_ID]
   if seen[id] or not r or r[R_STATE] ~= 'r' or r[R_TOKEN] ~= o[O_TOKEN] then
@@ -109,6 +110,7 @@ for n, o in ipairs(entries) do
       unleased[#unleased + 1] = id
       r[R_LEASE] = false
       tally(t, 'r' .. level, -1)
+      if r[R_HELD] then limits_lib().free_held(r, freed) end
       local kind = o[O_KIND] or 'succeeded'
       if kind == 'succeeded' then
         r[R_STATE] = 's'
@@ -122,7 +124,20 @@ for n, o in ipairs(entries) do
         r[R_RUN_AT] = now + o[O_DELAY]
         r[R_WORKER] = false
         r[R_ERRORS] = append_error(r[R_ERRORS], o[O_ERR])
-        redis.call('ZADD', pending_key(jobs, level), fmt(r[R_RUN_AT]), member(id, r[R_SEQ]))
+        to_pending(jobs, id, r)
+        tally(t, 'p' .. level, 1)
+        woken = true
+      elseif kind == 'throttled' then
+        -- RateLimited: the attempt is given back and every key of the job's group closes until
+        -- it is due again.
+        r[R_STATE] = 'p'
+        r[R_RUN_AT] = now + o[O_DELAY]
+        r[R_ATTEMPT] = r[R_ATTEMPT] - 1
+        r[R_THROTTLED] = (tonumber(r[R_THROTTLED]) or 0) + 1
+        r[R_WORKER] = false
+        r[R_ERRORS] = append_error(r[R_ERRORS], o[O_ERR])
+        limits_lib().close_group(jobs, r, r[R_RUN_AT])
+        to_pending(jobs, id, r)
         tally(t, 'p' .. level, 1)
         woken = true
       else
@@ -145,5 +160,6 @@ if #saves > 0 then
   if #finished > 0 then call_many('ZADD', done, finished, 2) end
   settle(counts, t)
 end
+if next(freed) and limits_lib().free_slots(jobs, freed) then woken = true end
 if woken then wake(jobs) end
 return out

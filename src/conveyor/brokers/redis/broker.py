@@ -37,9 +37,11 @@ from conveyor.brokers.redis.url import parse
 from conveyor.brokers.redis.wire import (
     DELIVERY_FIELDS,
     FIELDS,
+    LIMIT_FIELDS,
     adopt_fields,
     delivery,
     job,
+    limit_info,
     now_arg,
     optional,
     outcome_entry,
@@ -48,6 +50,7 @@ from conveyor.brokers.redis.wire import (
     pairs,
     raise_conflict,
     rows,
+    rule_arg,
 )
 from conveyor.errors import ConfigurationError, ConveyorError, KeyConflict, QueueFull
 from conveyor.priority import Fairness
@@ -56,11 +59,13 @@ from conveyor.records import (
     Delivery,
     Enqueued,
     JobInfo,
+    LimitInfo,
     Message,
     Outcome,
     Pause,
     QueueStats,
     Reclaimed,
+    Rule,
     WorkerInfo,
 )
 
@@ -612,6 +617,7 @@ class RedisBroker(Broker):
             clock = float(reply[0])
             counts: dict[str, dict[int, int]] = {}
             oldest: float | None = None
+            throttled = 0
             for n in range(1, len(reply) - 2, 3):
                 state, level = reply[n].decode(errors="replace"), _level(reply[n + 1])
                 if level is None:  # a count filed under a corrupt record's priority
@@ -619,10 +625,12 @@ class RedisBroker(Broker):
                 if state == "oldest":
                     due = float(reply[n + 2])
                     oldest = due if oldest is None else min(oldest, due)
+                elif state == "throttled":
+                    throttled = int(reply[n + 2])
                 elif int(reply[n + 2]):
                     per_level = counts.setdefault(state, {})
                     per_level[level] = per_level.get(level, 0) + int(reply[n + 2])
-            out.append(QueueStats(q, counts, None if oldest is None else clock - oldest))
+            out.append(QueueStats(q, counts, None if oldest is None else clock - oldest, throttled))
         return sorted(out, key=lambda s: s.queue)
 
     def jobs(
@@ -656,6 +664,27 @@ class RedisBroker(Broker):
         else:
             found.sort(key=lambda s_j: (-(s_j[1].finished_at or 0.0), -s_j[0]))
         return [j for _, j in found[offset : offset + limit]]
+
+    # -- limits (docs/flow-control.md; the state lives in the queue's slot, see lib.lua) -------
+
+    def set_limit(self, queue: str, rule: Rule) -> None:
+        stored = rule_arg(queue, rule)
+        self._register([queue])
+        self._run([("limit", self._keys(queue, "jobs", "counts"), ["set", rule.key, stored])])
+
+    def clear_limit(self, queue: str, key: str) -> bool:
+        (reply,) = self._run([("limit", self._keys(queue, "jobs", "counts"), ["clear", key])])
+        return bool(reply)
+
+    def limits(self, queue: str | None = None, now: float | None = None) -> list[LimitInfo]:
+        names = self._known_queues() if queue is None else [queue]
+        replies = self._run([("limits", self._keys(q, "jobs", "counts"), [now_arg(now)]) for q in names])
+        found = [
+            limit_info(f, q)
+            for q, reply in zip(names, replies, strict=True)
+            for f in rows(reply, 0, LIMIT_FIELDS)
+        ]
+        return sorted(found, key=lambda i: (i.queue, i.key))
 
     def time(self) -> float:
         reply = self._client.time()

@@ -11,7 +11,7 @@ for i = 3, #ARGV do
   local r = load(KEYS[1], id)
   if r and r[R_STATE] == 'p' then
     local level = r[R_PRIO]
-    if redis.call('ZREM', pending_key(KEYS[1], level), member(id, r[R_SEQ])) == 0 then
+    if from_pending(KEYS[1], id, r) == 0 then
       redis.call('ZREM', parked_key(KEYS[1], r[R_TASK]), id)  -- set aside while its task is paused
     end
     r[R_STATE] = 'c'

@@ -46,9 +46,11 @@ if state == 'scheduled' or state == 'ready' then
   local low, high = '-inf', fmt(now)
   if state == 'scheduled' then low, high = '(' .. fmt(now), '+inf' end
   for _, level in ipairs(pending_levels(KEYS[2])) do
-    local pk = pending_key(KEYS[1], level)
-    walk(function(offset) return redis.call('ZRANGEBYSCORE', pk, low, high, 'LIMIT', offset, CHUNK) end, 'p',
-      member_id)
+    -- Jobs without limits, then those with limits (each index walked as far as `want`).
+    for _, pk in ipairs({pending_key(KEYS[1], level), base_of(KEYS[1]) .. ':grouped:' .. level}) do
+      walk(function(offset) return redis.call('ZRANGEBYSCORE', pk, low, high, 'LIMIT', offset, CHUNK) end, 'p',
+        member_id)
+    end
   end
   if state == 'ready' then  -- and the due jobs of paused tasks, set aside (see lib)
     for _, paused in ipairs(redis.call('HKEYS', KEYS[6])) do

@@ -5,9 +5,11 @@
 -- keys], then their payloads in ARGV[at + 1], ARGV[at + 2], ... A shape holds what messages
 -- of a batch mostly share: [task, priority, delay, run_at (nil for none), max_attempts]; runs
 -- are [count, shape index] pairs in message order; keys maps a message's index to its
--- idempotency key (nil when no message has one). Each message is read as {id, shape, payload,
--- key or false}: a batch costs one table per message, not one per field.
-local M_ID, M_SHAPE, M_PAYLOAD, M_KEY = 1, 2, 3, 4
+-- idempotency key (nil when no message has one). A batch with limits adds two more: its distinct
+-- rule sets (each an array of [key, rate, burst, concurrency]) and a map of a message's index to
+-- its rule set's. Each message is read as {id, shape, payload, key or false, rules or nil}: a
+-- batch costs one table per message, not one per field.
+local M_ID, M_SHAPE, M_PAYLOAD, M_KEY, M_RULES = 1, 2, 3, 4, 5
 local S_TASK, S_PRIO, S_DELAY, S_RUN_AT, S_MAX = 1, 2, 3, 4, 5
 local function read_messages(at)
   local packed = cmsgpack.unpack(ARGV[at])
@@ -19,6 +21,10 @@ local function read_messages(at)
       i = i + 1
       msgs[i] = {ids[i], shape, ARGV[at + i], keys[i] or false}
     end
+  end
+  if packed[6] then
+    local sets = packed[5]
+    for index, set in pairs(packed[6]) do msgs[index][M_RULES] = sets[set] end
   end
   return msgs
 end
@@ -116,7 +122,7 @@ local function write_enqueue(jobs, keys, counts, msgs, plan, now)
   local seq = sequence()
   local base = math.floor(now * 1000000)
   local now_s, now_p = fmt(now), cmsgpack.pack(now)
-  local records, pending, key_ids, parts, t = {}, {}, {}, {}, {}
+  local records, pending, key_ids, parts, t, grouped = {}, {}, {}, {}, {}, {}
   for i, m in ipairs(msgs) do
     if plan[i] == true then
       local shape, id, key = m[M_SHAPE], m[M_ID], m[M_KEY]
@@ -143,16 +149,23 @@ local function write_enqueue(jobs, keys, counts, msgs, plan, now)
         key_ids[#key_ids + 1] = key
         key_ids[#key_ids + 1] = id
       end
+      local grp = m[M_RULES] and group_name(m[M_RULES])
+      if grp then
+        -- 18 fields (array16 header): the key or false, six absent ones, then the group.
+        rec = '\220\0\18' .. string.sub(rec, 2) .. (key and '' or '\194') .. '\194\194\194\194\194\194'
+          .. cmsgpack.pack(grp)
+      end
       records[#records + 1] = id
       records[#records + 1] = rec
       local level = shape[S_PRIO]
-      local zs = pending[level]
+      local zs = grp and limits_lib().grouped_list(grouped, level, grp, m[M_RULES]) or pending[level]
       if not zs then
         zs = {}
         pending[level] = zs
       end
       zs[#zs + 1] = (due == now and now_s) or fmt(due)
       zs[#zs + 1] = member(id, s)
+      if grp and not (zs.first and zs.first <= due) then zs.first = due end
     end
   end
   if #records == 0 then return end
@@ -161,6 +174,7 @@ local function write_enqueue(jobs, keys, counts, msgs, plan, now)
     call_many('ZADD', pending_key(jobs, level), zs, 2)
     tally(t, 'p' .. level, #zs / 2)
   end
+  if next(grouped) then limits_lib().write_grouped(jobs, grouped, t) end
   if #key_ids > 0 then call_many('HSET', keys, key_ids, 2) end
   settle(counts, t)
   wake(jobs)

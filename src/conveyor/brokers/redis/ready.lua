@@ -4,10 +4,12 @@
 -- ARGV[1] now ('' = the store's clock)   ARGV[2] number of levels   ARGV[3] cap per level
 -- Returns {now, due tasks of level 0 (at most cap), of level 1, ...}; now as a decimal string,
 -- so the reservation that follows uses the same clock reading. The last level counts the stored
--- levels above it too (see served_levels), as reserve takes them. A queue paused as a whole has
--- none due (reserve checks again); one with paused tasks first has the due jobs of those tasks
--- ahead of the first `cap` others of each level parked (see park_heads), and none due if that
--- took more than a call's budget.
+-- levels above it too (see served_levels), as reserve takes them. Jobs with limits count once
+-- due, whether or not their limits allow them now. A queue paused as a whole has none due
+-- (reserve checks again); one with paused tasks first has the due jobs of those tasks ahead of
+-- the first `cap` others of each level parked (see park_heads), and none due if that took more
+-- than a call's budget. (Jobs with limits of a paused task are parked by reserve, which meets
+-- them at the heads of their groups.)
 
 local now = clock(ARGV[1])
 local out = {fmt(now)}
@@ -26,6 +28,7 @@ for level = 0, last do
   local due = 0
   for _, stored in ipairs(stopped and {} or served_levels(KEYS[2], level, last)) do
     due = due + redis.call('ZCOUNT', pending_key(KEYS[1], stored), '-inf', fmt(now))
+      + redis.call('ZCOUNT', base_of(KEYS[1]) .. ':grouped:' .. stored, '-inf', fmt(now))
   end
   out[#out + 1] = math.min(cap, due)
 end

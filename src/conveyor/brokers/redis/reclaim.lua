@@ -3,13 +3,15 @@
 --
 -- KEYS[1] <base>:jobs   KEYS[2] <base>:running   KEYS[3] <base>:counts   KEYS[4] <base>:dead
 -- ARGV[1] now
--- Returns {'requeued' | 'dead', id, ...}. Wakes the queue's waiters when it requeued a task.
+-- Returns {'requeued' | 'dead', id, ...}. Wakes the queue's waiters when it requeued a task or
+-- freed a concurrency slot of its limits.
 -- A corrupt record (see unpack_record) whose lease ran out is buried (bury_corrupt); its level
--- is read from its first bytes, or else the running counts are recounted from the index.
+-- is read from its first bytes, or else the running counts are recounted from the index. The
+-- slots of its limits are freed when its first bytes reach the held keys (else they stay held).
 
 local now = clock(ARGV[1])
 local out = {}
-local requeued = false
+local requeued, freed = false, {}
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. fmt(now))) do
   local r, why, raw = load(KEYS[1], id)
   redis.call('ZREM', KEYS[2], id)
@@ -22,6 +24,8 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. fmt(now)
       recount(KEYS[1], KEYS[3], 'r', redis.call('ZRANGE', KEYS[2], 0, -1))
     end
     bump(KEYS[3], 'd' .. (level or 0), 1)
+    local s = salvage(raw)
+    if type(s[R_HELD]) == 'table' then limits_lib().free_held(s, freed) end
     out[#out + 1] = 'dead'
     out[#out + 1] = id
   elseif r and r[R_STATE] == 'r' then
@@ -31,6 +35,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. fmt(now)
     r[R_ERRORS] = append_error(r[R_ERRORS], '{"attempt":' .. r[R_ATTEMPT] .. ',"type":"WorkerLost","message":'
       .. cjson.encode(message) .. ',"traceback":null,"worker":' .. worker .. ',"at":' .. fmt(now) .. '}')
     r[R_LEASE] = false
+    if r[R_HELD] then limits_lib().free_held(r, freed) end
     bump(KEYS[3], 'r' .. level, -1)
     if r[R_ATTEMPT] >= r[R_MAX] then
       r[R_STATE] = 'd'
@@ -40,7 +45,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. fmt(now)
       out[#out + 1] = 'dead'
     else
       r[R_STATE] = 'p'
-      redis.call('ZADD', pending_key(KEYS[1], level), fmt(r[R_RUN_AT]), member(id, r[R_SEQ]))
+      to_pending(KEYS[1], id, r)
       bump(KEYS[3], 'p' .. level, 1)
       out[#out + 1] = 'requeued'
       requeued = true
@@ -49,5 +54,6 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. fmt(now)
     save(KEYS[1], id, r)
   end
 end
-if requeued then wake(KEYS[1]) end
+local woken = next(freed) and limits_lib().free_slots(KEYS[1], freed)
+if requeued or woken then wake(KEYS[1]) end
 return out

@@ -2,9 +2,10 @@
 --
 -- KEYS[1] <base>:jobs   KEYS[2] <base>:running   KEYS[3] <base>:counts
 -- ARGV[1..] job id, token pairs
--- Returns how many were released (a stale token releases nothing). Wakes the queue's waiters.
+-- Returns how many were released (a stale token releases nothing); their limits' slots are freed,
+-- their tokens stay spent. Wakes the queue's waiters.
 
-local n = 0
+local n, freed = 0, {}
 for i = 1, #ARGV, 2 do
   local id = ARGV[i]
   local r = load(KEYS[1], id)
@@ -15,13 +16,15 @@ for i = 1, #ARGV, 2 do
     r[R_LEASE] = false
     r[R_WORKER] = false
     r[R_STARTED] = false
+    if r[R_HELD] then limits_lib().free_held(r, freed) end
     save(KEYS[1], id, r)
     redis.call('ZREM', KEYS[2], id)
-    redis.call('ZADD', pending_key(KEYS[1], level), fmt(r[R_RUN_AT]), member(id, r[R_SEQ]))
+    to_pending(KEYS[1], id, r)
     bump(KEYS[3], 'r' .. level, -1)
     bump(KEYS[3], 'p' .. level, 1)
     n = n + 1
   end
 end
+if next(freed) then limits_lib().free_slots(KEYS[1], freed) end
 if n > 0 then wake(KEYS[1]) end
 return n

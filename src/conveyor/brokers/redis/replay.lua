@@ -1,4 +1,5 @@
--- replay: make dead jobs of this queue pending and due now, attempts reset, errors kept.
+-- replay: make dead jobs of this queue pending and due now, attempts (and throttles) reset,
+-- errors kept; a job with limits returns to its group.
 --
 -- KEYS[1] <base>:jobs   KEYS[2] <base>:counts   KEYS[3] <base>:dead
 -- ARGV[1] now   ARGV[2] '1' for every dead job, '0' for the ids that follow   ARGV[3..] job ids
@@ -14,12 +15,13 @@ for _, id in ipairs(ids) do
     redis.call('ZREM', KEYS[3], id)
     r[R_STATE] = 'p'
     r[R_ATTEMPT] = 0
+    r[R_THROTTLED] = false
     r[R_RUN_AT] = now
     r[R_FINISHED] = false
     r[R_STARTED] = false
     r[R_WORKER] = false
     save(KEYS[1], id, r)
-    redis.call('ZADD', pending_key(KEYS[1], level), fmt(now), member(id, r[R_SEQ]))
+    to_pending(KEYS[1], id, r)
     bump(KEYS[2], 'd' .. level, -1)
     bump(KEYS[2], 'p' .. level, 1)
     n = n + 1

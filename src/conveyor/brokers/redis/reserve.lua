@@ -23,6 +23,11 @@
 local now = clock(ARGV[1])
 local lease_until = now + tonumber(ARGV[2])
 local take, current, served = {}, {}, {}
+-- Limits (docs/flow-control.md): whether the queue has its own limit or ever had groups; a queue
+-- with neither claims on the plain path, as before limits existed.
+local limits_key = base_of(KEYS[1]) .. ':limits'
+local marks = redis.call('HMGET', limits_key, '\31o', GROUPED)
+local with_limits = marks[1] or marks[2]
 local held = pauses_of(KEYS[5])
 local stopped = held and held[''] or false
 
@@ -48,6 +53,10 @@ else
     for _, stored in ipairs(served[level + 1]) do
       if not stopped then
         left[level + 1] = left[level + 1] + redis.call('ZCOUNT', pending_key(KEYS[1], stored), '-inf', fmt(now))
+        if with_limits then
+          left[level + 1] = left[level + 1] + redis.call('ZCOUNT', base_of(KEYS[1]) .. ':grouped:' .. stored, '-inf',
+            fmt(now))
+        end
       end
     end
     take[level + 1] = 0
@@ -74,55 +83,94 @@ local out = {#current}
 for l = 1, #current do out[#out + 1] = current[l] end
 local saves, leased, t = {}, {}, {}
 local lease_s = fmt(lease_until)
-local budget = PARK_BUDGET
+
+-- The queue's own limit caps the claim; a level with groups is claimed by turns (claim_limited).
+local cache = {}
+local qkeys = marks[1] and limits_lib().queue_keys(limits_key, cache) or {}
+local allow = math.huge
+if #qkeys > 0 then allow = limits_lib().allowance(limits_key, cache, qkeys, now) end
+local got, limited = {}, #qkeys > 0
+-- Jobs of paused tasks this call may still park (one-element table: claim_limited lowers it).
+local park = {PARK_BUDGET}
+
+-- Claim `asked[l]` at each level l; under limits a level may yield less than asked (its due jobs
+-- throttled), and a second round gives the rest to the levels that yielded all they were asked,
+-- most urgent first.
+local asked, wanted, total = take, 0, 0
 for l = 1, #take do
-  local n = take[l]
-  for _, level in ipairs(served[l]) do
-    if n <= 0 or budget <= 0 then break end
-    local pk = pending_key(KEYS[1], level)
-    -- The due members are the zset's lowest ranks: remove them by rank in one command.
-    local members = redis.call('ZRANGEBYSCORE', pk, '-inf', fmt(now), 'LIMIT', 0, n)
-    while #members > 0 do
-      redis.call('ZREMRANGEBYRANK', pk, 0, #members - 1)
-      n = n - #members
-      local ids = {}
-      for k, m in ipairs(members) do ids[k] = member_id(m) end
-      local records, bad = load_many(KEYS[1], ids)
-      local claimed = 0
-      for k, id in ipairs(ids) do
-        local r = records[k]
-        if r == false then
-          bury_corrupt(KEYS[1], KEYS[4], id, bad[k][2], bad[k][1], level, member_seq(members[k]), now)
-          tally(t, 'p' .. level, -1)
-          tally(t, 'd' .. level, 1)
-        elseif r and held and held[r[R_TASK]] then
-          redis.call('ZADD', parked_key(KEYS[1], r[R_TASK]), fmt(r[R_RUN_AT]), id)
-          n = n + 1
-          budget = budget - 1
-        elseif r then
-          r[R_ATTEMPT] = r[R_ATTEMPT] + 1
-          r[R_TOKEN] = r[R_TOKEN] + 1
-          r[R_STATE] = 'r'
-          r[R_LEASE] = lease_until
-          r[R_WORKER] = ARGV[3]
-          r[R_STARTED] = now
-          saves[#saves + 1] = id
-          saves[#saves + 1] = pack_record(r)
-          leased[#leased + 1] = lease_s
-          leased[#leased + 1] = id
-          claimed = claimed + 1
-          emit_delivery(out, id, r)
-        end
+  got[l] = 0
+  wanted = wanted + take[l]
+end
+while asked do
+  for l = 1, #take do
+    local n = math.min(asked[l], wanted - total)
+    for _, level in ipairs(served[l]) do
+      n = math.min(n, allow)
+      if n <= 0 or park[1] <= 0 then break end
+      local pk = pending_key(KEYS[1], level)
+      local members, helds
+      if with_limits and (#qkeys > 0 or redis.call('ZRANGE', base_of(KEYS[1]) .. ':groups:' .. level, 0, 0)[1]) then
+        -- Taken out of their indexes already, limits spent, paused tasks' jobs parked on the way.
+        members, helds = limits_lib().claim_limited(KEYS[1], level, n, now, cache, qkeys, held, park)
+        allow, limited = allow - #members, true
+      else
+        -- The due members are the zset's lowest ranks: remove them by rank in one command.
+        members = redis.call('ZRANGEBYSCORE', pk, '-inf', fmt(now), 'LIMIT', 0, n)
       end
-      tally(t, 'p' .. level, -claimed)
-      tally(t, 'r' .. level, claimed)
-      members = {}
-      if held and n > 0 and budget > 0 then  -- some were parked: walk on
-        members = redis.call('ZRANGEBYSCORE', pk, '-inf', fmt(now), 'LIMIT', 0, math.min(n, budget))
+      while #members > 0 do
+        if not helds then redis.call('ZREMRANGEBYRANK', pk, 0, #members - 1) end
+        n = n - #members
+        local ids = {}
+        for k, m in ipairs(members) do ids[k] = member_id(m) end
+        local records, bad = load_many(KEYS[1], ids)
+        local claimed, parked = 0, 0
+        for k, id in ipairs(ids) do
+          local r = records[k]
+          if r == false then
+            bury_corrupt(KEYS[1], KEYS[4], id, bad[k][2], bad[k][1], level, member_seq(members[k]), now)
+            tally(t, 'p' .. level, -1)
+            tally(t, 'd' .. level, 1)
+            -- The slots taken for it are given back (its tokens stay spent, as on release).
+            if helds and helds[k] then limits_lib().unhold(cache, helds[k]) end
+          elseif r and held and held[r[R_TASK]] and not helds then
+            redis.call('ZADD', parked_key(KEYS[1], r[R_TASK]), fmt(r[R_RUN_AT]), id)
+            n = n + 1
+            park[1] = park[1] - 1
+            parked = parked + 1
+          elseif r then
+            r[R_ATTEMPT] = r[R_ATTEMPT] + 1
+            r[R_TOKEN] = r[R_TOKEN] + 1
+            r[R_STATE] = 'r'
+            r[R_LEASE] = lease_until
+            r[R_WORKER] = ARGV[3]
+            r[R_STARTED] = now
+            if helds then r[R_HELD] = helds[k] end
+            saves[#saves + 1] = id
+            saves[#saves + 1] = pack_record(r)
+            leased[#leased + 1] = lease_s
+            leased[#leased + 1] = id
+            claimed = claimed + 1
+            emit_delivery(out, id, r)
+          end
+        end
+        tally(t, 'p' .. level, -claimed)
+        tally(t, 'r' .. level, claimed)
+        got[l], total = got[l] + #members - parked, total + #members - parked
+        members = {}
+        if parked > 0 and n > 0 and park[1] > 0 then  -- some were parked: walk on
+          members = redis.call('ZRANGEBYSCORE', pk, '-inf', fmt(now), 'LIMIT', 0, math.min(n, park[1]))
+        end
       end
     end
   end
+  local again = nil
+  if limited and asked == take and total < wanted then
+    again = {}
+    for l = 1, #take do again[l] = got[l] >= take[l] and wanted or 0 end
+  end
+  asked = again
 end
+if limited then limits_lib().save_states(limits_key, cache) end
 if #saves > 0 then
   call_many('HSET', KEYS[1], saves, 2)
   zadd_skiplist(KEYS[2], leased)

@@ -1,6 +1,7 @@
 -- resume: undo a pause; a task's parked jobs go back to their pending zsets, at most ARGV[2] of
 -- them per call (the caller calls again while the reply says more are left), and the queue's
--- waiting workers are woken.
+-- waiting workers are woken. A job with limits goes back to its group, which becomes claimable
+-- from the job's due time on (see to_pending; its row is made anew if the group had emptied).
 --
 -- KEYS[1] <base>:jobs   KEYS[2] <base>:paused
 -- ARGV[1] task ('' for the whole queue)   ARGV[2] most parked jobs to put back
@@ -17,7 +18,7 @@ if ARGV[1] ~= '' then
     for k, id in ipairs(ids) do
       local r = records[k]
       if r and r[R_STATE] == 'p' then
-        redis.call('ZADD', pending_key(KEYS[1], r[R_PRIO]), fmt(r[R_RUN_AT]), member(id, r[R_SEQ]))
+        to_pending(KEYS[1], id, r)
       end
     end
   end

@@ -43,6 +43,8 @@ NAMES = (
     "stats",
     "next_due",
     "beat",
+    "limit",
+    "limits",
     "pause",
     "resume",
     "paused",

@@ -7,14 +7,14 @@ from typing import Any
 
 import msgspec
 
-from conveyor import serializer
+from conveyor import limits, serializer
 from conveyor.brokers.base import Lease, corrupt_error, duplicate_id, errors_of
-from conveyor.errors import KeyConflict
-from conveyor.records import Delivery, JobInfo, Message, Outcome, State
+from conveyor.errors import ConfigurationError, KeyConflict
+from conveyor.records import Delivery, JobInfo, LimitInfo, Message, Outcome, Rule, State
 
 #: Reply fields per job (see ``emit`` in lib.lua), and per leased job (``emit_delivery``).
 FIELDS = 18
-DELIVERY_FIELDS = 10
+DELIVERY_FIELDS = 11
 _packer = msgspec.msgpack.Encoder()
 STATES: dict[bytes, State] = {b"r": "running", b"s": "succeeded", b"d": "dead", b"c": "cancelled"}
 
@@ -36,13 +36,19 @@ def packed_messages(messages: Sequence[Message]) -> list[Any]:
     runs, ids, keys], then each payload as an argument of its own (Redis' cmsgpack has no binary
     type, and payloads are any bytes). A shape is what a batch's messages mostly share: [task,
     priority, delay, run_at, max_attempts]; runs are [count, shape index] pairs in order, and
-    keys maps a message's (1-based) index to its idempotency key."""
+    keys maps a message's (1-based) index to its idempotency key. A batch with limits adds its
+    distinct rule sets (each a list of [key, rate, burst, concurrency]) and a map of a message's
+    index to its rule set's (1-based)."""
     shapes: dict[tuple[str, int, float, float | None, int], int] = {}
     runs: list[int] = []
     ids: list[str] = []
     keys: dict[int, str] = {}
+    rule_sets: dict[tuple[Rule, ...], int] = {}
+    limited: dict[int, int] = {}
     last = 0
     for n, m in enumerate(messages, 1):
+        if m.limits:
+            limited[n] = rule_sets.setdefault(m.limits, len(rule_sets) + 1)
         shape = (m.task, m.priority, float(m.delay), m.run_at, m.max_attempts)
         index = shapes.setdefault(shape, len(shapes) + 1)
         if index == last:
@@ -53,8 +59,10 @@ def packed_messages(messages: Sequence[Message]) -> list[Any]:
         ids.append(m.id)
         if m.key is not None:
             keys[n] = m.key
-    fields = _packer.encode([list(shapes), runs, ids, keys or None])
-    return [fields, *(m.payload for m in messages)]
+    packed: list[Any] = [list(shapes), runs, ids, keys or None]
+    if limited:
+        packed += [list(rule_sets), limited]
+    return [_packer.encode(packed), *(m.payload for m in messages)]
 
 
 def lua_string(value: bytes | str) -> msgspec.Raw | str:
@@ -177,6 +185,7 @@ def _delivery(f: list[Any], queue: str) -> Delivery:
         run_at=run_at,
         enqueued_at=float(f[8]) if f[8] else run_at,
         key=text_or_none(f[9]),
+        throttled=int(f[10]),
     )
 
 
@@ -231,4 +240,42 @@ def _job(f: list[Any], queue: str, now: float) -> JobInfo:
         errors=errors_of(f[14]),
         worker=text_or_none(f[15]),
         lease_until=float_or_none(f[16]),
+    )
+
+
+#: Reply fields per limit key (see limits.lua).
+LIMIT_FIELDS = 8
+
+
+def rule_arg(queue: str, rule: Rule) -> str:
+    """A run-time rule as limit.lua stores it ("rate burst concurrency"); ConfigurationError,
+    naming the queue, unless it is a rule a limit may have."""
+    if type(rule) is not Rule:
+        raise ConfigurationError(f"limit of queue {queue!r}: a conveyor.Rule, not {type(rule).__name__}")
+    try:
+        if rule.key != "":
+            limits.check_key(rule.key)
+        checked = limits.rule(
+            rule.key,
+            rule.rate if rule.rate else None,
+            rule.burst if rule.rate else None,
+            rule.concurrency if rule.concurrency else None,
+        )
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"limit of queue {queue!r}: {exc}") from None
+    return f"{checked.rate!r} {checked.burst} {checked.concurrency}"
+
+
+def limit_info(f: list[Any], queue: str) -> LimitInfo:
+    """A limit key from the limits script's fields."""
+    return LimitInfo(
+        queue=queue,
+        key=f[0].decode(errors="replace"),
+        rate=float(f[1]),
+        burst=int(f[2]),
+        concurrency=int(f[3]),
+        override=f[4] == b"1",
+        running=int(f[5]),
+        tokens=float(f[6]) if f[6] else None,
+        closed_until=float(f[7]) if f[7] else None,
     )
