@@ -58,6 +58,9 @@ def test_the_files_of_killed_worker_processes_are_folded_into_one(tmp_path: Path
             for job in app.enqueue_many([work.message(i) for i in range(5)]):
                 job.result(timeout=30)
             done += 5
+            # A job's result is visible once its ack lands; the worker counts it just after.
+            wait_for(lambda n=done: _succeeded(httpx.get(metrics, headers=auth, timeout=10).text) == n,
+                     what=f"{done} counted")  # fmt: skip
             os.kill(child.pid, signal.SIGKILL)
             wait_for(lambda c=child: c.pid not in {w.pid for w in app.broker.workers()}, what="its end")
             wait_for(
@@ -68,6 +71,9 @@ def test_the_files_of_killed_worker_processes_are_folded_into_one(tmp_path: Path
         for job in app.enqueue_many([work.message(i) for i in range(5)]):
             job.result(timeout=30)
         done += 5
+        wait_for(
+            lambda: _succeeded(httpx.get(metrics, headers=auth, timeout=10).text) >= done, what="the last 5"
+        )
         assert _succeeded(httpx.get(metrics, headers=auth, timeout=10).text) == done
         pids = {p.name.rsplit("_", 1)[1].removesuffix(".db") for p in directory.iterdir()}
         assert pids <= {"dead", str(app.broker.workers()[0].pid)}, pids
