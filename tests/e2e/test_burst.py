@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conveyor import Conveyor
+from conveyor.priority import Fairness
 
 pytestmark = pytest.mark.slow
 
@@ -96,15 +97,17 @@ def test_burst_runs_what_is_due_with_its_quick_retries_then_exits_0(tmp_path: Pa
 
 
 def test_burst_wait_decides_which_scheduled_jobs_keep_it_serving(tmp_path: Path, burst_app) -> None:
-    soon = burst_app.echo.enqueue(1, delay=1.0)
+    far = burst_app.echo.enqueue(1, delay=30.0)
 
     done = burst(tmp_path, "--burst-wait", "0")
     assert done.returncode == 0, done.stderr
-    assert soon.status() == "scheduled"  # not due yet, and no wait asked for
+    assert far.status() == "scheduled"  # not due yet, and no wait asked for
 
+    soon = burst_app.echo.enqueue(2, delay=1.0)
     done = burst(tmp_path, "--burst-wait", "10")
     assert done.returncode == 0, done.stderr
-    assert soon.result(timeout=0) == 1
+    assert soon.result(timeout=0) == 2  # waited for: due within 10 s
+    assert far.status() == "scheduled"  # due later than that
 
 
 def test_a_paused_queue_does_not_keep_a_burst_worker_alive(tmp_path: Path, burst_app) -> None:
@@ -127,3 +130,15 @@ def test_a_worker_refuses_an_in_memory_store(tmp_path: Path, burst_app, monkeypa
     done = burst(tmp_path, timeout=30)
     assert done.returncode != 0
     assert "in-memory store" in done.stderr and "conveyor.testing.drain" in done.stderr
+
+
+def test_a_crashed_workers_expired_lease_is_reclaimed_and_run(tmp_path: Path, burst_app) -> None:
+    app: Conveyor = burst_app.app
+    job = burst_app.echo.enqueue(5)
+    [taken] = app.broker.reserve(["work"], 1, 0.01, "crashed", Fairness(app.priorities.weights))
+    assert taken.id == job.id  # leased for 10 ms by a worker that never reports back
+
+    done = burst(tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert job.result(timeout=0) == 5
+    assert job.info().attempt == 2

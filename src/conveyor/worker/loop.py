@@ -68,7 +68,8 @@ class WorkerConfig:
             queues have no ready job and no scheduled one due within ``burst_wait`` seconds by
             the store's clock. Ready jobs that limits hold back count as ready (they start when
             the limit allows); those of a paused queue or task do not. Jobs running on other
-            workers do not count. A burst worker plans no periodic ticks (a schedule is never
+            workers do not count, but expired leases (a crashed worker's) are reclaimed before
+            the worker decides, and their jobs run. A burst worker plans no periodic ticks (a schedule is never
             done); ticks already enqueued run like any job.
         burst_wait: seconds ahead a scheduled job (a delay, a retry's backoff) keeps a burst
             worker serving, to run it when due; later ones stay for the next worker.
@@ -632,7 +633,10 @@ class Worker:
 
 def _nothing_due(broker: Broker, queues: Sequence[str], within: float) -> bool:
     """No job of ``queues`` is ready (but for paused ones) or scheduled to be due within
-    ``within`` seconds of the store's clock."""
+    ``within`` seconds of the store's clock, once expired leases are reclaimed (a crashed
+    worker's jobs are due again, or dead)."""
+    if broker.reclaim().requeued:
+        return False
     now = broker.time()
     pauses = broker.paused(queues)
     stopped = {p.queue for p in pauses if p.task is None}
