@@ -128,8 +128,19 @@ MEMORY_IS_PRIVATE = (
     " in that process (conveyor.testing.drain), or use a file (sqlite:///path.db) to share a store"
     " between processes"
 )
-#: The writers' locks of this process's memory stores, by name (see the module's docstring).
-_MEMORY_LOCKS: dict[str, threading.Lock] = {}
+
+
+class _WritersLock:
+    """The writers' lock of one memory store, shared by the brokers open on it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+
+
+#: The writers' locks of this process's memory stores, by name (see the module's docstring),
+#: each kept while a broker holds it.
+_MEMORY_LOCKS: weakref.WeakValueDictionary[str, _WritersLock] = weakref.WeakValueDictionary()
+_MEMORY_LOCKS_LOCK = threading.Lock()
 _MEMORY_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
 
@@ -189,7 +200,8 @@ class SQLiteBroker(Broker):
         if self.memory:
             name = options.get("name") or os.urandom(8).hex()
             self.path = f"file:conveyor-{name}?mode=memory&cache=shared"
-            self._memory_lock = _MEMORY_LOCKS.setdefault(name, threading.Lock())
+            with _MEMORY_LOCKS_LOCK:
+                self._writers = _MEMORY_LOCKS.setdefault(name, _WritersLock())
             # The database lives while one connection to it is open: this one, until close().
             self._keeper = self.connect()
         with self._write() as db:
@@ -257,7 +269,7 @@ class SQLiteBroker(Broker):
         is bounded by ``lock_timeout`` (StoreUnavailable naming the holder)."""
         db = self._db()
         if self.memory:
-            if not self._memory_lock.acquire(timeout=self.lock_timeout):
+            if not self._writers.lock.acquire(timeout=self.lock_timeout):
                 raise StoreUnavailable(
                     f"store {self.display_url} unavailable: its writers' lock was not free within"
                     f" lock_timeout={self.lock_timeout:g} s"
@@ -265,7 +277,7 @@ class SQLiteBroker(Broker):
             try:
                 yield from _transaction(db)
             finally:
-                self._memory_lock.release()
+                self._writers.lock.release()
             return
         own: int = self._local.writer
         fd = writer_lock.acquire(own, f"{self.path}-writer.lock", self.lock_timeout, self.display_url)
