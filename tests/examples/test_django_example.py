@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Any
 
 import httpx
 import psycopg
@@ -40,13 +41,17 @@ def test_orders_enqueued_in_the_views_transaction_or_on_commit_are_shipped(pg_sc
     run(HERE, env, "-m", "conveyor", "worker", "shop.worker:app")
     wait_for(serving(base, "/orders/0"), what="the shop to serve")
 
-    def shipped(order: int) -> dict[str, object]:
-        return wait_for(
-            lambda: (
-                (s := httpx.get(f"{base}/orders/{order}", timeout=10).json())["status"] == "shipped" and s
-            ),
-            what=f"the worker to ship order {order}",
-        )
+    def shipped(order: int) -> dict[str, Any]:
+        """The order's status once its job has succeeded (the task's ORM update commits on its
+        own, just before the job's acknowledgement)."""
+
+        def done() -> dict[str, Any] | None:
+            status = httpx.get(f"{base}/orders/{order}", timeout=10).json()
+            return status if status["job"] and status["job"]["state"] == "succeeded" else None
+
+        status = wait_for(done, what=f"the worker to ship order {order}")
+        assert status["status"] == "shipped"
+        return status
 
     def counts() -> tuple[int, int]:
         with psycopg.connect(POSTGRES_URL) as conn:
