@@ -54,8 +54,8 @@ services:
 	done; echo "PostgreSQL (127.0.0.1:5432) or Redis (127.0.0.1:6379) is not answering" >&2; exit 1
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench conftest.py
-	$(BIN)/ruff format --check src tests bench conftest.py
+	$(BIN)/ruff check src tests bench conftest.py examples
+	$(BIN)/ruff format --check src tests bench conftest.py examples
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
