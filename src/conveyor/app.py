@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload
 
-from conveyor import metrics, serializer, validate
+from conveyor import arguments, metrics, serializer, validate
 from conveyor.brokers import Broker, open_broker, redact_url
 from conveyor.errors import (
     ArgumentError,
@@ -24,6 +24,7 @@ from conveyor.errors import (
     JobFailed,
     JobNotFound,
     QueueFull,
+    SerializationError,
     UnknownTask,
 )
 from conveyor.ids import new_id
@@ -382,11 +383,20 @@ class Task(Generic[P, R]):
         self.limits = Limits(self.name, self.signature, None)
         self.max_throttles = MAX_THROTTLES
         self.is_async = inspect.iscoroutinefunction(fn)
+        self._types: arguments.Signature | None = None
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", self.name)
 
     def __repr__(self) -> str:
         return f"<Task {self.name} queue={self.queue}>"
+
+    @property
+    def types(self) -> arguments.Signature:
+        """How its typed arguments and result are converted (annotations resolved on first use)."""
+        types = self._types
+        if types is None:
+            types = self._types = arguments.Signature(self.name, self.fn, self.signature)
+        return types
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the function here, now (no worker, no store)."""
@@ -510,12 +520,22 @@ class Task(Generic[P, R]):
                 # argument positional where it can be, the rest by name, defaults not filled
                 # in), so that the same call made another way is the same payload.
                 args, kwargs = bound.args, bound.kwargs
+        types = self._types or self.types
+        typed: list[int | str] | None = None
+        if types.typed:
+            args, kwargs, typed = types.dump(args, kwargs)
+        try:
+            payload = serializer.encode_args(self.name, args, kwargs, self.app.max_payload, typed)
+        except SerializationError as exc:
+            if type(exc) is SerializationError and "is not JSON-serializable" in str(exc):
+                raise types.untyped(exc) from None
+            raise
         return Message(
             id=new_id(),
             task=self.name,
             queue=self.queue if options.queue is None else options.queue,
             priority=self.priority if options.priority is None else options.priority,
-            payload=serializer.encode_args(self.name, args, kwargs, self.app.max_payload),
+            payload=payload,
             delay=options.delay,
             run_at=options.run_at,
             key=options.key,
@@ -646,7 +666,13 @@ class Job(Generic[R]):
     def _finished(self) -> Callable[[], Any] | None:
         info = self.info()
         if info.state == "succeeded":
-            return lambda: None if info.result is None else serializer.decode_value(info.result)
+            task = self.app.tasks.get(info.task)
+
+            def succeeded() -> Any:
+                value = None if info.result is None else serializer.decode_value(info.result)
+                return value if task is None else task.types.load_result(value)
+
+            return succeeded
         if info.state == "dead":
             errors = info.errors
 
