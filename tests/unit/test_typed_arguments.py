@@ -7,10 +7,10 @@ import dataclasses
 import enum
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, NewType, TypedDict
 
 import msgspec
 import pydantic
@@ -109,6 +109,46 @@ def test_an_argument_that_does_not_fit_is_refused_naming_its_parameter(
 
     with pytest.raises(ArgumentError, match=refusal.replace("[", r"\[").replace("]", r"\]")):
         f.message(*arguments)
+
+
+class Money(NamedTuple):
+    amount: Decimal
+    currency: str
+
+
+class Span(TypedDict):
+    start: datetime
+    length: timedelta
+
+
+UserId = NewType("UserId", uuid.UUID)
+
+
+@pytest.mark.parametrize(
+    ("annotation", "value"),
+    [
+        (timedelta, timedelta(hours=1, microseconds=5)),
+        (bytes, b"\x00\xffraw"),
+        (frozenset[int], frozenset({3, 1})),
+        (set[uuid.UUID], {U}),
+        (time, time(8, 30, 1)),
+        (Money, Money(Decimal("9.99"), "EUR")),
+        (Span, {"start": datetime(2026, 1, 1, tzinfo=UTC), "length": timedelta(minutes=5)}),
+        (UserId, UserId(U)),
+        (tuple[date, Tier], (date(2026, 1, 1), Tier.FREE)),
+        (dict[uuid.UUID, Decimal], {U: Decimal("1.5")}),
+        (Point | None, None),
+    ],
+)
+def test_more_annotated_types_round_trip(app: Conveyor, annotation: Any, value: Any) -> None:
+    def f(x: Any) -> None: ...
+
+    f.__annotations__ = {"x": annotation, "return": "None"}
+    task = app.task(name=f"t{id(annotation)}")(f)
+    args, kwargs, typed = call(app, task.message(value).payload)
+    assert typed == [0]
+    task.types.load(args, kwargs, typed)
+    assert args == [value] and type(args[0]) is type(value)
 
 
 def test_pydantic_models_use_pydantic_validation(app: Conveyor) -> None:
