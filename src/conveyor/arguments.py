@@ -199,7 +199,7 @@ class Signature:
         for name, annotation in hints.items():
             try:
                 made = converter(annotation)
-            except TypeError as exc:
+            except Exception as exc:  # noqa: BLE001 - a type no library can rebuild leaves it plain
                 self.problems[name] = (
                     f"its annotation {annotation!r} is not a type Conveyor can rebuild ({exc})"
                 )

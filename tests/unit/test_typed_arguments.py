@@ -7,7 +7,7 @@ import dataclasses
 import enum
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, NamedTuple, NewType, TypedDict
@@ -15,6 +15,8 @@ from typing import Any, NamedTuple, NewType, TypedDict
 import msgspec
 import pydantic
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conveyor import ArgumentError, Conveyor, SerializationError
 from conveyor.redact import Redactor
@@ -222,3 +224,28 @@ def test_the_redactor_shows_typed_payloads(app: Conveyor) -> None:
     assert shown is not None
     assert shown["args"][0] == "2026-01-02"
     assert "hunter2" not in str(shown)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    at=st.datetimes(timezones=st.sampled_from([UTC, timezone(timedelta(hours=-5, minutes=-30))])),
+    naive=st.datetimes(),
+    ids=st.lists(st.uuids(), max_size=3),
+    amount=st.decimals(allow_nan=False),
+    day=st.dates(),
+    tier=st.sampled_from(Tier),
+)
+def test_typed_values_round_trip_exactly(
+    app: Conveyor, at: datetime, naive: datetime, ids: list[uuid.UUID], amount: Decimal, day: date, tier: Tier
+) -> None:
+    task = app.tasks.get("prop") or app.task(name="prop")(_prop)
+    args, kwargs, typed = call(app, task.message(at, naive, ids, amount, day=day, tier=tier).payload)
+    task.types.load(args, kwargs, typed)
+    assert args == [at, naive, ids, amount] and kwargs == {"day": day, "tier": tier}
+    assert args[0].utcoffset() == at.utcoffset() and str(args[3]) == str(amount)
+
+
+def _prop(
+    at: datetime, naive: datetime, ids: list[uuid.UUID], amount: Decimal, *, day: date, tier: Tier
+) -> None:
+    pass
