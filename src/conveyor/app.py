@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 
 from conveyor import arguments, metrics, serializer, validate
 from conveyor.brokers import Broker, open_broker, redact_url
@@ -56,6 +56,16 @@ class _Decorator(Protocol):
 
     @overload
     def __call__(self, fn: Callable[P2, R2], /) -> Task[P2, R2]: ...
+
+
+class _PeriodicDecorator(Protocol):
+    """What ``@app.periodic(...)`` returns: it keeps the function's result type."""
+
+    @overload
+    def __call__(self, fn: Callable[[], Coroutine[Any, Any, R2]], /) -> AsyncTask[[], R2]: ...
+
+    @overload
+    def __call__(self, fn: Callable[[], R2], /) -> Task[[], R2]: ...
 
 
 class Conveyor:
@@ -196,7 +206,7 @@ class Conveyor:
         priority: str | int = "normal",
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
-    ) -> Callable[[Callable[[], R]], Task[[], R]]:
+    ) -> _PeriodicDecorator:
         """Register a function without parameters as a task run on a schedule by the workers.
 
         Args:
@@ -211,9 +221,9 @@ class Conveyor:
         """
         seconds = every.total_seconds() if isinstance(every, timedelta) else every
 
-        def register(f: Callable[[], R]) -> Task[[], R]:
+        def register(f: Callable[[], Any]) -> Task[[], Any]:
             made: list[Schedule] = []
-            t: Task[[], R] = self.task(
+            t: Task[[], Any] = self.task(
                 name=name, queue=queue, priority=priority, retry=retry, timeout=timeout
             )(on_time(f, lambda: made[0]))
             try:
@@ -224,7 +234,7 @@ class Conveyor:
             self.schedules.append(made[0])
             return t
 
-        return register
+        return cast("_PeriodicDecorator", register)
 
     def enqueue_many(self, messages: Iterable[Message], connection: Any = None) -> list[Job[Any]]:
         """Store many messages in one round trip; returns their jobs in order.

@@ -32,6 +32,16 @@ async def fetch_later(url: str, tries: int = 1) -> int:
     return tries
 
 
+@app.periodic(every=60)
+def tick() -> int:
+    return 1
+
+
+@app.periodic(cron="*/5 * * * *")
+async def atick() -> str:
+    return "ok"
+
+
 def uses() -> None:
     job: Job[bool] = send_email.enqueue("ada@example.com")
     sent: bool = job.result(timeout=5)
@@ -52,6 +62,9 @@ def uses() -> None:
     fetch_later.options(priority="high").enqueue("https://example.com", tries=3)
     typed: AsyncTask[..., bytes] = fetch
     plain: Task[..., bool] = send_email
+    ticks: int = tick.enqueue().result()
+    aticks: str = atick.enqueue().result()
+    del ticks, aticks
     del sent, ran_here, figures, body, typed, plain
 
 

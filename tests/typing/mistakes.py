@@ -70,6 +70,20 @@ def mistakes() -> None:
     del wrong, total, body
 
 
+@app.periodic(every=60)
+async def tick() -> int:
+    return 1
+
+
+def periodic_mistakes() -> None:
+    # A periodic task takes no arguments, and its result is the awaited one.
+    # expect: mypy[call-arg] pyright[reportCallIssue]
+    tick.enqueue(1)
+    # expect: mypy[assignment] pyright[reportAssignmentType]
+    wrong: str = tick.enqueue().result()
+    del wrong
+
+
 # Decorator options are typed.
 # expect: mypy[call-overload,untyped-decorator] pyright[reportArgumentType]
 @app.task(queue=3)
