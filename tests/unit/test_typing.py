@@ -1,6 +1,6 @@
 """Type checkers see a task's signature: mypy --strict and pyright report every deliberate
-mistake of tests/typing/mistakes.py (on the line after its ``# expect:`` comment, with its
-code) and nothing else, and nothing in tests/typing/correct.py."""
+mistake of tests/typecheck/mistakes.py (on the line after its ``# expect:`` comment, with its
+code) and nothing else, and nothing in tests/typecheck/correct.py."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parents[1] / "typing"
+HERE = Path(__file__).resolve().parents[1] / "typecheck"
 ROOT = HERE.parents[1]
 CORRECT = HERE / "correct.py"
 MISTAKES = HERE / "mistakes.py"
