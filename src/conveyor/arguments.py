@@ -164,10 +164,6 @@ def _custom_type(info: msgspec.inspect.Type) -> type | None:
     return None
 
 
-#: What a conversion may raise on a value that does not fit (pydantic's errors are ValueErrors).
-_MISFIT = (msgspec.ValidationError, TypeError, ValueError, OverflowError)
-
-
 class Signature:
     """How a task's arguments are converted: a converter for each typed parameter.
 
@@ -175,6 +171,10 @@ class Signature:
     function whose annotations do not resolve, or name types neither msgspec nor pydantic
     can rebuild, keeps working with plain JSON arguments, and the reason is given to anyone
     who passes it a typed value.
+
+    A conversion raises what the converted class raises: msgspec's and pydantic's errors for a
+    value that does not fit, and anything a ``__post_init__`` or a validator raises. Each is a
+    misfit of that value (refused at enqueue, buried by the worker), never a worker's failure.
     """
 
     def __init__(self, task: str, fn: Callable[..., Any], signature: inspect.Signature) -> None:
@@ -254,7 +254,7 @@ class Signature:
         try:
             data = conv.dump(value)
             conv.load(data)  # what the worker will do: a misfit is refused here, not there
-        except _MISFIT as exc:
+        except Exception as exc:  # noqa: BLE001 - the class may raise anything
             raise ArgumentError(
                 f"{self.task}: argument {shown} does not fit its annotation {conv.name()}: {_first_line(exc)}"
             ) from None
@@ -283,7 +283,7 @@ class Signature:
             container: Any = args if type(where) is int else kwargs
             try:
                 container[where] = conv.load(container[where])
-            except _MISFIT as exc:
+            except Exception as exc:  # noqa: BLE001 - the class may raise anything
                 raise SerializationError(
                     f"{self.task}: argument {where!r} does not convert to {conv.name()}: {_first_line(exc)}"
                 ) from None
@@ -307,7 +307,7 @@ class Signature:
         try:
             data = self.result.dump(value)
             self.result.load(data)
-        except _MISFIT as exc:
+        except Exception as exc:  # noqa: BLE001 - the class may raise anything
             raise SerializationError(
                 f"{where} does not fit its annotation {self.result.name()}: {_first_line(exc)}"
             ) from None
@@ -320,7 +320,7 @@ class Signature:
             return data
         try:
             return self.result.load(data)
-        except _MISFIT:
+        except Exception:  # noqa: BLE001 - the class may raise anything
             return data
 
 

@@ -20,7 +20,7 @@ import pytest
 from backend_stores import NAMES, fresh_app
 from waiting import wait_for
 
-from conveyor import JobFailed, RetryPolicy
+from conveyor import ArgumentError, JobFailed, RetryPolicy
 from conveyor.ids import new_id
 from conveyor.records import Message
 
@@ -196,3 +196,38 @@ def test_a_return_value_that_does_not_fit_its_annotation_fails_the_job(app: Any,
     (error,) = failed.value.errors
     assert error["type"] == "SerializationError"
     assert "return value does not fit its annotation datetime" in error["message"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Positive:
+    n: int
+
+    def __post_init__(self) -> None:
+        if self.n <= 0:
+            raise RuntimeError(f"{self.n} is not positive")
+
+
+def test_a_class_that_raises_while_being_rebuilt_is_a_misfit(app: Any, run_worker: Any) -> None:
+    """Whatever a ``__post_init__`` raises refuses the value at enqueue, and buries a stored
+    payload that makes it raise in the worker, which serves on."""
+    calls: list[Positive] = []
+
+    @app.task(retry=ONCE)
+    def count(p: Positive) -> int:
+        calls.append(p)
+        return p.n
+
+    with pytest.raises(ArgumentError, match=r"argument 'p' does not fit its annotation Positive: -1 is not"):
+        count.enqueue({"n": -1})
+    stored = Message(
+        id=new_id(), task=count.name, queue="default", priority=1, payload=b'[[{"n":-1}],{},[0]]'
+    )
+    with run_worker(app, idle_wait=0.1):
+        app.enqueue_many([stored])
+        with pytest.raises(JobFailed):
+            app.job(stored.id).result(timeout=20)
+        assert count.enqueue(Positive(3)).result(timeout=20) == 3
+    (error,) = app.job(stored.id).info().errors
+    assert error["type"] == "MalformedPayload"
+    assert "argument 0 does not convert to Positive: -1 is not positive" in error["message"]
+    assert calls == [Positive(3)]
