@@ -5,7 +5,7 @@ leases and heartbeats, and exactly-once effects through idempotency keys and eff
 with the acknowledgement.
 """
 
-from conveyor.app import Conveyor, Job, Task
+from conveyor.app import AsyncTask, Conveyor, Job, Task, TaskOptions
 from conveyor.context import JobContext, current_job
 from conveyor.errors import (
     ArgumentError,
@@ -31,6 +31,7 @@ from conveyor.retry import RetryPolicy
 
 __all__ = [
     "ArgumentError",
+    "AsyncTask",
     "ConfigurationError",
     "Conveyor",
     "ConveyorError",
@@ -55,6 +56,7 @@ __all__ = [
     "SerializationError",
     "StoreUnavailable",
     "Task",
+    "TaskOptions",
     "UnknownTask",
     "current_job",
 ]

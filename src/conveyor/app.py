@@ -10,11 +10,12 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 
-from conveyor import metrics, serializer, validate
+from conveyor import arguments, metrics, serializer, validate
 from conveyor.brokers import Broker, open_broker, redact_url
 from conveyor.errors import (
     ArgumentError,
@@ -23,6 +24,7 @@ from conveyor.errors import (
     JobFailed,
     JobNotFound,
     QueueFull,
+    SerializationError,
     UnknownTask,
 )
 from conveyor.ids import new_id
@@ -34,6 +36,8 @@ from conveyor.retry import RetryPolicy
 
 P = ParamSpec("P")
 R = TypeVar("R")
+P2 = ParamSpec("P2")
+R2 = TypeVar("R2")
 
 DEFAULT_URL = "sqlite:///conveyor.db"
 #: Enqueue options; a task function may not have parameters with these names.
@@ -42,6 +46,26 @@ MAX_KEY_LENGTH = 255
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 #: Queue names already found valid (up to 4096 of them): a message per call skips the pattern.
 _valid_queues: set[str] = set()
+
+
+class _Decorator(Protocol):
+    """What ``@app.task(...)`` with options returns: it keeps the function's types."""
+
+    @overload
+    def __call__(self, fn: Callable[P2, Coroutine[Any, Any, R2]], /) -> AsyncTask[P2, R2]: ...
+
+    @overload
+    def __call__(self, fn: Callable[P2, R2], /) -> Task[P2, R2]: ...
+
+
+class _PeriodicDecorator(Protocol):
+    """What ``@app.periodic(...)`` returns: it keeps the function's result type."""
+
+    @overload
+    def __call__(self, fn: Callable[[], Coroutine[Any, Any, R2]], /) -> AsyncTask[[], R2]: ...
+
+    @overload
+    def __call__(self, fn: Callable[[], R2], /) -> Task[[], R2]: ...
 
 
 class Conveyor:
@@ -108,6 +132,9 @@ class Conveyor:
         self._broker = None
 
     @overload
+    def task(self, fn: Callable[P, Coroutine[Any, Any, R]]) -> AsyncTask[P, R]: ...
+
+    @overload
     def task(self, fn: Callable[P, R]) -> Task[P, R]: ...
 
     @overload
@@ -122,7 +149,7 @@ class Conveyor:
         max_result: int | None = None,
         limits: Iterable[Limit] | None = None,
         max_throttles: int = MAX_THROTTLES,
-    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+    ) -> _Decorator: ...
 
     def task(
         self,
@@ -153,7 +180,8 @@ class Conveyor:
         """
 
         def register(f: Callable[..., Any]) -> Task[Any, Any]:
-            t = Task(self, f, name=name, queue=queue, priority=priority, retry=retry, timeout=timeout)
+            kind: type[Task[Any, Any]] = AsyncTask if inspect.iscoroutinefunction(f) else Task
+            t = kind(self, f, name=name, queue=queue, priority=priority, retry=retry, timeout=timeout)
             t.limits = Limits(t.name, t.signature, limits)
             if isinstance(max_throttles, bool) or not isinstance(max_throttles, int) or max_throttles < 0:
                 raise ConfigurationError(f"task {t.name!r}: max_throttles must be an int >= 0")
@@ -178,7 +206,7 @@ class Conveyor:
         priority: str | int = "normal",
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
-    ) -> Callable[[Callable[[], R]], Task[[], R]]:
+    ) -> _PeriodicDecorator:
         """Register a function without parameters as a task run on a schedule by the workers.
 
         Args:
@@ -197,9 +225,9 @@ class Conveyor:
         """
         seconds = every.total_seconds() if isinstance(every, timedelta) else every
 
-        def register(f: Callable[[], R]) -> Task[[], R]:
+        def register(f: Callable[[], Any]) -> Task[[], Any]:
             made: list[Schedule] = []
-            t: Task[[], R] = self.task(
+            t: Task[[], Any] = self.task(
                 name=name, queue=queue, priority=priority, retry=retry, timeout=timeout
             )(on_time(f, lambda: made[0]))
             try:
@@ -210,9 +238,9 @@ class Conveyor:
             self.schedules.append(made[0])
             return t
 
-        return register
+        return cast("_PeriodicDecorator", register)
 
-    def enqueue_many(self, messages: Iterable[Message], connection: Any = None) -> list[Job]:
+    def enqueue_many(self, messages: Iterable[Message], connection: Any = None) -> list[Job[Any]]:
         """Store many messages in one round trip; returns their jobs in order.
 
         A message whose key is already held by a job of its queue with the same payload returns
@@ -252,7 +280,7 @@ class Conveyor:
             metrics.count_enqueued(queue, self.priorities.name(level), n)
         return [Job(self, e.id, e.created) for e in stored]
 
-    async def enqueue_many_async(self, messages: Iterable[Message]) -> list[Job]:
+    async def enqueue_many_async(self, messages: Iterable[Message]) -> list[Job[Any]]:
         """:meth:`enqueue_many` for asyncio code; the store call runs off the event loop."""
         return await asyncio.to_thread(self.enqueue_many, list(messages))
 
@@ -282,7 +310,7 @@ class Conveyor:
         """The limit keys the store knows of, with their rule, running jobs and tokens now."""
         return self.broker.limits(None if queue is None else _check_queue(queue))
 
-    def job(self, job_id: str) -> Job:
+    def job(self, job_id: str) -> Job[Any]:
         """A handle on an existing job."""
         return Job(self, job_id)
 
@@ -328,12 +356,17 @@ def _size(what: str, value: int) -> int:
 
 
 class Task(Generic[P, R]):
-    """A registered task function. Call it to run it here; ``enqueue`` it to run it on a worker."""
+    """A registered task function. Call it to run it here; ``enqueue`` it to run it on a worker.
+
+    Generic in the function's parameters ``P`` and its result ``R`` (for an ``async def``
+    function, the awaited result), so type checkers check ``enqueue``'s arguments against the
+    function and type ``job.result()``. Enqueue options go through :meth:`options`.
+    """
 
     def __init__(
         self,
         app: Conveyor,
-        fn: Callable[P, R],
+        fn: Callable[P, Any],
         *,
         name: str | None,
         queue: str,
@@ -364,30 +397,44 @@ class Task(Generic[P, R]):
         self.limits = Limits(self.name, self.signature, None)
         self.max_throttles = MAX_THROTTLES
         self.is_async = inspect.iscoroutinefunction(fn)
+        self._types: arguments.Signature | None = None
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", self.name)
 
     def __repr__(self) -> str:
         return f"<Task {self.name} queue={self.queue}>"
 
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        return self.fn(*args, **kwargs)
+    @property
+    def types(self) -> arguments.Signature:
+        """How its typed arguments and result are converted (annotations resolved on first use)."""
+        types = self._types
+        if types is None:
+            types = self._types = arguments.Signature(self.name, self.fn, self.signature)
+        return types
 
-    def message(
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the function here, now (no worker, no store)."""
+        result: R = self.fn(*args, **kwargs)
+        return result
+
+    def options(
         self,
-        *args: Any,
+        *,
         priority: str | int | None = None,
-        delay: float | None = None,
+        delay: float | timedelta | None = None,
         run_at: datetime | float | None = None,
         key: str | None = None,
         queue: str | None = None,
-        **kwargs: Any,
-    ) -> Message:
-        """A call of this task as a message, for :meth:`Conveyor.enqueue_many`.
+        connection: Any = None,
+    ) -> TaskOptions[P, R]:
+        """This task with enqueue options set, checked now; its ``enqueue``, ``enqueue_async``
+        and ``message`` take the function's arguments only::
+
+            send_email.options(delay=60, priority="high").enqueue("ada@example.com")
 
         Args:
             priority: level name or index; defaults to the task's.
-            delay: seconds from now before it may start.
+            delay: seconds (or a timedelta) from now before it may start.
             run_at: when it may start (aware datetime or Unix time); a past time means now.
             key: idempotency key: while a job with this key is kept, enqueueing the same call
                 again returns that job instead of creating one (another call raises KeyConflict).
@@ -395,13 +442,78 @@ class Task(Generic[P, R]):
                 ``f(1, 2)`` are the same call; a default passed explicitly is not the same as one
                 left out. A keyed job stores its call in that canonical form.
             queue: overrides the task's queue.
+            connection: enqueue inside your own open transaction (see
+                :meth:`Conveyor.enqueue_many`); for ``enqueue`` only.
 
         Raises:
-            ArgumentError: the arguments do not fit the function's signature.
-            SerializationError: an argument is not JSON; the message names it.
-            PayloadTooLarge: the arguments encode to more than ``max_payload`` bytes.
             ConfigurationError: an invalid priority, delay, run_at, key or queue.
         """
+        return TaskOptions(self, self._options(priority, delay, run_at, key, queue), connection)
+
+    def message(self, *args: P.args, **kwargs: P.kwargs) -> Message:
+        """A call of this task as a message, for :meth:`Conveyor.enqueue_many`; with options,
+        ``task.options(...).message(...)``.
+
+        Raises:
+            ArgumentError: the arguments do not fit the function's signature or annotations.
+            SerializationError: an argument is not JSON; the message names it.
+            PayloadTooLarge: the arguments encode to more than ``max_payload`` bytes.
+        """
+        if kwargs and not RESERVED.isdisjoint(kwargs):
+            return self._message(args, kwargs, self._inline(kwargs))
+        return self._message(args, kwargs, _DEFAULTS)
+
+    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
+        """Enqueue a call of this task with the function's arguments; returns its :class:`Job`.
+        With options: ``task.options(delay=5).enqueue(...)``.
+
+        Options given here by name (``enqueue(x, delay=5)``) still work, for code written
+        before :meth:`options`, but type checkers flag them: the function's signature is
+        what they check this call against.
+        """
+        connection = None
+        options = _DEFAULTS
+        if kwargs and not RESERVED.isdisjoint(kwargs):
+            connection = kwargs.pop("connection", None)
+            options = self._inline(kwargs)
+        message = self._message(args, kwargs, options)
+        job: Job[R] = self.app.enqueue_many([message], connection=connection)[0]
+        return job
+
+    async def enqueue_async(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
+        """:meth:`enqueue` for asyncio code."""
+        job: Job[R] = (await self.app.enqueue_many_async([self.message(*args, **kwargs)]))[0]
+        return job
+
+    def _inline(self, kwargs: dict[str, Any]) -> _Options:
+        """The options passed by name among a call's arguments, taken out of ``kwargs``."""
+        return self._options(
+            kwargs.pop("priority", None),
+            kwargs.pop("delay", None),
+            kwargs.pop("run_at", None),
+            kwargs.pop("key", None),
+            kwargs.pop("queue", None),
+        )
+
+    def _options(
+        self,
+        priority: str | int | None,
+        delay: float | timedelta | None,
+        run_at: datetime | float | None,
+        key: str | None,
+        queue: str | None,
+    ) -> _Options:
+        if delay is not None and run_at is not None:
+            raise ConfigurationError("give delay or run_at, not both")
+        return _Options(
+            queue=None if queue is None else _check_queue(queue),
+            priority=None if priority is None else self.app.priorities.resolve(priority),
+            delay=_check_delay(delay),
+            run_at=_check_run_at(run_at),
+            key=_check_key(key),
+        )
+
+    def _message(self, args: tuple[Any, ...], kwargs: dict[str, Any], options: _Options) -> Message:
         fits = (
             self._positional is not None
             and not kwargs
@@ -417,39 +529,97 @@ class Task(Generic[P, R]):
                 with_defaults = self.signature.bind(*args, **kwargs)
                 with_defaults.apply_defaults()
                 rules = self.limits.render(with_defaults.arguments)
-            if key is not None:
+            if options.key is not None:
                 # A key's job is compared by payload: store the call in one canonical form (each
                 # argument positional where it can be, the rest by name, defaults not filled
                 # in), so that the same call made another way is the same payload.
                 args, kwargs = bound.args, bound.kwargs
-        if delay is not None and run_at is not None:
-            raise ConfigurationError("give delay or run_at, not both")
+        types = self._types or self.types
+        typed: list[int | str] | None = None
+        if types.typed:
+            args, kwargs, typed = types.dump(args, kwargs)
+        try:
+            payload = serializer.encode_args(self.name, args, kwargs, self.app.max_payload, typed)
+        except SerializationError as exc:
+            if type(exc) is SerializationError and "is not JSON-serializable" in str(exc):
+                raise types.untyped(exc) from None
+            raise
         return Message(
             id=new_id(),
             task=self.name,
-            queue=self.queue if queue is None else _check_queue(queue),
-            priority=self.priority if priority is None else self.app.priorities.resolve(priority),
-            payload=serializer.encode_args(self.name, args, kwargs, self.app.max_payload),
-            delay=_check_delay(delay),
-            run_at=_check_run_at(run_at),
-            key=_check_key(key),
+            queue=self.queue if options.queue is None else options.queue,
+            priority=self.priority if options.priority is None else options.priority,
+            payload=payload,
+            delay=options.delay,
+            run_at=options.run_at,
+            key=options.key,
             max_attempts=self.retry.max_attempts,
             limits=rules or self.limits.render(None),
         )
 
-    def enqueue(self, *args: Any, connection: Any = None, **kwargs: Any) -> Job:
-        """Enqueue a call of this task; takes the function's arguments and the options of
-        :meth:`message`, plus ``connection`` (see :meth:`Conveyor.enqueue_many`). Returns its
-        :class:`Job`."""
-        return self.app.enqueue_many([self.message(*args, **kwargs)], connection=connection)[0]
 
-    async def enqueue_async(self, *args: Any, **kwargs: Any) -> Job:
-        """:meth:`enqueue` for asyncio code."""
-        return (await self.app.enqueue_many_async([self.message(*args, **kwargs)]))[0]
+class AsyncTask(Task[P, R]):
+    """A registered ``async def`` task: ``R`` is the awaited result; calling it here returns
+    the coroutine."""
+
+    def __call__(  # type: ignore[override]
+        self, *args: P.args, **kwargs: P.kwargs
+    ) -> Coroutine[Any, Any, R]:
+        """The function's coroutine, to await here (no worker, no store)."""
+        coro: Coroutine[Any, Any, R] = self.fn(*args, **kwargs)
+        return coro
 
 
-class Job:
-    """A handle on an enqueued job."""
+@dataclass(frozen=True, slots=True)
+class _Options:
+    """Enqueue options, checked: None means the task's own queue or priority."""
+
+    queue: str | None = None
+    priority: int | None = None
+    delay: float = 0.0
+    run_at: float | None = None
+    key: str | None = None
+
+
+_DEFAULTS = _Options()
+
+
+class TaskOptions(Generic[P, R]):
+    """A task with enqueue options set (from :meth:`Task.options`): enqueue it with the
+    function's arguments, which type checkers check against the function."""
+
+    __slots__ = ("_connection", "_options", "task")
+
+    def __init__(self, task: Task[P, R], options: _Options, connection: Any = None) -> None:
+        self.task = task
+        self._options = options
+        self._connection = connection
+
+    def __repr__(self) -> str:
+        return f"<TaskOptions {self.task.name} {self._options}>"
+
+    def message(self, *args: P.args, **kwargs: P.kwargs) -> Message:
+        """A call with these options as a message, for :meth:`Conveyor.enqueue_many` (which
+        takes the connection, if any)."""
+        return self.task._message(args, kwargs, self._options)
+
+    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
+        """Enqueue a call with these options; returns its :class:`Job`."""
+        message = self.task._message(args, kwargs, self._options)
+        job: Job[R] = self.task.app.enqueue_many([message], connection=self._connection)[0]
+        return job
+
+    async def enqueue_async(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
+        """:meth:`enqueue` for asyncio code (without a connection)."""
+        if self._connection is not None:
+            raise ConfigurationError("enqueue_async takes no connection: use enqueue in your transaction")
+        message = self.task._message(args, kwargs, self._options)
+        job: Job[R] = (await self.task.app.enqueue_many_async([message]))[0]
+        return job
+
+
+class Job(Generic[R]):
+    """A handle on an enqueued job; ``R`` is its task's result type."""
 
     def __init__(self, app: Conveyor, job_id: str, created: bool = True) -> None:
         self.app = app
@@ -482,7 +652,7 @@ class Job:
         """Cancel the job if it has not started; returns whether it was cancelled."""
         return self.app.broker.cancel(self.id)
 
-    def result(self, timeout: float | None = None) -> Any:
+    def result(self, timeout: float | None = None) -> R:
         """Wait for the job to finish and return its result.
 
         Raises:
@@ -495,21 +665,28 @@ class Job:
         while True:
             outcome = self._finished()
             if outcome is not None:
-                return outcome()
+                result: R = outcome()
+                return result
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"job {self.id} did not finish within {timeout} s")
             remaining = math.inf if deadline is None else deadline - time.monotonic()
             time.sleep(max(0.0, min(pause, remaining)))
             pause = min(pause * 1.5, 0.1)
 
-    async def result_async(self, timeout: float | None = None) -> Any:
+    async def result_async(self, timeout: float | None = None) -> R:
         """:meth:`result` for asyncio code."""
         return await asyncio.to_thread(self.result, timeout)
 
     def _finished(self) -> Callable[[], Any] | None:
         info = self.info()
         if info.state == "succeeded":
-            return lambda: None if info.result is None else serializer.decode_value(info.result)
+            task = self.app.tasks.get(info.task)
+
+            def succeeded() -> Any:
+                value = None if info.result is None else serializer.decode_value(info.result)
+                return value if task is None else task.types.load_result(value)
+
+            return succeeded
         if info.state == "dead":
             errors = info.errors
 
@@ -557,9 +734,11 @@ def _shown(value: object) -> str:
         return f"<{type(value).__name__} too large>"
 
 
-def _check_delay(delay: float | None) -> float:
+def _check_delay(delay: float | timedelta | None) -> float:
     if delay is None:
         return 0.0
+    if isinstance(delay, timedelta):
+        delay = delay.total_seconds()
     if (
         isinstance(delay, bool)
         or not isinstance(delay, int | float)

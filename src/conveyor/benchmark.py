@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from conveyor.app import Conveyor, Job
 from conveyor.records import JobInfo
@@ -164,7 +165,8 @@ class Bench:
         queue = f"bench-{uuid.uuid4().hex[:8]}"
         for start in range(0, backlog, 1000):
             low = app.enqueue_many(
-                noop.message(i, queue=queue, priority="low") for i in range(start, min(backlog, start + 1000))
+                noop.options(queue=queue, priority="low").message(i)
+                for i in range(start, min(backlog, start + 1000))
             )
         with self.workers(queue, workers):
             self._until(queue, "succeeded", 1)
@@ -193,14 +195,13 @@ class Bench:
         queue = f"bench-{uuid.uuid4().hex[:8]}"
         single = max(1, min(2000, tasks // 10))
         started = time.perf_counter()
+        to_queue = task.options(queue=queue)
         for i in range(single):
-            task.enqueue(i, queue=queue)
+            to_queue.enqueue(i)
         one_by_one = single / (time.perf_counter() - started)
         t0 = time.perf_counter()
         for start in range(single, tasks, 1000):
-            jobs = app.enqueue_many(
-                task.message(i, queue=queue) for i in range(start, min(tasks, start + 1000))
-            )
+            jobs = app.enqueue_many(to_queue.message(i) for i in range(start, min(tasks, start + 1000)))
         batched = (tasks - single) / max(time.perf_counter() - t0, 1e-9)
         with self.workers(queue, workers) as pids:
             t0 = self._serving(queue, 1)
@@ -210,10 +211,9 @@ class Bench:
         queue = f"bench-{uuid.uuid4().hex[:8]}"
         with self.workers(queue, workers):
             t0 = self._serving(queue, workers)
+            to_queue = task.options(queue=queue)
             for start in range(0, tasks, 1000):
-                jobs = app.enqueue_many(
-                    task.message(i, queue=queue) for i in range(start, min(tasks, start + 1000))
-                )
+                jobs = app.enqueue_many(to_queue.message(i) for i in range(start, min(tasks, start + 1000)))
             end_to_end = tasks / (self._drained(queue, jobs[-1].id, tasks) - t0)
         return Throughput(
             workers=workers,
@@ -231,7 +231,7 @@ class Bench:
         with self.behind_backlog(backlog, workers) as low:
             high = []
             for i in range(samples):
-                high.append(stamp.enqueue(i, queue=low.queue, priority="high"))
+                high.append(stamp.options(queue=low.queue, priority="high").enqueue(i))
                 time.sleep(0.02)
             rate = low.rate()
             delays = [1000 * (started - info.enqueued_at) for info, started in _started(high)]
@@ -244,7 +244,7 @@ class Bench:
         queue = f"bench-{uuid.uuid4().hex[:8]}"
         with self.workers(queue, workers):
             jobs = app.enqueue_many(
-                stamp.message(i, queue=queue, delay=1.0 + 2.0 * i / samples) for i in range(samples)
+                stamp.options(queue=queue, delay=1.0 + 2.0 * i / samples).message(i) for i in range(samples)
             )
             lateness = [1000 * (started - info.run_at) for info, started in _started(jobs, timeout=60)]
         return percentiles(lateness, early=sum(1 for x in lateness if x < 0))
@@ -257,7 +257,9 @@ class Bench:
             return None
         before = measure()
         for start in range(0, tasks, 1000):
-            app.enqueue_many(noop.message(i, queue=queue) for i in range(start, min(tasks, start + 1000)))
+            app.enqueue_many(
+                noop.options(queue=queue).message(i) for i in range(start, min(tasks, start + 1000))
+            )
         grown = (measure() - before) / tasks
         with self.workers(queue, 2):
             self._until(queue, "succeeded", tasks)
@@ -292,7 +294,7 @@ def _count(queue: str, state: str, level: int | None) -> int:
     return stats.total(state) if level is None else stats.counts.get(state, {}).get(level, 0)
 
 
-def _started(jobs: list[Job], timeout: float = 600) -> list[tuple[JobInfo, float]]:
+def _started(jobs: list[Job[Any]], timeout: float = 600) -> list[tuple[JobInfo, float]]:
     """Each ``stamp`` job's record and the moment it began to run."""
     started = [float(job.result(timeout=timeout)) for job in jobs]
     return [(job.info(), at) for job, at in zip(jobs, started, strict=True)]

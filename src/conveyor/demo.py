@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -81,12 +82,12 @@ def _workload(total: int, rng: random.Random) -> tuple[list[Message], list[Messa
     """Messages to enqueue up front, high-priority messages to trickle in, and duplicate count."""
     upfront: list[Message] = [generate_report.message(i) for i in range(int(total * 0.30))]
     upfront += [resize_image.message(i) for i in range(int(total * 0.30))]
-    upfront += [remind.message(i, delay=rng.uniform(1.0, 3.0)) for i in range(int(total * 0.05))]
+    upfront += [remind.options(delay=rng.uniform(1.0, 3.0)).message(i) for i in range(int(total * 0.05))]
     upfront += [flaky_upload.message(i) for i in range(int(total * 0.05))]
     upfront += [parse_feed.message(i) for i in range(int(total * 0.02))]
     orders = int(total * 0.08)
     for i in range(orders):  # each payment is submitted twice: a double click
-        upfront += [charge.message(i, 100 + i, key=f"order-{i}")] * 2
+        upfront += [charge.options(key=f"order-{i}").message(i, 100 + i)] * 2
     rng.shuffle(upfront)
     upfront.sort(key=lambda m: m.task != generate_report.name)  # the backlog goes in first
     trickle = [send_email.message(f"user{i}@example.com") for i in range(int(total * 0.12))]
@@ -126,11 +127,11 @@ def run_demo(total: int, processes: int, db: str, console: Console) -> None:
     workers = subprocess.Popen(cmd)
     try:
         started = time.monotonic()
-        jobs: list[Job] = []
+        jobs: list[Job[Any]] = []
         for i in range(0, len(upfront), 500):
             jobs += app.enqueue_many(upfront[i : i + 500])
 
-        high_jobs: list[Job] = []
+        high_jobs: list[Job[Any]] = []
 
         def produce_high() -> None:
             for message in trickle:
@@ -171,7 +172,7 @@ def _pct(values: list[float], q: float) -> str:
     return f"{ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000:.1f} ms"
 
 
-def _summary(console: Console, jobs: list[Job], orders: int, path: Path, wall: float) -> None:
+def _summary(console: Console, jobs: list[Job[Any]], orders: int, path: Path, wall: float) -> None:
     unique = {j.id: j for j in jobs}
     infos: list[JobInfo] = [i for i in (app.broker.get(job_id) for job_id in unique) if i is not None]
     succeeded = [i for i in infos if i.state == "succeeded"]

@@ -105,7 +105,7 @@ class Schedule:
 
     def message(self, tick: float) -> Message:
         """The job of one tick, keyed by schedule and tick time."""
-        return self.task.message(run_at=tick, key=f"periodic:{self.task.name}:{tick:.3f}")
+        return self.task.options(run_at=tick, key=f"periodic:{self.task.name}:{tick:.3f}").message()
 
 
 def plan(schedules: Sequence[Schedule], now: float, starting: bool, retention: float) -> list[Message]:

@@ -35,7 +35,7 @@ class Message(msgspec.Struct, frozen=True):
     queue: str
     #: Level index, 0 is the most urgent.
     priority: int
-    #: Encoded ``[args, kwargs]``.
+    #: Encoded ``[args, kwargs]``, or ``[args, kwargs, typed]`` (see ``conveyor.arguments``).
     payload: bytes
     #: Seconds after the store's "now" at which the task is due (used when ``run_at`` is None).
     delay: float = 0.0

@@ -214,12 +214,13 @@ class Redactor:
         return printable(self.text(text, limit))
 
     def arguments(self, payload: bytes, signature: inspect.Signature | None) -> dict[str, Any] | None:
-        """The payload ``[args, kwargs]`` as ``{"args": [...], "kwargs": {...}}``, redacted;
-        None if it does not decode (it is then never shown, not even in part)."""
+        """The payload ``[args, kwargs]`` (or ``[args, kwargs, typed]``, typed arguments shown
+        in their JSON form) as ``{"args": [...], "kwargs": {...}}``, redacted; None if it does
+        not decode (it is then never shown, not even in part)."""
         decoded = _loads(payload)
-        if not isinstance(decoded, list) or len(decoded) != 2:
+        if not isinstance(decoded, list) or len(decoded) not in (2, 3):
             return None
-        args, kwargs = decoded
+        args, kwargs = decoded[0], decoded[1]
         if not isinstance(args, list) or not isinstance(kwargs, dict):
             return None
         names = list(signature.parameters) if signature is not None else []

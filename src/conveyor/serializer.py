@@ -2,7 +2,9 @@
 
 Only JSON values are accepted: None, bool, int, finite float, str, list/tuple and dict with
 str keys. Everything else (bytes, sets, datetimes, arbitrary objects, NaN) is refused at
-enqueue with an error naming the argument, so what runs is exactly what was sent.
+enqueue with an error naming the argument, so what runs is exactly what was sent. Values of
+other types reach here already turned into JSON by ``conveyor.arguments`` (for parameters
+annotated with their type), with the payload's third element saying which.
 """
 
 from __future__ import annotations
@@ -95,8 +97,16 @@ def _encode(value: Any, where: str) -> bytes:
         raise SerializationError(f"{where}: not encodable as JSON ({exc})") from None
 
 
-def encode_args(task: str, args: tuple[Any, ...], kwargs: dict[str, Any], max_size: int) -> bytes:
-    """Encode a call's arguments as the stored payload ``[args, kwargs]``.
+def encode_args(
+    task: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    max_size: int,
+    typed: list[int | str] | None = None,
+) -> bytes:
+    """Encode a call's arguments as the stored payload ``[args, kwargs]``, or
+    ``[args, kwargs, typed]`` when ``typed`` lists arguments (by position or keyword) stored in
+    the JSON form of their annotated type (see ``conveyor.arguments``).
 
     Raises:
         SerializationError: an argument is not JSON; the message names it.
@@ -107,14 +117,25 @@ def encode_args(task: str, args: tuple[Any, ...], kwargs: dict[str, Any], max_si
         roots += [(arg, 0, None, (task, name)) for name, arg in kwargs.items() if not _plain(arg)]
     if roots:
         _check(*roots)
-    data = _encode((args, kwargs), f"{task}: arguments")
+    data = _encode((args, kwargs, typed) if typed else (args, kwargs), f"{task}: arguments")
     if len(data) > max_size:
         raise PayloadTooLarge(f"{task}: arguments encode to {len(data)} bytes, over the limit of {max_size}")
     return data
 
 
 def decode_args(payload: bytes, max_size: int) -> tuple[list[Any], dict[str, Any]]:
-    """Decode a stored payload; raises SerializationError if it is not ``[list, dict]``."""
+    """Decode a stored payload of plain arguments; raises SerializationError if it is not
+    ``[list, dict]``."""
+    args, kwargs, typed = decode_call(payload, max_size)
+    if typed:
+        raise SerializationError("payload is not an [args, kwargs] pair: it has typed arguments")
+    return args, kwargs
+
+
+def decode_call(payload: bytes, max_size: int) -> tuple[list[Any], dict[str, Any], list[Any]]:
+    """Decode a stored payload into its arguments and the list of its typed ones (empty for a
+    plain payload); raises SerializationError unless it is ``[list, dict]`` or
+    ``[list, dict, non-empty list]``. The typed marks are checked by ``conveyor.arguments``."""
     if len(payload) > max_size:
         raise SerializationError(f"payload of {len(payload)} bytes is over the limit of {max_size}")
     try:
@@ -123,12 +144,13 @@ def decode_args(payload: bytes, max_size: int) -> tuple[list[Any], dict[str, Any
         raise SerializationError(f"payload does not decode: {exc}") from None
     if (
         not isinstance(value, list)
-        or len(value) != 2
+        or not 2 <= len(value) <= 3
         or not isinstance(value[0], list)
         or not isinstance(value[1], dict)
+        or (len(value) == 3 and (not isinstance(value[2], list) or not value[2]))
     ):
-        raise SerializationError("payload is not an [args, kwargs] pair")
-    return value[0], value[1]
+        raise SerializationError("payload is not an [args, kwargs] pair nor [args, kwargs, typed]")
+    return value[0], value[1], value[2] if len(value) == 3 else []
 
 
 def encode_value(value: Any, where: str = "result", max_size: int | None = None) -> bytes:

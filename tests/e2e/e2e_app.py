@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
+import datetime
+import decimal
 import os
 import signal
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
@@ -247,3 +251,21 @@ def call_api(service: str, n: int, throttle: str) -> int:
 @app.task(queue="tenants", limits=[Limit(key="tenant:{tenant}", concurrency=10_000)])
 def tenant_job(tenant: str, seconds: float = 0.002) -> None:
     time.sleep(seconds)
+
+
+@dataclasses.dataclass(frozen=True)
+class Slot:
+    """A typed argument and result (tests/e2e/test_typed_arguments_e2e.py)."""
+
+    start: datetime.datetime
+    minutes: int
+
+
+@app.task(queue="typed")
+def book(room: uuid.UUID, slot: Slot, price: decimal.Decimal, *, day: datetime.date | None = None) -> Slot:
+    """Check in the worker that every argument arrived as its annotated type."""
+    if not (type(room) is uuid.UUID and type(slot) is Slot and type(price) is decimal.Decimal):
+        raise TypeError(f"arrived as {type(room).__name__}, {type(slot).__name__}, {type(price).__name__}")
+    if day is not None and type(day) is not datetime.date:
+        raise TypeError(f"day arrived as {type(day).__name__}")
+    return Slot(slot.start + datetime.timedelta(minutes=slot.minutes), int(price))

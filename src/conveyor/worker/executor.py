@@ -207,7 +207,7 @@ class Runner:
 
     async def _call_async(self, delivery: Delivery, task: Task[Any, Any]) -> Outcome:
         try:
-            args, kwargs = self._decode(delivery)
+            args, kwargs = self._decode(delivery, task)
         except SerializationError as exc:
             return self._malformed(delivery, exc)
         ctx = context.JobContext(delivery, self.worker)
@@ -259,7 +259,7 @@ class Runner:
         task, delivery = run.task, run.delivery
         assert task is not None
         try:
-            args, kwargs = self._decode(delivery)
+            args, kwargs = self._decode(delivery, task)
         except SerializationError as exc:
             self._complete(run, self._malformed(delivery, exc))
             return
@@ -296,8 +296,12 @@ class Runner:
             with contextlib.suppress(RuntimeError):  # the loop closed: an abandoned run ended late
                 self._loop.call_soon_threadsafe(self._collect)
 
-    def _decode(self, delivery: Delivery) -> tuple[list[Any], dict[str, Any]]:
-        return serializer.decode_args(delivery.payload, self.app.max_payload)
+    def _decode(self, delivery: Delivery, task: Task[Any, Any]) -> tuple[list[Any], dict[str, Any]]:
+        """The call's arguments, typed ones rebuilt from the function's annotations."""
+        args, kwargs, typed = serializer.decode_call(delivery.payload, self.app.max_payload)
+        if typed:
+            task.types.load(args, kwargs, typed)
+        return args, kwargs
 
     def _malformed(self, delivery: Delivery, exc: SerializationError) -> Outcome:
         log.error("job %s: %s; moved to the dead letter queue", delivery.id, exc)
@@ -326,10 +330,11 @@ class Runner:
         self, delivery: Delivery, task: Task[Any, Any], ctx: context.JobContext, value: Any
     ) -> Outcome:
         limit = task.max_result or self.app.max_result
+        where = f"{task.name}: return value"
         try:
-            result = (
-                None if value is None else serializer.encode_value(value, f"{task.name}: return value", limit)
-            )
+            if value is not None and task.types.result is not None:
+                value = task.types.dump_result(value, where)
+            result = None if value is None else serializer.encode_value(value, where, limit)
         except SerializationError as exc:  # ResultTooLarge too: the same value would fail again
             log.error("job %s: %s; moved to the dead letter queue", delivery.id, exc)
             return Outcome(
