@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 from conveyor.brokers.base import Broker, Lease
 from conveyor.errors import ConfigurationError
 
-__all__ = ["Broker", "Lease", "open_broker", "redact_url"]
+__all__ = ["Broker", "Lease", "absolute_url", "open_broker", "redact_url"]
 
 
 def redact_url(url: str) -> str:
@@ -19,6 +20,18 @@ def redact_url(url: str) -> str:
     from conveyor.redact import Redactor
 
     return Redactor().line(url)
+
+
+def absolute_url(url: str) -> str:
+    """``url`` with a relative SQLite path made absolute against the current directory (any
+    other URL as it is): the file a producer or worker uses is the one it names at start, even
+    if the process changes directory later, and it can be printed as it is."""
+    if not url.startswith("sqlite:///"):
+        return url
+    path, mark, query = url[len("sqlite:///") :].partition("?")
+    if not path or path.startswith(("/", ":")):
+        return url
+    return "sqlite:///" + os.path.abspath(path) + mark + query
 
 
 def open_broker(url: str, retention: float = 86400.0) -> Broker:
