@@ -92,7 +92,7 @@ class _Group(click.Group):
 
 
 @click.group(cls=_Group)
-@click.version_option(package_name="conveyor-queue")
+@click.version_option(package_name="conveyor-queue", prog_name="conveyor")
 def main() -> None:
     """Conveyor: a task queue with priorities, delays, retries and a dead letter queue."""
 
