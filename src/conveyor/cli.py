@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from rich.text import Text
 
 from conveyor.app import RESERVED, Conveyor, Task
 from conveyor.brokers import redact_url
+from conveyor.brokers.availability import one_line
 from conveyor.errors import ConfigurationError, ConveyorError, StoreUnavailable
 from conveyor.records import JobInfo, Pause, QueueStats, WorkerInfo
 from conveyor.redact import Redactor, printable, redact_job
@@ -225,14 +227,40 @@ def _check_worker(app: Conveyor, app_path: str, config: WorkerConfig, processes:
         log.info("%s", line)
     for warning in warnings:
         log.warning("%s", warning)
-    try:
-        app.broker.paused()  # connects (a SQLite file is created, a PostgreSQL schema migrated)
-    except StoreUnavailable as exc:
-        log.warning("%s; the worker processes wait for it", exc)
-    except ConfigurationError as exc:
-        raise _ConfigExit(str(exc)) from None
-    finally:
-        app.close()
+    _probe(app, log)
+
+
+def _probe(app: Conveyor, log: logging.Logger, wait: float = 3.0) -> None:
+    """Connect to the store once (a SQLite file is created, a PostgreSQL schema migrated): a store
+    that refuses the worker or cannot be opened ends the command with one line; one that does
+    not answer within ``wait`` seconds is left to the worker processes, which wait for it."""
+    failed: list[BaseException] = []
+
+    def probe() -> None:
+        try:
+            app.broker.paused()
+        except Exception as exc:  # noqa: BLE001 - sorted below
+            failed.append(exc)
+        finally:
+            app.close()
+
+    thread = threading.Thread(target=probe, name="conveyor-probe", daemon=True)
+    thread.start()
+    thread.join(wait)
+    if thread.is_alive():
+        log.warning(
+            "store %s has not answered within %.0f s; the worker processes wait for it",
+            store_label(app.url),
+            wait,
+        )
+        return
+    for exc in failed:
+        if isinstance(exc, ConfigurationError):
+            raise _ConfigExit(str(exc))
+        if isinstance(exc, StoreUnavailable):
+            log.warning("%s; the worker processes wait for it", exc)
+        else:
+            log.warning("store %s: %s; the worker processes try again", store_label(app.url), one_line(exc))
 
 
 @main.command()

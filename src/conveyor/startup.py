@@ -112,31 +112,32 @@ def missing_sqlite_file(url: str) -> str | None:
 
 
 def task_lines(app: Conveyor, served: Sequence[str]) -> tuple[list[str], list[str]]:
-    """The registered tasks by queue (served queues first), and the warnings about queues served
-    without a task and tasks whose queue is not served."""
-    by_queue: dict[str, list[str]] = {q: [] for q in served}
+    """A line per served queue with its registered tasks, and at most three warnings: served
+    queues without a task, tasks whose queue is not served, no task at all."""
+    by_queue: dict[str, list[str]] = {}
     for task in app.tasks.values():
         by_queue.setdefault(task.queue, []).append(task.name)
-    lines = []
-    for queue, names in by_queue.items():
-        state = "served" if queue in served else "NOT served"
-        lines.append(f"queue {queue} ({state}): {', '.join(sorted(names)) or 'no task'}")
-    warnings = [
-        f"queue {queue!r} is served but no registered task has it as its queue: only jobs enqueued"
-        f" to it with queue=... run there (a typo? queues of the tasks: {', '.join(sorted(_own(app))) or 'none'})"
-        for queue in served
-        if queue not in _own(app)
-    ]
-    unserved = {q: names for q, names in by_queue.items() if q not in served}
-    warnings += [
-        f"queue {queue!r} of {', '.join(sorted(names))} is not served by this worker: its jobs wait for a"
-        f" worker that serves it (--queues {','.join([*served, queue])})"
-        for queue, names in unserved.items()
-    ]
+    lines = [f"queue {queue} (served): {_names(by_queue.get(queue, [])) or 'no task'}" for queue in served]
+    warnings = []
+    idle = [queue for queue in served if queue not in by_queue]
+    if idle and app.tasks:
+        warnings.append(
+            f"served queue(s) {', '.join(idle)} have no registered task: only jobs enqueued to them with"
+            f" queue=... run there (a typo? the tasks' queues: {_names(sorted(by_queue))})"
+        )
+    unserved = [queue for queue in by_queue if queue not in served]
+    if unserved:
+        warnings.append(
+            "tasks whose queue this worker does not serve (their jobs wait for a worker that does,"
+            f" --queues {','.join([*served, *unserved])}): "
+            + "; ".join(f"{queue}: {_names(by_queue[queue])}" for queue in unserved)
+        )
     if not app.tasks:
-        warnings.append("no task is registered: every job this worker reserves is unknown to it")
+        warnings.append("no task is registered: this worker can run no job")
     return lines, warnings
 
 
-def _own(app: Conveyor) -> set[str]:
-    return {task.queue for task in app.tasks.values()}
+def _names(names: Sequence[str], most: int = 20) -> str:
+    shown = sorted(names)
+    more = f" and {len(shown) - most} more" if len(shown) > most else ""
+    return ", ".join(shown[:most]) + more
