@@ -26,8 +26,9 @@ docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # System tools some tests drive, from Debian's packages: chromium for the dashboard's browser test
-# (through Playwright, never `playwright install`), faketime for the clock-skew test.
-SYSTEM_DEPS := /usr/bin/chromium:chromium /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1:faketime
+# (through Playwright, never `playwright install`), faketime for the clock-skew test, promtool (of
+# the prometheus package) to evaluate docs/alerts.yml in tests/web/test_alerts.py.
+SYSTEM_DEPS := /usr/bin/chromium:chromium /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1:faketime /usr/bin/promtool:prometheus
 system-deps:
 	@missing=""; for dep in $(SYSTEM_DEPS); do [ -e "$${dep%%:*}" ] || missing="$$missing $${dep##*:}"; done; \
 	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

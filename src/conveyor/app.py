@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 
 from conveyor import arguments, metrics, serializer, validate
-from conveyor.brokers import Broker, open_broker, redact_url
+from conveyor.brokers import Broker, absolute_url, open_broker, redact_url
 from conveyor.errors import (
     ArgumentError,
     ConfigurationError,
@@ -72,7 +72,9 @@ class Conveyor:
     """A Conveyor application: its tasks and the store they go through.
 
     Args:
-        url: store URL; defaults to ``$CONVEYOR_URL``, else ``sqlite:///conveyor.db``.
+        url: store URL; defaults to ``$CONVEYOR_URL``, else ``sqlite:///conveyor.db``. A
+            relative SQLite path is resolved against the current directory now, when the
+            application is made (``app.url`` holds the absolute path).
         priorities: level names and weights, most urgent first (default high 6, normal 3, low 1).
         retry: default retry policy of tasks that do not set one.
         max_payload: largest encoded arguments accepted, in bytes (default 1 MiB).
@@ -98,7 +100,7 @@ class Conveyor:
         retention: float = 86400.0,
         max_queued: Mapping[str, int] | None = None,
     ) -> None:
-        self.url = url or os.environ.get("CONVEYOR_URL") or DEFAULT_URL
+        self.url = absolute_url(url or os.environ.get("CONVEYOR_URL") or DEFAULT_URL)
         self.priorities = Priorities(priorities)
         self.retry = retry or RetryPolicy()
         self.max_payload = max_payload

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,13 @@ from rich.text import Text
 
 from conveyor.app import RESERVED, Conveyor, Task
 from conveyor.brokers import is_memory_url, redact_url
-from conveyor.errors import ConfigurationError, ConveyorError
-from conveyor.records import JobInfo, Pause
+from conveyor.brokers.availability import one_line
+from conveyor.errors import ConfigurationError, ConveyorError, StoreUnavailable
+from conveyor.records import JobInfo, Pause, QueueStats, WorkerInfo
 from conveyor.redact import Redactor, printable, redact_job
+from conveyor.startup import AppLoadError, load_app, missing_sqlite_file, store_label, task_lines
 from conveyor.worker.loop import WorkerConfig
-from conveyor.worker.process import load_app
+from conveyor.worker.process import CONFIG_ERROR
 
 console = Console(width=None if sys.stdout.isatty() else 200)  # pipes get whole rows
 #: Characters of stored text shown per cell of a listing (the whole text: `conveyor job`).
@@ -37,6 +40,19 @@ def _target(target: str) -> Conveyor:
     if "://" in target:
         return Conveyor(target)
     return load_app(target)
+
+
+def _existing(app: Conveyor) -> Conveyor:
+    """``app``, unless its store is a SQLite file that does not exist: reading it would create an
+    empty store, most often beside the one meant (a command run from another directory)."""
+    missing = missing_sqlite_file(app.url)
+    if missing is not None:
+        raise click.ClickException(
+            f"no store at {missing}: no producer or worker has used that file. A relative SQLite"
+            " path is relative to the current directory: give every producer, worker and command"
+            " the same absolute URL (sqlite:////path/to/conveyor.db, or CONVEYOR_URL)"
+        )
+    return app
 
 
 def _resolve_task(app: Conveyor, name: str) -> Task[Any, Any]:
@@ -59,16 +75,26 @@ def _when(ts: object) -> str:
         return printable(repr(ts))[:40]
 
 
+class _ConfigExit(click.ClickException):
+    """A configuration error of ``conveyor worker``: the exit code its processes use for one."""
+
+    exit_code = CONFIG_ERROR
+
+
 class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except AppLoadError as exc:
+            if exc.traceback:  # raised by the user's module while importing it: their traceback
+                click.echo(exc.traceback, err=True, nl=False)
+            raise click.ClickException(str(exc)) from None
         except ConveyorError as exc:
             raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
 
 
 @click.group(cls=_Group)
-@click.version_option(package_name="conveyor-queue")
+@click.version_option(package_name="conveyor-queue", prog_name="conveyor")
 def main() -> None:
     """Conveyor: a task queue with priorities, delays, retries and a dead letter queue."""
 
@@ -123,6 +149,14 @@ def main() -> None:
 @click.option(
     "--metrics-host", default="127.0.0.1", show_default=True, help="Address of the /metrics server."
 )
+@click.option(
+    "--unknown-task-window",
+    default=600.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Seconds a job of a task this worker does not know is put back for another worker"
+    " (a rolling deploy) before it goes to the dead letter queue; 0: at once.",
+)
 def worker(
     app_path: str,
     queues: str,
@@ -137,11 +171,15 @@ def worker(
     metrics_host: str,
     burst: bool,
     burst_wait: float,
+    unknown_task_window: float,
 ) -> None:
     """Run worker processes for MODULE:APP until SIGTERM or Ctrl-C (with --burst: until drained).
 
-    With --metrics-port, /metrics requires CONVEYOR_METRICS_TOKEN (or the dashboard's
-    credentials) to be set, and every scrape to present it.
+    At start it prints its store and its tasks by queue, warns about served queues without a
+    task and tasks whose queue is not served, and stops with one line if the application or
+    the store is wrong (docs/troubleshooting.md). With --metrics-port, /metrics requires
+    CONVEYOR_METRICS_TOKEN (or the dashboard's credentials) to be set, and every scrape to
+    present it.
     """
     from conveyor.web.credentials import Credentials
     from conveyor.worker.metrics_server import MetricsServer
@@ -162,23 +200,23 @@ def worker(
             grace=grace,
             burst=burst,
             burst_wait=burst_wait,
+            unknown_task_window=unknown_task_window,
         )
     except ConfigurationError as exc:
         raise click.BadParameter(str(exc), param_hint="--queues") from None
-    app = load_app(app_path)
+    try:
+        app = load_app(app_path)
+    except AppLoadError as exc:
+        if exc.traceback:
+            click.echo(exc.traceback, err=True, nl=False)
+        raise _ConfigExit(str(exc)) from None
     if is_memory_url(app.url):
         raise click.ClickException(
             f"{app_path} uses an in-memory store ({redact_url(app.url)}), which the worker processes"
             " cannot open: in tests, run its tasks in the test's process with conveyor.testing.drain(app);"
             " otherwise use a file (sqlite:///path.db) or a server"
         )
-    logging.getLogger("conveyor").info(
-        "supervising %d process(es) of %s on %s, queues %s",
-        processes,
-        app_path,
-        redact_url(app.url),
-        ",".join(names) + (" (strict order)" if strict else ""),
-    )
+    _check_worker(app, app_path, config, processes)
     metrics = None
     if metrics_port is not None:
         try:
@@ -190,6 +228,62 @@ def worker(
                 f"cannot serve metrics on {metrics_host}:{metrics_port}: {exc}"
             ) from None
     sys.exit(Supervisor(app_path, config, processes, metrics).run())
+
+
+def _check_worker(app: Conveyor, app_path: str, config: WorkerConfig, processes: int) -> None:
+    """Say what the worker will serve from where, and stop with one line (exit CONFIG_ERROR) if
+    the store refuses it or cannot be opened; a store that does not answer is waited for."""
+    log = logging.getLogger("conveyor")
+    served = config.queue_names
+    log.info(
+        "supervising %d process(es) of %s, queues %s",
+        processes,
+        app_path,
+        ",".join(config.queues) + (" (strict order)" if config.strict else ""),
+    )
+    new = missing_sqlite_file(app.url) is not None
+    log.info(
+        "store: %s%s", store_label(app.url), " (a new file: created now, no job in it yet)" if new else ""
+    )
+    lines, warnings = task_lines(app, served)
+    for line in lines:
+        log.info("%s", line)
+    for warning in warnings:
+        log.warning("%s", warning)
+    _probe(app, log)
+
+
+def _probe(app: Conveyor, log: logging.Logger, wait: float = 3.0) -> None:
+    """Connect to the store once (a SQLite file is created, a PostgreSQL schema migrated): a store
+    that refuses the worker or cannot be opened ends the command with one line; one that does
+    not answer within ``wait`` seconds is left to the worker processes, which wait for it."""
+    failed: list[BaseException] = []
+
+    def probe() -> None:
+        try:
+            app.broker.paused()
+        except Exception as exc:  # noqa: BLE001 - sorted below
+            failed.append(exc)
+        finally:
+            app.close()
+
+    thread = threading.Thread(target=probe, name="conveyor-probe", daemon=True)
+    thread.start()
+    thread.join(wait)
+    if thread.is_alive():
+        log.warning(
+            "store %s has not answered within %.0f s; the worker processes wait for it",
+            store_label(app.url),
+            wait,
+        )
+        return
+    for exc in failed:
+        if isinstance(exc, ConfigurationError):
+            raise _ConfigExit(str(exc))
+        if isinstance(exc, StoreUnavailable):
+            log.warning("%s; the worker processes wait for it", exc)
+        else:
+            log.warning("store %s: %s; the worker processes try again", store_label(app.url), one_line(exc))
 
 
 @main.command()
@@ -238,8 +332,9 @@ def enqueue(
 @click.option("--watch", is_flag=True, help="Refresh every second until Ctrl-C.")
 def status(target: str, queues: tuple[str, ...], watch: bool) -> None:
     """Per queue and priority: ready, scheduled, running, succeeded, dead, cancelled; oldest ready
-    age; ready jobs that limits hold back (see `conveyor limits list`)."""
-    app = _target(target)
+    age; ready jobs that limits hold back (see `conveyor limits list`); the live workers of
+    each queue, flagging a queue with ready jobs that no live worker serves."""
+    app = _existing(_target(target))
     if not watch:
         console.print(_status(app, queues))
         return
@@ -255,35 +350,78 @@ def status(target: str, queues: tuple[str, ...], watch: bool) -> None:
 
 
 def _status(app: Conveyor, queues: tuple[str, ...]) -> Group:
-    """The status table, with the pauses under it."""
-    shown: list[Table | Text] = [_status_table(app, queues)]
+    """The status table, with the pauses, the unserved queues and the workers under it."""
+    workers = app.broker.workers()
+    stats = app.broker.stats(list(queues) or None)
+    shown: list[Table | Text] = [_status_table(app, queues, stats, workers)]
     pauses = app.broker.paused(list(queues) or None)
     if pauses:
         shown.append(Text("paused: ", style="bold yellow") + Text(", ").join(_pause_label(p) for p in pauses))
+    served = {q for w in workers for q in w.queues}
+    for qs in stats:
+        ready = sum(qs.counts.get("ready", {}).values())
+        if ready and qs.queue not in served:
+            shown.append(
+                Text("unserved: ", style="bold red")
+                + _plain(
+                    f"queue {qs.queue} has {ready} ready job(s) and no live worker serves it (live workers"
+                    f" serve: {', '.join(sorted(served)) or 'none'}); start one with --queues {qs.queue}"
+                )
+            )
+    if workers:
+        shown.append(_workers_table(workers, queues))
     return Group(*shown)
+
+
+def _workers_table(workers: list[WorkerInfo], queues: tuple[str, ...]) -> Table:
+    table = Table(title=f"live workers ({len(workers)})")
+    for col in ("worker", "queues", "running", "slots", "up since"):
+        table.add_column(col)
+    for w in workers:
+        if queues and not set(queues) & set(w.queues):
+            continue
+        table.add_row(
+            _plain(w.id),
+            _plain(",".join(w.queues)),
+            str(w.in_flight),
+            str(w.concurrency),
+            _when(w.started_at),
+        )
+    return table
 
 
 def _pause_label(p: Pause) -> Text:
     return _plain(p.queue if p.task is None else f"{p.queue} (task {p.task})")
 
 
-def _status_table(app: Conveyor, queues: tuple[str, ...]) -> Table:
-    table = Table(title=f"Conveyor {redact_url(app.url)}")
+def _status_table(
+    app: Conveyor, queues: tuple[str, ...], stats: list[QueueStats], workers: list[WorkerInfo]
+) -> Table:
+    table = Table(title=f"Conveyor {store_label(app.url)}")
     table.add_column("queue")
     table.add_column("priority")
     for state in STATES:
         table.add_column(state, justify="right")
     table.add_column("oldest ready", justify="right")
     table.add_column("throttled", justify="right")
+    table.add_column("workers", justify="right")
     stopped = {p.queue for p in app.broker.paused(list(queues) or None) if p.task is None}
-    for qs in app.broker.stats(list(queues) or None):
+    for qs in stats:
+        serving = str(sum(1 for w in workers if qs.queue in w.queues))
         levels = sorted({p for per in qs.counts.values() for p in per})
         for i, level in enumerate(levels):
             age = f"{qs.oldest_ready_age:.1f} s" if i == 0 and qs.oldest_ready_age is not None else ""
             cells = [str(qs.counts.get(s, {}).get(level, 0)) for s in STATES]
             name = _plain(qs.queue) + (Text(" (paused)", style="yellow") if qs.queue in stopped else "")
             held = str(qs.throttled) if i == 0 and qs.throttled else ""
-            table.add_row(name if i == 0 else "", app.priorities.name(level), *cells, age, held)
+            table.add_row(
+                name if i == 0 else "",
+                app.priorities.name(level),
+                *cells,
+                age,
+                held,
+                serving if i == 0 else "",
+            )
     return table
 
 

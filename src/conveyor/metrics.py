@@ -3,7 +3,7 @@
 Two kinds:
 
 - *Store gauges* (queue depth per queue, priority and state; dead letter depth; oldest ready
-  age; live workers) are computed from the broker's read operations at every scrape by
+  age; live workers, in all and per queue served) are computed from the broker's read operations at every scrape by
   :class:`StoreCollector`, so they are never stale and any process can serve them.
 - *Process metrics* (enqueued, started and finished counters, start delay and run time
   histograms, lease reclaims, heartbeats) are counted where things happen: the enqueueing
@@ -184,7 +184,8 @@ class StoreCollector:
             "Ready jobs that rate or concurrency limits hold back now.",
             labels=["queue"],
         )
-        for qs in broker.stats(now=now):
+        stats = broker.stats(now=now)
+        for qs in stats:
             for state, per_level in sorted(qs.counts.items()):
                 for level, count in sorted(per_level.items()):
                     depth.add_metric([qs.queue, self.priorities.name(level), state], count)
@@ -196,6 +197,17 @@ class StoreCollector:
         live.add_metric([], len(workers))
         in_flight = GaugeMetricFamily("conveyor_worker_in_flight", "Tasks leased to live workers.")
         in_flight.add_metric([], sum(w.in_flight for w in workers))
+        serving = GaugeMetricFamily(
+            "conveyor_queue_workers",
+            "Live worker processes serving each queue (0 for a queue with jobs that none serves).",
+            labels=["queue"],
+        )
+        per_queue = dict.fromkeys(sorted({qs.queue for qs in stats}), 0)
+        for w in workers:
+            for queue in dict.fromkeys(w.queues):
+                per_queue[queue] = per_queue.get(queue, 0) + 1
+        for queue, count in sorted(per_queue.items()):
+            serving.add_metric([queue], count)
         tokens = GaugeMetricFamily(
             "conveyor_limit_tokens",
             "Starts a rate-limited key allows now (its bucket's tokens).",
@@ -225,7 +237,7 @@ class StoreCollector:
         )
         for p in broker.paused():
             paused.add_metric([p.queue, p.task or ""], 1)
-        yield from (depth, dead, oldest, throttled, live, in_flight, paused, tokens, running, closed)
+        yield from (depth, dead, oldest, throttled, live, in_flight, serving, paused, tokens, running, closed)
         if self.max_queued:
             caps = GaugeMetricFamily(
                 "conveyor_queue_max_queued",

@@ -431,14 +431,34 @@ def test_explicit_url_wins_over_environment(monkeypatch: pytest.MonkeyPatch, tmp
     assert Conveyor(f"sqlite:///{tmp_path}/mine.db").url == f"sqlite:///{tmp_path}/mine.db"
 
 
-def test_default_url_without_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_url_without_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The default is the SQLite file conveyor.db of the current directory, resolved when the
+    application is made: a later change of directory does not move the store."""
     monkeypatch.delenv("CONVEYOR_URL", raising=False)
-    assert Conveyor().url == DEFAULT_URL == "sqlite:///conveyor.db"
+    monkeypatch.chdir(tmp_path)
+    app = Conveyor()
+    monkeypatch.chdir(tmp_path.parent)
+    assert DEFAULT_URL == "sqlite:///conveyor.db"
+    assert app.url == f"sqlite:///{tmp_path}/conveyor.db"
+    app.broker.stats()
+    assert (tmp_path / "conveyor.db").exists()
+    app.close()
 
 
-def test_empty_environment_falls_back_to_default(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_relative_sqlite_url_is_made_absolute_with_its_options(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CONVEYOR_URL", "sqlite:///data/../q.db?synchronous=full")
+    assert Conveyor().url == f"sqlite:///{tmp_path}/q.db?synchronous=full"
+    assert Conveyor(f"sqlite:///{tmp_path}/abs.db").url == f"sqlite:///{tmp_path}/abs.db"
+    assert Conveyor("redis://127.0.0.1:6379/0").url == "redis://127.0.0.1:6379/0"
+
+
+def test_empty_environment_falls_back_to_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("CONVEYOR_URL", "")
-    assert Conveyor().url == DEFAULT_URL
+    monkeypatch.chdir(tmp_path)
+    assert Conveyor().url == f"sqlite:///{tmp_path}/conveyor.db"
 
 
 def test_custom_priorities(tmp_path: Path) -> None:

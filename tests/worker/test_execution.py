@@ -148,7 +148,7 @@ def test_unknown_task_is_dead_and_the_worker_keeps_serving(app: Conveyor, run_wo
     def alive() -> str:
         return "ok"
 
-    with run_worker(app):
+    with run_worker(app, unknown_task_window=0):  # the window: tests/worker/test_unknown_tasks.py
         job = ghost.enqueue()
         with pytest.raises(JobFailed, match="unknown task"):
             job.result(timeout=10)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 from conveyor.brokers.base import Broker, Lease
 from conveyor.errors import ConfigurationError
 
-__all__ = ["Broker", "Lease", "is_memory_url", "open_broker", "redact_url"]
+__all__ = ["Broker", "Lease", "absolute_url", "is_memory_url", "open_broker", "redact_url"]
 
 
 def redact_url(url: str) -> str:
@@ -25,6 +26,16 @@ def is_memory_url(url: str) -> bool:
     """Whether ``url`` names an in-memory store (``sqlite:///:memory:``), private to a process."""
     parts = urlsplit(url)
     return parts.scheme == "sqlite" and parts.path == "/:memory:"
+def absolute_url(url: str) -> str:
+    """``url`` with a relative SQLite path made absolute against the current directory (any
+    other URL as it is): the file a producer or worker uses is the one it names at start, even
+    if the process changes directory later, and it can be printed as it is."""
+    if not url.startswith("sqlite:///"):
+        return url
+    path, mark, query = url[len("sqlite:///") :].partition("?")
+    if not path or path.startswith(("/", ":")):
+        return url
+    return "sqlite:///" + os.path.abspath(path) + mark + query
 
 
 def open_broker(url: str, retention: float = 86400.0) -> Broker:

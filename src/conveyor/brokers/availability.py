@@ -10,8 +10,10 @@ naming the store with its password redacted. Other errors pass unchanged.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from conveyor.errors import ConfigurationError, ConveyorError, StoreUnavailable
 
@@ -49,11 +51,68 @@ def one_line(exc: BaseException) -> str:
 
 
 def unavailable(display: str, exc: BaseException) -> StoreUnavailable:
-    return StoreUnavailable(f"store {display} unavailable: {one_line(exc)}")
+    return StoreUnavailable(f"store {display} unavailable: {reason(display, exc) or one_line(exc)}")
 
 
 def refused(display: str, exc: BaseException, hint: str) -> ConfigurationError:
-    return ConfigurationError(f"store {display} refused the connection: {one_line(exc)} ({hint})")
+    said = reason(display, exc)
+    return ConfigurationError(
+        f"store {display} refused the connection: {said}" if said else
+        f"store {display} refused the connection: {one_line(exc)} ({hint})"
+    )  # fmt: skip
+
+
+_DEFAULT_PORTS = {"redis": 6379, "rediss": 6379, "postgres": 5432, "postgresql": 5432}
+_NAMED = re.compile(r'(database|role|user) "([^"]{1,200})"')
+
+
+def reason(display: str, exc: BaseException) -> str | None:
+    """What a failed connection means, in words a user can act on (None when it is none of the
+    usual causes): refused, no answer, unknown host, a wrong or missing password, an unknown
+    database or user. Read from the client library's message, which names the cause."""
+    text = " ".join(str(exc).split())
+    low = text.lower()
+    parts = urlsplit(display)
+    try:
+        port = parts.port or _DEFAULT_PORTS.get(parts.scheme)
+    except ValueError:
+        port = None
+    host = parts.hostname or "localhost"
+    where = f"{host}:{port}" if port else host
+    named = _NAMED.search(text)
+    if "does not exist" in low and named:
+        kind, name = named.groups()
+        if kind == "database":
+            return (
+                f'database "{name}" does not exist on {where}: create it (createdb -h {host}'
+                f"{f' -p {port}' if port else ''} {name}) or correct the database in the URL"
+            )
+        return f'user "{name}" does not exist on {where}: create it or correct the user in the URL'
+    if "password authentication failed" in low or "wrongpass" in low or "invalid username-password" in low:
+        return f"authentication failed at {where}: wrong user or password; correct them in the URL"
+    if "no password supplied" in low or "noauth" in low or "authentication required" in low:
+        return f"{where} requires a password: put it in the URL (scheme://user:PASSWORD@host:port/...)"
+    if "no pg_hba.conf entry" in low:
+        return f"{where} does not accept this user, database or host (pg_hba.conf): ask its administrator"
+    if "connection refused" in low or isinstance(_cause(exc, ConnectionRefusedError), ConnectionRefusedError):
+        return f"connection refused at {where}: is the server running and listening on that host and port?"
+    if "name or service not known" in low or "could not translate host name" in low or "nodename nor" in low:
+        return f"host {host!r} not found: correct the host in the URL"
+    if "timeout expired" in low or "timed out" in low or "timeout connecting" in low:
+        return f"no answer from {where} within the connect timeout: a wrong host, a firewall, or a server too busy"
+    return None
+
+
+def _cause(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """The first exception of ``kind`` in ``exc``'s chain of causes."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kind):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def guarded(cls: B) -> B:

@@ -314,6 +314,10 @@ def _delivery_order(d: Delivery) -> tuple[int, float]:
     return d.priority, -math.inf if math.isnan(d.run_at) else d.run_at
 
 
+#: The task name a delivery gets when its stored record does not parse (the Redis store's
+#: reserve script names it so): no application registers it, and the worker buries the job at once.
+CORRUPT_TASK = "conveyor:corrupt-record"
+
 #: The fields of an error record (one per failed attempt).
 ERROR_FIELDS = ("attempt", "type", "message", "traceback", "worker", "at")
 

@@ -16,9 +16,10 @@ from typing import Any
 
 from conveyor import context, serializer
 from conveyor.app import Conveyor, Task
+from conveyor.brokers.base import CORRUPT_TASK
 from conveyor.errors import RateLimited, Retry, SerializationError
 from conveyor.records import Delivery, Outcome
-from conveyor.redact import Redactor
+from conveyor.redact import Redactor, printable
 
 log = logging.getLogger("conveyor.worker")
 
@@ -72,6 +73,30 @@ def bury(delivery: Delivery, worker: str, type_: str, message: str) -> Outcome:
     )
 
 
+#: An unknown task's job is put back 1 s after its first delivery, then after twice as long each
+#: time, at most UNKNOWN_CAP seconds at a time (see unknown_delay).
+UNKNOWN_CAP = 60.0
+#: Most task names a runner logs a warning for (a job of a name it has warned of logs at DEBUG).
+_WARNED_MAX = 1000
+
+
+def unknown_delay(deferred: int, window: float) -> float | None:
+    """Seconds to put back a job of a task this worker does not know, deferred ``deferred`` times
+    already; None once those deferrals span ``window`` seconds (then it is buried). The delays
+    are 1, 2, 4 ... 32, then 60 s: a 10-minute window is 15 deferrals, each a store round trip."""
+    n = max(deferred, 0)
+    spent = 2.0**n - 1 if n <= 6 else 63.0 + UNKNOWN_CAP * (n - 6)
+    if spent >= window:
+        return None
+    return min(2.0 ** min(n, 6), UNKNOWN_CAP, window - spent)
+
+
+def unreadable(name: str) -> bool:
+    """A task name no application can register: a record that did not parse, text that was not
+    UTF-8 (read back with U+FFFD), a name no enqueue accepts. Such a job is buried at once."""
+    return name == CORRUPT_TASK or not name or len(name) > 255 or "\ufffd" in name or not name.isprintable()
+
+
 def _raise_in_thread(thread_id: int, exc_type: type[BaseException]) -> None:
     """Ask a thread to raise ``exc_type`` at its next Python bytecode (not inside a C call)."""
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc_type))
@@ -114,8 +139,18 @@ class Runner:
     assigned) exits, so the count shrinks back once the stuck calls return.
     """
 
-    def __init__(self, app: Conveyor, worker: str, finished: Finished, threads: int = 1) -> None:
+    def __init__(
+        self,
+        app: Conveyor,
+        worker: str,
+        finished: Finished,
+        threads: int = 1,
+        unknown_window: float = 600.0,
+    ) -> None:
         self.app = app
+        #: Seconds a job of a task not registered here is put back for another worker.
+        self.unknown_window = unknown_window
+        self._warned: set[str] = set()
         self._size = threads
         self.worker = worker
         self.rng = random.Random()
@@ -141,11 +176,7 @@ class Runner:
         run = _Run(delivery, task)
         self._runs[delivery.id, delivery.token] = run
         if task is None:
-            log.error("job %s: unknown task %r, moved to the dead letter queue", delivery.id, delivery.task)
-            self._complete(
-                run,
-                bury(delivery, self.worker, "UnknownTask", f"unknown task {delivery.task!r}: not registered"),
-            )
+            self._complete(run, self._unknown(delivery))
         elif task.is_async:
             run.future = self._loop.create_task(self._run_async(run, task))
         else:
@@ -295,6 +326,40 @@ class Runner:
             assert self._loop is not None
             with contextlib.suppress(RuntimeError):  # the loop closed: an abandoned run ended late
                 self._loop.call_soon_threadsafe(self._collect)
+
+    def _unknown(self, delivery: Delivery) -> Outcome:
+        """A job of a task not registered here: never run. Put back (its attempt not counted)
+        for a worker that knows the task (a rolling deploy: a new producer, an old worker),
+        with growing delays, until the deferrals span ``unknown_window``; then buried."""
+        name = printable(delivery.task)[:200]
+        names = sorted(self.app.tasks)
+        registered = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+        registered = registered or "none"
+        delay = None if unreadable(delivery.task) else unknown_delay(delivery.throttled, self.unknown_window)
+        if delay is None:
+            message = f"unknown task {name!r} (registered: {registered})"
+            if not unreadable(delivery.task) and self.unknown_window > 0:
+                message += f"; no worker that knows it took it within {self.unknown_window:.0f} s"
+            log.error("job %s: %s; moved to the dead letter queue", delivery.id, message)
+            return bury(delivery, self.worker, "UnknownTask", message)
+        message = (
+            f"unknown task {name!r} on this worker (registered: {registered}); put back for {delay:.0f} s"
+            " for a worker that knows it"
+        )
+        if delivery.task in self._warned or len(self._warned) >= _WARNED_MAX:
+            log.debug("job %s: %s", delivery.id, message)
+        else:
+            self._warned.add(delivery.task)
+            log.warning(
+                "job %s: %s (a rolling deploy? jobs of this task are put back for up to %.0f s, then"
+                " dead; this is logged once per task)",
+                delivery.id,
+                message,
+                self.unknown_window,
+            )
+        record = error_record(delivery, self.worker, None, "UnknownTask", message)
+        return Outcome(delivery.id, delivery.token, "throttled", delay=delay, error=record)
+
 
     def _decode(self, delivery: Delivery, task: Task[Any, Any]) -> tuple[list[Any], dict[str, Any]]:
         """The call's arguments, typed ones rebuilt from the function's annotations."""

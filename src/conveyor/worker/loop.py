@@ -7,6 +7,7 @@ import collections
 import concurrent.futures
 import contextlib
 import logging
+import math
 import os
 import socket
 import time
@@ -73,6 +74,11 @@ class WorkerConfig:
             done); ticks already enqueued run like any job.
         burst_wait: seconds ahead a scheduled job (a delay, a retry's backoff) keeps a burst
             worker serving, to run it when due; later ones stay for the next worker.
+        unknown_task_window: seconds a job of a task this worker does not know is put back, its
+            attempt not counted, for a worker that knows it (a rolling deploy: a new producer,
+            an old worker), with delays of 1 s doubling to 60 s; then it goes to the dead letter
+            queue with the reason and the registered names. 0: at once. The deferrals are
+            counted with the job's RateLimited throttles (``Delivery.throttled``).
     """
 
     queues: Sequence[str] = ("default",)
@@ -86,10 +92,14 @@ class WorkerConfig:
     idle_wait: float = 5.0
     burst: bool = False
     burst_wait: float = 5.0
+    unknown_task_window: float = 600.0
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
     def __post_init__(self) -> None:
         Fairness((1,), self.queue_weights, self.strict)  # refuses bad weights, weights with strict
+        window = self.unknown_task_window
+        if isinstance(window, bool) or not isinstance(window, int | float) or not 0 <= window < math.inf:
+            raise ConfigurationError(f"unknown_task_window must be a number of seconds >= 0, got {window!r}")
 
     @property
     def queue_weights(self) -> dict[str, int]:
@@ -132,7 +142,9 @@ class Worker:
         self.config = config or WorkerConfig()
         self.id = self.config.worker_id
         self.fairness = Fairness(app.priorities.weights, self.config.queue_weights, self.config.strict)
-        self.runner = Runner(app, self.id, self._finished_runs, self.config.concurrency)
+        self.runner = Runner(
+            app, self.id, self._finished_runs, self.config.concurrency, self.config.unknown_task_window
+        )
         # One thread owns the store connection for the loop's calls, waits get their own, and
         # so do reservations and sweeps where the store takes writes in parallel (see
         # Broker.parallel_writes): then a batch of acks or a heartbeat never holds back the next

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import logging
 import os
@@ -13,25 +12,15 @@ from dataclasses import asdict
 
 from conveyor.app import Conveyor
 from conveyor.errors import ConfigurationError
+from conveyor.startup import AppLoadError, load_app
 from conveyor.worker.loop import Worker, WorkerConfig
+
+__all__ = ["CONFIG_ERROR", "load_app", "main", "serve"]
 
 log = logging.getLogger("conveyor.worker")
 #: Exit code of a worker process that met a configuration error (sysexits' EX_CONFIG): the
 #: store refused it, a library is missing, a URL is wrong. Restarting it cannot help.
 CONFIG_ERROR = 78
-
-
-def load_app(path: str) -> Conveyor:
-    """Import ``module:attribute`` (the current directory is importable) and return the app."""
-    module_name, _, attr = path.partition(":")
-    if not module_name or not attr:
-        raise ConfigurationError(f"expected MODULE:APP, got {path!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    app = getattr(importlib.import_module(module_name), attr, None)
-    if not isinstance(app, Conveyor):
-        raise ConfigurationError(f"{path} is not a Conveyor application")
-    return app
 
 
 def config_to_json(config: WorkerConfig) -> str:
@@ -64,12 +53,13 @@ def main() -> None:
         level=os.environ.get("CONVEYOR_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
     )
-    app = load_app(sys.argv[1])
-    config = WorkerConfig(**json.loads(sys.argv[2]))
     code = 0
     try:
-        serve(app, config)
+        app = load_app(sys.argv[1])
+        serve(app, WorkerConfig(**json.loads(sys.argv[2])))
     except ConfigurationError as exc:
+        if isinstance(exc, AppLoadError) and exc.traceback:
+            sys.stderr.write(exc.traceback)
         log.error("worker cannot start: %s", exc)
         code = CONFIG_ERROR
     except Exception:

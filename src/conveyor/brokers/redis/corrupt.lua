@@ -25,7 +25,7 @@ local function salvage(raw)
 end
 
 -- A corrupt record is shown and buried as a job of this task, which no application registers;
--- wire.CORRUPT_TASK is the same name.
+-- base.CORRUPT_TASK (Python) is the same name.
 local CORRUPT_TASK = 'conveyor:corrupt-record'
 
 -- The error history of a corrupt record (JSON, as the worker writes errors).

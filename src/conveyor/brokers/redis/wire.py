@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 
 from conveyor import limits, serializer
-from conveyor.brokers.base import Lease, corrupt_error, duplicate_id, errors_of
+from conveyor.brokers.base import CORRUPT_TASK, Lease, corrupt_error, duplicate_id, errors_of
 from conveyor.errors import ConfigurationError, KeyConflict
 from conveyor.records import Delivery, JobInfo, LimitInfo, Message, Outcome, Rule, State
 
@@ -152,9 +152,8 @@ def text_or_none(raw: bytes) -> str | None:
     return raw[1:].decode(errors="replace") if raw else None
 
 
-#: The task name a delivery gets when its stored record does not parse: no application registers
-#: it, so the worker buries the job (that job only) as an unknown task, its record kept as it is.
-CORRUPT_TASK = "conveyor:corrupt-record"
+# CORRUPT_TASK (see base) is the task name a delivery gets when its stored record does not
+# parse: the worker buries the job (that job only) at once, its record kept as it is.
 
 
 def delivery(f: list[Any], queue: str) -> Delivery:
