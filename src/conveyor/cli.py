@@ -18,6 +18,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from conveyor import names
 from conveyor.app import RESERVED, Conveyor, Task
 from conveyor.brokers import redact_url
 from conveyor.errors import ConfigurationError, ConveyorError
@@ -40,11 +41,9 @@ def _target(target: str) -> Conveyor:
 
 
 def _resolve_task(app: Conveyor, name: str) -> Task[Any, Any]:
-    if name in app.tasks:
-        return app.tasks[name]
-    matches = [t for n, t in app.tasks.items() if n.rsplit(".", 1)[-1] == name]
+    matches = names.matching(app.tasks, name)
     if len(matches) == 1:
-        return matches[0]
+        return app.tasks[matches[0]]
     known = ", ".join(sorted(app.tasks)) or "none"
     raise click.BadParameter(f"no task {name!r} (registered: {known})", param_hint="TASK")
 
