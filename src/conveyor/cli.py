@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 import msgspec
+from rich import box
 from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
@@ -21,6 +22,7 @@ from rich.text import Text
 from conveyor import names
 from conveyor.app import RESERVED, Conveyor, Task
 from conveyor.brokers import redact_url
+from conveyor.dead_reason import gave_up
 from conveyor.errors import ConfigurationError, ConveyorError
 from conveyor.records import JobInfo, Pause
 from conveyor.redact import Redactor, printable, redact_job
@@ -243,14 +245,31 @@ def _pause_label(p: Pause) -> Text:
     return _plain(p.queue if p.task is None else f"{p.queue} (task {p.task})")
 
 
+#: Headers of the status table in a terminal narrower than NARROW columns, with lighter rules.
+_SHORT = {"priority": "prio", "scheduled": "sched", "running": "run", "succeeded": "done"}
+_SHORT |= {"cancelled": "cncl", "oldest ready": "oldest", "throttled": "held"}
+NARROW = 120
+
+
 def _status_table(app: Conveyor, queues: tuple[str, ...]) -> Table:
-    table = Table(title=f"Conveyor {redact_url(app.url)}")
-    table.add_column("queue")
-    table.add_column("priority")
+    """Queue names fold onto more lines rather than being cut; a narrow terminal gets short
+    headers and light rules, so numbers and names keep their room."""
+    narrow = console.width < NARROW
+    table = Table(
+        title=f"Conveyor {redact_url(app.url)}",
+        box=box.SIMPLE_HEAD if narrow else box.HEAVY_HEAD,
+        collapse_padding=narrow,
+    )
+
+    def head(name: str) -> str:
+        return _SHORT.get(name, name) if narrow else name
+
+    table.add_column("queue", overflow="fold", min_width=8)
+    table.add_column(head("priority"))
     for state in STATES:
-        table.add_column(state, justify="right")
-    table.add_column("oldest ready", justify="right")
-    table.add_column("throttled", justify="right")
+        table.add_column(head(state), justify="right")
+    table.add_column(head("oldest ready"), justify="right")
+    table.add_column(head("throttled"), justify="right")
     stopped = {p.queue for p in app.broker.paused(list(queues) or None) if p.task is None}
     for qs in app.broker.stats(list(queues) or None):
         levels = sorted({p for per in qs.counts.values() for p in per})
@@ -403,6 +422,7 @@ def dead_show(target: str, job_id: str) -> None:
     if info is None or info.state != "dead":
         raise click.ClickException(f"no dead job {job_id}")
     _show(app, info)
+    console.print(Text.assemble(("gave up: ", "bold red"), gave_up(info) or "-"), highlight=False)
 
 
 @dead.command("replay")
@@ -415,8 +435,18 @@ def dead_replay(target: str, job_ids: tuple[str, ...], replay_all: bool, queue: 
     if bool(job_ids) == replay_all:
         raise click.UsageError("give job ids or --all")
     app = _target(target)
-    count = app.broker.replay(None if replay_all else list(job_ids), queue=queue)
+    if replay_all:
+        click.echo(f"replayed {app.broker.replay(None, queue=queue)} job(s)")
+        return
+    ids = list(dict.fromkeys(job_ids))
+    missing = [i for i in ids if (info := app.broker.get(i)) is None or info.state != "dead"]
+    found = [i for i in ids if i not in missing]
+    count = app.broker.replay(found, queue=queue) if found else 0
     click.echo(f"replayed {count} job(s)")
+    if missing:
+        raise click.ClickException(
+            f"not in the dead letter queue (no such job, or not dead): {', '.join(printable(i) for i in missing)}"
+        )
 
 
 @dead.command("purge")

@@ -23,6 +23,7 @@ from starlette.templating import Jinja2Templates
 
 from conveyor import names
 from conveyor.app import Conveyor
+from conveyor.dead_reason import gave_up
 from conveyor.errors import ConfigurationError, KeyConflict
 from conveyor.metrics import store_registry
 from conveyor.records import JobInfo
@@ -251,6 +252,7 @@ class Views:
             errors=shown.errors,
             timeline=_timeline(info, shown.errors),
             key=shown.key,
+            gave_up=gave_up(info),
         )
 
     async def job_action(self, request: Request) -> Response:
