@@ -150,6 +150,7 @@ class Worker:
         #: Set whenever _room() may have grown: a lease settled or lost, or the look-ahead began.
         self._room_grew = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._forced = asyncio.Event()
         self._stopped = asyncio.Event()
         #: Counters for tests and status: started, succeeded, retried, dead, lost, throttled.
         self.counts: dict[str, int] = dict.fromkeys(
@@ -175,8 +176,13 @@ class Worker:
             outcomes={q: {p: dict(c) for p, c in per.items()} for q, per in self.outcomes.items()},
         )
 
-    def stop(self) -> None:
-        """Ask the loop to stop: no new reservations, running tasks get ``grace`` seconds."""
+    def stop(self, force: bool = False) -> None:
+        """Ask the loop to stop: no new reservations, running tasks get ``grace`` seconds. With
+        ``force`` (a second Ctrl-C), they get no more time: their outcomes are abandoned and
+        their jobs released back to their queues at once, as when the grace runs out."""
+        if force and not self._forced.is_set():
+            log.warning("worker %s: forced stop: running tasks are released without waiting", self.id)
+            self._forced.set()
         self._stopping.set()
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -563,10 +569,13 @@ class Worker:
         self.waiting.clear()
         if held:
             log.info("released %d reserved tasks that had not started", await self._release(held))
-        if self.running:
+        if self.running and not self._forced.is_set():
             log.info("waiting up to %.0f s for %d running tasks", self.config.grace, len(self.running))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), self.config.grace)
+            idle = asyncio.ensure_future(self._idle.wait())
+            forced = asyncio.ensure_future(self._forced.wait())
+            await asyncio.wait({idle, forced}, timeout=self.config.grace, return_when=asyncio.FIRST_COMPLETED)
+            idle.cancel()
+            forced.cancel()
         unfinished = [(d.id, d.token) for d in self.running.values()]
         self.runner.abandon(unfinished)
         self.running.clear()
