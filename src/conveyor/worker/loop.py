@@ -24,6 +24,7 @@ from conveyor.priority import Fairness, parse_queues
 from conveyor.records import AckStatus, Delivery, Outcome, WorkerInfo
 from conveyor.worker.acks import Acknowledger, Failed
 from conveyor.worker.executor import Runner, failure
+from conveyor.worker.stall import StallWatch
 from conveyor.worker.store_log import one_line_outages
 
 log = logging.getLogger("conveyor.worker")
@@ -160,6 +161,14 @@ class Worker:
         self.outcomes: dict[str, dict[str, dict[str, int]]] = {}
         self.metrics = Recorder(app.priorities)
         self.started_at = time.time()
+        #: Warns when an async task blocks the loop for a heartbeat interval (1 s at least, the
+        #: lease at most; see stall.py).
+        self._stall = StallWatch(
+            min(self.config.lease, max(self.config.heartbeat_every, 1.0)),
+            self.config.lease,
+            {t.fn.__code__: t.name for t in app.tasks.values() if t.is_async and hasattr(t.fn, "__code__")},
+            lambda task: [d.id for d in list(self.running.values()) if d.task == task],
+        )
 
     def info(self) -> WorkerInfo:
         """How this worker reports itself in the store's worker registry."""
@@ -223,11 +232,13 @@ class Worker:
         schedules = [s for s in self.app.schedules if s.task.queue in self.config.queue_names]
         if schedules:
             upkeep.append(asyncio.create_task(self._periodic(schedules)))
+        upkeep.append(self._stall.start())
         flusher = asyncio.create_task(self._flush_loop())
         try:
             await self._fetch_loop()
         finally:
             await self._drain()
+            self._stall.stop()
             for t in upkeep:
                 t.cancel()
             await asyncio.gather(*upkeep, return_exceptions=True)
