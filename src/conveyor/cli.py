@@ -223,13 +223,13 @@ def status(target: str, queues: tuple[str, ...], watch: bool) -> None:
         return
     from rich.live import Live
 
-    with Live(_status(app, queues), console=console, refresh_per_second=2) as live:
-        try:
+    try:  # around the first draw too: Ctrl-C may come while it is on the screen
+        with Live(_status(app, queues), console=console, refresh_per_second=2) as live:
             while True:
                 time.sleep(1)
                 live.update(_status(app, queues))
-        except KeyboardInterrupt:
-            pass
+    except KeyboardInterrupt:
+        pass
 
 
 def _status(app: Conveyor, queues: tuple[str, ...]) -> Group:

@@ -136,9 +136,15 @@ def test_search_reads_a_bounded_number_of_jobs(
         assert "among the 10 jobs looked at" in page  # ready and scheduled: 5 each at most
 
 
+@pytest.mark.parametrize("store", ["sqlite", "postgres", "redis"])
 def test_the_workers_page_shows_what_each_worker_runs(
-    app: Conveyor, run_worker, serve, client: Client
+    store: str, tmp_path: Path, run_worker, serve, client: Client
 ) -> None:
+    with store_app(store, tmp_path) as app:
+        workers_page(app, run_worker, serve, client)
+
+
+def workers_page(app: Conveyor, run_worker, serve, client: Client) -> None:
     release = threading.Event()
 
     @app.task(name="media.transcode")
@@ -169,9 +175,15 @@ def test_the_workers_page_shows_what_each_worker_runs(
         release.set()
 
 
+@pytest.mark.parametrize("store", ["sqlite", "postgres", "redis"])
 def test_the_tasks_page_counts_outcomes_and_run_times_per_task(
-    app: Conveyor, run_worker, serve, client: Client
+    store: str, tmp_path: Path, run_worker, serve, client: Client
 ) -> None:
+    with store_app(store, tmp_path) as app:
+        tasks_page(app, run_worker, serve, client)
+
+
+def tasks_page(app: Conveyor, run_worker, serve, client: Client) -> None:
     @app.task(name="etl.load")
     def load(n: int) -> None:
         time.sleep(0.05)
