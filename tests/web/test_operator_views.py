@@ -53,6 +53,7 @@ def test_the_dead_letter_list_shows_each_message_redacted_and_cut(
         assert "x" * 300 not in page and "more characters not shown" in page  # cut in the list
         full = html.unescape(client.get(url + f"/jobs/{wordy}", headers=AUTH).text)
         assert long in full  # whole on the job page
+        assert "gave up" in full and "was not retried" in full  # why it is in the DLQ (attempt 1 of 5)
     assert secret and wordy
 
 
