@@ -150,7 +150,8 @@ def test_every_page_and_replaying_a_dead_job(
             page.wait_for_url(url + "/dead")
             row = page.locator("table.jobs tr", has_text=dead.id)
             assert row.count() == 1
-            assert "refused the connection for order 1042" in row.inner_text()  # the message, not only the type
+            # The last error's message, not only its type.
+            assert "refused the connection for order 1042" in row.inner_text()
             page.screenshot(path=SHOTS / "dead-letter-queue.png")
 
             healed.touch()  # the outside problem is fixed: replaying now succeeds
