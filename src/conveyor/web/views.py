@@ -46,8 +46,11 @@ RUNNING_PER_WORKER = 20
 TASK_WINDOW = 3600
 TASK_SCAN = 2000
 #: Jobs of each state an argument search reads at most (ready and scheduled: the soonest due;
-#: running: all; finished: the most recent): a search costs at most six bounded listings.
+#: running: all; succeeded and dead: the most recent): a search costs at most five bounded
+#: listings. Cancelled jobs are not searched: Redis keeps them in one index with the succeeded
+#: ones, so listing the most recent cancelled jobs can walk every finished job.
 SEARCH_SCAN = 500
+SEARCH_STATES = ("ready", "scheduled", "running", "dead", "succeeded")
 #: The longest name, id or filter a request may pass to the store.
 MAX_TEXT = 1000
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -487,12 +490,12 @@ class Views:
 
     def search_jobs(self, text: str) -> tuple[list[JobInfo], int]:
         """Jobs whose arguments (as shown: redacted) or idempotency key contain ``text``, case
-        ignored; looks at the SEARCH_SCAN first jobs of each state in its listing order. Returns
+        ignored; looks at the SEARCH_SCAN first jobs of each of SEARCH_STATES in its listing order. Returns
         the matches (at most PAGE) and how many jobs were looked at."""
         needle = text.casefold()
         found: list[JobInfo] = []
         looked = 0
-        for state in STATES:
+        for state in SEARCH_STATES:
             for info in self.app.broker.jobs(state=state, limit=SEARCH_SCAN):
                 looked += 1
                 task = self.app.tasks.get(info.task)
