@@ -203,6 +203,10 @@ def test_every_page_and_replaying_a_dead_job(
                 box = links.nth(i).bounding_box()
                 assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 420, box
             narrow.screenshot(path=SHOTS / "narrow-420px.png")
+            for path in ("/", "/dead", "/workers", "/tasks", "/limits", f"/jobs/{dead.id}"):
+                narrow.goto(url + path)
+                width = narrow.evaluate("document.documentElement.scrollWidth")
+                assert width <= 420, (path, width)  # wide tables scroll inside the page
             narrow.click("nav a:text('Limits')")
             narrow.wait_for_url(url + "/limits")
         finally:
