@@ -22,7 +22,6 @@ from rich.text import Text
 from conveyor import names
 from conveyor.app import RESERVED, Conveyor, Task
 from conveyor.brokers import redact_url
-from conveyor.dead_reason import gave_up
 from conveyor.errors import ConfigurationError, ConveyorError
 from conveyor.records import JobInfo, Pause
 from conveyor.redact import Redactor, printable, redact_job
@@ -219,17 +218,43 @@ def status(target: str, queues: tuple[str, ...], watch: bool) -> None:
     age; ready jobs that limits hold back (see `conveyor limits list`)."""
     app = _target(target)
     if not watch:
-        console.print(_status(app, queues))
+        console.print(_fit(_status(app, queues)))
         return
     from rich.live import Live
 
     try:  # around the first draw too: Ctrl-C may come while it is on the screen
-        with Live(_status(app, queues), console=console, refresh_per_second=2) as live:
+        with Live(_fit(_status(app, queues)), console=console, refresh_per_second=2) as live:
             while True:
                 time.sleep(1)
-                live.update(_status(app, queues))
+                live.update(_fit(_status(app, queues)))
     except KeyboardInterrupt:
         pass
+
+
+#: Headers of the status tables in a terminal narrower than NARROW columns, with lighter rules.
+_SHORT = {"priority": "prio", "scheduled": "sched", "running": "run", "succeeded": "done"}
+_SHORT |= {"cancelled": "cncl", "oldest ready": "oldest", "throttled": "held"}
+NARROW = 120
+
+
+def _fit(shown: Group) -> Group:
+    """The status tables fitted to the terminal: names (left-aligned columns) fold onto more
+    lines rather than being cut with an ellipsis; a terminal narrower than NARROW gets short
+    headers and light rules, so numbers and names keep their room."""
+    narrow = console.width < NARROW
+    for table in shown.renderables:
+        if not isinstance(table, Table):
+            continue
+        if narrow:
+            table.box = box.SIMPLE_HEAD
+            table.collapse_padding = True
+        for i, column in enumerate(table.columns):
+            if narrow and isinstance(column.header, str):
+                column.header = _SHORT.get(column.header, column.header)
+            if column.justify != "right":
+                column.overflow = "fold"
+                column.min_width = 8 if i == 0 else column.min_width
+    return shown
 
 
 def _status(app: Conveyor, queues: tuple[str, ...]) -> Group:
@@ -245,31 +270,14 @@ def _pause_label(p: Pause) -> Text:
     return _plain(p.queue if p.task is None else f"{p.queue} (task {p.task})")
 
 
-#: Headers of the status table in a terminal narrower than NARROW columns, with lighter rules.
-_SHORT = {"priority": "prio", "scheduled": "sched", "running": "run", "succeeded": "done"}
-_SHORT |= {"cancelled": "cncl", "oldest ready": "oldest", "throttled": "held"}
-NARROW = 120
-
-
 def _status_table(app: Conveyor, queues: tuple[str, ...]) -> Table:
-    """Queue names fold onto more lines rather than being cut; a narrow terminal gets short
-    headers and light rules, so numbers and names keep their room."""
-    narrow = console.width < NARROW
-    table = Table(
-        title=f"Conveyor {redact_url(app.url)}",
-        box=box.SIMPLE_HEAD if narrow else box.HEAVY_HEAD,
-        collapse_padding=narrow,
-    )
-
-    def head(name: str) -> str:
-        return _SHORT.get(name, name) if narrow else name
-
-    table.add_column("queue", overflow="fold", min_width=8)
-    table.add_column(head("priority"))
+    table = Table(title=f"Conveyor {redact_url(app.url)}")
+    table.add_column("queue")
+    table.add_column("priority")
     for state in STATES:
-        table.add_column(head(state), justify="right")
-    table.add_column(head("oldest ready"), justify="right")
-    table.add_column(head("throttled"), justify="right")
+        table.add_column(state, justify="right")
+    table.add_column("oldest ready", justify="right")
+    table.add_column("throttled", justify="right")
     stopped = {p.queue for p in app.broker.paused(list(queues) or None) if p.task is None}
     for qs in app.broker.stats(list(queues) or None):
         levels = sorted({p for per in qs.counts.values() for p in per})
@@ -422,6 +430,8 @@ def dead_show(target: str, job_id: str) -> None:
     if info is None or info.state != "dead":
         raise click.ClickException(f"no dead job {job_id}")
     _show(app, info)
+    from conveyor.dead_reason import gave_up
+
     console.print(Text.assemble(("gave up: ", "bold red"), gave_up(info) or "-"), highlight=False)
 
 
