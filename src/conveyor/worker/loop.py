@@ -183,7 +183,7 @@ class Worker:
         self.metrics = Recorder(app.priorities)
         self.started_at = time.time()
         #: Warns when an async task blocks the loop for a heartbeat interval (1 s at least, the
-        #: lease at most; see stall.py).
+        #: lease at most; see stall.py); watches only an application that has async tasks.
         self._stall = StallWatch(
             min(self.config.lease, max(self.config.heartbeat_every, 1.0)),
             self.config.lease,
@@ -253,7 +253,8 @@ class Worker:
         schedules = [s for s in self.app.schedules if s.task.queue in self.config.queue_names]
         if schedules and not self.config.burst:
             upkeep.append(asyncio.create_task(self._periodic(schedules)))
-        upkeep.append(self._stall.start())
+        if self._stall.codes:  # only async tasks run on the loop; sync ones have threads
+            upkeep.append(self._stall.start())
         flusher = asyncio.create_task(self._flush_loop())
         try:
             await self._fetch_loop()
