@@ -15,10 +15,12 @@ from typing import Any
 
 import click
 import msgspec
+from rich import box
 from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from conveyor import names
 from conveyor.app import RESERVED, Conveyor, Task
 from conveyor.brokers import is_memory_url, redact_url
 from conveyor.brokers.availability import one_line
@@ -56,11 +58,9 @@ def _existing(app: Conveyor) -> Conveyor:
 
 
 def _resolve_task(app: Conveyor, name: str) -> Task[Any, Any]:
-    if name in app.tasks:
-        return app.tasks[name]
-    matches = [t for n, t in app.tasks.items() if n.rsplit(".", 1)[-1] == name]
+    matches = names.matching(app.tasks, name)
     if len(matches) == 1:
-        return matches[0]
+        return app.tasks[matches[0]]
     known = ", ".join(sorted(app.tasks)) or "none"
     raise click.BadParameter(f"no task {name!r} (registered: {known})", param_hint="TASK")
 
@@ -336,17 +336,43 @@ def status(target: str, queues: tuple[str, ...], watch: bool) -> None:
     each queue, flagging a queue with ready jobs that no live worker serves."""
     app = _existing(_target(target))
     if not watch:
-        console.print(_status(app, queues))
+        console.print(_fit(_status(app, queues)))
         return
     from rich.live import Live
 
-    with Live(_status(app, queues), console=console, refresh_per_second=2) as live:
-        try:
+    try:  # around the first draw too: Ctrl-C may come while it is on the screen
+        with Live(_fit(_status(app, queues)), console=console, refresh_per_second=2) as live:
             while True:
                 time.sleep(1)
-                live.update(_status(app, queues))
-        except KeyboardInterrupt:
-            pass
+                live.update(_fit(_status(app, queues)))
+    except KeyboardInterrupt:
+        pass
+
+
+#: Headers of the status tables in a terminal narrower than NARROW columns, with lighter rules.
+_SHORT = {"priority": "prio", "scheduled": "sched", "running": "run", "succeeded": "done"}
+_SHORT |= {"cancelled": "cncl", "oldest ready": "oldest", "throttled": "held"}
+NARROW = 120
+
+
+def _fit(shown: Group) -> Group:
+    """The status tables fitted to the terminal: names (left-aligned columns) fold onto more
+    lines rather than being cut with an ellipsis; a terminal narrower than NARROW gets short
+    headers and light rules, so numbers and names keep their room."""
+    narrow = console.width < NARROW
+    for table in shown.renderables:
+        if not isinstance(table, Table):
+            continue
+        if narrow:
+            table.box = box.SIMPLE_HEAD
+            table.collapse_padding = True
+        for i, column in enumerate(table.columns):
+            if narrow and isinstance(column.header, str):
+                column.header = _SHORT.get(column.header, column.header)
+            if column.justify != "right":
+                column.overflow = "fold"
+                column.min_width = 8 if i == 0 else column.min_width
+    return shown
 
 
 def _status(app: Conveyor, queues: tuple[str, ...]) -> Group:
@@ -565,6 +591,9 @@ def dead_show(target: str, job_id: str) -> None:
     if info is None or info.state != "dead":
         raise click.ClickException(f"no dead job {job_id}")
     _show(app, info)
+    from conveyor.dead_reason import gave_up
+
+    console.print(Text.assemble(("gave up: ", "bold red"), gave_up(info) or "-"), highlight=False)
 
 
 @dead.command("replay")
@@ -577,8 +606,18 @@ def dead_replay(target: str, job_ids: tuple[str, ...], replay_all: bool, queue: 
     if bool(job_ids) == replay_all:
         raise click.UsageError("give job ids or --all")
     app = _target(target)
-    count = app.broker.replay(None if replay_all else list(job_ids), queue=queue)
+    if replay_all:
+        click.echo(f"replayed {app.broker.replay(None, queue=queue)} job(s)")
+        return
+    ids = list(dict.fromkeys(job_ids))
+    missing = [i for i in ids if (info := app.broker.get(i)) is None or info.state != "dead"]
+    found = [i for i in ids if i not in missing]
+    count = app.broker.replay(found, queue=queue) if found else 0
     click.echo(f"replayed {count} job(s)")
+    if missing:
+        raise click.ClickException(
+            f"not in the dead letter queue (no such job, or not dead): {', '.join(printable(i) for i in missing)}"
+        )
 
 
 @dead.command("purge")

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import shlex
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -23,6 +25,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from conveyor.app import Conveyor, Job
 from conveyor.context import current_job
@@ -122,9 +125,12 @@ def run_demo(total: int, processes: int, db: str, console: Console) -> None:
         "--concurrency",
         "8",
         "--log-level",
-        "WARNING",
+        "ERROR",  # the deliberate failures (retries, dead letters) are summarised at the end
     ]
-    workers = subprocess.Popen(cmd)
+    workers = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, errors="replace")
+    # Worker logs go through the console, above the progress bar, instead of scrolling over it.
+    relay = threading.Thread(target=_relay, args=(workers, console), daemon=True)
+    relay.start()
     try:
         started = time.monotonic()
         jobs: list[Job[Any]] = []
@@ -162,7 +168,32 @@ def run_demo(total: int, processes: int, db: str, console: Console) -> None:
     finally:  # the workers stop with the demo, also when it fails or is interrupted
         workers.send_signal(signal.SIGTERM)
         workers.wait(60)
+        relay.join(5)
     _summary(console, [*jobs, *high_jobs], orders, path, wall)
+
+
+def _relay(workers: subprocess.Popen[str], console: Console) -> None:
+    """Print each line the workers log through ``console`` (above a live progress bar)."""
+    assert workers.stderr is not None
+    for line in workers.stderr:
+        console.print(Text(line.rstrip("\n"), style="dim"), highlight=False)
+
+
+def conveyor_command() -> str:
+    """How to run ``conveyor`` from where the demo runs: the script beside this Python (in a
+    virtualenv's bin, which the shell may not have on its PATH), relative to the current
+    directory when inside it; else ``python -m conveyor``."""
+    script = Path(sys.executable).with_name("conveyor")
+    if not script.exists():
+        return f"{shlex.quote(sys.executable)} -m conveyor"
+    found = shutil.which("conveyor")
+    if found is not None and Path(found).resolve() == script.resolve():
+        return "conveyor"
+    try:
+        shown = str(script.absolute().relative_to(Path.cwd()))
+    except ValueError:
+        shown = str(script.absolute())
+    return shlex.quote(shown)
 
 
 def _pct(values: list[float], q: float) -> str:
@@ -220,4 +251,5 @@ def _summary(console: Console, jobs: list[Job[Any]], orders: int, path: Path, wa
         f" p99 {_pct(lateness, 0.99)}"
     )
     if dead:
-        console.print(f"inspect the dead letter queue: conveyor dead list sqlite:///{path}")
+        command = f"{conveyor_command()} dead list {shlex.quote(f'sqlite:///{path}')}"
+        console.print(Text(f"inspect the dead letter queue: {command}"), highlight=False, soft_wrap=True)

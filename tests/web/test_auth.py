@@ -14,7 +14,17 @@ from conveyor.cli import main
 from conveyor.errors import ConfigurationError
 from conveyor.web.credentials import Credentials
 
-PAGES = ["/", "/api/overview", "/metrics", "/queues/default", "/dead", "/scheduled", "/workers"]
+PAGES = [
+    "/",
+    "/api/overview",
+    "/metrics",
+    "/queues/default",
+    "/dead",
+    "/scheduled",
+    "/workers",
+    "/tasks",
+    "/search?q=noop",
+]
 EVERY_GET = [*PAGES, "/jobs/nope", "/no/such/route", "/static/style.css"]
 EVERY_POST = ["/dead/replay", "/dead/purge", "/jobs/nope/replay", "/jobs/nope/cancel", "/logout", "/nope"]
 

@@ -122,7 +122,13 @@ def test_every_page_and_replaying_a_dead_job(
             page.click("button[type=submit]")
             page.wait_for_url(url + "/")
             assert page.locator("h1").inner_text() == "Overview"
+            # While samples are few the throughput axis counts whole tasks: 0, 1, 2, never "1, 1, 0".
+            assert page.evaluate("window.conveyorTicks(1.15, true)") == [0, 1, 2]
+            assert page.evaluate("window.conveyorTicks(0, true)") == [0, 1]
+            assert page.evaluate("window.conveyorTicks(37, true)") == [0, 10, 20, 30, 40]
             page.wait_for_timeout(9000)  # a few polls of the live chart
+            marks = page.locator("#throughput").get_attribute("data-ticks").split(",")
+            assert [int(m) for m in marks] == sorted({int(m) for m in marks}), marks
             assert page.locator("#workers").inner_text() == "1"
             assert page.locator("#succeeded").inner_text() not in ("", "\u2013")
             page.screenshot(path=SHOTS / "overview.png")
@@ -144,6 +150,8 @@ def test_every_page_and_replaying_a_dead_job(
             page.wait_for_url(url + "/dead")
             row = page.locator("table.jobs tr", has_text=dead.id)
             assert row.count() == 1
+            # The last error's message, not only its type.
+            assert "refused the connection for order 1042" in row.inner_text()
             page.screenshot(path=SHOTS / "dead-letter-queue.png")
 
             healed.touch()  # the outside problem is fixed: replaying now succeeds
@@ -168,8 +176,39 @@ def test_every_page_and_replaying_a_dead_job(
 
             page.click("nav a:text('Workers')")
             page.wait_for_url(url + "/workers")
-            assert page.locator("tbody tr").count() == 1
+            assert page.locator("#workers tbody tr").count() == 2  # the worker, and what it runs
             page.screenshot(path=SHOTS / "workers.png")
+
+            page.click("nav a:text('Tasks')")
+            page.wait_for_url(url + "/tasks")
+            assert "media.resize_image" in page.locator("#task-stats").inner_text()
+            page.screenshot(path=SHOTS / "tasks.png")
+
+            page.fill("#search", "1042")  # an argument of the replayed job
+            page.press("#search", "Enter")
+            page.wait_for_url("**/search?q=1042")
+            assert page.locator(f"table.jobs a:text('{dead.id}')").count() == 1
+            page.fill("#search", dead.id)  # an exact id opens the job
+            page.press("#search", "Enter")
+            page.wait_for_url(url + f"/jobs/{dead.id}")
+
+            narrow = browser.new_page(viewport={"width": 420, "height": 800})
+            narrow.set_extra_http_headers({"Authorization": f"Bearer {TOKEN}"})
+            narrow.goto(url + "/dead")
+            header = narrow.locator("header")
+            assert header.evaluate("h => h.scrollWidth <= h.clientWidth")  # nothing cut off
+            links = narrow.locator("header nav a")
+            assert links.count() == 6
+            for i in range(links.count()):
+                box = links.nth(i).bounding_box()
+                assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 420, box
+            narrow.screenshot(path=SHOTS / "narrow-420px.png")
+            for path in ("/", "/dead", "/workers", "/tasks", "/limits", f"/jobs/{dead.id}"):
+                narrow.goto(url + path)
+                width = narrow.evaluate("document.documentElement.scrollWidth")
+                assert width <= 420, (path, width)  # wide tables scroll inside the page
+            narrow.click("nav a:text('Limits')")
+            narrow.wait_for_url(url + "/limits")
         finally:
             stop.set()
             producer.join(10)

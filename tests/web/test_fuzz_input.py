@@ -84,6 +84,7 @@ def test_crafted_requests_never_make_a_500(store_app: Conveyor, serve, client: C
             query = urlencode({"queue": a, "task": b, "error": c, "since": d, "offset": d})
             answered(client.get(f"{url}/dead?{query}", headers=AUTH))
             answered(client.get(f"{url}/scheduled?{urlencode({'offset': b})}", headers=AUTH))
+            answered(client.get(f"{url}/search?{urlencode({'q': a})}", headers=AUTH))
             answered(client.post(f"{url}/jobs/{seg}/cancel", headers=post_headers))
             answered(client.post(f"{url}/jobs/{seg}/replay", data={"queue": b}, headers=post_headers))
             answered(

@@ -100,6 +100,8 @@ def create_app(app: Conveyor, credentials: Credentials | None) -> Starlette:
         Route("/dead/{action}", views.dead_action, methods=["POST"]),
         Route("/scheduled", views.scheduled),
         Route("/workers", views.workers),
+        Route("/tasks", views.tasks),
+        Route("/search", views.search),
         Route("/limits", views.limits),
         Route("/limits/{action}", views.limit_action, methods=["POST"]),
     ]

@@ -5,9 +5,10 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, TypeVar
@@ -20,11 +21,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
+from conveyor import names
 from conveyor.app import Conveyor
+from conveyor.dead_reason import gave_up
 from conveyor.errors import ConfigurationError, KeyConflict
 from conveyor.metrics import store_registry
 from conveyor.records import JobInfo
-from conveyor.redact import redact_job
+from conveyor.redact import Redactor, redact_job
 from conveyor.web.rates import Sampler, quantile, start_delays
 
 T = TypeVar("T")
@@ -33,6 +36,21 @@ PAGE = 50
 #: The most dead jobs one DLQ view or bulk action goes through.
 DLQ_SCAN = 10_000
 MAX_OFFSET = 1_000_000
+#: Characters of an error message shown in the DLQ list (the job page shows all of it).
+LIST_MESSAGE = 160
+#: Running jobs the Workers page reads (all workers together), and shows per worker.
+RUNNING_SHOWN = 1000
+RUNNING_PER_WORKER = 20
+#: The Tasks page's window (seconds), and the most recently finished jobs of each outcome
+#: (succeeded, dead) it reads to cover it.
+TASK_WINDOW = 3600
+TASK_SCAN = 2000
+#: Jobs of each state an argument search reads at most (ready and scheduled: the soonest due;
+#: running: all; succeeded and dead: the most recent): a search costs at most five bounded
+#: listings. Cancelled jobs are not searched: Redis keeps them in one index with the succeeded
+#: ones, so listing the most recent cancelled jobs can walk every finished job.
+SEARCH_SCAN = 500
+SEARCH_STATES = ("ready", "scheduled", "running", "dead", "succeeded")
 #: The longest name, id or filter a request may pass to the store.
 MAX_TEXT = 1000
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -41,30 +59,55 @@ SINCE = {"15m": 900, "1h": 3600, "24h": 86400, "7d": 7 * 86400}
 
 @dataclass(frozen=True)
 class DeadFilter:
-    """The DLQ filters: queue, task name, error type and how long ago the job died."""
+    """The DLQ filters: queue, task name, error type and how long ago the job died.
+
+    The task is the registered dotted name or its last part, as the CLI takes it: resolved
+    against the application's tasks when it names one; otherwise (a store URL target, or a
+    name no registered task has) a dotted name is matched exactly by the store and a short one
+    against each scanned job's task, its last part included (``names.designates``).
+    """
 
     queue: str | None
     task: str | None
     error: str | None
     since: str | None
+    #: The registered task names ``task`` resolved to (empty: none of them; see above).
+    resolved: tuple[str, ...] = ()
 
     @classmethod
-    def parse(cls, params: Any) -> DeadFilter:
+    def parse(cls, params: Any, known: Iterable[str] = ()) -> DeadFilter:
         """From query parameters or form fields; empty values mean no filter."""
 
         def get(name: str) -> str | None:
             value = _text(str(params.get(name) or "").strip(), name)
             return value or None
 
-        since = get("since")
-        return cls(get("queue"), get("task"), get("error"), since if since in SINCE else None)
+        since, task = get("since"), get("task")
+        resolved = tuple(names.matching(known, task)) if task else ()
+        return cls(get("queue"), task, get("error"), since if since in SINCE else None, resolved)
 
     def query(self) -> str:
         """The filters as a query string."""
-        return urlencode({k: v for k, v in vars(self).items() if v})
+        fields = {"queue": self.queue, "task": self.task, "error": self.error, "since": self.since}
+        return urlencode({k: v for k, v in fields.items() if v})
+
+    @property
+    def store_task(self) -> str | None:
+        """The task name the store filters by, when one exact name is meant."""
+        if len(self.resolved) == 1:
+            return self.resolved[0]
+        if not self.resolved and self.task is not None and "." in self.task:
+            return self.task
+        return None
 
     def matches(self, info: JobInfo) -> bool:
-        """Whether a dead job passes the error-type filter (queue and task are the broker's)."""
+        """Whether a dead job passes the filters the store did not apply (task, error type)."""
+        if self.task is not None and self.store_task is None:
+            if self.resolved:
+                if info.task not in self.resolved:
+                    return False
+            elif not names.designates(self.task, info.task):
+                return False
         if self.error is None:
             return True
         last = info.errors[-1] if info.errors else {}
@@ -212,6 +255,7 @@ class Views:
             errors=shown.errors,
             timeline=_timeline(info, shown.errors),
             key=shown.key,
+            gave_up=gave_up(info),
         )
 
     async def job_action(self, request: Request) -> Response:
@@ -242,7 +286,7 @@ class Views:
         found: list[JobInfo] = []
         offset = 0
         while offset < DLQ_SCAN:
-            chunk = self.app.broker.dead(queue=f.queue, task=f.task, limit=500, offset=offset)
+            chunk = self.app.broker.dead(queue=f.queue, task=f.store_task, limit=500, offset=offset)
             offset += len(chunk)
             for info in chunk:
                 if cutoff is not None and (info.finished_at or 0) < cutoff:
@@ -257,16 +301,17 @@ class Views:
 
     async def dead(self, request: Request) -> Response:
         """GET /dead: the dead letter queue, filtered by queue, task, error type and time."""
-        f = DeadFilter.parse(request.query_params)
+        f = DeadFilter.parse(request.query_params, self.app.tasks)
         offset = _offset(request)
         jobs, more = await self._read(self._dead_matching, f, offset + PAGE)
+        rows = await self._read(self._dead_rows, jobs[offset:])
         return self._page(
             request,
             "dead.html",
             nav="dead",
             filters=f,
             since_choices=list(SINCE),
-            jobs=[_row(j) for j in jobs[offset:]],
+            jobs=rows,
             offset=offset,
             more=more,
             page=PAGE,
@@ -276,13 +321,29 @@ class Views:
             error=request.query_params.get("error_message"),
         )
 
+    def _dead_rows(self, jobs: list[JobInfo]) -> list[dict[str, Any]]:
+        """Rows of the DLQ list with the last error's message, redacted (secret-named arguments
+        scrubbed from it, as on the job page), on one line and cut to LIST_MESSAGE characters."""
+        rows = []
+        for info in jobs:
+            row = _row(info)
+            last = info.errors[-1] if info.errors else {}
+            message = last.get("message") if isinstance(last, dict) else None
+            if message is not None:
+                task = self.app.tasks.get(info.task)
+                redactor = Redactor()
+                redactor.arguments(info.payload, task.signature if task is not None else None)
+                row["error_message"] = redactor.line(str(message), LIST_MESSAGE)
+            rows.append(row)
+        return rows
+
     async def dead_action(self, request: Request) -> Response:
         """POST /dead/{replay|purge}: the checked jobs, or every job matching the filters."""
         action = request.path_params["action"]
         if action not in ("replay", "purge"):
             return self._problem(request, 404, "Not found", f"no action {action}")
         form = await request.form()
-        f = DeadFilter.parse(form)
+        f = DeadFilter.parse(form, self.app.tasks)
         if form.get("scope") == "matching":
             jobs, _ = await self._read(self._dead_matching, f, DLQ_SCAN)
             ids = [j.id for j in jobs]
@@ -365,9 +426,107 @@ class Views:
         )
 
     async def workers(self, request: Request) -> Response:
-        """GET /workers: live workers with their in-flight tasks and last heartbeat."""
+        """GET /workers: live workers with the jobs each runs now, in-flight count and last heartbeat."""
         workers = await self._read(self.app.broker.workers)
-        return self._page(request, "workers.html", nav="workers", workers=workers)
+        running = await self._read(self.app.broker.jobs, state="running", limit=RUNNING_SHOWN)
+        by_worker: dict[str, list[JobInfo]] = {}
+        for info in running:
+            by_worker.setdefault(info.worker or "", []).append(info)
+        return self._page(
+            request,
+            "workers.html",
+            nav="workers",
+            workers=workers,
+            running=by_worker,
+            shown=RUNNING_PER_WORKER,
+            capped=len(running) >= RUNNING_SHOWN,
+        )
+
+    # -- per-task statistics -------------------------------------------------------------------
+
+    def task_stats(self, now: float | None = None) -> dict[str, Any]:
+        """Per task over the last TASK_WINDOW seconds: succeeded, failed attempts, dead, and run
+        time percentiles, from the TASK_SCAN most recently finished jobs of each outcome."""
+        broker = self.app.broker
+        now = time.time() if now is None else now
+        cutoff = now - TASK_WINDOW
+        per: dict[str, dict[str, Any]] = {}
+        covered = float(TASK_WINDOW)
+
+        def slot(task: str) -> dict[str, Any]:
+            return per.setdefault(task, {"task": task, "succeeded": 0, "failed": 0, "dead": 0, "runs": []})
+
+        for state in ("succeeded", "dead"):
+            jobs = broker.jobs(state=state, limit=TASK_SCAN, now=now)
+            recent = [j for j in jobs if j.finished_at is not None and j.finished_at >= cutoff]
+            if len(jobs) == TASK_SCAN and len(recent) == TASK_SCAN:  # the window reaches past the scan
+                covered = min(covered, now - min(j.finished_at or now for j in recent))
+            for info in recent:
+                row = slot(info.task)
+                row[state] += 1
+                row["failed"] += sum(
+                    1
+                    for e in info.errors
+                    if isinstance(e, dict) and isinstance(e.get("at"), int | float) and e["at"] >= cutoff
+                )
+                if state == "succeeded" and info.started_at is not None and info.finished_at is not None:
+                    seconds = info.finished_at - info.started_at
+                    if math.isfinite(seconds):
+                        row["runs"].append(max(0.0, seconds))
+        rows = []
+        for task in sorted(per):
+            row = per[task]
+            runs = row.pop("runs")
+            row.update(p50=quantile(runs, 0.5), p95=quantile(runs, 0.95))
+            rows.append(row)
+        return {"rows": rows, "window": TASK_WINDOW, "covered": covered, "scan": TASK_SCAN}
+
+    async def tasks(self, request: Request) -> Response:
+        """GET /tasks: per task, recent outcomes and run times."""
+        data = await self._read(self.task_stats)
+        return self._page(request, "tasks.html", nav="tasks", **data)
+
+    # -- search --------------------------------------------------------------------------------
+
+    def search_jobs(self, text: str) -> tuple[list[JobInfo], int]:
+        """Jobs whose arguments (as shown: redacted) or idempotency key contain ``text``, case
+        ignored; looks at the SEARCH_SCAN first jobs of each of SEARCH_STATES in its listing order. Returns
+        the matches (at most PAGE) and how many jobs were looked at."""
+        needle = text.casefold()
+        found: list[JobInfo] = []
+        looked = 0
+        for state in SEARCH_STATES:
+            for info in self.app.broker.jobs(state=state, limit=SEARCH_SCAN):
+                looked += 1
+                task = self.app.tasks.get(info.task)
+                redactor = Redactor()
+                arguments = redactor.arguments(info.payload, task.signature if task is not None else None)
+                shown = "" if arguments is None else json.dumps(arguments, ensure_ascii=False)
+                key = "" if info.key is None else redactor.text(info.key)
+                if needle in shown.casefold() or needle in key.casefold():
+                    found.append(info)
+                    if len(found) == PAGE:
+                        return found, looked
+        return found, looked
+
+    async def search(self, request: Request) -> Response:
+        """GET /search?q=: an exact job id opens that job; any other text searches arguments."""
+        text = _text(request.query_params.get("q", "").strip(), "search")
+        if not text:
+            return self._page(request, "search.html", nav="", q="", jobs=[], looked=0, scan=SEARCH_SCAN)
+        if await self._read(self.app.broker.get, text) is not None:
+            return RedirectResponse(f"/jobs/{quote(text, safe='')}", 303)
+        jobs, looked = await self._read(self.search_jobs, text)
+        return self._page(
+            request,
+            "search.html",
+            nav="",
+            q=text,
+            jobs=[_row(j) for j in jobs],
+            looked=looked,
+            scan=SEARCH_SCAN,
+            full=len(jobs) == PAGE,
+        )
 
     async def http_error(self, request: Request, exc: Exception) -> Response:
         """An unknown path or a bad request (reached only with valid credentials)."""
@@ -409,7 +568,8 @@ def _offset(request: Request) -> int:
 
 
 def _row(info: JobInfo) -> dict[str, Any]:
-    """What a job list shows of a job; error messages are left out (the job page redacts them)."""
+    """What a job list shows of a job; the DLQ list adds the last error's message, redacted
+    (``Views._dead_rows``)."""
     last = info.errors[-1] if info.errors else {}
     return {
         "id": info.id,
@@ -423,6 +583,7 @@ def _row(info: JobInfo) -> dict[str, Any]:
         "started_at": info.started_at,
         "finished_at": info.finished_at,
         "error_type": last.get("type"),
+        "error_message": None,
     }
 
 

@@ -46,31 +46,57 @@ def error_record(
 def failure(
     delivery: Delivery, worker: str, exc: BaseException, task: Task[Any, Any] | None, rng: random.Random
 ) -> Outcome:
-    """Retry or bury a failed attempt according to the task's retry policy."""
+    """Retry or bury a failed attempt according to the task's retry policy. A buried attempt's
+    record says why in ``gave_up`` (``conveyor dead show`` prints it)."""
     record = error_record(delivery, worker, exc, type(exc).__qualname__, str(exc) or repr(exc))
     if isinstance(exc, RateLimited) and task is not None:
         if delivery.throttled < task.max_throttles:
             return Outcome(delivery.id, delivery.token, "throttled", delay=exc.retry_after, error=record)
         record["message"] = f"throttled {delivery.throttled + 1} times (max_throttles {task.max_throttles})"
+        record["gave_up"] = f"throttled more than max_throttles ({task.max_throttles}) times"
         return Outcome(delivery.id, delivery.token, "dead", error=record)
     last = delivery.attempt >= delivery.max_attempts
-    if task is None or last:
+    if task is None:
+        record["gave_up"] = f"unknown task {delivery.task!r}: not registered in this worker"
+        return Outcome(delivery.id, delivery.token, "dead", error=record)
+    if last:
+        record["gave_up"] = f"attempts spent ({delivery.attempt}/{delivery.max_attempts})"
         return Outcome(delivery.id, delivery.token, "dead", error=record)
     if isinstance(exc, Retry):
         delay = exc.delay if exc.delay is not None else task.retry.backoff(delivery.attempt, rng)
         return Outcome(delivery.id, delivery.token, "retry", delay=delay, error=record)
     if not task.retry.retries(exc):
+        record["gave_up"] = _not_retried(exc, task)
         return Outcome(delivery.id, delivery.token, "dead", error=record)
     return Outcome(
         delivery.id, delivery.token, "retry", delay=task.retry.backoff(delivery.attempt, rng), error=record
     )
 
 
+def _not_retried(exc: BaseException, task: Task[Any, Any]) -> str:
+    """Why the retry policy of ``task`` does not retry ``exc``."""
+    kind = type(exc).__qualname__
+    policy = task.retry
+    if isinstance(exc, policy.give_up_on):
+        names = ", ".join(k.__qualname__ for k in policy.give_up_on)
+        return f"{kind} matches the task's give_up_on ({names}): not retried"
+    names = ", ".join(k.__qualname__ for k in policy.retry_on)
+    return f"{kind} is not in the task's retry_on ({names}): not retried"
+
+
+#: Why a delivery buried without running gave up, by its error type.
+_BURIED = {
+    "UnknownTask": "the task is not registered in the worker that took it",
+    "MalformedPayload": "the payload does not decode: no attempt can run it",
+}
+
+
 def bury(delivery: Delivery, worker: str, type_: str, message: str) -> Outcome:
     """Send a delivery that must never run (unknown task, undecodable payload) to the DLQ."""
-    return Outcome(
-        delivery.id, delivery.token, "dead", error=error_record(delivery, worker, None, type_, message)
-    )
+    record = error_record(delivery, worker, None, type_, message)
+    if type_ in _BURIED:
+        record["gave_up"] = _BURIED[type_]
+    return Outcome(delivery.id, delivery.token, "dead", error=record)
 
 
 #: An unknown task's job is put back 1 s after its first delivery, then after twice as long each
@@ -379,6 +405,17 @@ class Runner:
         )
         redactor = Redactor()  # the message may repeat a secret argument: logs get it masked
         redactor.arguments(delivery.payload, task.signature)
+        if isinstance(exc, Retry) and outcome.kind == "retry":  # asked for: not a failure
+            log.info(
+                "job %s %s attempt %d/%d asked for a retry: %s (retry in %.2f s)",
+                delivery.id,
+                task.name,
+                delivery.attempt,
+                delivery.max_attempts,
+                redactor.line(str(exc)),
+                outcome.delay,
+            )
+            return outcome
         log.warning(
             "job %s %s attempt %d/%d failed: %s: %s (%s)",
             delivery.id,
@@ -401,13 +438,19 @@ class Runner:
                 value = task.types.dump_result(value, where)
             result = None if value is None else serializer.encode_value(value, where, limit)
         except SerializationError as exc:  # ResultTooLarge too: the same value would fail again
-            log.error("job %s: %s; moved to the dead letter queue", delivery.id, exc)
-            return Outcome(
+            log.error(
+                "job %s %s attempt %d/%d failed: its return value cannot be stored: %s: %s"
+                " (dead letter queue: a retry would return the same)",
                 delivery.id,
-                delivery.token,
-                "dead",
-                error=error_record(delivery, self.worker, exc, type(exc).__name__, str(exc)),
+                task.name,
+                delivery.attempt,
+                delivery.max_attempts,
+                type(exc).__name__,
+                printable(str(exc)),
             )
+            record = error_record(delivery, self.worker, exc, type(exc).__name__, str(exc))
+            record["gave_up"] = "the return value cannot be stored (not JSON, or too large)"
+            return Outcome(delivery.id, delivery.token, "dead", error=record)
         return Outcome(
             delivery.id,
             delivery.token,

@@ -25,6 +25,7 @@ from conveyor.priority import Fairness, parse_queues
 from conveyor.records import AckStatus, Delivery, Outcome, WorkerInfo
 from conveyor.worker.acks import Acknowledger, Failed
 from conveyor.worker.executor import Runner, failure
+from conveyor.worker.stall import StallWatch
 from conveyor.worker.store_log import one_line_outages
 
 log = logging.getLogger("conveyor.worker")
@@ -183,6 +184,7 @@ class Worker:
         #: Set whenever _room() may have grown: a lease settled or lost, or the look-ahead began.
         self._room_grew = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._forced = asyncio.Event()
         self._stopped = asyncio.Event()
         #: Counters for tests and status: started, succeeded, retried, dead, lost, throttled.
         self.counts: dict[str, int] = dict.fromkeys(
@@ -192,6 +194,14 @@ class Worker:
         self.outcomes: dict[str, dict[str, dict[str, int]]] = {}
         self.metrics = Recorder(app.priorities)
         self.started_at = time.time()
+        #: Warns when an async task blocks the loop for a heartbeat interval (1 s at least, the
+        #: lease at most; see stall.py); watches only an application that has async tasks.
+        self._stall = StallWatch(
+            min(self.config.lease, max(self.config.heartbeat_every, 1.0)),
+            self.config.lease,
+            {t.fn.__code__: t.name for t in app.tasks.values() if t.is_async and hasattr(t.fn, "__code__")},
+            lambda task: [d.id for d in list(self.running.values()) if d.task == task],
+        )
 
     def info(self) -> WorkerInfo:
         """How this worker reports itself in the store's worker registry."""
@@ -208,8 +218,13 @@ class Worker:
             outcomes={q: {p: dict(c) for p, c in per.items()} for q, per in self.outcomes.items()},
         )
 
-    def stop(self) -> None:
-        """Ask the loop to stop: no new reservations, running tasks get ``grace`` seconds."""
+    def stop(self, force: bool = False) -> None:
+        """Ask the loop to stop: no new reservations, running tasks get ``grace`` seconds. With
+        ``force`` (a second Ctrl-C), they get no more time: their outcomes are abandoned and
+        their jobs released back to their queues at once, as when the grace runs out."""
+        if force and not self._forced.is_set():
+            log.warning("worker %s: forced stop: running tasks are released without waiting", self.id)
+            self._forced.set()
         self._stopping.set()
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -250,11 +265,14 @@ class Worker:
         schedules = [s for s in self.app.schedules if s.task.queue in self.config.queue_names]
         if schedules and not self.config.burst:
             upkeep.append(asyncio.create_task(self._periodic(schedules)))
+        if self._stall.codes:  # only async tasks run on the loop; sync ones have threads
+            upkeep.append(self._stall.start())
         flusher = asyncio.create_task(self._flush_loop())
         try:
             await self._fetch_loop()
         finally:
             await self._drain()
+            self._stall.stop()
             for t in upkeep:
                 t.cancel()
             await asyncio.gather(*upkeep, return_exceptions=True)
@@ -616,10 +634,13 @@ class Worker:
         self.waiting.clear()
         if held:
             log.info("released %d reserved tasks that had not started", await self._release(held))
-        if self.running:
+        if self.running and not self._forced.is_set():
             log.info("waiting up to %.0f s for %d running tasks", self.config.grace, len(self.running))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), self.config.grace)
+            idle = asyncio.ensure_future(self._idle.wait())
+            forced = asyncio.ensure_future(self._forced.wait())
+            await asyncio.wait({idle, forced}, timeout=self.config.grace, return_when=asyncio.FIRST_COMPLETED)
+            idle.cancel()
+            forced.cancel()
         unfinished = [(d.id, d.token) for d in self.running.values()]
         self.runner.abandon(unfinished)
         self.running.clear()

@@ -21,6 +21,9 @@ log = logging.getLogger("conveyor.worker")
 #: Exit code of a worker process that met a configuration error (sysexits' EX_CONFIG): the
 #: store refused it, a library is missing, a URL is wrong. Restarting it cannot help.
 CONFIG_ERROR = 78
+#: The signal by which the supervisor forces its workers' stop (a second Ctrl-C or SIGTERM):
+#: running tasks are released at once. SIGTERM and a first SIGINT stop gracefully.
+FORCE = signal.SIGUSR2
 
 
 def config_to_json(config: WorkerConfig) -> str:
@@ -32,13 +35,22 @@ def config_to_json(config: WorkerConfig) -> str:
 
 
 def serve(app: Conveyor, config: WorkerConfig) -> None:
-    """Run one worker until SIGTERM or SIGINT, then stop gracefully."""
+    """Run one worker until SIGTERM or SIGINT, then stop gracefully; a second SIGINT, or
+    FORCE, ends the grace at once."""
 
     async def main() -> None:
         worker = Worker(app, config)
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, worker.stop)
+        interrupts = 0
+
+        def interrupted() -> None:  # Ctrl-C reaches every process of the terminal's group
+            nonlocal interrupts
+            interrupts += 1
+            worker.stop(force=interrupts > 1)
+
+        loop.add_signal_handler(signal.SIGTERM, worker.stop)
+        loop.add_signal_handler(signal.SIGINT, interrupted)
+        loop.add_signal_handler(FORCE, worker.stop, True)
         await worker.run()
 
     try:

@@ -13,7 +13,7 @@ from types import FrameType
 
 from conveyor.worker.loop import WorkerConfig
 from conveyor.worker.metrics_server import MetricsServer
-from conveyor.worker.process import CONFIG_ERROR, config_to_json
+from conveyor.worker.process import CONFIG_ERROR, FORCE, config_to_json
 
 log = logging.getLogger("conveyor.supervisor")
 
@@ -55,12 +55,20 @@ class Supervisor:
         return _Child(slot, proc, time.monotonic(), restarts)
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        if not self._stopping:
-            log.info(
-                "stopping: %s received, workers finish their tasks (grace %.0f s)",
+        if self._stopping:
+            log.warning(
+                "%s again: forcing the stop; running jobs are released back to their queues",
                 signal.Signals(signum).name,
-                self.config.grace,
             )
+            for child in self.children:
+                if child.proc.poll() is None:
+                    child.proc.send_signal(FORCE)
+            return
+        log.info(
+            "stopping after running jobs finish (%s received, grace %.0f s); Ctrl-C again to force",
+            signal.Signals(signum).name,
+            self.config.grace,
+        )
         self._stop_children()
 
     def _stop_children(self) -> None:
