@@ -26,6 +26,8 @@ def is_memory_url(url: str) -> bool:
     """Whether ``url`` names an in-memory store (``sqlite:///:memory:``), private to a process."""
     parts = urlsplit(url)
     return parts.scheme == "sqlite" and parts.path == "/:memory:"
+
+
 def absolute_url(url: str) -> str:
     """``url`` with a relative SQLite path made absolute against the current directory (any
     other URL as it is): the file a producer or worker uses is the one it names at start, even

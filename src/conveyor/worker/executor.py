@@ -386,7 +386,6 @@ class Runner:
         record = error_record(delivery, self.worker, None, "UnknownTask", message)
         return Outcome(delivery.id, delivery.token, "throttled", delay=delay, error=record)
 
-
     def _decode(self, delivery: Delivery, task: Task[Any, Any]) -> tuple[list[Any], dict[str, Any]]:
         """The call's arguments, typed ones rebuilt from the function's annotations."""
         args, kwargs, typed = serializer.decode_call(delivery.payload, self.app.max_payload)
