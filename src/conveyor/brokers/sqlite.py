@@ -68,16 +68,6 @@ _JOB_COLUMNS = (
     "id, task, queue, priority, state, payload, attempt, max_attempts, run_at, enqueued_at, "
     "started_at, finished_at, key, result, errors, worker, lease_until"
 )
-_CLAIM = """
-UPDATE conveyor_jobs
-   SET state = 'running', attempt = attempt + 1, token = token + 1,
-       lease_until = :now + :lease, worker = :worker, started_at = :now
- WHERE rowid IN (SELECT rowid FROM conveyor_jobs
-                  WHERE state = 'pending' AND queue = :queue AND priority = :priority AND run_at <= :now
-                    AND grp IS NULL
-                  ORDER BY run_at, rowid LIMIT :limit)
-RETURNING id, task, queue, priority, payload, attempt, max_attempts, token, run_at, enqueued_at, key, throttled
-"""
 _COUNT_READY = """
 SELECT count(*) FROM (SELECT 1 FROM conveyor_jobs
                        WHERE state = 'pending' AND queue = ? AND priority = ? AND run_at <= ? AND grp IS NULL
@@ -328,14 +318,16 @@ class SQLiteBroker(Broker):
                 dealt = fairness.deal(level, wanted, queues, ready[level])
                 for i, (q, n) in enumerate(zip(queues, dealt, strict=True)):
                     before = len(rows)
-                    params = {"now": now, "lease": lease, "worker": worker, "queue": q}
+                    params = {"now": now, "lease": lease, "worker": worker, "queue": q, "held": None}
                     claim = claims.get(q)
                     for p in served[i][level]:
                         if len(rows) - before >= n:
                             break
                         left = n - (len(rows) - before)
                         if claim is None:
-                            rows += db.execute(_CLAIM, params | {"priority": p, "limit": left}).fetchall()
+                            rows += db.execute(
+                                limiter.CLAIM_PLAIN, params | {"priority": p, "limit": left}
+                            ).fetchall()
                         else:
                             rows += claim.turns(p, left, lease, worker)
             for claim in claims.values():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -22,7 +22,8 @@ INF = math.inf
 _RETURNING = (
     "id, task, queue, priority, payload, attempt, max_attempts, token, run_at, enqueued_at, key, throttled"
 )
-#: Claim of jobs without limits (today's claim; ``held`` names the queue's slot if it has one).
+#: Claim of jobs without limits (``held`` names the queue's slot if it has one, else NULL); the
+#: claim of every queue without limits too.
 CLAIM_PLAIN = f"""
 UPDATE conveyor_jobs
    SET state = 'running', attempt = attempt + 1, token = token + 1,
@@ -134,24 +135,6 @@ class Claim:
                 " ON CONFLICT (queue, key) DO UPDATE SET tat = excluded.tat, running = excluded.running",
                 rows,
             )
-
-    def plain(self, priority: int, n: int, lease: float, worker: str) -> list[Any]:
-        """Claim up to ``n`` jobs without limits of one level, FIFO, within the queue's limit."""
-        q = self.key("")
-        if q.override:
-            n = min(n, int(q.allowance(None, self.now)))
-            if n <= 0:
-                return []
-        held = '[""]' if q.override and q.concurrency > 0 else None
-        rows = self.db.execute(
-            CLAIM_PLAIN,
-            {"now": self.now, "lease": lease, "worker": worker, "queue": self.queue, "priority": priority,
-             "limit": n, "held": held},
-        ).fetchall()  # fmt: skip
-        if q.override:
-            for _ in rows:
-                q.take(None, self.now)
-        return rows
 
     def _blocked(self, short: list[Rule]) -> tuple[float, list[str]]:
         """When a group whose ``short`` keys allow nothing may run, and the keys it waits on for
@@ -461,10 +444,6 @@ def listing(db: sqlite3.Connection, queue: str | None, now: float) -> list[Limit
             )
         )
     return out
-
-
-def keys_of(grps: Iterable[str | None]) -> set[str]:
-    return {k for g in grps if g for k in g.split(limits.SEPARATOR)}
 
 
 def held_back(db: sqlite3.Connection, queues: list[str], now: float) -> dict[str, int]:
