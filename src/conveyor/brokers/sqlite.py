@@ -73,10 +73,13 @@ SELECT count(*) FROM (SELECT 1 FROM conveyor_jobs
                        WHERE state = 'pending' AND queue = ? AND priority = ? AND run_at <= ? AND grp IS NULL
                        LIMIT ?)
 """
-_COUNT_GROUPED = """
-SELECT count(*) FROM (SELECT 1 FROM conveyor_jobs
-                       WHERE state = 'pending' AND queue = ? AND priority = ? AND run_at <= ? AND grp IS NOT NULL
-                       LIMIT ?)
+_COUNT_BOTH = """
+SELECT (SELECT count(*) FROM (SELECT 1 FROM conveyor_jobs
+                               WHERE state = 'pending' AND queue = ? AND priority = ? AND run_at <= ?
+                                 AND grp IS NULL LIMIT ?)),
+       (SELECT count(*) FROM (SELECT 1 FROM conveyor_jobs
+                               WHERE state = 'pending' AND queue = ? AND priority = ? AND run_at <= ?
+                                 AND grp IS NOT NULL LIMIT ?))
 """
 # A queue's pending (ready or scheduled) jobs, counted up to a bound: the max_queued check.
 _COUNT_PENDING = """
@@ -294,18 +297,16 @@ class SQLiteBroker(Broker):
         queues = list(dict.fromkeys(queues))
         levels = len(fairness.weights)
         with self._write() as db:
-            queues = _unpaused(db, queues, limit, now)
+            queues, paused = _unpaused(db, queues, limit, now)
             # The stored levels each of the worker's levels takes, per queue (see _served).
             served = [_served(db, q, levels) for q in queues]
             # Queues with limits claim through them (sqlite_limits); the rest as they always did.
-            claims = {q: limiter.Claim(db, q, now) for q in queues if limiter.has_limits(db, q)}
+            claims = {
+                q: claim for q in queues if (claim := limiter.Claim.open(db, q, now, paused.get(q, set())))
+            }
             ready = [
                 [
-                    sum(
-                        db.execute(_COUNT_READY, (q, p, now, limit)).fetchone()[0]
-                        + (db.execute(_COUNT_GROUPED, (q, p, now, limit)).fetchone()[0] if q in claims else 0)
-                        for p in served[i][level]
-                    )
+                    sum(self._ready(db, q, p, now, limit, claims.get(q)) for p in served[i][level])
                     for i, q in enumerate(queues)
                 ]
                 for level in range(levels)
@@ -333,6 +334,18 @@ class SQLiteBroker(Broker):
             for claim in claims.values():
                 claim.save()
         return claimed(rows)
+
+    @staticmethod
+    def _ready(db: sqlite3.Connection, queue: str, priority: int, now: float, limit: int, claim: Any) -> int:
+        """Due jobs of a level, counted up to ``limit`` (without limits, and with them when the
+        queue has limits: then the claim learns whether any without limits are due)."""
+        if claim is None:
+            return int(db.execute(_COUNT_READY, (queue, priority, now, limit)).fetchone()[0])
+        plain, grouped = db.execute(
+            _COUNT_BOTH, (queue, priority, now, limit, queue, priority, now, limit)
+        ).fetchone()
+        claim.plain_due[priority] = plain > 0
+        return int(plain + grouped)
 
     # -- wait --------------------------------------------------------------------------------
 
@@ -425,19 +438,21 @@ class SQLiteBroker(Broker):
         now = time.time() if now is None else now
         statuses: list[AckStatus] = []
         woken: set[str] = set()
+        freed = limiter.Freed()
         with self._write() as db:
             for o in outcomes:
-                status = self._settle(db, o, now, woken)
+                status = self._settle(db, o, now, freed)
                 statuses.append(status)
                 if status.status == "ok":
                     woken.update(m.queue for m in o.enqueues)
                     if o.kind in ("retry", "throttled"):
                         woken.add("*")
+            woken |= freed.apply(db, now)
         if woken:
             self._notify_all() if "*" in woken else self._notify(woken)
         return statuses
 
-    def _settle(self, db: sqlite3.Connection, o: Outcome, now: float, woken: set[str]) -> AckStatus:
+    def _settle(self, db: sqlite3.Connection, o: Outcome, now: float, freed: limiter.Freed) -> AckStatus:
         owned = "WHERE id = :id AND token = :token AND state = 'running'"
         left = "RETURNING queue, priority, grp, held"
         params: dict[str, Any] = {"id": o.id, "token": o.token, "now": now}
@@ -451,7 +466,7 @@ class SQLiteBroker(Broker):
             row = db.execute(sql, params).fetchone()
             if row is None:
                 return AckStatus("lost")
-            self._left_running(db, row, now, woken)
+            self._left_running(row, freed)
             if o.kind == "throttled":
                 limiter.close_keys(db, row[0], row[2], now + o.delay)
             limiter.requeued(db, row[0], row[1], row[2], now + o.delay)
@@ -465,7 +480,7 @@ class SQLiteBroker(Broker):
             row = db.execute(sql, params).fetchone()
             if row is None:
                 return AckStatus("lost")
-            self._left_running(db, row, now, woken)
+            self._left_running(row, freed)
             return AckStatus("ok")
         transactional = bool(o.effects or o.enqueues)
         if transactional:
@@ -482,7 +497,7 @@ class SQLiteBroker(Broker):
                 db.execute("RELEASE outcome")
             return AckStatus("lost")
         if not transactional:
-            self._left_running(db, row, now, woken)
+            self._left_running(row, freed)
             return AckStatus("ok")
         try:
             for statement, *args in o.effects:
@@ -493,16 +508,16 @@ class SQLiteBroker(Broker):
             db.execute("RELEASE outcome")
             return AckStatus("effects_failed", f"{type(exc).__name__}: {exc}")
         db.execute("RELEASE outcome")
-        self._left_running(db, row, now, woken)
+        self._left_running(row, freed)
         return AckStatus("ok")
 
     @staticmethod
-    def _left_running(db: sqlite3.Connection, row: Sequence[Any], now: float, woken: set[str]) -> None:
-        """A job (``queue, priority, grp, held``) left running: free the slots it held. (``held``
-        is left on the row once the job has left running: only this transition reads it, and
-        the next claim overwrites it; RETURNING shows the row as updated, so it is not cleared.)"""
-        if limiter.free(db, row[0], row[3], now):
-            woken.add(row[0])
+    def _left_running(row: Sequence[Any], freed: limiter.Freed) -> None:
+        """A job (``queue, priority, grp, held``) left running: its slots are given back with the
+        transaction's others (``freed.apply``). (``held`` is left on the row once the job has
+        left running: only this transition reads it, and the next claim overwrites it;
+        RETURNING shows the row as updated, so it is not cleared.)"""
+        freed.add(row[0], row[3])
 
     def extend(self, leases: Sequence[Lease], lease: float, now: float | None = None) -> list[str]:
         now = time.time() if now is None else now
@@ -519,6 +534,7 @@ class SQLiteBroker(Broker):
 
     def release(self, leases: Sequence[Lease]) -> int:
         count = 0
+        freed = limiter.Freed()
         with self._write() as db:
             now = time.time()
             for lease in leases:
@@ -530,8 +546,9 @@ class SQLiteBroker(Broker):
                 ).fetchone()
                 if row is not None:
                     count += 1
-                    self._left_running(db, row, now, set())
+                    self._left_running(row, freed)
                     limiter.requeued(db, row[0], row[1], row[2], row[4])
+            freed.apply(db, now)
         if count:
             self._notify_all()
         return count
@@ -544,6 +561,7 @@ class SQLiteBroker(Broker):
             return Reclaimed([], [])
         requeued: list[str] = []
         dead: list[str] = []
+        freed = limiter.Freed()
         with self._write() as db:
             expired = db.execute(
                 "SELECT id, token, attempt, max_attempts, worker FROM conveyor_jobs"
@@ -580,10 +598,11 @@ class SQLiteBroker(Broker):
                     },
                 ).fetchone()
                 if row is not None:
-                    self._left_running(db, row, now, set())
+                    self._left_running(row, freed)
                     if not final:
                         limiter.requeued(db, row[0], row[1], row[2], row[4])
                 (dead if final else requeued).append(job_id)
+            freed.apply(db, now)
         if requeued or dead:
             self._notify_all()
         return Reclaimed(requeued, dead)
@@ -875,17 +894,19 @@ def _served(db: sqlite3.Connection, queue: str, levels: int) -> list[list[int]]:
     return served
 
 
-def _unpaused(db: sqlite3.Connection, queues: list[str], limit: int, now: float) -> list[str]:
-    """The queues a reservation may claim from now: those not paused as a whole, whose first
-    ``limit`` due jobs of every level belong to no paused task. Due jobs of paused tasks met at
+def _unpaused(
+    db: sqlite3.Connection, queues: list[str], limit: int, now: float
+) -> tuple[list[str], dict[str, set[str]]]:
+    """The queues a reservation may claim from now, and the paused tasks of each: those not
+    paused as a whole, whose first ``limit`` due jobs of every level belong to no paused task. Due jobs of paused tasks met at
     the head of a level are parked (out of the claim index, so no later claim walks past them
     again), up to PARK_BUDGET per call; a queue whose head is not clear within it sits this call
     out, and the next call parks on."""
     marks = ",".join("?" * len(queues))
     rows = db.execute(f"SELECT queue, task FROM conveyor_paused WHERE queue IN ({marks})", queues).fetchall()
-    if not rows:
-        return queues
     held: dict[str, set[str]] = {}
+    if not rows:
+        return queues, held
     for queue, task in rows:
         held.setdefault(queue, set()).add(task)
     budget = PARK_BUDGET
@@ -898,7 +919,7 @@ def _unpaused(db: sqlite3.Connection, queues: list[str], limit: int, now: float)
             budget, clear = _park(db, q, tasks, limit, now, budget)
             if clear:
                 open_.append(q)
-    return open_
+    return open_, held
 
 
 def _park(

@@ -7,9 +7,10 @@ tables: sqlite_schema.sql (conveyor_groups, conveyor_limits, conveyor_waiters).
 
 from __future__ import annotations
 
+import functools
 import math
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import msgspec
@@ -43,6 +44,18 @@ UPDATE conveyor_jobs
                     AND run_at <= :now
                   ORDER BY run_at, rowid LIMIT :limit)
 RETURNING {_RETURNING}
+"""
+_KEY_STATE = (
+    "SELECT key, tat, running, closed_until, rate, burst, concurrency FROM conveyor_limits WHERE queue = ?"
+)
+#: A served group's turn, and when it may be claimable again if none of its jobs is due now (its
+#: next due time, inf without pending jobs); one statement.
+_SERVED = """
+UPDATE conveyor_groups SET turn = :turn,
+       ready_at = CASE WHEN d.due > :now THEN d.due ELSE conveyor_groups.ready_at END
+  FROM (SELECT coalesce(min(run_at), :inf) AS due FROM conveyor_jobs
+         WHERE state = 'pending' AND queue = :queue AND priority = :priority AND grp = :grp) AS d
+ WHERE queue = :queue AND priority = :priority AND grp = :grp
 """
 _EARLIEST_IN_GROUP = (
     "SELECT min(run_at) FROM conveyor_jobs WHERE state = 'pending' AND queue = ? AND priority = ? AND grp = ?"
@@ -90,37 +103,60 @@ class _Key:
             return INF
         return limits.next_token(self.tat, now, rate, burst)
 
-    def take(self, declared: Rule | None, now: float) -> bool:
-        """Spend a token and hold a slot; whether the job holds a slot of this key."""
+    def take(self, declared: Rule | None, now: float, count: int = 1) -> None:
+        """Spend ``count`` tokens and hold a slot for each (with a concurrency); a key whose
+        state does not change (no rate, no concurrency) is not written back."""
         rate, _, concurrency = self.rule(declared)
-        self.tat = limits.spend(self.tat, now, rate, 1)
-        self.dirty = True
+        if rate > 0:
+            self.tat = limits.spend(self.tat, now, rate, count)
+            self.dirty = True
         if concurrency > 0:
-            self.running += 1
-            return True
-        return False
+            self.running += count
+            self.dirty = True
 
 
 class Claim:
     """The limit state one reservation reads and writes, for one queue."""
 
-    def __init__(self, db: sqlite3.Connection, queue: str, now: float) -> None:
+    def __init__(self, db: sqlite3.Connection, queue: str, now: float, paused: set[str]) -> None:
         self.db, self.queue, self.now = db, queue, now
         self.keys: dict[str, _Key] = {}
         #: Paused tasks of the queue: their grouped jobs met at a group's head are parked.
-        self.paused = {t for (t,) in db.execute("SELECT task FROM conveyor_paused WHERE queue = ?", (queue,))}
+        self.paused = paused
         self.park_budget = PARK_BUDGET
+        #: Per stored level, whether jobs without limits are due (counted by the reservation).
+        self.plain_due: dict[int, bool] = {}
+
+    @classmethod
+    def open(cls, db: sqlite3.Connection, queue: str, now: float, paused: set[str]) -> Claim | None:
+        """The claim of a queue with limits (it has had groups, or has a limit of its own), or
+        None: the queue claims as without limits. Two probes; the second reads the queue's key."""
+        grouped = db.execute("SELECT 1 FROM conveyor_groups WHERE queue = ? LIMIT 1", (queue,)).fetchone()
+        row = db.execute(_KEY_STATE + " AND key = ''", (queue,)).fetchone()
+        if grouped is None and (row is None or row[4] is None):
+            return None
+        claim = cls(db, queue, now, paused)
+        claim.keys[""] = _Key(None if row is None else row[1:])
+        return claim
 
     def key(self, name: str) -> _Key:
         k = self.keys.get(name)
         if k is None:
-            row = self.db.execute(
-                "SELECT tat, running, closed_until, rate, burst, concurrency FROM conveyor_limits"
-                " WHERE queue = ? AND key = ?",
-                (self.queue, name),
-            ).fetchone()
-            k = self.keys[name] = _Key(row)
+            row = self.db.execute(_KEY_STATE + " AND key = ?", (self.queue, name)).fetchone()
+            k = self.keys[name] = _Key(None if row is None else row[1:])
         return k
+
+    def prefetch(self, names: Iterable[str]) -> None:
+        """Read the state of the keys ``names`` not read yet, in one statement per 500."""
+        wanted = [n for n in dict.fromkeys(names) if n not in self.keys]
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self.db.execute(f"{_KEY_STATE} AND key IN ({marks})", (self.queue, *chunk)):
+                self.keys[row[0]] = _Key(row[1:])
+            for n in chunk:
+                if n not in self.keys:
+                    self.keys[n] = _Key(None)
 
     def queue_allowance(self) -> float:
         """Starts the queue's own limit allows now (inf without one)."""
@@ -183,47 +219,55 @@ class Claim:
     ) -> None:
         """Store the served groups' new turns, and when the blocked ones may be claimable."""
         db, now, queue = self.db, self.now, self.queue
-        if served:
-            db.executemany(
-                "INSERT INTO conveyor_groups (queue, priority, grp, turn, ready_at) VALUES (?, ?, ?, ?, 0)"
-                " ON CONFLICT (queue, priority, grp) DO UPDATE SET turn = excluded.turn",
-                [(queue, priority, grp, turn) for grp, turn in served.items()],
-            )
-            # A served group may have no due job left: it must not look claimable to `wait`.
-            for grp in served:
-                if grp and grp not in blocked:
-                    due = _earliest(db, queue, priority, grp)
-                    if due > now:
-                        blocked[grp] = (due, [])
+        for grp, turn in served.items():
+            if grp == "":
+                db.execute(
+                    "INSERT INTO conveyor_groups (queue, priority, grp, turn, ready_at) VALUES (?, ?, ?, ?, 0)"
+                    " ON CONFLICT (queue, priority, grp) DO UPDATE SET turn = excluded.turn",
+                    (queue, priority, grp, turn),
+                )
+            elif grp in blocked:
+                db.execute(
+                    "UPDATE conveyor_groups SET turn = ? WHERE queue = ? AND priority = ? AND grp = ?",
+                    (turn, queue, priority, grp),
+                )
+            else:
+                # A served group may have no due job left: it must not look claimable to `wait`.
+                db.execute(
+                    _SERVED,
+                    {"turn": turn, "now": now, "inf": INF, "queue": queue, "priority": priority, "grp": grp},
+                )
         for grp, (until, waiting_on) in blocked.items():
             db.execute(
                 "UPDATE conveyor_groups SET ready_at = ? WHERE queue = ? AND priority = ? AND grp = ?",
                 (until, queue, priority, grp),
             )
-            db.executemany(
-                "INSERT OR IGNORE INTO conveyor_waiters (queue, key, priority, grp) VALUES (?, ?, ?, ?)",
-                [(queue, key, priority, grp) for key in waiting_on],
-            )
+            if waiting_on:
+                db.executemany(
+                    "INSERT OR IGNORE INTO conveyor_waiters (queue, key, priority, grp) VALUES (?, ?, ?, ?)",
+                    [(queue, key, priority, grp) for key in waiting_on],
+                )
 
     def turns(self, priority: int, n: int, lease: float, worker: str) -> list[Any]:
         """Claim up to ``n`` jobs of one level, groups (and the jobs without limits) taking turns."""
         db, now, queue = self.db, self.now, self.queue
+        # With the last turn given in the level (read once, as the first column).
         candidates = db.execute(
-            "SELECT grp, rules, turn FROM conveyor_groups WHERE queue = ? AND priority = ? AND ready_at <= ?"
+            "SELECT (SELECT coalesce(max(turn), 0) FROM conveyor_groups WHERE queue = ?1 AND priority = ?2),"
+            " grp, rules, turn FROM conveyor_groups WHERE queue = ?1 AND priority = ?2 AND ready_at <= ?3"
             " ORDER BY turn",
             (queue, priority, now),
         ).fetchall()
-        if (
-            not any(g == "" for g, _, _ in candidates)
-            and db.execute(_PLAIN_DUE, (queue, priority, now)).fetchone()
-        ):
-            candidates.append(("", "[]", -1))
-            candidates.sort(key=lambda c: c[2])
-        last = db.execute(
-            "SELECT coalesce(max(turn), 0) FROM conveyor_groups WHERE queue = ? AND priority = ?",
-            (queue, priority),
-        ).fetchone()[0]
-        active = [(grp, _rules(grp, raw)) for grp, raw, _ in candidates]
+        last: int | None = candidates[0][0] if candidates else None
+        plain_due = self.plain_due.get(priority)
+        if plain_due is None:
+            plain_due = db.execute(_PLAIN_DUE, (queue, priority, now)).fetchone() is not None
+        if plain_due and not any(c[1] == "" for c in candidates):
+            candidates.append((last, "", "[]", -1))
+            candidates.sort(key=lambda c: c[3])
+        active = [(grp, _rules(grp, raw)) for _, grp, raw, _ in candidates]
+        # The keys of the groups the first pass is likely to examine, read at once.
+        self.prefetch(r.key for _, rules in active[:n] for r in rules)
         q = self.key("")
         rows: list[Any] = []
         served: dict[str, int] = {}
@@ -252,13 +296,17 @@ class Claim:
                     if grp:
                         blocked[grp] = (_earliest(db, queue, priority, grp), [])
                     continue
-                for _ in got:
-                    for r in rules:
-                        self.key(r.key).take(r, now)
-                    if q.override:
-                        q.take(None, now)
+                for r in rules:
+                    self.key(r.key).take(r, now, len(got))
+                if q.override:
+                    q.take(None, now, len(got))
                 rows += got
                 n -= len(got)
+                if last is None:
+                    last = db.execute(
+                        "SELECT coalesce(max(turn), 0) FROM conveyor_groups WHERE queue = ? AND priority = ?",
+                        (queue, priority),
+                    ).fetchone()[0]
                 last += 1
                 served[grp] = last
                 kept.append((grp, rules))
@@ -275,9 +323,11 @@ def _earliest(db: sqlite3.Connection, queue: str, priority: int, grp: str) -> fl
 _RULES = msgspec.json.Decoder(list[Rule])
 
 
+@functools.lru_cache(maxsize=4096)
 def _rules(grp: str, raw: str) -> list[Rule]:
     """A group's declared rules, one per key of the group (a key without a stored rule, or a
-    corrupt rules value, counts as unlimited unless a run-time limit names it)."""
+    corrupt rules value, counts as unlimited unless a run-time limit names it). Cached: the
+    result is shared, never changed."""
     if not grp:
         return []
     try:
@@ -285,17 +335,6 @@ def _rules(grp: str, raw: str) -> list[Rule]:
     except (msgspec.DecodeError, TypeError, ValueError):
         stored = {}
     return [stored.get(key) or Rule(key=key) for key in grp.split(limits.SEPARATOR)]
-
-
-def has_limits(db: sqlite3.Connection, queue: str) -> bool:
-    """Whether a claim in ``queue`` must go through the limits (one probe each)."""
-    return (
-        db.execute("SELECT 1 FROM conveyor_groups WHERE queue = ? LIMIT 1", (queue,)).fetchone() is not None
-        or db.execute(
-            "SELECT 1 FROM conveyor_limits WHERE queue = ? AND key = '' AND rate IS NOT NULL", (queue,)
-        ).fetchone()
-        is not None
-    )
 
 
 def grouped(db: sqlite3.Connection, queue: str, priority: int, rules: Sequence[Rule], due: float) -> str:
@@ -320,31 +359,54 @@ def requeued(db: sqlite3.Connection, queue: str, priority: int, grp: str | None,
         )
 
 
-def free(db: sqlite3.Connection, queue: str, held: str | None, now: float) -> bool:
-    """Give back the slots a job held; whether it held any (then waiting workers should wake)."""
-    if not held:
-        return False
-    try:
-        keys = msgspec.json.decode(held, type=list[str])
-    except (msgspec.DecodeError, TypeError, ValueError):
-        return False
-    for key in keys:
-        db.execute(
-            "UPDATE conveyor_limits SET running = max(0, running - 1) WHERE queue = ? AND key = ?",
-            (queue, key),
+class Freed:
+    """The slots the jobs leaving ``running`` in one write transaction held, given back together
+    at its end: one update per key however many of its jobs were acknowledged (nothing in the
+    transaction reads a key's running count in between)."""
+
+    __slots__ = ("counts",)
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str], int] = {}
+
+    def add(self, queue: str, held: str | None) -> None:
+        """A job of ``queue`` left running holding the slots ``held`` (its JSON list of keys)."""
+        if not held:
+            return
+        try:
+            keys = msgspec.json.decode(held, type=list[str])
+        except (msgspec.DecodeError, TypeError, ValueError):
+            return
+        for key in keys:
+            self.counts[queue, key] = self.counts.get((queue, key), 0) + 1
+
+    def apply(self, db: sqlite3.Connection, now: float) -> set[str]:
+        """Give the slots back; the queues whose waiting workers should wake: a group waited
+        for one of the slots, or the queue's own limit freed one (its waits are not recorded)."""
+        woken: set[str] = set()
+        for (queue, key), n in self.counts.items():
+            waited = db.execute(
+                "UPDATE conveyor_limits SET running = max(0, running - ?) WHERE queue = ? AND key = ?"
+                " RETURNING EXISTS (SELECT 1 FROM conveyor_waiters WHERE queue = ? AND key = ?)",
+                (n, queue, key, queue, key),
+            ).fetchone()
+            if (waited is not None and waited[0] and wake(db, queue, key, now)) or key == "":
+                woken.add(queue)
+        self.counts.clear()
+        return woken
+
+
+def wake(db: sqlite3.Connection, queue: str, key: str, now: float) -> bool:
+    """Make the groups waiting for a slot of ``key`` claimable again; whether there were any."""
+    waiting = db.execute(
+        "DELETE FROM conveyor_waiters WHERE queue = ? AND key = ? RETURNING priority, grp", (queue, key)
+    ).fetchall()
+    if waiting:
+        db.executemany(
+            "UPDATE conveyor_groups SET ready_at = ? WHERE queue = ? AND priority = ? AND grp = ? AND ready_at > ?",
+            [(now, queue, priority, grp, now) for priority, grp in waiting],
         )
-        wake(db, queue, key, now)
-    return bool(keys)
-
-
-def wake(db: sqlite3.Connection, queue: str, key: str, now: float) -> None:
-    """Make the groups waiting for a slot of ``key`` claimable again."""
-    db.execute(
-        "UPDATE conveyor_groups SET ready_at = ? WHERE ready_at > ? AND (queue, priority, grp) IN"
-        " (SELECT queue, priority, grp FROM conveyor_waiters WHERE queue = ? AND key = ?)",
-        (now, now, queue, key),
-    )
-    db.execute("DELETE FROM conveyor_waiters WHERE queue = ? AND key = ?", (queue, key))
+    return bool(waiting)
 
 
 def close_keys(db: sqlite3.Connection, queue: str, grp: str | None, until: float) -> None:
