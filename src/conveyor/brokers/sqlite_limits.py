@@ -364,26 +364,30 @@ class Freed:
     at its end: one update per key however many of its jobs were acknowledged (nothing in the
     transaction reads a key's running count in between)."""
 
-    __slots__ = ("counts",)
+    __slots__ = ("counts", "held")
 
     def __init__(self) -> None:
         self.counts: dict[tuple[str, str], int] = {}
+        #: Per (queue, held list as stored): its jobs, decoded once at apply.
+        self.held: dict[tuple[str, str], int] = {}
 
     def add(self, queue: str, held: str | None) -> None:
         """A job of ``queue`` left running holding the slots ``held`` (its JSON list of keys)."""
-        if not held:
-            return
-        try:
-            keys = msgspec.json.decode(held, type=list[str])
-        except (msgspec.DecodeError, TypeError, ValueError):
-            return
-        for key in keys:
-            self.counts[queue, key] = self.counts.get((queue, key), 0) + 1
+        if held:
+            self.held[queue, held] = self.held.get((queue, held), 0) + 1
 
     def apply(self, db: sqlite3.Connection, now: float) -> set[str]:
         """Give the slots back; the queues whose waiting workers should wake: a group waited
         for one of the slots, or the queue's own limit freed one (its waits are not recorded)."""
         woken: set[str] = set()
+        for (queue, held), count in self.held.items():
+            try:
+                keys = msgspec.json.decode(held, type=list[str])
+            except (msgspec.DecodeError, TypeError, ValueError):
+                continue
+            for key in keys:
+                self.counts[queue, key] = self.counts.get((queue, key), 0) + count
+        self.held.clear()
         for (queue, key), n in self.counts.items():
             waited = db.execute(
                 "UPDATE conveyor_limits SET running = max(0, running - ?) WHERE queue = ? AND key = ?"
