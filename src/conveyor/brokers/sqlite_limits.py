@@ -532,16 +532,27 @@ def held_back(db: sqlite3.Connection, queues: list[str], now: float) -> dict[str
     return out
 
 
+#: Idle groups: no job pending (ready_at inf, and none in the claim index), running or parked (a
+#: retried, reclaimed, released or resumed job returns to its group, whose declared rules it needs).
+_FORGET_GROUPS = """
+DELETE FROM conveyor_groups WHERE rowid IN (
+  SELECT g.rowid FROM conveyor_groups g
+   WHERE g.ready_at = ?
+     AND NOT EXISTS (SELECT 1 FROM conveyor_jobs j WHERE j.state = 'pending'
+                      AND j.queue = g.queue AND j.priority = g.priority AND j.grp = g.grp)
+     AND (g.queue, g.priority, g.grp) NOT IN (
+           SELECT queue, priority, grp FROM conveyor_jobs WHERE state = 'running' AND grp IS NOT NULL
+           UNION ALL
+           SELECT queue, priority, grp FROM conveyor_jobs WHERE state = 'parked' AND grp IS NOT NULL)
+   LIMIT ?)
+"""
+
+
 def forget_idle(db: sqlite3.Connection, now: float, limit: int) -> None:
-    """Delete up to ``limit`` idle groups (no pending job: ready_at inf) and limit keys back to
-    their resting state (full bucket, no slot held, no throttle, no run-time rule), so tenants
+    """Delete up to ``limit`` idle groups (no job pending, running or parked) and limit keys
+    back to their resting state (full bucket, no slot held, no throttle, no run-time rule), so tenants
     seen once do not stay in the store for good."""
-    db.execute(
-        "DELETE FROM conveyor_groups WHERE rowid IN (SELECT g.rowid FROM conveyor_groups g"
-        " WHERE g.ready_at = ? AND NOT EXISTS (SELECT 1 FROM conveyor_jobs j WHERE j.state = 'pending'"
-        " AND j.queue = g.queue AND j.priority = g.priority AND j.grp = g.grp) LIMIT ?)",
-        (INF, limit),
-    )
+    db.execute(_FORGET_GROUPS, (INF, limit))
     db.execute(
         "DELETE FROM conveyor_limits WHERE rowid IN (SELECT rowid FROM conveyor_limits WHERE rate IS NULL"
         " AND running = 0 AND tat <= ? AND coalesce(closed_until, 0) <= ? LIMIT ?)",
