@@ -341,11 +341,14 @@ class SQLiteBroker(Broker):
         queue has limits: then the claim learns whether any without limits are due)."""
         if claim is None:
             return int(db.execute(_COUNT_READY, (queue, priority, now, limit)).fetchone()[0])
+        # One more grouped job than the reservation may take: then the claim knows a group alone
+        # in its level keeps due jobs after it.
         plain, grouped = db.execute(
-            _COUNT_BOTH, (queue, priority, now, limit, queue, priority, now, limit)
+            _COUNT_BOTH, (queue, priority, now, limit, queue, priority, now, limit + 1)
         ).fetchone()
         claim.plain_due[priority] = plain > 0
-        return int(plain + grouped)
+        claim.grouped_due[priority] = grouped
+        return int(plain + min(grouped, limit))
 
     # -- wait --------------------------------------------------------------------------------
 

@@ -124,8 +124,10 @@ class Claim:
         #: Paused tasks of the queue: their grouped jobs met at a group's head are parked.
         self.paused = paused
         self.park_budget = PARK_BUDGET
-        #: Per stored level, whether jobs without limits are due (counted by the reservation).
+        #: Per stored level, whether jobs without limits are due, and how many with limits are (up
+        #: to one more than the reservation may take), as the reservation counted them.
         self.plain_due: dict[int, bool] = {}
+        self.grouped_due: dict[int, int] = {}
 
     @classmethod
     def open(cls, db: sqlite3.Connection, queue: str, now: float, paused: set[str]) -> Claim | None:
@@ -248,24 +250,35 @@ class Claim:
                     [(queue, key, priority, grp) for key in waiting_on],
                 )
 
-    def turns(self, priority: int, n: int, lease: float, worker: str) -> list[Any]:
-        """Claim up to ``n`` jobs of one level, groups (and the jobs without limits) taking turns."""
+    def _candidates(self, priority: int) -> tuple[list[tuple[str, list[Rule]]], int | None, bool]:
+        """The groups of a level that may be claimable now (with the jobs without limits, "",
+        if any is due) in turn order, the last turn given in the level (None: not read), and
+        whether the level has a single group."""
         db, now, queue = self.db, self.now, self.queue
-        # With the last turn given in the level (read once, as the first column).
+        # With the last turn given in the level and whether the level has more than one group
+        # (read once, as the first columns).
         candidates = db.execute(
             "SELECT (SELECT coalesce(max(turn), 0) FROM conveyor_groups WHERE queue = ?1 AND priority = ?2),"
+            " (SELECT count(*) FROM (SELECT 1 FROM conveyor_groups WHERE queue = ?1 AND priority = ?2 LIMIT 2)),"
             " grp, rules, turn FROM conveyor_groups WHERE queue = ?1 AND priority = ?2 AND ready_at <= ?3"
             " ORDER BY turn",
             (queue, priority, now),
         ).fetchall()
         last: int | None = candidates[0][0] if candidates else None
+        alone = bool(candidates) and candidates[0][1] == 1
         plain_due = self.plain_due.get(priority)
         if plain_due is None:
             plain_due = db.execute(_PLAIN_DUE, (queue, priority, now)).fetchone() is not None
-        if plain_due and not any(c[1] == "" for c in candidates):
-            candidates.append((last, "", "[]", -1))
-            candidates.sort(key=lambda c: c[3])
-        active = [(grp, _rules(grp, raw)) for _, grp, raw, _ in candidates]
+        if plain_due and not any(c[2] == "" for c in candidates):
+            candidates.append((last, 2, "", "[]", -1))
+            candidates.sort(key=lambda c: c[4])
+            alone = False
+        return [(grp, _rules(grp, raw)) for _, _, grp, raw, _ in candidates], last, alone
+
+    def turns(self, priority: int, n: int, lease: float, worker: str) -> list[Any]:
+        """Claim up to ``n`` jobs of one level, groups (and the jobs without limits) taking turns."""
+        db, now, queue = self.db, self.now, self.queue
+        active, last, alone = self._candidates(priority)
         # The keys of the groups the first pass is likely to examine, read at once.
         self.prefetch(r.key for _, rules in active[:n] for r in rules)
         q = self.key("")
@@ -311,6 +324,16 @@ class Claim:
                 served[grp] = last
                 kept.append((grp, rules))
             active = kept
+        if (
+            alone
+            and not blocked
+            and not self.paused
+            and "" not in served
+            and len(rows) < self.grouped_due.get(priority, 0)
+        ):
+            # The level's only group, served and still holding due jobs: its turn orders it
+            # against no other group and its ready_at stays past, so nothing changes.
+            return rows
         self._settle_turns(priority, served, blocked)
         return rows
 
