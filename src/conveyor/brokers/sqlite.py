@@ -458,6 +458,7 @@ class SQLiteBroker(Broker):
     def _settle(self, db: sqlite3.Connection, o: Outcome, now: float, freed: limiter.Freed) -> AckStatus:
         owned = "WHERE id = :id AND token = :token AND state = 'running'"
         left = "RETURNING queue, priority, grp, held"
+        finished = "RETURNING queue, NULL, NULL, held"  # a finished job returns to no group
         params: dict[str, Any] = {"id": o.id, "token": o.token, "now": now}
         if o.kind in ("retry", "throttled"):
             params |= {"due": now + o.delay, "error": serializer.dumps(o.error).decode()}
@@ -478,7 +479,7 @@ class SQLiteBroker(Broker):
             params["error"] = serializer.dumps(o.error).decode()
             sql = (
                 "UPDATE conveyor_jobs SET state = 'dead', finished_at = :now, lease_until = NULL,"
-                f" {_APPEND_ERROR} {owned} {left}"
+                f" {_APPEND_ERROR} {owned} {finished}"
             )
             row = db.execute(sql, params).fetchone()
             if row is None:
@@ -491,7 +492,7 @@ class SQLiteBroker(Broker):
         params |= {"result": o.result, "expires": now + self.retention}
         sql = (
             "UPDATE conveyor_jobs SET state = 'succeeded', result = :result, finished_at = :now,"
-            f" expires_at = :expires, lease_until = NULL {owned} {left}"
+            f" expires_at = :expires, lease_until = NULL {owned} {finished}"
         )
         row = db.execute(sql, params).fetchone()
         if row is None:
