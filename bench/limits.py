@@ -48,7 +48,14 @@ from typing import Any
 
 from conveyor import Conveyor, Limit
 from conveyor.app import Task
-from conveyor.limits import default_burst
+
+try:
+    from conveyor.limits import default_burst
+except ImportError:  # a version whose default burst was 1
+
+    def default_burst(rate: float) -> int:
+        return 1
+
 
 HERE = Path(__file__).resolve().parent
 
