@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test system-deps services chaos lint typecheck check bench clean
+.PHONY: demo test docs system-deps services chaos lint typecheck check bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,12 @@ demo: $(STAMP)
 
 test: $(STAMP) system-deps services
 	$(BIN)/pytest
+
+# The documentation site (MkDocs, Material theme, API reference by mkdocstrings) into site/;
+# --strict turns every warning (a broken link, an unknown docstring parameter) into a failure.
+# tests/unit/test_docs_site.py runs the same build in `make test`.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # System tools some tests drive, from Debian's packages: chromium for the dashboard's browser test
 # (through Playwright, never `playwright install`), faketime for the clock-skew test.
@@ -48,8 +54,8 @@ services:
 	done; echo "PostgreSQL (127.0.0.1:5432) or Redis (127.0.0.1:6379) is not answering" >&2; exit 1
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench conftest.py examples
+	$(BIN)/ruff format --check src tests bench conftest.py examples
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -41,11 +41,19 @@ PEERS: dict[str, tuple[str, dict[str, str]]] = {
     "procrastinate": ("postgres", {}),
     "pgqueuer": ("postgres", {}),
     "conveyor-sqlite": ("sqlite", {"CONVEYOR_URL": "sqlite:////tmp/peers-conveyor.db"}),
+    # Conveyor with a sync task on the worker's default settings, beside the sync peers
+    "conveyor-redis-sync": (
+        "redis",
+        {"CONVEYOR_URL": "redis://127.0.0.1:6379/13", "CONVEYOR_PEER_MODE": "sync"},
+    ),
+    "conveyor-postgres-sync": ("postgres", {"CONVEYOR_URL": CONVEYOR_PG_URL, "CONVEYOR_PEER_MODE": "sync"}),
     # extra rows: the same peers with their documented poll interval lowered from its default
     "arq-poll50ms": ("redis", {"ARQ_POLL_DELAY": "0.05"}),
     "procrastinate-poll100ms": ("postgres", {"PROCRASTINATE_POLL": "0.1"}),
 }
 DEFAULT_PEERS = list(PEERS)
+# peers whose task is a plain function run on threads or processes; the others' is `async def`
+SYNC_PEERS = {"celery", "dramatiq", "huey", "rq"}
 PHASES = ["throughput", "priority", "delay", "rate"]
 
 
@@ -81,10 +89,10 @@ def psql(db: str, sql: str) -> None:
 
 def reset_store(peer: str) -> None:
     """A fresh store for one phase (Redis db 14 is flushed by the harness itself)."""
-    if peer == "conveyor-sqlite":
+    if peer.startswith("conveyor-sqlite"):
         for suffix in ("", "-wal", "-shm"):
             Path(f"/tmp/peers-conveyor.db{suffix}").unlink(missing_ok=True)
-    elif peer == "conveyor-postgres":
+    elif peer.startswith("conveyor-postgres"):
         psql("test", "DROP SCHEMA IF EXISTS conveyor_peers CASCADE")
     elif PEERS[peer][0] == "postgres":
         psql("test", "DROP DATABASE IF EXISTS peers WITH (FORCE)")
@@ -119,7 +127,7 @@ def run_peer(
 ) -> dict[str, Any]:
     store = PEERS[peer][0]
     result: dict[str, Any] = {"peer": peer, "store": store, "errors": {}}
-    if peer == "conveyor-redis":
+    if peer.startswith("conveyor-redis"):
         check = subprocess.run(
             [str(python_for(peer)), "-c", "import conveyor.brokers.redis"],
             capture_output=True,
@@ -198,7 +206,7 @@ def table(results: list[dict[str, Any]]) -> str:
     lines = [
         "| peer | store | enqueue/s one by one / batched | drain/s (steady) | e2e/s | "
         "high p50 / p99 ms (backlog drain/s) | delay late p50 / p99 / max ms | early |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         t, p, d = r.get("throughput"), r.get("priority"), r.get("delay")
@@ -253,21 +261,27 @@ def best(t: dict[str, Any]) -> float | None:
 
 
 def ratios(results: list[dict[str, Any]]) -> str:
-    conveyor = {r["store"]: r for r in results if r["peer"].startswith("conveyor") and r.get("throughput")}
+    # like with like: each peer beside the Conveyor row of its store whose task is of its kind
+    conveyor = {
+        (r["store"], r["peer"].endswith("-sync")): r
+        for r in results
+        if r["peer"].startswith("conveyor") and r.get("throughput")
+    }
     lines = [
-        "| peer | store | Conveyor enqueue ÷ peer, one by one | Conveyor enqueue ÷ peer, each at best | "
+        "| peer | store | beside | Conveyor enqueue ÷ peer, one by one | Conveyor enqueue ÷ peer, each at best | "
         "Conveyor drain ÷ peer | Conveyor e2e ÷ peer | peer high p99 ÷ Conveyor | peer lateness p99 ÷ Conveyor |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
-        c = conveyor.get(r["store"])
+        sync = r["peer"].split("-")[0] in SYNC_PEERS
+        c = conveyor.get((r["store"], sync)) or conveyor.get((r["store"], not sync))
         if r["peer"].startswith("conveyor") or not r.get("throughput") or not c:
             continue
         t, ct = r["throughput"], c["throughput"]
         hp = ratio((r.get("priority") or {}).get("high_p99_ms"), (c.get("priority") or {}).get("high_p99_ms"))
         dl = ratio((r.get("delay") or {}).get("late_p99_ms"), (c.get("delay") or {}).get("late_p99_ms"))
         lines.append(
-            f"| {r['peer']} | {r['store']} | {ratio(enqueue_rates(ct)[0], enqueue_rates(t)[0])} | "
+            f"| {r['peer']} | {r['store']} | {c['peer']} | {ratio(enqueue_rates(ct)[0], enqueue_rates(t)[0])} | "
             f"{ratio(best(ct), best(t))} | "
             f"{ratio(ct['drain_per_s'], t['drain_per_s'])} | {ratio(ct['e2e_per_s'], t['e2e_per_s'])} | "
             f"{hp} | {dl} |"
@@ -284,7 +298,7 @@ def report(results: list[dict[str, Any]], started: str, tasks: int) -> str:
             f"{os.cpu_count()} CPUs, stores on this host. drain/s includes worker start-up; (steady) excludes it. "
             f"Priority: start delay of 200 high tasks arriving every 20 ms behind a draining low backlog "
             f"(its drain rate meanwhile in brackets). Delay: lateness of 200 tasks due 1-3 s ahead.\n\n"
-            f"{table(results)}\n\nRatios (same store, same run):\n\n{ratios(results)}\n"
+            f"{table(results)}\n\nRatios (same store, same run; each peer beside the Conveyor row of its kind, sync or async):\n\n{ratios(results)}\n"
         )
     if any(r.get("rate") or any(p.startswith("rate") for p in r["errors"]) for r in results):
         text += (

@@ -189,7 +189,11 @@ class Conveyor:
                 ``"skip"`` does not run it; ``"once"`` runs only the latest missed tick, once.
             tolerance: seconds a tick may start late and still run; default half the interval,
                 at most 60 s.
-            name, queue, priority, retry, timeout: as for :meth:`task`.
+            name: as for :meth:`task`.
+            queue: as for :meth:`task`.
+            priority: as for :meth:`task`.
+            retry: as for :meth:`task`.
+            timeout: as for :meth:`task`.
         """
         seconds = every.total_seconds() if isinstance(every, timedelta) else every
 

@@ -19,7 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from conveyor.app import RESERVED, Conveyor, Task
-from conveyor.brokers import redact_url
+from conveyor.brokers import is_memory_url, redact_url
 from conveyor.errors import ConfigurationError, ConveyorError
 from conveyor.records import JobInfo, Pause
 from conveyor.redact import Redactor, printable, redact_job
@@ -100,6 +100,19 @@ def main() -> None:
 @click.option(
     "--grace", default=30.0, show_default=True, type=click.FloatRange(0), help="Shutdown grace seconds."
 )
+@click.option(
+    "--burst",
+    is_flag=True,
+    help="Drain, then exit 0: stop once no job of the queues is ready or running here and none"
+    " is scheduled within --burst-wait seconds.",
+)
+@click.option(
+    "--burst-wait",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="With --burst: seconds ahead a scheduled job (a delay, a retry) is waited for.",
+)
 @click.option("--log-level", default="INFO", show_default=True)
 @click.option(
     "--metrics-port",
@@ -122,8 +135,10 @@ def worker(
     log_level: str,
     metrics_port: int | None,
     metrics_host: str,
+    burst: bool,
+    burst_wait: float,
 ) -> None:
-    """Run worker processes for MODULE:APP until SIGTERM or Ctrl-C.
+    """Run worker processes for MODULE:APP until SIGTERM or Ctrl-C (with --burst: until drained).
 
     With --metrics-port, /metrics requires CONVEYOR_METRICS_TOKEN (or the dashboard's
     credentials) to be set, and every scrape to present it.
@@ -145,10 +160,18 @@ def worker(
             lease=lease,
             heartbeat=heartbeat,
             grace=grace,
+            burst=burst,
+            burst_wait=burst_wait,
         )
     except ConfigurationError as exc:
         raise click.BadParameter(str(exc), param_hint="--queues") from None
     app = load_app(app_path)
+    if is_memory_url(app.url):
+        raise click.ClickException(
+            f"{app_path} uses an in-memory store ({redact_url(app.url)}), which the worker processes"
+            " cannot open: in tests, run its tasks in the test's process with conveyor.testing.drain(app);"
+            " otherwise use a file (sqlite:///path.db) or a server"
+        )
     logging.getLogger("conveyor").info(
         "supervising %d process(es) of %s on %s, queues %s",
         processes,

@@ -44,6 +44,8 @@ class Backend:
     #: How many entries the store keeps for the groups and limit keys of a queue, past the
     #: broker: ``(url, queue)``; rows on SQL stores, hash fields and zset members on Redis.
     limit_state: Callable[[str, str], int] | None = None
+    #: Other processes can open the store (False: a store in the test process's memory).
+    processes: bool = True
 
     def open(self, url: str, retention: float = RETENTION) -> Broker:
         return open_broker(url, retention=retention)
@@ -110,6 +112,78 @@ BACKENDS: dict[str, Backend] = {
     ),
     # "redis": Backend("redis", _redis_store),  # e.g. a fresh key prefix / database per test
 }
+
+
+# -- SQLite in memory (sqlite:///:memory:): a named memory database of the test process --------
+
+#: A connection holding each test's memory database open from new_store to drop_store, so SQL
+#: run before the first broker opens (or after the last closes) finds the same database.
+_MEMORY_KEEPERS: dict[str, sqlite3.Connection] = {}
+
+
+def _memory_uri(url: str) -> str:
+    return f"file:conveyor-{url.partition('name=')[2]}?mode=memory&cache=shared"
+
+
+def _memory_connect(url: str) -> sqlite3.Connection:
+    db = sqlite3.connect(_memory_uri(url), uri=True, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA read_uncommitted = 1")
+    return db
+
+
+def _memory_store(tmp_path: Path) -> str:
+    url = f"sqlite:///:memory:?name=ct-{os.urandom(5).hex()}"
+    _MEMORY_KEEPERS[url] = _memory_connect(url)
+    return url
+
+
+def _memory_drop(url: str) -> None:
+    _MEMORY_KEEPERS.pop(url).close()
+
+
+def _memory_sql(url: str, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    db = _memory_connect(url)
+    try:
+        return db.execute(statement, params).fetchall()
+    finally:
+        db.close()
+
+
+@contextlib.contextmanager
+def _memory_transaction(url: str) -> Iterator[sqlite3.Connection]:
+    db = _memory_connect(url)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+    finally:
+        db.close()
+
+
+def _memory_worker(url: str, worker_id: str, info: bytes, expires: float) -> bool:
+    _memory_sql(
+        url,
+        "INSERT OR REPLACE INTO conveyor_workers (id, info, expires) VALUES (?, ?, ?)",
+        (worker_id, info, expires),
+    )
+    return True
+
+
+BACKENDS["sqlite-memory"] = Backend(
+    "sqlite-memory",
+    _memory_store,
+    sql_effects=True,
+    run_sql=_memory_sql,
+    transaction=_memory_transaction,
+    drop_store=_memory_drop,
+    write_worker=_memory_worker,
+    processes=False,
+    limit_state=_sql_limit_state(_memory_sql, "conveyor_groups", "conveyor_limits", "conveyor_waiters"),
+)
 
 
 # -- PostgreSQL: a fresh schema per test, dropped at teardown ---------------------------------

@@ -56,7 +56,14 @@ def test_the_store_is_in_wal_mode(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["sqlite://", "sqlite:///:memory:", "sqlite://host/x.db", "sqlite:///x.db?cache=shared"]
+    "url",
+    [
+        "sqlite://",
+        "sqlite://host/x.db",
+        "sqlite:///x.db?cache=shared",
+        "sqlite:///x.db?name=a",
+        "sqlite:///:memory:?name=a/b",
+    ],
 )
 def test_invalid_urls_are_refused(url: str) -> None:
     with pytest.raises(ConfigurationError):

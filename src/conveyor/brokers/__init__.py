@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 from conveyor.brokers.base import Broker, Lease
 from conveyor.errors import ConfigurationError
 
-__all__ = ["Broker", "Lease", "open_broker", "redact_url"]
+__all__ = ["Broker", "Lease", "is_memory_url", "open_broker", "redact_url"]
 
 
 def redact_url(url: str) -> str:
@@ -21,8 +21,15 @@ def redact_url(url: str) -> str:
     return Redactor().line(url)
 
 
+def is_memory_url(url: str) -> bool:
+    """Whether ``url`` names an in-memory store (``sqlite:///:memory:``), private to a process."""
+    parts = urlsplit(url)
+    return parts.scheme == "sqlite" and parts.path == "/:memory:"
+
+
 def open_broker(url: str, retention: float = 86400.0) -> Broker:
     """A broker for ``url``: ``sqlite:///path.db`` (relative), ``sqlite:////abs/path.db``,
+    ``sqlite:///:memory:`` (tests: in this process's memory),
     ``redis://[user:password@]host:port/db`` (``rediss://`` for TLS) or ``postgresql://...``."""
     scheme = urlsplit(url).scheme
     if scheme == "sqlite":

@@ -2,6 +2,14 @@
 
 SQLite has no clock of its own: the host's clock, read by each process, is the store's.
 
+``sqlite:///:memory:`` is the same store in memory, for tests: one process's, gone when its last
+broker closes. Each connection to ``:memory:`` would be a database of its own, so every thread's
+connection opens one *named* shared-cache memory database instead
+(``file:conveyor-<name>?mode=memory&cache=shared``); brokers of one process opened with the same
+``?name=`` share it. A shared cache locks tables, not the file, and a lock it refuses is not
+retried by ``busy_timeout``: writers take turns on a lock of the process instead of the flock,
+and connections read uncommitted (a read never waits for a table lock, nor blocks a writer).
+
 Every operation is one ``BEGIN IMMEDIATE`` transaction. Idle workers wait on an abstract Unix
 datagram socket registered in ``conveyor_listeners``; producers send each listener a byte after
 they commit, so a new task starts within milliseconds without polling.
@@ -12,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import select
 import socket
 import sqlite3
@@ -45,7 +54,7 @@ from conveyor.brokers.base import (
     resends,
     worker_infos,
 )
-from conveyor.errors import ConfigurationError, KeyConflict
+from conveyor.errors import ConfigurationError, KeyConflict, StoreUnavailable
 from conveyor.limits import group_of
 from conveyor.priority import Fairness
 from conveyor.records import (
@@ -107,17 +116,42 @@ _FORGET_WORKERS = 3600.0
 _LISTEN_FALLBACK = 1.0 if sys.platform.startswith("linux") else 0.05
 
 
+MEMORY_IS_PRIVATE = (
+    "an in-memory store (sqlite:///:memory:) belongs to the process that opened it: run its tasks"
+    " in that process (conveyor.testing.drain), or use a file (sqlite:///path.db) to share a store"
+    " between processes"
+)
+
+
+class _WritersLock:
+    """The writers' lock of one memory store, shared by the brokers open on it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+
+
+#: The writers' locks of this process's memory stores, by name (see the module's docstring),
+#: each kept while a broker holds it.
+_MEMORY_LOCKS: weakref.WeakValueDictionary[str, _WritersLock] = weakref.WeakValueDictionary()
+_MEMORY_LOCKS_LOCK = threading.Lock()
+_MEMORY_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
+
 def _path_from_url(url: str) -> tuple[str, dict[str, str]]:
     parts = urlsplit(url)
     path = parts.path[1:] if parts.path.startswith("/") else parts.path
-    if parts.netloc or not path or path == ":memory:":
+    if parts.netloc or not path:
         raise ConfigurationError(
-            f"invalid SQLite URL {url!r}: use sqlite:///relative/path.db or sqlite:////absolute/path.db"
+            f"invalid SQLite URL {url!r}: use sqlite:///relative/path.db, sqlite:////absolute/path.db"
+            " or sqlite:///:memory: (tests)"
         )
     options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-    unknown = set(options) - {"synchronous", "busy_timeout", "lock_timeout"}
+    known = {"synchronous", "busy_timeout", "lock_timeout"} | ({"name"} if path == ":memory:" else set())
+    unknown = set(options) - known
     if unknown:
         raise ConfigurationError(f"unknown SQLite URL options: {', '.join(sorted(unknown))}")
+    if "name" in options and not _MEMORY_NAME.match(options["name"]):
+        raise ConfigurationError(f"invalid memory store name {options['name']!r}: letters, digits, _ . -")
     return path, options
 
 
@@ -153,6 +187,16 @@ class SQLiteBroker(Broker):
         self._listener_name = ""
         self._listening = ""
         self._pid = os.getpid()
+        #: The store is a memory database of this process (``sqlite:///:memory:``).
+        self.memory = self.path == ":memory:"
+        self._keeper: sqlite3.Connection | None = None
+        if self.memory:
+            name = options.get("name") or os.urandom(8).hex()
+            self.path = f"file:conveyor-{name}?mode=memory&cache=shared"
+            with _MEMORY_LOCKS_LOCK:
+                self._writers = _MEMORY_LOCKS.setdefault(name, _WritersLock())
+            # The database lives while one connection to it is open: this one, until close().
+            self._keeper = self.connect()
         with self._write() as db:
             _migrate(db)
             for statement in _SCHEMA.split(";"):
@@ -161,16 +205,32 @@ class SQLiteBroker(Broker):
 
     # -- connections -------------------------------------------------------------------------
 
+    def connect(self) -> sqlite3.Connection:
+        """A new connection to the store, in autocommit mode (``isolation_level=None``): for
+        ``enqueue(..., connection=)`` in the caller's own transaction (``BEGIN`` ... ``COMMIT``)."""
+        if self.memory and self._pid != os.getpid():
+            raise ConfigurationError(MEMORY_IS_PRIVATE)
+        db = sqlite3.connect(
+            self.path,
+            isolation_level=None,
+            timeout=self._busy_ms / 1000,
+            check_same_thread=False,
+            uri=self.memory,
+        )
+        if self.memory:
+            db.execute("PRAGMA read_uncommitted = 1")
+        return db
+
     def _db(self) -> sqlite3.Connection:
         if self._pid != os.getpid():  # forked: the parent's connections and socket are not ours
+            if self.memory:
+                raise ConfigurationError(MEMORY_IS_PRIVATE)
             self._pid, self._local, self._closers = os.getpid(), threading.local(), []
             self._listener, self._listening = None, ""
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
             # Closed by the broker's close() on another thread: allowed, nothing else crosses.
-            db = sqlite3.connect(
-                self.path, isolation_level=None, timeout=self._busy_ms / 1000, check_same_thread=False
-            )
+            db = self.connect()
             # A corrupt TEXT value (not UTF-8) reads as text with U+FFFD in it: it costs its own
             # job (an unknown task is buried), not the reservation or listing it appears in.
             db.text_factory = _TEXT
@@ -179,7 +239,11 @@ class SQLiteBroker(Broker):
             db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
             # Writers queue on this file (see _write); flock locks belong to an open file, so
             # each thread opens its own.
-            writer = os.open(f"{self.path}-writer.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            writer = (
+                -1
+                if self.memory
+                else os.open(f"{self.path}-writer.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            )
             self._local.db, self._local.writer = db, writer
             owner = _Owner()  # only this thread's slot holds it: it dies with the thread
             self._local.owner = owner
@@ -197,16 +261,21 @@ class SQLiteBroker(Broker):
         workers a producer could wait seconds; a blocked flock wakes at the release. The wait
         is bounded by ``lock_timeout`` (StoreUnavailable naming the holder)."""
         db = self._db()
+        if self.memory:
+            if not self._writers.lock.acquire(timeout=self.lock_timeout):
+                raise StoreUnavailable(
+                    f"store {self.display_url} unavailable: its writers' lock was not free within"
+                    f" lock_timeout={self.lock_timeout:g} s"
+                )
+            try:
+                yield from _transaction(db)
+            finally:
+                self._writers.lock.release()
+            return
         own: int = self._local.writer
         fd = writer_lock.acquire(own, f"{self.path}-writer.lock", self.lock_timeout, self.display_url)
         try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+            yield from _transaction(db)
         finally:
             writer_lock.release(fd, own)
 
@@ -859,6 +928,21 @@ class SQLiteBroker(Broker):
                 with self._lock:
                     self._closers.append((closer, thread))
         self._local.__dict__.clear()  # this thread connects anew if it uses the broker again
+        if self._keeper is not None and self._pid == os.getpid():
+            # The last connection to close takes the memory database with it.
+            with contextlib.suppress(sqlite3.Error):
+                self._keeper.close()
+            self._keeper = None
+
+
+def _transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 class _Owner:

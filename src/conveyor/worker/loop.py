@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from conveyor.app import Conveyor
 from conveyor.brokers.availability import one_line
-from conveyor.brokers.base import Lease
+from conveyor.brokers.base import Broker, Lease
 from conveyor.errors import ConfigurationError, StoreUnavailable
 from conveyor.metrics import Recorder
 from conveyor.periodic import Schedule, plan
@@ -63,6 +63,16 @@ class WorkerConfig:
         expire_interval: seconds between retention purges of finished jobs.
         grace: seconds a graceful stop waits for running tasks before releasing them.
         idle_wait: longest single wait for a wake-up before checking the store again.
+        burst: drain, then stop (``conveyor worker --burst``): the worker stops by itself once
+            it holds no job (none running, reserved or awaiting its acknowledgement) and its
+            queues have no ready job and no scheduled one due within ``burst_wait`` seconds by
+            the store's clock. Ready jobs that limits hold back count as ready (they start when
+            the limit allows); those of a paused queue or task do not. Jobs running on other
+            workers do not count, but expired leases (a crashed worker's) are reclaimed before
+            the worker decides, and their jobs run. A burst worker plans no periodic ticks (a schedule is never
+            done); ticks already enqueued run like any job.
+        burst_wait: seconds ahead a scheduled job (a delay, a retry's backoff) keeps a burst
+            worker serving, to run it when due; later ones stay for the next worker.
     """
 
     queues: Sequence[str] = ("default",)
@@ -74,6 +84,8 @@ class WorkerConfig:
     expire_interval: float = 60.0
     grace: float = 30.0
     idle_wait: float = 5.0
+    burst: bool = False
+    burst_wait: float = 5.0
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
     def __post_init__(self) -> None:
@@ -105,8 +117,17 @@ class EffectsFailed(Exception):
 class Worker:
     """The fetch/run/ack loop of one process; ``await worker.run()`` until ``stop()``."""
 
-    def __init__(self, app: Conveyor, config: WorkerConfig | None = None) -> None:
+    def __init__(
+        self,
+        app: Conveyor,
+        config: WorkerConfig | None = None,
+        observe: Callable[[list[tuple[Delivery, str]]], None] | None = None,
+    ) -> None:
+        """``observe``, if given, is called on the loop with each batch of deliveries that ended
+        and how (``succeeded``, ``retry``, ``dead``, ``throttled``, ``lost``), once the store has
+        taken their outcomes (conveyor.testing reports them)."""
         one_line_outages(log)
+        self._observe = observe
         self.app = app
         self.config = config or WorkerConfig()
         self.id = self.config.worker_id
@@ -215,7 +236,7 @@ class Worker:
             asyncio.create_task(self._every(self.config.expire_interval, self._expire)),
         ]
         schedules = [s for s in self.app.schedules if s.task.queue in self.config.queue_names]
-        if schedules:
+        if schedules and not self.config.burst:
             upkeep.append(asyncio.create_task(self._periodic(schedules)))
         flusher = asyncio.create_task(self._flush_loop())
         try:
@@ -294,10 +315,28 @@ class Worker:
             self._hold(batch)
             self._fill()
             if len(batch) < free and not self._stopping.is_set():
-                wait = asyncio.get_running_loop().run_in_executor(
-                    self._waiter, broker.wait, queues, self.config.idle_wait
-                )
+                timeout = self.config.idle_wait
+                if self.config.burst:
+                    if await self._drained():
+                        log.info(
+                            "worker %s: burst done, nothing ready or due within %g s",
+                            self.id,
+                            self.config.burst_wait,
+                        )
+                        self.stop()
+                        break
+                    if self.leases:  # an ack settling wakes no store wait: look again soon
+                        timeout = min(timeout, 0.05)
+                wait = asyncio.get_running_loop().run_in_executor(self._waiter, broker.wait, queues, timeout)
                 await self._until(wait)
+
+    async def _drained(self) -> bool:
+        """Whether a burst worker is done (see ``WorkerConfig.burst``)."""
+        if self.leases or self._outbox:
+            return False
+        return await self._call(
+            _nothing_due, self.app.broker, self.config.queue_names, self.config.burst_wait
+        )
 
     async def _until(self, awaitable: Awaitable[Any]) -> None:
         """Await ``awaitable`` or the stop request, whichever comes first."""
@@ -430,6 +469,8 @@ class Worker:
         return None if delivery is None else (delivery, kind)
 
     def _finished(self, ended: list[tuple[Delivery, str]]) -> None:
+        if self._observe is not None and ended:
+            self._observe(ended)
         for delivery, kind in ended:
             per_level = self.outcomes.setdefault(delivery.queue, {}).setdefault(str(delivery.priority), {})
             per_level[kind] = per_level.get(kind, 0) + 1
@@ -588,3 +629,27 @@ class Worker:
                 exc,
             )
             return 0
+
+
+def _nothing_due(broker: Broker, queues: Sequence[str], within: float) -> bool:
+    """No job of ``queues`` is ready (but for paused ones) or scheduled to be due within
+    ``within`` seconds of the store's clock, once expired leases are reclaimed (a crashed
+    worker's jobs are due again, or dead)."""
+    if broker.reclaim().requeued:
+        return False
+    now = broker.time()
+    pauses = broker.paused(queues)
+    stopped = {p.queue for p in pauses if p.task is None}
+    for stats in broker.stats(queues, now=now):
+        if stats.queue in stopped:
+            continue
+        ready = stats.total("ready")
+        for task in {p.task for p in pauses if p.queue == stats.queue and p.task is not None}:
+            ready -= len(broker.jobs(queue=stats.queue, state="ready", task=task, limit=ready, now=now))
+        if ready > 0:
+            return False
+        if stats.total("scheduled"):
+            first = broker.jobs(queue=stats.queue, state="scheduled", limit=1, now=now)
+            if first and first[0].run_at <= now + within:
+                return False
+    return True

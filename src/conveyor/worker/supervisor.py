@@ -32,8 +32,9 @@ class Supervisor:
     A worker that dies (killed, crashed by a poison task) is restarted with a backoff that grows
     while it keeps dying young; its tasks come back through lease expiry and reclaim. A worker
     that exits with CONFIG_ERROR (the store refused it, a library is missing) is not: the
-    supervisor stops the others and exits with that code, as a restart cannot help. With
-    ``metrics``, the supervisor serves the merged metrics of its workers (see metrics_server).
+    supervisor stops the others and exits with that code, as a restart cannot help. In burst
+    mode a worker that exits with 0 has drained its queues and is not restarted; the supervisor
+    exits with 0 once every one has. With ``metrics``, the supervisor serves the merged metrics of its workers (see metrics_server).
     """
 
     def __init__(
@@ -84,11 +85,15 @@ class Supervisor:
         self.children = [self._spawn(i) for i in range(self.processes)]
         restart_at: dict[int, float] = {}
         exit_code = 0
+        drained: set[int] = set()
         while not self._stopping:
             now = time.monotonic()
             for i, child in enumerate(self.children):
                 code = child.proc.poll()
-                if code is None:
+                if code is None or child.slot in drained:
+                    continue
+                if code == 0 and self.config.burst:  # done draining: not restarted
+                    drained.add(child.slot)
                     continue
                 if code == CONFIG_ERROR and not exit_code:
                     log.error(
@@ -118,6 +123,9 @@ class Supervisor:
                 elif now >= restart_at[child.slot]:
                     del restart_at[child.slot]
                     self.children[i] = self._spawn(child.slot, child.restarts)
+            if len(drained) == len(self.children):
+                log.info("burst done: every worker process drained its queues")
+                break
             time.sleep(0.05)
         deadline = time.monotonic() + self.config.grace + 10
         for child in self.children:

@@ -226,6 +226,7 @@ class PostgresBroker(Broker):
                     return self._insert(conn, messages, now)
         if not isinstance(connection, psycopg.Connection):
             raise ConfigurationError("connection must be a psycopg Connection to the store's database")
+        self._open()  # the store's tables exist (the first use migrates) before the caller writes to them
         status = connection.info.transaction_status
         if status == psycopg.pq.TransactionStatus.INERROR:
             raise ConfigurationError("the connection's transaction has failed: roll it back first")
