@@ -49,6 +49,14 @@ from typing import Any
 from conveyor import Conveyor, Limit
 from conveyor.app import Task
 
+try:
+    from conveyor.limits import default_burst
+except ImportError:  # a version whose default burst was 1
+
+    def default_burst(rate: float) -> int:
+        return 1
+
+
 HERE = Path(__file__).resolve().parent
 
 #: The tasks' app; worker processes import this file as ``limits`` with CONVEYOR_URL set.
@@ -71,21 +79,23 @@ keyed = app.task(name="lbench.keys", queue="lbench", limits=[Limit(key="tenant:{
 )
 
 
-def rated(rate: float, burst: int) -> Task[Any, Any]:
-    """The task limited to ``rate`` per second with ``burst``, declared on first use."""
-    name = f"lbench.rate.{rate:g}.{burst}"
+def rated(rate: float, burst: int | None) -> Task[Any, Any]:
+    """The task limited to ``rate`` per second with ``burst`` (None: the default burst),
+    declared on first use."""
+    name = f"lbench.rate.{rate:g}.{burst or 'default'}"
     existing = app.tasks.get(name)
     if existing is not None:
         return existing
     return app.task(name=name, queue="lbench", limits=[Limit(rate=rate, burst=burst)])(noop)
 
 
-def _parse_rates(text: str) -> list[tuple[float, int]]:
-    pairs = []
+def _parse_rates(text: str) -> list[tuple[float, int | None]]:
+    """``R:B,...`` pairs; ``R`` alone (or ``R:``) is the rate with the default burst (None)."""
+    pairs: list[tuple[float, int | None]] = []
     for item in text.split(","):
         if item.strip():
             rate, _, burst = item.partition(":")
-            pairs.append((float(rate), int(burst or 1)))
+            pairs.append((float(rate), int(burst) if burst.strip() else None))
     return pairs
 
 
@@ -97,11 +107,14 @@ for _rate, _burst in _parse_rates(os.environ.get(RATES_ENV, "")):
 
 
 class Runner:
-    def __init__(self, url: str, workers: int, concurrency: int, rates: Sequence[tuple[float, int]]) -> None:
+    def __init__(
+        self, url: str, workers: int, concurrency: int, rates: Sequence[tuple[float, int | None]]
+    ) -> None:
         self.url = url
         self.workers_n = workers
         self.concurrency = concurrency
-        self.rates_env = ",".join(f"{r:g}:{b}" for r, b in rates)
+        self.rates_env = ",".join(f"{r:g}:{b or ''}" for r, b in rates)
+        self.procs: list[subprocess.Popen[bytes]] = []
         os.environ["CONVEYOR_URL"] = url
         app.close()
         app.url = url
@@ -120,6 +133,7 @@ class Runner:
         }
         cmd = [sys.executable, "-m", "conveyor.worker.process", "limits:app", config]
         procs = [subprocess.Popen(cmd, env=env) for _ in range(count)]
+        self.procs = procs
         try:
             yield
         finally:
@@ -160,6 +174,18 @@ class Runner:
         return done
 
 
+def _cpu(procs: Sequence[subprocess.Popen[bytes]]) -> float | None:
+    """CPU seconds (user + system) the processes have used so far (Linux: /proc), else None."""
+    total = 0.0
+    for p in procs:
+        try:
+            fields = Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def _succeeded(queue: str) -> int:
     return app.broker.stats([queue])[0].total("succeeded")
 
@@ -197,10 +223,13 @@ def _most_in_window(starts: Sequence[float], window: float) -> int:
 # -- the three measurements ----------------------------------------------------------------------
 
 
-def rate_run(runner: Runner, rate: float, burst: int, seconds: float, workers: int) -> dict[str, Any]:
+def rate_run(
+    runner: Runner, rate: float, declared: int | None, seconds: float, workers: int
+) -> dict[str, Any]:
     queue = _fresh("rate")
+    burst = declared or default_burst(rate)
     n = burst + int(rate * seconds)
-    last = _enqueue(rated(rate, burst), queue, n)
+    last = _enqueue(rated(rate, declared), queue, n)
     with runner.workers(queue, workers):
         runner.finished(queue, n, last, timeout=60 + 3 * seconds)
     starts = _starts(queue, n)
@@ -208,6 +237,7 @@ def rate_run(runner: Runner, rate: float, burst: int, seconds: float, workers: i
     return {
         "rate": rate,
         "burst": burst,
+        "burst_declared": declared is not None,
         "jobs": n,
         "workers": workers,
         "span_s": span,
@@ -225,18 +255,28 @@ CASES = {"none": plain, "loose": loose, "keys": keyed}
 
 def throughput_run(runner: Runner, case: str, n: int) -> dict[str, Any]:
     queue = _fresh(f"tp-{case}")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     last = _enqueue(CASES[case], queue, n, tenants=1000)
-    enqueue_s = time.perf_counter() - t0
+    enqueue_s, enqueue_cpu = time.perf_counter() - t0, time.process_time() - c0
     with runner.workers(queue, runner.workers_n):
         t1 = runner.serving(queue)
+        # Each worker has imported the app once it answers: its CPU from here on is the drain's.
+        while len([w for w in app.broker.workers() if queue in w.queues]) < runner.workers_n:
+            time.sleep(0.001)
+        cpu0 = _cpu(runner.procs)
         drain_s = runner.finished(queue, n, last) - t1
+        cpu1 = _cpu(runner.procs)
+    drain_cpu = None if cpu0 is None or cpu1 is None else cpu1 - cpu0
     return {
         "case": case,
         "jobs": n,
         "enqueue_per_s": n / enqueue_s,
         "drain_per_s": n / drain_s,
         "end_to_end_per_s": n / (enqueue_s + drain_s),
+        # CPU per job: the producer's for enqueue, the worker processes' for the drain (the
+        # whole store's work on SQLite; a server's own CPU is not counted).
+        "enqueue_cpu_us": 1e6 * enqueue_cpu / n,
+        "drain_cpu_us": None if drain_cpu is None else 1e6 * drain_cpu / n,
     }
 
 
@@ -293,7 +333,9 @@ def main() -> None:
     )
     parser.add_argument("url")
     parser.add_argument("--only", choices=["rate", "throughput", "fairness"], action="append")
-    parser.add_argument("--rates", default="500:50,50:5,50:1", help="R:B pairs (starts/s : burst)")
+    parser.add_argument(
+        "--rates", default="500:50,50:5,50:1", help="R:B pairs (starts/s : burst); R alone: the default burst"
+    )
     parser.add_argument("--seconds", type=float, default=5.0, help="backlog of a rate run, in seconds of R")
     parser.add_argument("--rate-workers", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2, help="worker processes (throughput, fairness)")
@@ -322,10 +364,14 @@ def main() -> None:
             runs = [
                 rate_run(runner, rate, burst, args.seconds, args.rate_workers) for _ in range(args.repeat)
             ]
-            rows.append({"rate": rate, "burst": burst, "runs": runs})
+            rows.append(
+                {"rate": rate, "burst": runs[0]["burst"], "declared": burst is not None, "runs": runs}
+            )
         out["rate"] = rows
         print(f"\nrate ({args.rate_workers} worker processes, a backlog of {args.seconds:g} s of R + B)")
-        print("requested R/s  burst  achieved/s   used   max in 1 s (bound)  max in 100 ms (bound)")
+        print(
+            "requested R/s  burst  achieved/s   used   max in 1 s (bound)  max in 100 ms (bound)   (* default)"
+        )
         for row in rows:
             runs, rate = row["runs"], row["rate"]
             achieved = _median(runs, "achieved_per_s")
@@ -333,7 +379,7 @@ def main() -> None:
             row["max_in_1s"] = max(r["max_in_1s"] for r in runs)
             row["max_in_100ms"] = max(r["max_in_100ms"] for r in runs)
             print(
-                f"{rate:14,.0f}  {row['burst']:5}  {achieved:10,.1f}  {100 * achieved / rate:5.1f} %  "
+                f"{rate:14,.0f}  {str(row['burst']) + ('' if row['declared'] else '*'):>5}  {achieved:10,.1f}  {100 * achieved / rate:5.1f} %  "
                 f"{row['max_in_1s']:8} ({runs[0]['bound_1s']:,.0f})  "
                 f"{row['max_in_100ms']:12} ({runs[0]['bound_100ms']:,.0f})"
             )
@@ -343,18 +389,22 @@ def main() -> None:
         table = {}
         for case in CASES:
             mine = [r for r in runs if r["case"] == case]
-            table[case] = {k: _median(mine, k) for k in ("enqueue_per_s", "drain_per_s", "end_to_end_per_s")}
+            keys = ["enqueue_per_s", "drain_per_s", "end_to_end_per_s", "enqueue_cpu_us"]
+            keys += ["drain_cpu_us"] if all(r["drain_cpu_us"] is not None for r in mine) else []
+            table[case] = {k: _median(mine, k) for k in keys}
         for case in CASES:
             for k in ("enqueue_per_s", "drain_per_s", "end_to_end_per_s"):
                 table[case][k.replace("_per_s", "_ratio")] = table[case][k] / table["none"][k]
         out["throughput"] = {"runs": runs, "medians": table}
         print(f"\nthroughput ({args.tasks:,} no-ops, {args.workers} worker processes; ratio to none)")
-        print("case    enqueue/s          drain/s            end to end/s")
+        print("case    enqueue/s          drain/s            end to end/s     CPU µs/job enqueue + drain")
         for case, t in table.items():
+            drain_cpu = f"{t['drain_cpu_us']:6.1f}" if "drain_cpu_us" in t else "     -"
             print(
                 f"{case:6} {t['enqueue_per_s']:9,.0f} ({t['enqueue_ratio']:.2f})  "
                 f"{t['drain_per_s']:9,.0f} ({t['drain_ratio']:.2f})  "
-                f"{t['end_to_end_per_s']:9,.0f} ({t['end_to_end_ratio']:.2f})"
+                f"{t['end_to_end_per_s']:9,.0f} ({t['end_to_end_ratio']:.2f})   "
+                f"{t['enqueue_cpu_us']:6.1f} + {drain_cpu}"
             )
 
     if "fairness" in only:

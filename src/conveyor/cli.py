@@ -856,7 +856,12 @@ def limits_list(target: str, queue: str | None, as_json: bool) -> None:
 @click.argument("queue")
 @click.argument("key", required=False)
 @click.option("--rate", default=None, help="Starts allowed: N/s, N/m, N/h, N/d.")
-@click.option("--burst", default=None, type=int, help="Starts allowed at once after an idle spell.")
+@click.option(
+    "--burst",
+    default=None,
+    type=int,
+    help="Starts allowed at once after an idle spell (default: rate/10, at least 1).",
+)
 @click.option("--concurrency", default=None, type=int, help="Jobs running at once.")
 def limits_set(
     target: str, queue: str, key: str | None, rate: str | None, burst: int | None, concurrency: int | None

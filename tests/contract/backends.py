@@ -41,6 +41,9 @@ class Backend:
     #: broker: ``(url, worker id, info bytes, expires)``; False if the store cannot hold those
     #: bytes (PostgreSQL's jsonb column takes JSON only).
     write_worker: Callable[[str, str, bytes, float], bool] | None = None
+    #: How many entries the store keeps for the groups and limit keys of a queue, past the
+    #: broker: ``(url, queue)``; rows on SQL stores, hash fields and zset members on Redis.
+    limit_state: Callable[[str, str], int] | None = None
     #: Other processes can open the store (False: a store in the test process's memory).
     processes: bool = True
 
@@ -88,6 +91,15 @@ def _sqlite_worker(url: str, worker_id: str, info: bytes, expires: float) -> boo
     return True
 
 
+def _sql_limit_state(
+    run_sql: Callable[[str, str, Sequence[Any]], list[tuple[Any, ...]]], *tables: str
+) -> Callable[[str, str], int]:
+    def count(url: str, queue: str) -> int:
+        return sum(run_sql(url, f"SELECT count(*) FROM {t} WHERE queue = ?", (queue,))[0][0] for t in tables)
+
+    return count
+
+
 BACKENDS: dict[str, Backend] = {
     "sqlite": Backend(
         "sqlite",
@@ -96,6 +108,7 @@ BACKENDS: dict[str, Backend] = {
         run_sql=_sqlite_sql,
         transaction=_sqlite_transaction,
         write_worker=_sqlite_worker,
+        limit_state=_sql_limit_state(_sqlite_sql, "conveyor_groups", "conveyor_limits", "conveyor_waiters"),
     ),
     # "redis": Backend("redis", _redis_store),  # e.g. a fresh key prefix / database per test
 }
@@ -169,6 +182,7 @@ BACKENDS["sqlite-memory"] = Backend(
     drop_store=_memory_drop,
     write_worker=_memory_worker,
     processes=False,
+    limit_state=_sql_limit_state(_memory_sql, "conveyor_groups", "conveyor_limits", "conveyor_waiters"),
 )
 
 
@@ -267,6 +281,7 @@ BACKENDS["postgres"] = _Postgres(
     transaction=_pg_transaction,
     drop_store=_pg_drop,
     write_worker=_pg_worker,
+    limit_state=_sql_limit_state(_pg_sql, "limit_groups", "limit_keys", "limit_waiters"),
 )
 
 
@@ -311,7 +326,31 @@ def _redis_worker(url: str, worker_id: str, info: bytes, expires: float) -> bool
     return True
 
 
-BACKENDS["redis"] = Backend("redis", _redis_store, drop_store=_redis_drop, write_worker=_redis_worker)
+def _redis_limit_state_with(client: Any, prefix: str, queue: str) -> int:
+    """Fields of the queue's grules and limits hashes (but the flag that it had groups), members
+    of its groups zsets and fields of its sweep cursors (levels 0 to 9)."""
+    base = f"{prefix}:{{{queue}}}"
+    fields = [f for f in client.hkeys(f"{base}:limits") if f != b"\x1fg"]
+    levels = sum(client.zcard(f"{base}:groups:{level}") for level in range(10))
+    return client.hlen(f"{base}:grules") + len(fields) + levels + client.hlen(f"{base}:sweep")
+
+
+def _redis_limit_state(url: str, queue: str) -> int:
+    from redis.client import Redis
+
+    from conveyor.brokers.redis.url import parse
+
+    target = parse(url)
+    client = Redis.from_url(target.url)
+    try:
+        return _redis_limit_state_with(client, target.prefix, queue)
+    finally:
+        client.close()
+
+
+BACKENDS["redis"] = Backend(
+    "redis", _redis_store, drop_store=_redis_drop, write_worker=_redis_worker, limit_state=_redis_limit_state
+)
 
 
 def _redis_acl_store(tmp_path: Path) -> str:
@@ -343,8 +382,25 @@ def _redis_acl_drop(url: str) -> None:
     assert not refused, "the least ACL refused what the broker sent:\n" + "\n".join(refused)
 
 
+def _redis_acl_limit_state(url: str, queue: str) -> int:
+    """As the server's admin: the least ACL need not grant what counting reads."""
+    from redis_servers import acl_server
+
+    from conveyor.brokers.redis.url import parse
+
+    client = acl_server().client()
+    try:
+        return _redis_limit_state_with(client, parse(url).prefix, queue)
+    finally:
+        client.close()
+
+
 BACKENDS["redis-acl"] = Backend(
-    "redis-acl", _redis_acl_store, drop_store=_redis_acl_drop, write_worker=_redis_worker
+    "redis-acl",
+    _redis_acl_store,
+    drop_store=_redis_acl_drop,
+    write_worker=_redis_worker,
+    limit_state=_redis_acl_limit_state,
 )
 
 
@@ -377,6 +433,23 @@ def _redis_cluster_drop(url: str) -> None:
         client.close()
 
 
+def _redis_cluster_limit_state(url: str, queue: str) -> int:
+    from redis.cluster import RedisCluster
+
+    from conveyor.brokers.redis.url import parse
+
+    target = parse(url)
+    client = RedisCluster.from_url(target.url)
+    try:
+        return _redis_limit_state_with(client, target.prefix, queue)
+    finally:
+        client.close()
+
+
 BACKENDS["redis-cluster"] = Backend(
-    "redis-cluster", _redis_cluster_store, drop_store=_redis_cluster_drop, write_worker=_redis_worker
+    "redis-cluster",
+    _redis_cluster_store,
+    drop_store=_redis_cluster_drop,
+    write_worker=_redis_worker,
+    limit_state=_redis_cluster_limit_state,
 )

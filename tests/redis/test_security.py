@@ -119,6 +119,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "hmget": ("HMGET", JOBS, "a", "b"),
     "hgetall": ("HGETALL", COUNTS),
     "hkeys": ("HKEYS", COUNTS),
+    "hscan": ("HSCAN", COUNTS, "0"),
     "hexists": ("HEXISTS", JOBS, "id"),
     "hsetnx": ("HSETNX", f"{ACL_PREFIX}:app:{{q}}:paused", "", "1"),
     "hdel": ("HDEL", JOBS, "id"),

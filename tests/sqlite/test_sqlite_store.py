@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from conveyor import ConfigurationError, Conveyor
-from conveyor.brokers.sqlite import _CLAIM, SQLiteBroker
+from conveyor.brokers.sqlite import SQLiteBroker
+from conveyor.brokers.sqlite_limits import CLAIM_PLAIN
 from conveyor.priority import Fairness
 
 
@@ -27,8 +28,16 @@ def test_claim_uses_the_pending_index_with_many_finished_jobs(tmp_path: Path) ->
     plan = " ".join(
         str(row[-1])
         for row in db.execute(
-            "EXPLAIN QUERY PLAN " + _CLAIM,
-            {"now": time.time(), "lease": 30, "worker": "w", "queue": "q", "priority": 1, "limit": 10},
+            "EXPLAIN QUERY PLAN " + CLAIM_PLAIN,
+            {
+                "now": time.time(),
+                "lease": 30,
+                "worker": "w",
+                "queue": "q",
+                "priority": 1,
+                "limit": 10,
+                "held": None,
+            },
         )
     )
     assert "conveyor_jobs_pending" in plan, plan

@@ -69,6 +69,32 @@ def test_bad_limits_are_refused_when_made(kwargs: dict[str, object], message: st
         Limit(**kwargs)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("rate", "burst", "expected"),
+    [
+        ("30/m", None, 1),
+        ("10/s", None, 1),
+        ("10.5/s", None, 2),
+        ("30/s", None, 3),
+        ("100/s", None, 10),
+        ("500/s", None, 50),
+        (1_000_000, None, 100_000),
+        ("500/s", 1, 1),
+        ("5/s", 20, 20),
+    ],
+)
+def test_the_default_burst_is_a_tenth_of_a_second_of_the_rate(
+    app: Conveyor, rate: str | float, burst: int | None, expected: int
+) -> None:
+    @app.task(name="paced", limits=[Limit(rate=rate, burst=burst)])
+    def paced() -> None: ...
+
+    assert paced.message().limits[0].burst == expected
+    app.limit("default", "set:at-run-time", rate=rate, burst=burst)
+    (info,) = [i for i in app.limits() if i.key == "set:at-run-time"]
+    assert info.burst == expected
+
+
 def test_keys_render_from_the_call_with_defaults(app: Conveyor) -> None:
     @app.task(name="charge", limits=[Limit(rate="10/s"), Limit(key="acct:{account}/{region}", concurrency=2)])
     def charge(account: str, cents: int = 0, region: str = "eu") -> None: ...

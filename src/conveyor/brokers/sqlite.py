@@ -77,25 +77,18 @@ _JOB_COLUMNS = (
     "id, task, queue, priority, state, payload, attempt, max_attempts, run_at, enqueued_at, "
     "started_at, finished_at, key, result, errors, worker, lease_until"
 )
-_CLAIM = """
-UPDATE conveyor_jobs
-   SET state = 'running', attempt = attempt + 1, token = token + 1,
-       lease_until = :now + :lease, worker = :worker, started_at = :now
- WHERE rowid IN (SELECT rowid FROM conveyor_jobs
-                  WHERE state = 'pending' AND queue = :queue AND priority = :priority AND run_at <= :now
-                    AND grp IS NULL
-                  ORDER BY run_at, rowid LIMIT :limit)
-RETURNING id, task, queue, priority, payload, attempt, max_attempts, token, run_at, enqueued_at, key, throttled
-"""
 _COUNT_READY = """
 SELECT count(*) FROM (SELECT 1 FROM conveyor_jobs
                        WHERE state = 'pending' AND queue = ? AND priority = ? AND run_at <= ? AND grp IS NULL
                        LIMIT ?)
 """
-_COUNT_GROUPED = """
-SELECT count(*) FROM (SELECT 1 FROM conveyor_jobs
-                       WHERE state = 'pending' AND queue = ? AND priority = ? AND run_at <= ? AND grp IS NOT NULL
-                       LIMIT ?)
+_COUNT_BOTH = """
+SELECT (SELECT count(*) FROM (SELECT 1 FROM conveyor_jobs
+                               WHERE state = 'pending' AND queue = ? AND priority = ? AND run_at <= ?
+                                 AND grp IS NULL LIMIT ?)),
+       (SELECT count(*) FROM (SELECT 1 FROM conveyor_jobs
+                               WHERE state = 'pending' AND queue = ? AND priority = ? AND run_at <= ?
+                                 AND grp IS NOT NULL LIMIT ?))
 """
 # A queue's pending (ready or scheduled) jobs, counted up to a bound: the max_queued check.
 _COUNT_PENDING = """
@@ -373,18 +366,16 @@ class SQLiteBroker(Broker):
         queues = list(dict.fromkeys(queues))
         levels = len(fairness.weights)
         with self._write() as db:
-            queues = _unpaused(db, queues, limit, now)
+            queues, paused = _unpaused(db, queues, limit, now)
             # The stored levels each of the worker's levels takes, per queue (see _served).
             served = [_served(db, q, levels) for q in queues]
             # Queues with limits claim through them (sqlite_limits); the rest as they always did.
-            claims = {q: limiter.Claim(db, q, now) for q in queues if limiter.has_limits(db, q)}
+            claims = {
+                q: claim for q in queues if (claim := limiter.Claim.open(db, q, now, paused.get(q, set())))
+            }
             ready = [
                 [
-                    sum(
-                        db.execute(_COUNT_READY, (q, p, now, limit)).fetchone()[0]
-                        + (db.execute(_COUNT_GROUPED, (q, p, now, limit)).fetchone()[0] if q in claims else 0)
-                        for p in served[i][level]
-                    )
+                    sum(self._ready(db, q, p, now, limit, claims.get(q)) for p in served[i][level])
                     for i, q in enumerate(queues)
                 ]
                 for level in range(levels)
@@ -397,19 +388,36 @@ class SQLiteBroker(Broker):
                 dealt = fairness.deal(level, wanted, queues, ready[level])
                 for i, (q, n) in enumerate(zip(queues, dealt, strict=True)):
                     before = len(rows)
-                    params = {"now": now, "lease": lease, "worker": worker, "queue": q}
+                    params = {"now": now, "lease": lease, "worker": worker, "queue": q, "held": None}
                     claim = claims.get(q)
                     for p in served[i][level]:
                         if len(rows) - before >= n:
                             break
                         left = n - (len(rows) - before)
                         if claim is None:
-                            rows += db.execute(_CLAIM, params | {"priority": p, "limit": left}).fetchall()
+                            rows += db.execute(
+                                limiter.CLAIM_PLAIN, params | {"priority": p, "limit": left}
+                            ).fetchall()
                         else:
                             rows += claim.turns(p, left, lease, worker)
             for claim in claims.values():
                 claim.save()
         return claimed(rows)
+
+    @staticmethod
+    def _ready(db: sqlite3.Connection, queue: str, priority: int, now: float, limit: int, claim: Any) -> int:
+        """Due jobs of a level, counted up to ``limit`` (without limits, and with them when the
+        queue has limits: then the claim learns whether any without limits are due)."""
+        if claim is None:
+            return int(db.execute(_COUNT_READY, (queue, priority, now, limit)).fetchone()[0])
+        # One more grouped job than the reservation may take: then the claim knows a group alone
+        # in its level keeps due jobs after it.
+        plain, grouped = db.execute(
+            _COUNT_BOTH, (queue, priority, now, limit, queue, priority, now, limit + 1)
+        ).fetchone()
+        claim.plain_due[priority] = plain > 0
+        claim.grouped_due[priority] = grouped
+        return int(plain + min(grouped, limit))
 
     # -- wait --------------------------------------------------------------------------------
 
@@ -502,21 +510,24 @@ class SQLiteBroker(Broker):
         now = time.time() if now is None else now
         statuses: list[AckStatus] = []
         woken: set[str] = set()
+        freed = limiter.Freed()
         with self._write() as db:
             for o in outcomes:
-                status = self._settle(db, o, now, woken)
+                status = self._settle(db, o, now, freed)
                 statuses.append(status)
                 if status.status == "ok":
                     woken.update(m.queue for m in o.enqueues)
                     if o.kind in ("retry", "throttled"):
                         woken.add("*")
+            woken |= freed.apply(db, now)
         if woken:
             self._notify_all() if "*" in woken else self._notify(woken)
         return statuses
 
-    def _settle(self, db: sqlite3.Connection, o: Outcome, now: float, woken: set[str]) -> AckStatus:
+    def _settle(self, db: sqlite3.Connection, o: Outcome, now: float, freed: limiter.Freed) -> AckStatus:
         owned = "WHERE id = :id AND token = :token AND state = 'running'"
         left = "RETURNING queue, priority, grp, held"
+        finished = "RETURNING queue, NULL, NULL, held"  # a finished job returns to no group
         params: dict[str, Any] = {"id": o.id, "token": o.token, "now": now}
         if o.kind in ("retry", "throttled"):
             params |= {"due": now + o.delay, "error": serializer.dumps(o.error).decode()}
@@ -528,7 +539,7 @@ class SQLiteBroker(Broker):
             row = db.execute(sql, params).fetchone()
             if row is None:
                 return AckStatus("lost")
-            self._left_running(db, row, now, woken)
+            self._left_running(row, freed)
             if o.kind == "throttled":
                 limiter.close_keys(db, row[0], row[2], now + o.delay)
             limiter.requeued(db, row[0], row[1], row[2], now + o.delay)
@@ -537,12 +548,12 @@ class SQLiteBroker(Broker):
             params["error"] = serializer.dumps(o.error).decode()
             sql = (
                 "UPDATE conveyor_jobs SET state = 'dead', finished_at = :now, lease_until = NULL,"
-                f" {_APPEND_ERROR} {owned} {left}"
+                f" {_APPEND_ERROR} {owned} {finished}"
             )
             row = db.execute(sql, params).fetchone()
             if row is None:
                 return AckStatus("lost")
-            self._left_running(db, row, now, woken)
+            self._left_running(row, freed)
             return AckStatus("ok")
         transactional = bool(o.effects or o.enqueues)
         if transactional:
@@ -550,7 +561,7 @@ class SQLiteBroker(Broker):
         params |= {"result": o.result, "expires": now + self.retention}
         sql = (
             "UPDATE conveyor_jobs SET state = 'succeeded', result = :result, finished_at = :now,"
-            f" expires_at = :expires, lease_until = NULL {owned} {left}"
+            f" expires_at = :expires, lease_until = NULL {owned} {finished}"
         )
         row = db.execute(sql, params).fetchone()
         if row is None:
@@ -559,7 +570,7 @@ class SQLiteBroker(Broker):
                 db.execute("RELEASE outcome")
             return AckStatus("lost")
         if not transactional:
-            self._left_running(db, row, now, woken)
+            self._left_running(row, freed)
             return AckStatus("ok")
         try:
             for statement, *args in o.effects:
@@ -570,16 +581,16 @@ class SQLiteBroker(Broker):
             db.execute("RELEASE outcome")
             return AckStatus("effects_failed", f"{type(exc).__name__}: {exc}")
         db.execute("RELEASE outcome")
-        self._left_running(db, row, now, woken)
+        self._left_running(row, freed)
         return AckStatus("ok")
 
     @staticmethod
-    def _left_running(db: sqlite3.Connection, row: Sequence[Any], now: float, woken: set[str]) -> None:
-        """A job (``queue, priority, grp, held``) left running: free the slots it held. (``held``
-        is left on the row once the job has left running: only this transition reads it, and
-        the next claim overwrites it; RETURNING shows the row as updated, so it is not cleared.)"""
-        if limiter.free(db, row[0], row[3], now):
-            woken.add(row[0])
+    def _left_running(row: Sequence[Any], freed: limiter.Freed) -> None:
+        """A job (``queue, priority, grp, held``) left running: its slots are given back with the
+        transaction's others (``freed.apply``). (``held`` is left on the row once the job has
+        left running: only this transition reads it, and the next claim overwrites it;
+        RETURNING shows the row as updated, so it is not cleared.)"""
+        freed.add(row[0], row[3])
 
     def extend(self, leases: Sequence[Lease], lease: float, now: float | None = None) -> list[str]:
         now = time.time() if now is None else now
@@ -596,6 +607,7 @@ class SQLiteBroker(Broker):
 
     def release(self, leases: Sequence[Lease]) -> int:
         count = 0
+        freed = limiter.Freed()
         with self._write() as db:
             now = time.time()
             for lease in leases:
@@ -607,8 +619,9 @@ class SQLiteBroker(Broker):
                 ).fetchone()
                 if row is not None:
                     count += 1
-                    self._left_running(db, row, now, set())
+                    self._left_running(row, freed)
                     limiter.requeued(db, row[0], row[1], row[2], row[4])
+            freed.apply(db, now)
         if count:
             self._notify_all()
         return count
@@ -621,6 +634,7 @@ class SQLiteBroker(Broker):
             return Reclaimed([], [])
         requeued: list[str] = []
         dead: list[str] = []
+        freed = limiter.Freed()
         with self._write() as db:
             expired = db.execute(
                 "SELECT id, token, attempt, max_attempts, worker FROM conveyor_jobs"
@@ -657,10 +671,11 @@ class SQLiteBroker(Broker):
                     },
                 ).fetchone()
                 if row is not None:
-                    self._left_running(db, row, now, set())
+                    self._left_running(row, freed)
                     if not final:
                         limiter.requeued(db, row[0], row[1], row[2], row[4])
                 (dead if final else requeued).append(job_id)
+            freed.apply(db, now)
         if requeued or dead:
             self._notify_all()
         return Reclaimed(requeued, dead)
@@ -967,17 +982,19 @@ def _served(db: sqlite3.Connection, queue: str, levels: int) -> list[list[int]]:
     return served
 
 
-def _unpaused(db: sqlite3.Connection, queues: list[str], limit: int, now: float) -> list[str]:
-    """The queues a reservation may claim from now: those not paused as a whole, whose first
-    ``limit`` due jobs of every level belong to no paused task. Due jobs of paused tasks met at
+def _unpaused(
+    db: sqlite3.Connection, queues: list[str], limit: int, now: float
+) -> tuple[list[str], dict[str, set[str]]]:
+    """The queues a reservation may claim from now, and the paused tasks of each: those not
+    paused as a whole, whose first ``limit`` due jobs of every level belong to no paused task. Due jobs of paused tasks met at
     the head of a level are parked (out of the claim index, so no later claim walks past them
     again), up to PARK_BUDGET per call; a queue whose head is not clear within it sits this call
     out, and the next call parks on."""
     marks = ",".join("?" * len(queues))
     rows = db.execute(f"SELECT queue, task FROM conveyor_paused WHERE queue IN ({marks})", queues).fetchall()
-    if not rows:
-        return queues
     held: dict[str, set[str]] = {}
+    if not rows:
+        return queues, held
     for queue, task in rows:
         held.setdefault(queue, set()).add(task)
     budget = PARK_BUDGET
@@ -990,7 +1007,7 @@ def _unpaused(db: sqlite3.Connection, queues: list[str], limit: int, now: float)
             budget, clear = _park(db, q, tasks, limit, now, budget)
             if clear:
                 open_.append(q)
-    return open_
+    return open_, held
 
 
 def _park(

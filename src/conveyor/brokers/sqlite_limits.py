@@ -7,6 +7,7 @@ tables: sqlite_schema.sql (conveyor_groups, conveyor_limits, conveyor_waiters).
 
 from __future__ import annotations
 
+import functools
 import math
 import sqlite3
 from collections.abc import Iterable, Sequence
@@ -22,7 +23,8 @@ INF = math.inf
 _RETURNING = (
     "id, task, queue, priority, payload, attempt, max_attempts, token, run_at, enqueued_at, key, throttled"
 )
-#: Claim of jobs without limits (today's claim; ``held`` names the queue's slot if it has one).
+#: Claim of jobs without limits (``held`` names the queue's slot if it has one, else NULL); the
+#: claim of every queue without limits too.
 CLAIM_PLAIN = f"""
 UPDATE conveyor_jobs
    SET state = 'running', attempt = attempt + 1, token = token + 1,
@@ -42,6 +44,18 @@ UPDATE conveyor_jobs
                     AND run_at <= :now
                   ORDER BY run_at, rowid LIMIT :limit)
 RETURNING {_RETURNING}
+"""
+_KEY_STATE = (
+    "SELECT key, tat, running, closed_until, rate, burst, concurrency FROM conveyor_limits WHERE queue = ?"
+)
+#: A served group's turn, and when it may be claimable again if none of its jobs is due now (its
+#: next due time, inf without pending jobs); one statement.
+_SERVED = """
+UPDATE conveyor_groups SET turn = :turn,
+       ready_at = CASE WHEN d.due > :now THEN d.due ELSE conveyor_groups.ready_at END
+  FROM (SELECT coalesce(min(run_at), :inf) AS due FROM conveyor_jobs
+         WHERE state = 'pending' AND queue = :queue AND priority = :priority AND grp = :grp) AS d
+ WHERE queue = :queue AND priority = :priority AND grp = :grp
 """
 _EARLIEST_IN_GROUP = (
     "SELECT min(run_at) FROM conveyor_jobs WHERE state = 'pending' AND queue = ? AND priority = ? AND grp = ?"
@@ -89,37 +103,62 @@ class _Key:
             return INF
         return limits.next_token(self.tat, now, rate, burst)
 
-    def take(self, declared: Rule | None, now: float) -> bool:
-        """Spend a token and hold a slot; whether the job holds a slot of this key."""
+    def take(self, declared: Rule | None, now: float, count: int = 1) -> None:
+        """Spend ``count`` tokens and hold a slot for each (with a concurrency); a key whose
+        state does not change (no rate, no concurrency) is not written back."""
         rate, _, concurrency = self.rule(declared)
-        self.tat = limits.spend(self.tat, now, rate, 1)
-        self.dirty = True
+        if rate > 0:
+            self.tat = limits.spend(self.tat, now, rate, count)
+            self.dirty = True
         if concurrency > 0:
-            self.running += 1
-            return True
-        return False
+            self.running += count
+            self.dirty = True
 
 
 class Claim:
     """The limit state one reservation reads and writes, for one queue."""
 
-    def __init__(self, db: sqlite3.Connection, queue: str, now: float) -> None:
+    def __init__(self, db: sqlite3.Connection, queue: str, now: float, paused: set[str]) -> None:
         self.db, self.queue, self.now = db, queue, now
         self.keys: dict[str, _Key] = {}
         #: Paused tasks of the queue: their grouped jobs met at a group's head are parked.
-        self.paused = {t for (t,) in db.execute("SELECT task FROM conveyor_paused WHERE queue = ?", (queue,))}
+        self.paused = paused
         self.park_budget = PARK_BUDGET
+        #: Per stored level, whether jobs without limits are due, and how many with limits are (up
+        #: to one more than the reservation may take), as the reservation counted them.
+        self.plain_due: dict[int, bool] = {}
+        self.grouped_due: dict[int, int] = {}
+
+    @classmethod
+    def open(cls, db: sqlite3.Connection, queue: str, now: float, paused: set[str]) -> Claim | None:
+        """The claim of a queue with limits (it has had groups, or has a limit of its own), or
+        None: the queue claims as without limits. Two probes; the second reads the queue's key."""
+        grouped = db.execute("SELECT 1 FROM conveyor_groups WHERE queue = ? LIMIT 1", (queue,)).fetchone()
+        row = db.execute(_KEY_STATE + " AND key = ''", (queue,)).fetchone()
+        if grouped is None and (row is None or row[4] is None):
+            return None
+        claim = cls(db, queue, now, paused)
+        claim.keys[""] = _Key(None if row is None else row[1:])
+        return claim
 
     def key(self, name: str) -> _Key:
         k = self.keys.get(name)
         if k is None:
-            row = self.db.execute(
-                "SELECT tat, running, closed_until, rate, burst, concurrency FROM conveyor_limits"
-                " WHERE queue = ? AND key = ?",
-                (self.queue, name),
-            ).fetchone()
-            k = self.keys[name] = _Key(row)
+            row = self.db.execute(_KEY_STATE + " AND key = ?", (self.queue, name)).fetchone()
+            k = self.keys[name] = _Key(None if row is None else row[1:])
         return k
+
+    def prefetch(self, names: Iterable[str]) -> None:
+        """Read the state of the keys ``names`` not read yet, in one statement per 500."""
+        wanted = [n for n in dict.fromkeys(names) if n not in self.keys]
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self.db.execute(f"{_KEY_STATE} AND key IN ({marks})", (self.queue, *chunk)):
+                self.keys[row[0]] = _Key(row[1:])
+            for n in chunk:
+                if n not in self.keys:
+                    self.keys[n] = _Key(None)
 
     def queue_allowance(self) -> float:
         """Starts the queue's own limit allows now (inf without one)."""
@@ -134,24 +173,6 @@ class Claim:
                 " ON CONFLICT (queue, key) DO UPDATE SET tat = excluded.tat, running = excluded.running",
                 rows,
             )
-
-    def plain(self, priority: int, n: int, lease: float, worker: str) -> list[Any]:
-        """Claim up to ``n`` jobs without limits of one level, FIFO, within the queue's limit."""
-        q = self.key("")
-        if q.override:
-            n = min(n, int(q.allowance(None, self.now)))
-            if n <= 0:
-                return []
-        held = '[""]' if q.override and q.concurrency > 0 else None
-        rows = self.db.execute(
-            CLAIM_PLAIN,
-            {"now": self.now, "lease": lease, "worker": worker, "queue": self.queue, "priority": priority,
-             "limit": n, "held": held},
-        ).fetchall()  # fmt: skip
-        if q.override:
-            for _ in rows:
-                q.take(None, self.now)
-        return rows
 
     def _blocked(self, short: list[Rule]) -> tuple[float, list[str]]:
         """When a group whose ``short`` keys allow nothing may run, and the keys it waits on for
@@ -200,47 +221,66 @@ class Claim:
     ) -> None:
         """Store the served groups' new turns, and when the blocked ones may be claimable."""
         db, now, queue = self.db, self.now, self.queue
-        if served:
-            db.executemany(
-                "INSERT INTO conveyor_groups (queue, priority, grp, turn, ready_at) VALUES (?, ?, ?, ?, 0)"
-                " ON CONFLICT (queue, priority, grp) DO UPDATE SET turn = excluded.turn",
-                [(queue, priority, grp, turn) for grp, turn in served.items()],
-            )
-            # A served group may have no due job left: it must not look claimable to `wait`.
-            for grp in served:
-                if grp and grp not in blocked:
-                    due = _earliest(db, queue, priority, grp)
-                    if due > now:
-                        blocked[grp] = (due, [])
+        for grp, turn in served.items():
+            if grp == "":
+                db.execute(
+                    "INSERT INTO conveyor_groups (queue, priority, grp, turn, ready_at) VALUES (?, ?, ?, ?, 0)"
+                    " ON CONFLICT (queue, priority, grp) DO UPDATE SET turn = excluded.turn",
+                    (queue, priority, grp, turn),
+                )
+            elif grp in blocked:
+                db.execute(
+                    "UPDATE conveyor_groups SET turn = ? WHERE queue = ? AND priority = ? AND grp = ?",
+                    (turn, queue, priority, grp),
+                )
+            else:
+                # A served group may have no due job left: it must not look claimable to `wait`.
+                db.execute(
+                    _SERVED,
+                    {"turn": turn, "now": now, "inf": INF, "queue": queue, "priority": priority, "grp": grp},
+                )
         for grp, (until, waiting_on) in blocked.items():
             db.execute(
                 "UPDATE conveyor_groups SET ready_at = ? WHERE queue = ? AND priority = ? AND grp = ?",
                 (until, queue, priority, grp),
             )
-            db.executemany(
-                "INSERT OR IGNORE INTO conveyor_waiters (queue, key, priority, grp) VALUES (?, ?, ?, ?)",
-                [(queue, key, priority, grp) for key in waiting_on],
-            )
+            if waiting_on:
+                db.executemany(
+                    "INSERT OR IGNORE INTO conveyor_waiters (queue, key, priority, grp) VALUES (?, ?, ?, ?)",
+                    [(queue, key, priority, grp) for key in waiting_on],
+                )
+
+    def _candidates(self, priority: int) -> tuple[list[tuple[str, list[Rule]]], int | None, bool]:
+        """The groups of a level that may be claimable now (with the jobs without limits, "",
+        if any is due) in turn order, the last turn given in the level (None: not read), and
+        whether the level has a single group."""
+        db, now, queue = self.db, self.now, self.queue
+        # With the last turn given in the level and whether the level has more than one group
+        # (read once, as the first columns).
+        candidates = db.execute(
+            "SELECT (SELECT coalesce(max(turn), 0) FROM conveyor_groups WHERE queue = ?1 AND priority = ?2),"
+            " (SELECT count(*) FROM (SELECT 1 FROM conveyor_groups WHERE queue = ?1 AND priority = ?2 LIMIT 2)),"
+            " grp, rules, turn FROM conveyor_groups WHERE queue = ?1 AND priority = ?2 AND ready_at <= ?3"
+            " ORDER BY turn",
+            (queue, priority, now),
+        ).fetchall()
+        last: int | None = candidates[0][0] if candidates else None
+        alone = bool(candidates) and candidates[0][1] == 1
+        plain_due = self.plain_due.get(priority)
+        if plain_due is None:
+            plain_due = db.execute(_PLAIN_DUE, (queue, priority, now)).fetchone() is not None
+        if plain_due and not any(c[2] == "" for c in candidates):
+            candidates.append((last, 2, "", "[]", -1))
+            candidates.sort(key=lambda c: c[4])
+            alone = False
+        return [(grp, _rules(grp, raw)) for _, _, grp, raw, _ in candidates], last, alone
 
     def turns(self, priority: int, n: int, lease: float, worker: str) -> list[Any]:
         """Claim up to ``n`` jobs of one level, groups (and the jobs without limits) taking turns."""
         db, now, queue = self.db, self.now, self.queue
-        candidates = db.execute(
-            "SELECT grp, rules, turn FROM conveyor_groups WHERE queue = ? AND priority = ? AND ready_at <= ?"
-            " ORDER BY turn",
-            (queue, priority, now),
-        ).fetchall()
-        if (
-            not any(g == "" for g, _, _ in candidates)
-            and db.execute(_PLAIN_DUE, (queue, priority, now)).fetchone()
-        ):
-            candidates.append(("", "[]", -1))
-            candidates.sort(key=lambda c: c[2])
-        last = db.execute(
-            "SELECT coalesce(max(turn), 0) FROM conveyor_groups WHERE queue = ? AND priority = ?",
-            (queue, priority),
-        ).fetchone()[0]
-        active = [(grp, _rules(grp, raw)) for grp, raw, _ in candidates]
+        active, last, alone = self._candidates(priority)
+        # The keys of the groups the first pass is likely to examine, read at once.
+        self.prefetch(r.key for _, rules in active[:n] for r in rules)
         q = self.key("")
         rows: list[Any] = []
         served: dict[str, int] = {}
@@ -269,17 +309,31 @@ class Claim:
                     if grp:
                         blocked[grp] = (_earliest(db, queue, priority, grp), [])
                     continue
-                for _ in got:
-                    for r in rules:
-                        self.key(r.key).take(r, now)
-                    if q.override:
-                        q.take(None, now)
+                for r in rules:
+                    self.key(r.key).take(r, now, len(got))
+                if q.override:
+                    q.take(None, now, len(got))
                 rows += got
                 n -= len(got)
+                if last is None:
+                    last = db.execute(
+                        "SELECT coalesce(max(turn), 0) FROM conveyor_groups WHERE queue = ? AND priority = ?",
+                        (queue, priority),
+                    ).fetchone()[0]
                 last += 1
                 served[grp] = last
                 kept.append((grp, rules))
             active = kept
+        if (
+            alone
+            and not blocked
+            and not self.paused
+            and "" not in served
+            and len(rows) < self.grouped_due.get(priority, 0)
+        ):
+            # The level's only group, served and still holding due jobs: its turn orders it
+            # against no other group and its ready_at stays past, so nothing changes.
+            return rows
         self._settle_turns(priority, served, blocked)
         return rows
 
@@ -292,9 +346,11 @@ def _earliest(db: sqlite3.Connection, queue: str, priority: int, grp: str) -> fl
 _RULES = msgspec.json.Decoder(list[Rule])
 
 
+@functools.lru_cache(maxsize=4096)
 def _rules(grp: str, raw: str) -> list[Rule]:
     """A group's declared rules, one per key of the group (a key without a stored rule, or a
-    corrupt rules value, counts as unlimited unless a run-time limit names it)."""
+    corrupt rules value, counts as unlimited unless a run-time limit names it). Cached: the
+    result is shared, never changed."""
     if not grp:
         return []
     try:
@@ -302,17 +358,6 @@ def _rules(grp: str, raw: str) -> list[Rule]:
     except (msgspec.DecodeError, TypeError, ValueError):
         stored = {}
     return [stored.get(key) or Rule(key=key) for key in grp.split(limits.SEPARATOR)]
-
-
-def has_limits(db: sqlite3.Connection, queue: str) -> bool:
-    """Whether a claim in ``queue`` must go through the limits (one probe each)."""
-    return (
-        db.execute("SELECT 1 FROM conveyor_groups WHERE queue = ? LIMIT 1", (queue,)).fetchone() is not None
-        or db.execute(
-            "SELECT 1 FROM conveyor_limits WHERE queue = ? AND key = '' AND rate IS NOT NULL", (queue,)
-        ).fetchone()
-        is not None
-    )
 
 
 def grouped(db: sqlite3.Connection, queue: str, priority: int, rules: Sequence[Rule], due: float) -> str:
@@ -337,31 +382,58 @@ def requeued(db: sqlite3.Connection, queue: str, priority: int, grp: str | None,
         )
 
 
-def free(db: sqlite3.Connection, queue: str, held: str | None, now: float) -> bool:
-    """Give back the slots a job held; whether it held any (then waiting workers should wake)."""
-    if not held:
-        return False
-    try:
-        keys = msgspec.json.decode(held, type=list[str])
-    except (msgspec.DecodeError, TypeError, ValueError):
-        return False
-    for key in keys:
-        db.execute(
-            "UPDATE conveyor_limits SET running = max(0, running - 1) WHERE queue = ? AND key = ?",
-            (queue, key),
+class Freed:
+    """The slots the jobs leaving ``running`` in one write transaction held, given back together
+    at its end: one update per key however many of its jobs were acknowledged (nothing in the
+    transaction reads a key's running count in between)."""
+
+    __slots__ = ("counts", "held")
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str], int] = {}
+        #: Per (queue, held list as stored): its jobs, decoded once at apply.
+        self.held: dict[tuple[str, str], int] = {}
+
+    def add(self, queue: str, held: str | None) -> None:
+        """A job of ``queue`` left running holding the slots ``held`` (its JSON list of keys)."""
+        if held:
+            self.held[queue, held] = self.held.get((queue, held), 0) + 1
+
+    def apply(self, db: sqlite3.Connection, now: float) -> set[str]:
+        """Give the slots back; the queues whose waiting workers should wake: a group waited
+        for one of the slots, or the queue's own limit freed one (its waits are not recorded)."""
+        woken: set[str] = set()
+        for (queue, held), count in self.held.items():
+            try:
+                keys = msgspec.json.decode(held, type=list[str])
+            except (msgspec.DecodeError, TypeError, ValueError):
+                continue
+            for key in keys:
+                self.counts[queue, key] = self.counts.get((queue, key), 0) + count
+        self.held.clear()
+        for (queue, key), n in self.counts.items():
+            waited = db.execute(
+                "UPDATE conveyor_limits SET running = max(0, running - ?) WHERE queue = ? AND key = ?"
+                " RETURNING EXISTS (SELECT 1 FROM conveyor_waiters WHERE queue = ? AND key = ?)",
+                (n, queue, key, queue, key),
+            ).fetchone()
+            if (waited is not None and waited[0] and wake(db, queue, key, now)) or key == "":
+                woken.add(queue)
+        self.counts.clear()
+        return woken
+
+
+def wake(db: sqlite3.Connection, queue: str, key: str, now: float) -> bool:
+    """Make the groups waiting for a slot of ``key`` claimable again; whether there were any."""
+    waiting = db.execute(
+        "DELETE FROM conveyor_waiters WHERE queue = ? AND key = ? RETURNING priority, grp", (queue, key)
+    ).fetchall()
+    if waiting:
+        db.executemany(
+            "UPDATE conveyor_groups SET ready_at = ? WHERE queue = ? AND priority = ? AND grp = ? AND ready_at > ?",
+            [(now, queue, priority, grp, now) for priority, grp in waiting],
         )
-        wake(db, queue, key, now)
-    return bool(keys)
-
-
-def wake(db: sqlite3.Connection, queue: str, key: str, now: float) -> None:
-    """Make the groups waiting for a slot of ``key`` claimable again."""
-    db.execute(
-        "UPDATE conveyor_groups SET ready_at = ? WHERE ready_at > ? AND (queue, priority, grp) IN"
-        " (SELECT queue, priority, grp FROM conveyor_waiters WHERE queue = ? AND key = ?)",
-        (now, now, queue, key),
-    )
-    db.execute("DELETE FROM conveyor_waiters WHERE queue = ? AND key = ?", (queue, key))
+    return bool(waiting)
 
 
 def close_keys(db: sqlite3.Connection, queue: str, grp: str | None, until: float) -> None:
@@ -463,10 +535,6 @@ def listing(db: sqlite3.Connection, queue: str | None, now: float) -> list[Limit
     return out
 
 
-def keys_of(grps: Iterable[str | None]) -> set[str]:
-    return {k for g in grps if g for k in g.split(limits.SEPARATOR)}
-
-
 def held_back(db: sqlite3.Connection, queues: list[str], now: float) -> dict[str, int]:
     """Per queue: ready jobs of groups that wait (ready_at past ``now``), or -1 when the
     queue's own limit allows no start (then every ready job is held back)."""
@@ -487,16 +555,27 @@ def held_back(db: sqlite3.Connection, queues: list[str], now: float) -> dict[str
     return out
 
 
+#: Idle groups: no job pending (ready_at inf, and none in the claim index), running or parked (a
+#: retried, reclaimed, released or resumed job returns to its group, whose declared rules it needs).
+_FORGET_GROUPS = """
+DELETE FROM conveyor_groups WHERE rowid IN (
+  SELECT g.rowid FROM conveyor_groups g
+   WHERE g.ready_at = ?
+     AND NOT EXISTS (SELECT 1 FROM conveyor_jobs j WHERE j.state = 'pending'
+                      AND j.queue = g.queue AND j.priority = g.priority AND j.grp = g.grp)
+     AND (g.queue, g.priority, g.grp) NOT IN (
+           SELECT queue, priority, grp FROM conveyor_jobs WHERE state = 'running' AND grp IS NOT NULL
+           UNION ALL
+           SELECT queue, priority, grp FROM conveyor_jobs WHERE state = 'parked' AND grp IS NOT NULL)
+   LIMIT ?)
+"""
+
+
 def forget_idle(db: sqlite3.Connection, now: float, limit: int) -> None:
-    """Delete up to ``limit`` idle groups (no pending job: ready_at inf) and limit keys back to
-    their resting state (full bucket, no slot held, no throttle, no run-time rule), so tenants
+    """Delete up to ``limit`` idle groups (no job pending, running or parked) and limit keys
+    back to their resting state (full bucket, no slot held, no throttle, no run-time rule), so tenants
     seen once do not stay in the store for good."""
-    db.execute(
-        "DELETE FROM conveyor_groups WHERE rowid IN (SELECT g.rowid FROM conveyor_groups g"
-        " WHERE g.ready_at = ? AND NOT EXISTS (SELECT 1 FROM conveyor_jobs j WHERE j.state = 'pending'"
-        " AND j.queue = g.queue AND j.priority = g.priority AND j.grp = g.grp) LIMIT ?)",
-        (INF, limit),
-    )
+    db.execute(_FORGET_GROUPS, (INF, limit))
     db.execute(
         "DELETE FROM conveyor_limits WHERE rowid IN (SELECT rowid FROM conveyor_limits WHERE rate IS NULL"
         " AND running = 0 AND tat <= ? AND coalesce(closed_until, 0) <= ? LIMIT ?)",

@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "hmget": "job records",
     "hgetall": "counts, listings, the worker registry",
     "hkeys": "counts, pauses",
+    "hscan": "expire forgets idle limit keys and groups a page at a time",
     "hexists": "job records (replay into another queue), pauses",
     "hsetnx": "pause (a second pause keeps the first one's time)",
     "hdel": "job records, idempotency keys, counts, the worker registry",
