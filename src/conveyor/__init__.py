@@ -22,15 +22,17 @@ from conveyor.errors import (
     ResultTooLarge,
     Retry,
     SerializationError,
+    Snooze,
     StoreUnavailable,
     UnknownTask,
 )
 from conveyor.limits import Limit
-from conveyor.records import JobInfo, LimitInfo, Message, Rule
+from conveyor.records import CancelAnswer, JobInfo, LimitInfo, Message, Rule
 from conveyor.retry import RetryPolicy
 
 __all__ = [
     "ArgumentError",
+    "CancelAnswer",
     "ConfigurationError",
     "Conveyor",
     "ConveyorError",
@@ -53,6 +55,7 @@ __all__ = [
     "RetryPolicy",
     "Rule",
     "SerializationError",
+    "Snooze",
     "StoreUnavailable",
     "Task",
     "UnknownTask",

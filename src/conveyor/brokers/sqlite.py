@@ -26,6 +26,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from conveyor import serializer
 from conveyor.brokers import backpressure
+from conveyor.brokers import sqlite_control as control
 from conveyor.brokers import sqlite_limits as limiter
 from conveyor.brokers import sqlite_lock as writer_lock
 from conveyor.brokers.base import (
@@ -50,6 +51,7 @@ from conveyor.limits import group_of
 from conveyor.priority import Fairness
 from conveyor.records import (
     AckStatus,
+    CancelAnswer,
     Delivery,
     Enqueued,
     JobInfo,
@@ -66,7 +68,8 @@ from conveyor.records import (
 _SCHEMA = resources.files("conveyor.brokers").joinpath("sqlite_schema.sql").read_text()
 _JOB_COLUMNS = (
     "id, task, queue, priority, state, payload, attempt, max_attempts, run_at, enqueued_at, "
-    "started_at, finished_at, key, result, errors, worker, lease_until"
+    "started_at, finished_at, key, result, errors, worker, lease_until,"
+    " state = 'running' AND cancel_token = token"
 )
 _CLAIM = """
 UPDATE conveyor_jobs
@@ -158,6 +161,9 @@ class SQLiteBroker(Broker):
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
         self._listener_name = ""
+        #: wait_cancel's sockets by worker id, and their registered names (see close()).
+        self._cancel_listener: dict[str, socket.socket] = {}
+        self._cancel_names: list[str] = []
         self._listening = ""
         self._pid = os.getpid()
         with self._write() as db:
@@ -172,6 +178,7 @@ class SQLiteBroker(Broker):
         if self._pid != os.getpid():  # forked: the parent's connections and socket are not ours
             self._pid, self._local, self._closers = os.getpid(), threading.local(), []
             self._listener, self._listening = None, ""
+            self._cancel_listener, self._cancel_names = {}, []
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
             # Closed by the broker's close() on another thread: allowed, nothing else crosses.
@@ -449,6 +456,16 @@ class SQLiteBroker(Broker):
         owned = "WHERE id = :id AND token = :token AND state = 'running'"
         left = "RETURNING queue, priority, grp, held"
         params: dict[str, Any] = {"id": o.id, "token": o.token, "now": now}
+        if o.kind in control.RETURNING_KINDS or o.kind == "cancelled":
+            settled = control.settle(db, o, now, self.retention)
+            if settled is not None:
+                if settled.row is not None:
+                    row, requeued = settled.row, settled.requeued
+                    self._left_running(db, row, now, woken)
+                    if requeued:
+                        limiter.requeued(db, row[0], row[1], row[2], now + o.delay)
+                        woken.add(row[0])
+                return settled.status
         if o.kind in ("retry", "throttled"):
             params |= {"due": now + o.delay, "error": serializer.dumps(o.error).decode()}
             refund = ", attempt = attempt - 1, throttled = throttled + 1" if o.kind == "throttled" else ""
@@ -615,6 +632,49 @@ class SQLiteBroker(Broker):
                 ).rowcount
             )
 
+    def request_cancel(self, job_id: str, grace: float, now: float | None = None) -> CancelAnswer:
+        now = time.time() if now is None else now
+        with self._write() as db:
+            answer, worker = control.request_cancel(db, job_id, grace, now, self.retention)
+        if worker is not None:
+            self._notify_cancel(worker)
+        return answer
+
+    def cancelling(self, leases: Sequence[Lease]) -> dict[str, float]:
+        return control.cancelling(self._db(), leases)
+
+    def wait_cancel(self, worker: str, timeout: float) -> bool:
+        self._db()
+        sock = self._cancel_listener.get(worker)
+        if sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            name = f"conveyor-{os.getpid()}-{os.urandom(6).hex()}"
+            sock.bind("\0" + name)
+            sock.setblocking(False)
+            with self._write() as db:
+                db.execute(
+                    "INSERT OR REPLACE INTO conveyor_listeners (name, queues, pid, since) VALUES (?, ?, ?, ?)",
+                    (name, control.channel(worker), os.getpid(), time.time()),
+                )
+            self._cancel_listener[worker] = sock
+            self._cancel_names.append(name)
+            return True
+        woken = bool(timeout > 0 and select.select([sock], [], [], timeout)[0])
+        with contextlib.suppress(BlockingIOError):
+            while sock.recv(64):
+                woken = True
+        return woken
+
+    def _notify_cancel(self, worker: str) -> None:
+        """Wake the threads waiting in ``wait_cancel`` for ``worker``."""
+        db = self._db()
+        channel = control.channel(worker)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)
+            for (name,) in db.execute("SELECT name FROM conveyor_listeners WHERE queues = ?", (channel,)):
+                with contextlib.suppress(ConnectionRefusedError, FileNotFoundError, BlockingIOError):
+                    sock.sendto(b"!", "\0" + name)
+
     def get(self, job_id: str, now: float | None = None) -> JobInfo | None:
         now = time.time() if now is None else now
         row = (
@@ -734,7 +794,7 @@ class SQLiteBroker(Broker):
         now = time.time() if now is None else now
         sql = (
             "UPDATE conveyor_jobs SET state = 'pending', attempt = 0, run_at = :now, finished_at = NULL,"
-            " started_at = NULL, worker = NULL, queue = coalesce(:queue, queue) WHERE state = 'dead'"
+            " started_at = NULL, worker = NULL, snoozes = 0, queue = coalesce(:queue, queue) WHERE state = 'dead'"
         )
         back = " RETURNING queue, priority, grp"
         with self._write() as db:
@@ -830,6 +890,14 @@ class SQLiteBroker(Broker):
                 db.execute("DELETE FROM conveyor_listeners WHERE name = ?", (self._listener_name,))
             self._listener.close()
         self._listener = None
+        if self._cancel_names and self._pid == os.getpid():
+            with contextlib.suppress(sqlite3.Error), self._write() as db:
+                db.executemany(
+                    "DELETE FROM conveyor_listeners WHERE name = ?", [(n,) for n in self._cancel_names]
+                )
+            for sock in self._cancel_listener.values():
+                sock.close()
+        self._cancel_listener, self._cancel_names = {}, []
         # A connection is closed here only if no thread can be inside it: this thread's own, or
         # one whose thread has ended. Closing one that a live thread is using (a worker's wait
         # still running past the worker's stop) crashes the process in SQLite's C code; such a
@@ -858,7 +926,8 @@ def _close_connection(db: sqlite3.Connection, writer: int) -> None:
 
 
 def _migrate(db: sqlite3.Connection) -> None:
-    """Bring a store made by an earlier version up to the schema (limits' columns); a no-op on
+    """Bring a store made by an earlier version up to the schema (limits' and job control's
+    columns); a no-op on
     a new or current one."""
     columns = {row[1] for row in db.execute("PRAGMA table_info(conveyor_jobs)")}
     if columns and "grp" not in columns:
@@ -867,6 +936,10 @@ def _migrate(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE conveyor_jobs ADD COLUMN held TEXT")
         # The claim index now holds only jobs without limits (the schema creates it anew).
         db.execute("DROP INDEX IF EXISTS conveyor_jobs_pending")
+    if columns and "snoozes" not in columns:  # job control (docs/job-control.md)
+        db.execute("ALTER TABLE conveyor_jobs ADD COLUMN cancel_token INTEGER")
+        db.execute("ALTER TABLE conveyor_jobs ADD COLUMN cancel_grace REAL")
+        db.execute("ALTER TABLE conveyor_jobs ADD COLUMN snoozes INTEGER NOT NULL DEFAULT 0")
 
 
 def _served(db: sqlite3.Connection, queue: str, levels: int) -> list[list[int]]:
