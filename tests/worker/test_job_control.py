@@ -16,7 +16,7 @@ from backend_stores import NAMES, fresh_app
 from prometheus_client import REGISTRY
 from waiting import wait_for
 
-from conveyor import JobCancelled, JobFailed, Snooze, current_job
+from conveyor import JobCancelled, JobFailed, Limit, Snooze, current_job
 
 LEASE = 60.0
 #: Well under a heartbeat (LEASE / 3): how soon a cancel must reach a running task.
@@ -127,6 +127,28 @@ def test_a_sync_task_past_its_grace_is_interrupted(name: str, tmp_path: Path, ru
             assert wait_for(interrupted.is_set, 10, "JobCancelled raised in the task's thread")
             assert [other.enqueue(i).result(timeout=10) for i in range(3)] == [0, 2, 4]
         assert "grace" in job.info().errors[-1]["message"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_cancelled_job_frees_its_concurrency_slot(name: str, tmp_path: Path, run_worker: Any) -> None:
+    with fresh_app(name, tmp_path) as app:
+        started: list[int] = []
+
+        @app.task(limits=[Limit(concurrency=1)])
+        async def one_at_a_time(n: int) -> int:
+            started.append(n)
+            if n == 0:
+                await asyncio.sleep(120)
+            return n
+
+        with run_worker(app, lease=LEASE, concurrency=4):
+            first = one_at_a_time.enqueue(0)
+            second = one_at_a_time.enqueue(1)
+            wait_for(lambda: started == [0], 10, "the first job running")
+            assert first.cancel() == "cancelling"
+            assert second.result(timeout=PROMPT) == 1  # the slot came free when the first ended
+            with pytest.raises(JobCancelled):
+                first.result(timeout=1)
 
 
 @pytest.mark.parametrize("name", NAMES)

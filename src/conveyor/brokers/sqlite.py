@@ -615,7 +615,12 @@ class SQLiteBroker(Broker):
 
     def _notify_all(self) -> None:
         db = self._db()
-        queues = {q for (qs,) in db.execute("SELECT queues FROM conveyor_listeners") for q in qs.split(",")}
+        queues = {
+            q
+            for (qs,) in db.execute("SELECT queues FROM conveyor_listeners")
+            if not qs.startswith("!")  # a worker's cancel channel (wait_cancel), not its queues
+            for q in qs.split(",")
+        }
         if queues:
             self._notify(queues)
 
@@ -659,6 +664,7 @@ class SQLiteBroker(Broker):
             self._cancel_listener[worker] = sock
             self._cancel_names.append(name)
             return True
+        timeout = min(timeout, _LISTEN_FALLBACK)  # a stopping worker's thread is not held long
         woken = bool(timeout > 0 and select.select([sock], [], [], timeout)[0])
         with contextlib.suppress(BlockingIOError):
             while sock.recv(64):
