@@ -217,3 +217,31 @@ def test_snooze_runs_again_later_without_counting_an_attempt(
             "conveyor_finished_total", {"queue": "default", "task": waits.name, "outcome": "snoozed"}
         )
         assert (after or 0) - (snoozed or 0) == 2
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_worker_stopping_reports_a_cancelled_run_cancelled(
+    name: str, tmp_path: Path, run_worker: Any
+) -> None:
+    with fresh_app(name, tmp_path) as app:
+        started, finish = threading.Event(), threading.Event()
+
+        @app.task
+        def stubborn() -> None:
+            started.set()
+            finish.wait(60)  # ignores the cancel; its grace outlasts the worker's stop
+
+        try:
+            with run_worker(app, lease=LEASE, grace=0.5) as worker:
+                job = stubborn.enqueue()
+                assert started.wait(10)
+                assert job.cancel(grace=600) == "cancelling"
+                wait_for(
+                    lambda: worker.runner.cancelling([(job.id, worker.running[job.id].token)]),
+                    10,
+                    "the cancel",
+                )
+        finally:
+            finish.set()
+        assert job.status() == "cancelled"  # not released back to its queue
+        assert "the worker stopped" in job.info().errors[-1]["message"]

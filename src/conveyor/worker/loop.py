@@ -614,10 +614,9 @@ class Worker:
                 await asyncio.wait_for(self._idle.wait(), self.config.grace)
         unfinished = [(d.id, d.token) for d in self.running.values()]
         stopping = set(self.runner.cancelling(unfinished))
-        for lease in stopping:  # a cancel reached them: they end cancelled, not back in their queue
-            self._report(
-                cancelled(self.leases[lease[0]], self.id, "cancelled while running; the worker stopped")
-            )
+        for delivery in self.running.values():
+            if (delivery.id, delivery.token) in stopping:  # they end cancelled, not back in their queue
+                self._report(cancelled(delivery, self.id, "cancelled while running; the worker stopped"))
         unfinished = [lease for lease in unfinished if lease not in stopping]
         self.runner.abandon([*unfinished, *stopping])
         self.running.clear()
