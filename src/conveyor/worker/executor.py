@@ -324,21 +324,20 @@ class Runner:
                 return
 
     def _run_sync(self, run: _Run) -> None:
+        task, delivery = run.task, run.delivery
+        ctx = context.JobContext(delivery, self.worker)
         with self._lock:
             if run.taken:
                 return
             run.thread = threading.get_ident()
-        task, delivery = run.task, run.delivery
+            run.ctx = ctx  # a cancel reaching the run from now on sets ctx.cancel_requested
+            ctx.cancel_requested = run.cancelling
         assert task is not None
         try:
             args, kwargs = self._decode(delivery)
         except SerializationError as exc:
             self._complete(run, self._malformed(delivery, exc))
             return
-        ctx = context.JobContext(delivery, self.worker)
-        with self._lock:
-            run.ctx = ctx
-            ctx.cancel_requested = run.cancelling
         token = context.bind(ctx)
         try:
             value = task.fn(*args, **kwargs)
