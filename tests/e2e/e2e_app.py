@@ -247,3 +247,19 @@ def call_api(service: str, n: int, throttle: str) -> int:
 @app.task(queue="tenants", limits=[Limit(key="tenant:{tenant}", concurrency=10_000)])
 def tenant_job(tenant: str, seconds: float = 0.002) -> None:
     time.sleep(seconds)
+
+
+@app.task
+def spin(seconds: float) -> None:
+    """Busy for ``seconds`` in short sleeps, never looking at a cancel (docs/job-control.md)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(0.01)
+
+
+@app.task
+async def await_long(seconds: float) -> None:
+    """Suspended for ``seconds`` on the worker's event loop."""
+    import asyncio
+
+    await asyncio.sleep(seconds)
