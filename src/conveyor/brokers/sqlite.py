@@ -675,11 +675,19 @@ class SQLiteBroker(Broker):
         """Wake the threads waiting in ``wait_cancel`` for ``worker``."""
         db = self._db()
         channel = control.channel(worker)
+        gone = []
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             sock.setblocking(False)
             for (name,) in db.execute("SELECT name FROM conveyor_listeners WHERE queues = ?", (channel,)):
-                with contextlib.suppress(ConnectionRefusedError, FileNotFoundError, BlockingIOError):
+                try:
                     sock.sendto(b"!", "\0" + name)
+                except (ConnectionRefusedError, FileNotFoundError):
+                    gone.append((name,))  # its process is gone
+                except BlockingIOError:
+                    pass  # its buffer is full of wake-ups already
+        if gone:
+            with self._write() as w:
+                w.executemany("DELETE FROM conveyor_listeners WHERE name = ?", gone)
 
     def get(self, job_id: str, now: float | None = None) -> JobInfo | None:
         now = time.time() if now is None else now
