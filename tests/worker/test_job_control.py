@@ -28,6 +28,24 @@ def _cancelled_total(task: str) -> float:
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_a_job_cancelled_while_queued_never_runs(name: str, tmp_path: Path, run_worker: Any) -> None:
+    with fresh_app(name, tmp_path) as app:
+        ran: list[str] = []
+
+        @app.task
+        def mark(what: str) -> str:
+            ran.append(what)
+            return what
+
+        job = mark.enqueue("cancelled", delay=0.2)
+        assert job.cancel() == "cancelled"
+        with run_worker(app, lease=LEASE):
+            assert mark.enqueue("after", delay=0.4).result(timeout=10) == "after"  # past its due time
+        assert ran == ["after"]
+        assert job.status() == "cancelled"
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_cancel_reaches_an_async_task_on_its_loop(name: str, tmp_path: Path, run_worker: Any) -> None:
     with fresh_app(name, tmp_path) as app:
         started, cleaned_up = threading.Event(), threading.Event()
