@@ -22,16 +22,19 @@ from conveyor.errors import (
     ResultTooLarge,
     Retry,
     SerializationError,
+    Snooze,
     StoreUnavailable,
     UnknownTask,
 )
 from conveyor.limits import Limit
-from conveyor.records import JobInfo, LimitInfo, Message, Rule
+from conveyor.records import CancelAnswer, Cancelled, JobInfo, LimitInfo, Message, Rule
 from conveyor.retry import RetryPolicy
 
 __all__ = [
     "ArgumentError",
     "AsyncTask",
+    "CancelAnswer",
+    "Cancelled",
     "ConfigurationError",
     "Conveyor",
     "ConveyorError",
@@ -54,6 +57,7 @@ __all__ = [
     "RetryPolicy",
     "Rule",
     "SerializationError",
+    "Snooze",
     "StoreUnavailable",
     "Task",
     "TaskOptions",

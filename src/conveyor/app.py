@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
+from typing import Any, Generic, Literal, ParamSpec, Protocol, TypeVar, cast, overload
 
 from conveyor import arguments, metrics, serializer, validate
 from conveyor.brokers import Broker, absolute_url, open_broker, redact_url
@@ -31,8 +31,13 @@ from conveyor.ids import new_id
 from conveyor.limits import MAX_THROTTLES, Limit, Limits, check_key, rule
 from conveyor.periodic import CatchUp, Schedule, on_time
 from conveyor.priority import DEFAULT_LEVELS, Priorities
-from conveyor.records import JobInfo, LimitInfo, Message, Pause, Rule, State
+from conveyor.records import Cancelled, JobInfo, LimitInfo, Message, Pause, Rule, State
 from conveyor.retry import RetryPolicy
+
+#: Times a job may snooze before the next snooze buries it (``@app.task(max_snoozes=...)``).
+MAX_SNOOZES = 100
+#: Seconds a running sync task gets to stop on its own after a cancel (``Job.cancel(grace=)``).
+CANCEL_GRACE = 10.0
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -151,6 +156,7 @@ class Conveyor:
         max_result: int | None = None,
         limits: Iterable[Limit] | None = None,
         max_throttles: int = MAX_THROTTLES,
+        max_snoozes: int = MAX_SNOOZES,
     ) -> _Decorator: ...
 
     def task(
@@ -165,6 +171,7 @@ class Conveyor:
         max_result: int | None = None,
         limits: Iterable[Limit] | None = None,
         max_throttles: int = MAX_THROTTLES,
+        max_snoozes: int = MAX_SNOOZES,
     ) -> Any:
         """Register a function (sync or ``async def``) as a task.
 
@@ -179,6 +186,8 @@ class Conveyor:
             limits: rate and concurrency limits (:class:`conveyor.Limit`), enforced by the store
                 across every worker; see docs/flow-control.md.
             max_throttles: times a job may raise RateLimited before it is buried (default 100).
+            max_snoozes: times a job may snooze (:class:`conveyor.Snooze`) before it is buried
+                (default 100); see docs/job-control.md.
         """
 
         def register(f: Callable[..., Any]) -> Task[Any, Any]:
@@ -188,6 +197,9 @@ class Conveyor:
             if isinstance(max_throttles, bool) or not isinstance(max_throttles, int) or max_throttles < 0:
                 raise ConfigurationError(f"task {t.name!r}: max_throttles must be an int >= 0")
             t.max_throttles = max_throttles
+            if isinstance(max_snoozes, bool) or not isinstance(max_snoozes, int) or max_snoozes < 0:
+                raise ConfigurationError(f"task {t.name!r}: max_snoozes must be an int >= 0")
+            t.max_snoozes = max_snoozes
             t.max_result = None if max_result is None else _size(f"task {t.name!r}: max_result", max_result)
             if t.name in self.tasks:
                 raise ConfigurationError(f"a task named {t.name!r} is already registered")
@@ -398,6 +410,7 @@ class Task(Generic[P, R]):
         #: Its limits, rendered into each message (set by ``Conveyor.task``).
         self.limits = Limits(self.name, self.signature, None)
         self.max_throttles = MAX_THROTTLES
+        self.max_snoozes = MAX_SNOOZES
         self.is_async = inspect.iscoroutinefunction(fn)
         self._types: arguments.Signature | None = None
         self.__doc__ = fn.__doc__
@@ -646,13 +659,26 @@ class Job(Generic[R]):
             raise JobNotFound(f"no job {self.id} (finished jobs are kept for the retention period)")
         return info
 
-    def status(self) -> State:
-        """``scheduled``, ``ready``, ``running``, ``succeeded``, ``dead`` or ``cancelled``."""
-        return self.info().state
+    def status(self) -> State | Literal["cancelling"]:
+        """``scheduled``, ``ready``, ``running``, ``cancelling`` (running, a cancel requested),
+        ``succeeded``, ``dead`` or ``cancelled``."""
+        info = self.info()
+        return "cancelling" if info.state == "running" and info.cancelling else info.state
 
-    def cancel(self) -> bool:
-        """Cancel the job if it has not started; returns whether it was cancelled."""
-        return self.app.broker.cancel(self.id)
+    def cancel(self, grace: float | None = None) -> Cancelled:
+        """Cancel the job, also while it runs (docs/job-control.md); returns what happened.
+
+        ``cancelled``: it had not started and never runs. ``cancelling``: it runs; its worker
+        stops it (an async task at once, a sync one sees ``current_job().cancelled`` and is
+        interrupted after ``grace`` seconds, default 10) and it ends ``cancelled`` unless it
+        succeeds first. ``finished``: it had ended already. ``missing``: no such job.
+        The answer is a string that is true only for ``cancelled``, so ``if job.cancel():``
+        means what it meant when this returned a bool (cancelled before it started).
+        """
+        grace = CANCEL_GRACE if grace is None else grace
+        if isinstance(grace, bool) or not isinstance(grace, int | float) or not 0 <= grace <= 86400:
+            raise ConfigurationError(f"cancel grace must be 0 to 86400 seconds, got {grace!r}")
+        return Cancelled(self.app.broker.request_cancel(self.id, float(grace)))
 
     def result(self, timeout: float | None = None) -> R:
         """Wait for the job to finish and return its result.

@@ -21,7 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from conveyor import names
-from conveyor.app import RESERVED, Conveyor, Task
+from conveyor.app import CANCEL_GRACE, RESERVED, Conveyor, Task
 from conveyor.brokers import is_memory_url, redact_url
 from conveyor.brokers.availability import one_line
 from conveyor.errors import ConfigurationError, ConveyorError, StoreUnavailable
@@ -463,6 +463,25 @@ def job(target: str, job_id: str) -> None:
     _show(app, info)
 
 
+@main.command()
+@click.argument("target", metavar="MODULE:APP|URL")
+@click.argument("job_id")
+@click.option(
+    "--grace",
+    type=click.FloatRange(0, 86400),
+    default=CANCEL_GRACE,
+    show_default=True,
+    help="Seconds a running sync task gets to stop on its own before it is interrupted.",
+)
+def cancel(target: str, job_id: str, grace: float) -> None:
+    """Cancel a job, also while it runs (docs/job-control.md); print what happened."""
+    app = _target(target)
+    answer = app.job(job_id).cancel(grace=grace)
+    click.echo(f"{job_id}: {answer}")
+    if answer == "missing":
+        raise SystemExit(1)
+
+
 def _signature(app: Conveyor, info: JobInfo) -> inspect.Signature | None:
     task = app.tasks.get(info.task)
     return task.signature if task is not None else None
@@ -504,6 +523,7 @@ def _show(app: Conveyor, info: JobInfo) -> None:
         Text.assemble(
             "state: ",
             (printable(info.state), "bold"),
+            " (cancel requested)" if info.cancelling else "",
             f"  attempt {info.attempt}/{info.max_attempts}  key=",
             _plain(key),
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 from typing import Any
 
+from conveyor.errors import Snooze
 from conveyor.records import Delivery, Message
 
 _current: contextvars.ContextVar[JobContext] = contextvars.ContextVar("conveyor_job")
@@ -24,6 +25,19 @@ class JobContext:
         self.worker = worker
         self.effects: list[tuple[Any, ...]] = []
         self.enqueues: list[Message] = []
+        #: Set by the worker once the job's cancel request reached it (see ``cancelled``).
+        self.cancel_requested = False
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether the job is being cancelled: a sync task may stop at a safe point (return or
+        raise); after the cancel's grace the worker interrupts it (docs/job-control.md)."""
+        return self.cancel_requested
+
+    def snooze(self, delay: float) -> None:
+        """Run the job again ``delay`` seconds later without counting an attempt: raises
+        :class:`conveyor.Snooze` (statements after the call do not run)."""
+        raise Snooze(delay)
 
     @property
     def id(self) -> str:

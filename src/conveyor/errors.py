@@ -87,7 +87,8 @@ class JobFailed(ConveyorError):
 
 
 class JobCancelled(ConveyorError):
-    """The job was cancelled before it ran."""
+    """The job was cancelled: raised by ``Job.result()``, and inside a sync task that did not stop
+    within its cancel's grace (docs/job-control.md)."""
 
 
 class JobNotFound(ConveyorError):
@@ -120,6 +121,18 @@ class RateLimited(Exception):
                 f"RateLimited retry_after must be 0 to 86400 seconds, got {retry_after!r}"
             )
         self.retry_after = float(retry_after)
+
+
+class Snooze(Exception):
+    """Raise from a task to run it again ``delay`` seconds later without counting an attempt
+    (nothing is recorded, no limit is closed); the snooze past its task's ``max_snoozes`` sends
+    the job to the dead letter queue. See docs/job-control.md."""
+
+    def __init__(self, delay: float = 1.0, reason: str = "snoozed") -> None:
+        super().__init__(reason)
+        if isinstance(delay, bool) or not isinstance(delay, int | float) or not (0 <= delay <= 86400 * 366):
+            raise ConfigurationError(f"Snooze delay must be 0 to 31622400 seconds, got {delay!r}")
+        self.delay = float(delay)
 
 
 class NotReplicated(ConveyorError):

@@ -43,8 +43,14 @@ STARTED = Counter("conveyor_started", "Attempts started by workers.", ["queue", 
 FINISHED = Counter(
     "conveyor_finished",
     "Attempts finished, by outcome: succeeded, retry, dead, throttled (RateLimited, not counted as an"
-    " attempt), or lost (lease lost before the outcome landed).",
+    " attempt), snoozed (Snooze, not counted as an attempt), cancelled (a cancel stopped it while it"
+    " ran), or lost (lease lost before the outcome landed).",
     ["queue", "task", "outcome"],
+)
+CANCELLED = Counter(
+    "conveyor_cancelled",
+    "Running jobs a cancel stopped (their outcome landed as cancelled; docs/job-control.md).",
+    ["queue", "task"],
 )
 START_DELAY = Histogram(
     "conveyor_start_delay_seconds",
@@ -111,6 +117,8 @@ class Recorder:
             if child is None:
                 child = self._finished[key] = FINISHED.labels(*key)
             child.inc(n)
+            if key[2] == "cancelled":
+                CANCELLED.labels(key[0], key[1]).inc(n)
 
     def heartbeat(self) -> None:
         """A worker wrote its heartbeat."""

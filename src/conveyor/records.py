@@ -10,6 +10,22 @@ import msgspec
 #: which one depends only on whether the due time has passed.
 State = Literal["scheduled", "ready", "running", "succeeded", "dead", "cancelled"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "dead", "cancelled"})
+#: What a cancel request found and did (docs/job-control.md): ``cancelled`` (it had not
+#: started; it never runs), ``cancelling`` (it runs: its worker was told), ``finished`` (it had
+#: ended already; nothing changed) or ``missing`` (no such job).
+CancelAnswer = Literal["cancelled", "cancelling", "finished", "missing"]
+
+
+class Cancelled(str):
+    """What ``Job.cancel()`` did: ``"cancelled"``, ``"cancelling"``, ``"finished"`` or
+    ``"missing"`` (a :data:`CancelAnswer`), compared as the string. It is true only for
+    ``"cancelled"``, so code written when ``cancel()`` returned a bool (whether the job was
+    cancelled before it started) keeps its meaning: ``if job.cancel(): ...``."""
+
+    __slots__ = ()
+
+    def __bool__(self) -> bool:
+        return self == "cancelled"
 
 
 class Rule(msgspec.Struct, frozen=True, array_like=True):
@@ -82,14 +98,20 @@ class Outcome(msgspec.Struct, frozen=True):
 
     ``kind`` is ``succeeded`` (with ``result``, ``effects`` and follow-up ``enqueues`` committed
     atomically with it), ``retry`` (due again ``delay`` seconds from the store's now, ``error``
-    recorded), ``dead`` (moved to the dead letter queue, ``error`` recorded) or ``throttled``
+    recorded), ``dead`` (moved to the dead letter queue, ``error`` recorded), ``throttled``
     (due again ``delay`` seconds from the store's now with its attempt not counted, and every key
-    of its limits closed until then; ``error`` recorded).
+    of its limits closed until then; ``error`` recorded), ``cancelled`` (ended ``cancelled``
+    after a cancel request, nothing committed, ``error`` recorded) or ``snoozed`` (due again
+    ``delay`` seconds from the store's now with its attempt not counted and its snoozes counted,
+    nothing recorded; once the job snoozed more than ``max_snoozes`` times, dead with ``error``).
+
+    ``retry``, ``throttled`` and ``snoozed`` of a job with a stored cancel request end it
+    ``cancelled`` instead (docs/job-control.md).
     """
 
     id: str
     token: int
-    kind: Literal["succeeded", "retry", "dead", "throttled"]
+    kind: Literal["succeeded", "retry", "dead", "throttled", "cancelled", "snoozed"]
     result: bytes | None = None
     delay: float = 0.0
     error: dict[str, Any] | None = None
@@ -98,6 +120,8 @@ class Outcome(msgspec.Struct, frozen=True):
     effects: tuple[tuple[Any, ...], ...] = ()
     #: Tasks to enqueue in the same transaction as the acknowledgement.
     enqueues: tuple[Message, ...] = ()
+    #: ``snoozed``: the snoozes a job may take; the one past it buries the job.
+    max_snoozes: int = 0
 
 
 class AckStatus(msgspec.Struct, frozen=True):
@@ -131,6 +155,8 @@ class JobInfo(msgspec.Struct, frozen=True):
     errors: list[dict[str, Any]]
     worker: str | None = None
     lease_until: float | None = None
+    #: Running with a cancel requested (docs/job-control.md): its worker stops it.
+    cancelling: bool = False
 
 
 class QueueStats(msgspec.Struct, frozen=True):

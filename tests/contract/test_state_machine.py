@@ -4,9 +4,10 @@ Hypothesis drives random sequences of broker operations against one store on a v
 that only moves forward: enqueue (batches with priorities, delays or absolute due times,
 idempotency keys from a small pool so duplicates happen, max_attempts 1-3, and batches whose
 key clashes with a different payload), reserve by two workers (random limit and lease), ack
-(succeeded / retry with a delay / dead), extend, release, a worker crash (its deliveries are
-never acked by it, but a "zombie" may replay them later with their stale tokens), advancing
-the clock, reclaim and cancel. A model of every job predicts each operation's exact answer,
+(succeeded / retry with a delay / dead / snoozed with a cap / cancelled), extend, release, a
+worker crash (its deliveries are never acked by it, but a "zombie" may replay them later with
+their stale tokens), advancing the clock, reclaim, cancel and request_cancel (a running job's
+request holds for the run it was made for; a retry or snooze of that run ends it cancelled). A model of every job predicts each operation's exact answer,
 and after every step the machine checks that:
 
 * every job is in exactly one state, the one the model says, with the model's attempt, due
@@ -114,6 +115,12 @@ class Job:
     errors: int = 0
     worker_lost: int = 0
     result: bytes | None = None
+    #: The token of the run a cancel request was stored for (docs/job-control.md), and snoozes.
+    cancel_token: int | None = None
+    snoozes: int = 0
+
+    def cancelling(self) -> bool:
+        return self.stored == "running" and self.cancel_token == self.token
 
     def state(self, now: float) -> str:
         if self.stored == "pending":
@@ -308,7 +315,7 @@ class BrokerMachine(RuleBasedStateMachine):
         self.admin.resume(self.queue, TASK if scope == "task" else None)
         self.paused[scope] = False
 
-    def ack_one(self, worker: str, d: Delivery, kind: str, delay: float) -> None:
+    def ack_one(self, worker: str, d: Delivery, kind: str, delay: float, cap: int = 1) -> None:
         job = self.jobs[d.id]
         if kind == "retry" and d.attempt >= d.max_attempts:
             kind = "dead"  # the worker's retry policy: the last attempt goes to the dead letters
@@ -319,8 +326,9 @@ class BrokerMachine(RuleBasedStateMachine):
             d.token,
             kind,  # type: ignore[arg-type]
             result=result,
-            delay=delay if kind == "retry" else 0.0,
+            delay=delay if kind in ("retry", "snoozed") else 0.0,
             error=None if kind == "succeeded" else error,
+            max_snoozes=cap,
         )
         live = job.holds(d)
         self.touched.add(d.id)
@@ -332,7 +340,15 @@ class BrokerMachine(RuleBasedStateMachine):
         if not live:
             return
         job.lease_until = None
-        if kind == "succeeded":
+        marked = job.cancel_token == d.token
+        if kind == "cancelled" or (kind in ("retry", "snoozed") and marked):
+            job.stored, job.errors = "cancelled", job.errors + (kind != "snoozed")
+        elif kind == "snoozed" and job.snoozes >= cap:
+            job.stored, job.errors = "dead", job.errors + 1
+        elif kind == "snoozed":
+            job.stored, job.run_at, job.worker = "pending", self.now + delay, None
+            job.attempt, job.snoozes = job.attempt - 1, job.snoozes + 1
+        elif kind == "succeeded":
             job.stored, job.result = "succeeded", result
         elif kind == "retry":
             job.stored, job.run_at, job.worker, job.errors = "pending", self.now + delay, None, job.errors + 1
@@ -342,14 +358,15 @@ class BrokerMachine(RuleBasedStateMachine):
     @precondition(lambda self: any(self.held.values()))
     @rule(
         data=st.data(),
-        kind=st.sampled_from(["succeeded", "retry", "dead"]),
+        kind=st.sampled_from(["succeeded", "retry", "dead", "snoozed", "cancelled"]),
         delay=st.sampled_from([0.0, 2.0, 10.0]),
+        cap=st.sampled_from([1, 2]),
     )
-    def ack(self, data: st.DataObject, kind: str, delay: float) -> None:
+    def ack(self, data: st.DataObject, kind: str, delay: float, cap: int) -> None:
         """A worker acks a delivery it holds (its lease may have been lost meanwhile)."""
         worker = data.draw(st.sampled_from([w for w in WORKERS if self.held[w]]))
         d = data.draw(st.sampled_from(self.held[worker]))
-        self.ack_one(worker, d, kind, delay)
+        self.ack_one(worker, d, kind, delay, cap)
         self.retire(worker, [d])
 
     @precondition(lambda self: bool(self.past))
@@ -374,8 +391,11 @@ class BrokerMachine(RuleBasedStateMachine):
         self.touched.update(d.id for d in chosen)
 
         lost = self.handles[worker].extend([(d.id, d.token) for d in chosen], lease, now=self.now)
+        marked = self.handles[worker].cancelling([(d.id, d.token) for d in chosen])
 
         assert sorted(lost) == sorted(expected_lost), (chosen, lost)
+        expected_marked = {d.id for d in chosen if self.jobs[d.id].holds(d) and self.jobs[d.id].cancelling()}
+        assert set(marked) == expected_marked, (chosen, marked)
         event(f"extend: {len(lost)} of {len(chosen)} lost")
         for d in chosen:
             job = self.jobs[d.id]
@@ -447,9 +467,26 @@ class BrokerMachine(RuleBasedStateMachine):
         if job is not None and expected:
             job.stored = "cancelled"
 
+    @rule(data=st.data(), grace=st.sampled_from([0.0, 2.5]))
+    def request_cancel(self, data: st.DataObject, grace: float) -> None:
+        job_id = data.draw(st.sampled_from(list(self.jobs)) if self.jobs else st.just(new_id()))
+        job = self.jobs.get(job_id)
+        self.touched.add(job_id)
+        if job is None:
+            expected = "missing"
+        elif job.stored == "pending":
+            expected, job.stored = "cancelled", "cancelled"
+        elif job.stored == "running":
+            expected, job.cancel_token = "cancelling", job.token
+        else:
+            expected = "finished"
+
+        assert self.admin.request_cancel(job_id, grace, now=self.now) == expected
+        event(f"request_cancel: {expected}")
+
     # -- invariants --------------------------------------------------------------------------
 
-    def check(self, got: JobInfo, job: Job) -> None:
+    def check(self, got: JobInfo, job: Job, read: bool = False) -> None:
         """One job as the store reports it agrees with the model."""
         want = job.state(self.now)
         assert got.state == want, f"{job.id}: the store says {got.state}, the model {want} ({job})"
@@ -461,6 +498,8 @@ class BrokerMachine(RuleBasedStateMachine):
         assert close(got.enqueued_at, job.enqueued_at), (got, job)
         assert len(got.errors) == job.errors, (got, job)
         assert sum(e.get("type") == "WorkerLost" for e in got.errors) == job.worker_lost, (got, job)
+        if read:  # ``get`` reports a cancel request (listings need not)
+            assert got.cancelling == job.cancelling(), (got, job)
         if job.stored == "running":
             assert close(got.lease_until, job.lease_until), (got, job)
             assert got.worker == job.worker, (got, job)
@@ -494,7 +533,7 @@ class BrokerMachine(RuleBasedStateMachine):
         for job_id in sorted(ids):
             got = self.admin.get(job_id, now=self.now)
             assert got is not None, job_id
-            self.check(got, self.jobs[job_id])
+            self.check(got, self.jobs[job_id], read=True)
 
     @invariant()
     def stats_match_the_model(self) -> None:

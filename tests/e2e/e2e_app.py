@@ -269,3 +269,19 @@ def book(room: uuid.UUID, slot: Slot, price: decimal.Decimal, *, day: datetime.d
     if day is not None and type(day) is not datetime.date:
         raise TypeError(f"day arrived as {type(day).__name__}")
     return Slot(slot.start + datetime.timedelta(minutes=slot.minutes), int(price))
+
+
+@app.task
+def spin(seconds: float) -> None:
+    """Busy for ``seconds`` in short sleeps, never looking at a cancel (docs/job-control.md)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(0.01)
+
+
+@app.task
+async def await_long(seconds: float) -> None:
+    """Suspended for ``seconds`` on the worker's event loop."""
+    import asyncio
+
+    await asyncio.sleep(seconds)

@@ -590,3 +590,19 @@ def test_new_id_sorts_with_the_real_clock() -> None:
             pass
     assert ids == sorted(ids)
     assert len(set(ids)) == 5
+
+
+def test_cancel_answers_are_true_only_for_cancelled(tmp_path: Path) -> None:
+    """``if job.cancel():`` keeps the meaning it had when cancel returned a bool."""
+    app = Conveyor(f"sqlite:///{tmp_path}/c.db")
+
+    @app.task
+    def noop() -> None: ...
+
+    job = noop.enqueue()
+    first, second = job.cancel(), job.cancel()
+    assert (first, bool(first)) == ("cancelled", True)
+    assert (second, bool(second)) == ("finished", False)
+    missing = app.job("no-such-job").cancel()
+    assert (missing, bool(missing)) == ("missing", False)
+    app.close()

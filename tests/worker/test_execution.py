@@ -244,14 +244,14 @@ def test_cancelled_job_never_runs(app: Conveyor, run_worker) -> None:
         ran.set()
 
     job = later.enqueue(delay=0.3)
-    assert job.cancel() is True
+    assert job.cancel() == "cancelled"
     with run_worker(app):
         with pytest.raises(JobCancelled):
             job.result(timeout=5)
         time.sleep(0.5)  # past the due time: a cancelled job must still not run
     assert not ran.is_set()
     assert job.status() == "cancelled"
-    assert job.cancel() is False
+    assert job.cancel() == "finished"
 
 
 def test_result_is_kept_for_the_retention_then_expires(tmp_path, run_worker) -> None:

@@ -25,6 +25,7 @@ from conveyor.errors import ConfigurationError, DuplicateId
 from conveyor.priority import Fairness
 from conveyor.records import (
     AckStatus,
+    CancelAnswer,
     Delivery,
     Enqueued,
     JobInfo,
@@ -128,7 +129,10 @@ class Broker(abc.ABC):
         An outcome that ends a running job frees its limits' concurrency slots (only when its
         token is current: a lost outcome frees nothing). ``throttled`` gives the attempt back
         (``attempt - 1``), counts it in ``Delivery.throttled``, and closes every key of the
-        job's limits until its due time."""
+        job's limits until its due time. ``snoozed`` gives the attempt back too, closes nothing,
+        and counts the snooze on the job; the snooze past ``Outcome.max_snoozes`` buries it.
+        ``cancelled`` ends the job ``cancelled`` (its effects and follow-ups are not applied).
+        Every outcome that lets a running job go clears its cancel request."""
 
     @abc.abstractmethod
     def extend(self, leases: Sequence[Lease], lease: float, now: float | None = None) -> list[str]:
@@ -147,6 +151,31 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def cancel(self, job_id: str, now: float | None = None) -> bool:
         """Cancel a job that has not started; False if it is running or finished."""
+
+    @abc.abstractmethod
+    def request_cancel(self, job_id: str, grace: float, now: float | None = None) -> CancelAnswer:
+        """Cancel a job whatever its state, in one atomic step (docs/job-control.md).
+
+        A pending job (scheduled, ready, parked) is cancelled at once (``cancelled``), as by
+        ``cancel``. A running one is marked: the request (with ``grace``, the seconds a sync task
+        gets to stop on its own) is stored beside its lease, reported by ``cancelling`` and
+        ``get`` (``JobInfo.cancelling``), and the worker holding the lease is woken in
+        ``wait_cancel``; the answer is ``cancelling`` (also when it was marked already). A
+        marked job's ``retry``, ``throttled`` or ``snoozed`` outcome ends it ``cancelled``;
+        ``succeeded`` and ``dead`` win over the request. A finished job is left alone
+        (``finished``); an unknown id answers ``missing``."""
+
+    @abc.abstractmethod
+    def cancelling(self, leases: Sequence[Lease]) -> dict[str, float]:
+        """Of ``leases``, those still held (running with that token) whose job has a cancel
+        request, with the request's grace seconds, by job id."""
+
+    @abc.abstractmethod
+    def wait_cancel(self, worker: str, timeout: float) -> bool:
+        """Block until a cancel request may have been stored for a job leased to ``worker``
+        (``request_cancel`` wakes it on the store's wake-up channel) or ``timeout`` seconds
+        pass; True if woken. A wake-up sent while no thread waits ends the next wait at once,
+        except before the first wait (which returns True at once: look with ``cancelling``)."""
 
     @abc.abstractmethod
     def get(self, job_id: str, now: float | None = None) -> JobInfo | None:
@@ -408,7 +437,8 @@ _ROW_STATES = frozenset({"pending", "running", "succeeded", "dead", "cancelled"}
 def job_row(row: Sequence[Any], now: float, errors: list[dict[str, Any]]) -> JobInfo:
     """A SQL job row as a JobInfo; a pending job is ready once due at ``now``. A row holds id,
     task, queue, priority, state, payload, attempt, max_attempts, run_at, enqueued_at, started_at,
-    finished_at, key, result, errors (decoded by the caller: ``errors``), worker, lease_until.
+    finished_at, key, result, errors (decoded by the caller: ``errors``), worker, lease_until,
+    and whether a cancel request holds for its run (true only while it runs).
     Fields of the wrong type are read as their type; a state no version of Conveyor writes is
     listed as ``dead`` with a CorruptRecord error saying what was stored."""
     state = as_text(row[4])
@@ -436,6 +466,7 @@ def job_row(row: Sequence[Any], now: float, errors: list[dict[str, Any]]) -> Job
         errors=errors,
         worker=None if row[15] is None else as_text(row[15]),
         lease_until=None if row[16] is None else as_float(row[16]),
+        cancelling=state == "running" and bool(row[17]),
     )
 
 

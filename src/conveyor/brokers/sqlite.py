@@ -35,6 +35,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from conveyor import serializer
 from conveyor.brokers import backpressure
+from conveyor.brokers import sqlite_control as control
 from conveyor.brokers import sqlite_limits as limiter
 from conveyor.brokers import sqlite_lock as writer_lock
 from conveyor.brokers.base import (
@@ -59,6 +60,7 @@ from conveyor.limits import group_of
 from conveyor.priority import Fairness
 from conveyor.records import (
     AckStatus,
+    CancelAnswer,
     Delivery,
     Enqueued,
     JobInfo,
@@ -75,7 +77,8 @@ from conveyor.records import (
 _SCHEMA = resources.files("conveyor.brokers").joinpath("sqlite_schema.sql").read_text()
 _JOB_COLUMNS = (
     "id, task, queue, priority, state, payload, attempt, max_attempts, run_at, enqueued_at, "
-    "started_at, finished_at, key, result, errors, worker, lease_until"
+    "started_at, finished_at, key, result, errors, worker, lease_until,"
+    " state = 'running' AND cancel_token = token"
 )
 _COUNT_READY = """
 SELECT count(*) FROM (SELECT 1 FROM conveyor_jobs
@@ -185,6 +188,9 @@ class SQLiteBroker(Broker):
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
         self._listener_name = ""
+        #: wait_cancel's sockets by worker id, and their registered names (see close()).
+        self._cancel_listener: dict[str, socket.socket] = {}
+        self._cancel_names: list[str] = []
         self._listening = ""
         self._pid = os.getpid()
         #: The store is a memory database of this process (``sqlite:///:memory:``).
@@ -227,6 +233,7 @@ class SQLiteBroker(Broker):
                 raise ConfigurationError(MEMORY_IS_PRIVATE)
             self._pid, self._local, self._closers = os.getpid(), threading.local(), []
             self._listener, self._listening = None, ""
+            self._cancel_listener, self._cancel_names = {}, []
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
             # Closed by the broker's close() on another thread: allowed, nothing else crosses.
@@ -517,7 +524,7 @@ class SQLiteBroker(Broker):
                 statuses.append(status)
                 if status.status == "ok":
                     woken.update(m.queue for m in o.enqueues)
-                    if o.kind in ("retry", "throttled"):
+                    if o.kind in control.RETURNING_KINDS:
                         woken.add("*")
             woken |= freed.apply(db, now)
         if woken:
@@ -529,6 +536,15 @@ class SQLiteBroker(Broker):
         left = "RETURNING queue, priority, grp, held"
         finished = "RETURNING queue, NULL, NULL, held"  # a finished job returns to no group
         params: dict[str, Any] = {"id": o.id, "token": o.token, "now": now}
+        if o.kind in control.RETURNING_KINDS or o.kind == "cancelled":
+            settled = control.settle(db, o, now, self.retention)
+            if settled is not None:
+                if settled.row is not None:
+                    row, requeued = settled.row, settled.requeued
+                    self._left_running(row, freed)
+                    if requeued:  # woken by ack, as a retry is
+                        limiter.requeued(db, row[0], row[1], row[2], now + o.delay)
+                return settled.status
         if o.kind in ("retry", "throttled"):
             params |= {"due": now + o.delay, "error": serializer.dumps(o.error).decode()}
             refund = ", attempt = attempt - 1, throttled = throttled + 1" if o.kind == "throttled" else ""
@@ -682,7 +698,12 @@ class SQLiteBroker(Broker):
 
     def _notify_all(self) -> None:
         db = self._db()
-        queues = {q for (qs,) in db.execute("SELECT queues FROM conveyor_listeners") for q in qs.split(",")}
+        queues = {
+            q
+            for (qs,) in db.execute("SELECT queues FROM conveyor_listeners")
+            if not qs.startswith("!")  # a worker's cancel channel (wait_cancel), not its queues
+            for q in qs.split(",")
+        }
         if queues:
             self._notify(queues)
 
@@ -698,6 +719,58 @@ class SQLiteBroker(Broker):
                     (now, now + self.retention, job_id),
                 ).rowcount
             )
+
+    def request_cancel(self, job_id: str, grace: float, now: float | None = None) -> CancelAnswer:
+        now = time.time() if now is None else now
+        with self._write() as db:
+            answer, worker = control.request_cancel(db, job_id, grace, now, self.retention)
+        if worker is not None:
+            self._notify_cancel(worker)
+        return answer
+
+    def cancelling(self, leases: Sequence[Lease]) -> dict[str, float]:
+        return control.cancelling(self._db(), leases)
+
+    def wait_cancel(self, worker: str, timeout: float) -> bool:
+        self._db()
+        sock = self._cancel_listener.get(worker)
+        if sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            name = f"conveyor-{os.getpid()}-{os.urandom(6).hex()}"
+            sock.bind("\0" + name)
+            sock.setblocking(False)
+            with self._write() as db:
+                db.execute(
+                    "INSERT OR REPLACE INTO conveyor_listeners (name, queues, pid, since) VALUES (?, ?, ?, ?)",
+                    (name, control.channel(worker), os.getpid(), time.time()),
+                )
+            self._cancel_listener[worker] = sock
+            self._cancel_names.append(name)
+            return True
+        timeout = min(timeout, _LISTEN_FALLBACK)  # a stopping worker's thread is not held long
+        woken = bool(timeout > 0 and select.select([sock], [], [], timeout)[0])
+        with contextlib.suppress(BlockingIOError):
+            while sock.recv(64):
+                woken = True
+        return woken
+
+    def _notify_cancel(self, worker: str) -> None:
+        """Wake the threads waiting in ``wait_cancel`` for ``worker``."""
+        db = self._db()
+        channel = control.channel(worker)
+        gone = []
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)
+            for (name,) in db.execute("SELECT name FROM conveyor_listeners WHERE queues = ?", (channel,)):
+                try:
+                    sock.sendto(b"!", "\0" + name)
+                except (ConnectionRefusedError, FileNotFoundError):
+                    gone.append((name,))  # its process is gone
+                except BlockingIOError:
+                    pass  # its buffer is full of wake-ups already
+        if gone:
+            with self._write() as w:
+                w.executemany("DELETE FROM conveyor_listeners WHERE name = ?", gone)
 
     def get(self, job_id: str, now: float | None = None) -> JobInfo | None:
         now = time.time() if now is None else now
@@ -818,7 +891,7 @@ class SQLiteBroker(Broker):
         now = time.time() if now is None else now
         sql = (
             "UPDATE conveyor_jobs SET state = 'pending', attempt = 0, run_at = :now, finished_at = NULL,"
-            " started_at = NULL, worker = NULL, queue = coalesce(:queue, queue) WHERE state = 'dead'"
+            " started_at = NULL, worker = NULL, snoozes = 0, queue = coalesce(:queue, queue) WHERE state = 'dead'"
         )
         back = " RETURNING queue, priority, grp"
         with self._write() as db:
@@ -914,6 +987,14 @@ class SQLiteBroker(Broker):
                 db.execute("DELETE FROM conveyor_listeners WHERE name = ?", (self._listener_name,))
             self._listener.close()
         self._listener = None
+        if self._cancel_names and self._pid == os.getpid():
+            with contextlib.suppress(sqlite3.Error), self._write() as db:
+                db.executemany(
+                    "DELETE FROM conveyor_listeners WHERE name = ?", [(n,) for n in self._cancel_names]
+                )
+            for sock in self._cancel_listener.values():
+                sock.close()
+        self._cancel_listener, self._cancel_names = {}, []
         # A connection is closed here only if no thread can be inside it: this thread's own, or
         # one whose thread has ended. Closing one that a live thread is using (a worker's wait
         # still running past the worker's stop) crashes the process in SQLite's C code; such a
@@ -957,7 +1038,8 @@ def _close_connection(db: sqlite3.Connection, writer: int) -> None:
 
 
 def _migrate(db: sqlite3.Connection) -> None:
-    """Bring a store made by an earlier version up to the schema (limits' columns); a no-op on
+    """Bring a store made by an earlier version up to the schema (limits' and job control's
+    columns); a no-op on
     a new or current one."""
     columns = {row[1] for row in db.execute("PRAGMA table_info(conveyor_jobs)")}
     if columns and "grp" not in columns:
@@ -966,6 +1048,10 @@ def _migrate(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE conveyor_jobs ADD COLUMN held TEXT")
         # The claim index now holds only jobs without limits (the schema creates it anew).
         db.execute("DROP INDEX IF EXISTS conveyor_jobs_pending")
+    if columns and "snoozes" not in columns:  # job control (docs/job-control.md)
+        db.execute("ALTER TABLE conveyor_jobs ADD COLUMN cancel_token INTEGER")
+        db.execute("ALTER TABLE conveyor_jobs ADD COLUMN cancel_grace REAL")
+        db.execute("ALTER TABLE conveyor_jobs ADD COLUMN snoozes INTEGER NOT NULL DEFAULT 0")
 
 
 def _served(db: sqlite3.Connection, queue: str, levels: int) -> list[list[int]]:

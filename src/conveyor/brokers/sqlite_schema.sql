@@ -24,7 +24,12 @@ CREATE TABLE IF NOT EXISTS conveyor_jobs (
     -- without limits), its throttles, and while running the keys whose slots it holds (JSON).
     grp          TEXT,
     throttled    INTEGER NOT NULL DEFAULT 0,
-    held         TEXT
+    held         TEXT,
+    -- Job control (docs/job-control.md): a cancel request holds for the run whose token it
+    -- names (cancel_token), with its grace, and snoozes counts the job's snoozes.
+    cancel_token INTEGER,
+    cancel_grace REAL,
+    snoozes      INTEGER NOT NULL DEFAULT 0
 );
 -- Claim of jobs without limits: one range scan per (queue, priority), FIFO by due time.
 CREATE INDEX IF NOT EXISTS conveyor_jobs_pending ON conveyor_jobs (queue, priority, run_at)

@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
 from conveyor import names
-from conveyor.app import Conveyor
+from conveyor.app import CANCEL_GRACE, Conveyor
 from conveyor.dead_reason import gave_up
 from conveyor.errors import ConfigurationError, KeyConflict
 from conveyor.metrics import store_registry
@@ -259,7 +259,8 @@ class Views:
         )
 
     async def job_action(self, request: Request) -> Response:
-        """POST /jobs/{id}/{action}: replay or purge a dead job, cancel a pending one."""
+        """POST /jobs/{id}/{action}: replay or purge a dead job, cancel a pending or running one
+        (docs/job-control.md)."""
         job_id, action = _text(request.path_params["id"], "job id"), request.path_params["action"]
         broker = self.app.broker
         if action == "replay":
@@ -273,7 +274,7 @@ class Views:
             await self._read(broker.purge, [job_id])
             return RedirectResponse("/dead?purged=1", 303)
         elif action == "cancel":
-            await self._read(broker.cancel, job_id)
+            await self._read(broker.request_cancel, job_id, CANCEL_GRACE)
         else:
             return self._problem(request, 404, "Not found", f"no action {action}")
         return RedirectResponse(f"/jobs/{job_id}", 303)

@@ -17,7 +17,7 @@ from typing import Any
 from conveyor import context, serializer
 from conveyor.app import Conveyor, Task
 from conveyor.brokers.base import CORRUPT_TASK
-from conveyor.errors import RateLimited, Retry, SerializationError
+from conveyor.errors import JobCancelled, RateLimited, Retry, SerializationError, Snooze
 from conveyor.records import Delivery, Outcome
 from conveyor.redact import Redactor, printable
 
@@ -49,6 +49,17 @@ def failure(
     """Retry or bury a failed attempt according to the task's retry policy. A buried attempt's
     record says why in ``gave_up`` (``conveyor dead show`` prints it)."""
     record = error_record(delivery, worker, exc, type(exc).__qualname__, str(exc) or repr(exc))
+    if isinstance(exc, Snooze) and task is not None:
+        record["message"] = f"snoozed more than max_snoozes ({task.max_snoozes}) times"
+        record["traceback"] = None
+        return Outcome(
+            delivery.id,
+            delivery.token,
+            "snoozed",
+            delay=exc.delay,
+            error=record,
+            max_snoozes=task.max_snoozes,
+        )
     if isinstance(exc, RateLimited) and task is not None:
         if delivery.throttled < task.max_throttles:
             return Outcome(delivery.id, delivery.token, "throttled", delay=exc.retry_after, error=record)
@@ -123,6 +134,16 @@ def unreadable(name: str) -> bool:
     return name == CORRUPT_TASK or not name or len(name) > 255 or "\ufffd" in name or not name.isprintable()
 
 
+def cancelled(delivery: Delivery, worker: str, message: str) -> Outcome:
+    """The outcome of a run a cancel request stopped (docs/job-control.md)."""
+    return Outcome(
+        delivery.id,
+        delivery.token,
+        "cancelled",
+        error=error_record(delivery, worker, None, JobCancelled.__name__, message),
+    )
+
+
 def _raise_in_thread(thread_id: int, exc_type: type[BaseException]) -> None:
     """Ask a thread to raise ``exc_type`` at its next Python bytecode (not inside a C call)."""
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc_type))
@@ -131,7 +152,7 @@ def _raise_in_thread(thread_id: int, exc_type: type[BaseException]) -> None:
 class _Run:
     """One delivery in flight: who runs it, and whether its outcome has been taken."""
 
-    __slots__ = ("began", "delivery", "future", "taken", "task", "thread", "timer")
+    __slots__ = ("began", "cancelling", "ctx", "delivery", "future", "taken", "task", "thread", "timer")
 
     def __init__(self, delivery: Delivery, task: Task[Any, Any] | None) -> None:
         self.delivery = delivery
@@ -143,6 +164,11 @@ class _Run:
         self.taken = False
         self.timer: asyncio.TimerHandle | None = None
         self.future: asyncio.Task[None] | None = None
+        #: The task's context once it runs (a sync task reads ``cancelled`` from it).
+        self.ctx: context.JobContext | None = None
+        #: Set (on the loop) once a cancel request reached this run: however it ends, its
+        #: outcome is ``cancelled``.
+        self.cancelling = False
 
 
 def _taken(run: _Run) -> bool:
@@ -219,6 +245,45 @@ class Runner:
                 ).start()
             self._queue.put(run)
 
+    def cancel(self, lease: tuple[str, int], grace: float) -> bool:
+        """A cancel request reached the run of ``lease`` (docs/job-control.md): an async task is
+        cancelled on the loop now; a sync one sees ``current_job().cancelled`` and, still
+        running after ``grace`` seconds, gets JobCancelled raised in its thread. False if no
+        such run goes on (it ended, or was told already)."""
+        run = self._runs.get(lease)
+        if run is None or run.taken or run.cancelling:
+            return False
+        run.cancelling = True
+        if run.future is not None:
+            run.future.cancel()
+            return True
+        if run.ctx is not None:
+            run.ctx.cancel_requested = True
+        assert self._loop is not None
+        if run.timer is not None:
+            run.timer.cancel()
+        run.timer = self._loop.call_later(grace, self._cancel_overdue, run, grace)
+        return True
+
+    def cancelling(self, leases: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
+        """Those of ``leases`` whose run a cancel request reached and that still go on."""
+        out = []
+        for lease in leases:
+            run = self._runs.get(lease)
+            if run is not None and run.cancelling:
+                out.append(lease)
+        return out
+
+    def _cancel_overdue(self, run: _Run, grace: float) -> None:
+        """A sync run did not stop within its cancel's grace: report it cancelled now and
+        interrupt its thread at its next Python instruction (as a timeout does)."""
+        if run.taken:
+            return
+        outcome = cancelled(
+            run.delivery, self.worker, f"cancelled while running; stopped after its grace of {grace} s"
+        )
+        self._complete(run, outcome, interrupt=JobCancelled)
+
     def abandon(self, leases: Iterable[tuple[str, int]]) -> None:
         """Give up on runs (by job id and token) still going at the end of a graceful stop: their
         outcomes are discarded."""
@@ -257,17 +322,24 @@ class Runner:
         if run.taken:
             return
         exc = TaskTimeout(f"{task.name} ran longer than its timeout of {task.timeout} s")
-        self._complete(run, self._failed(run.delivery, task, exc), interrupt=True)
+        self._complete(run, self._failed(run.delivery, task, exc), interrupt=TaskTimeout)
 
     async def _run_async(self, run: _Run, task: Task[Any, Any]) -> None:
-        self._complete(run, await self._call_async(run.delivery, task))
+        try:
+            outcome = await self._call_async(run, task)
+        except asyncio.CancelledError:
+            if not run.cancelling:
+                raise  # abandoned at a stop: nothing to report
+            outcome = cancelled(run.delivery, self.worker, "cancelled while running")
+        self._complete(run, outcome)
 
-    async def _call_async(self, delivery: Delivery, task: Task[Any, Any]) -> Outcome:
+    async def _call_async(self, run: _Run, task: Task[Any, Any]) -> Outcome:
+        delivery = run.delivery
         try:
             args, kwargs = self._decode(delivery, task)
         except SerializationError as exc:
             return self._malformed(delivery, exc)
-        ctx = context.JobContext(delivery, self.worker)
+        ctx = run.ctx = context.JobContext(delivery, self.worker)
         token = context.bind(ctx)
         try:
             coro = task.fn(*args, **kwargs)
@@ -297,8 +369,8 @@ class Runner:
                 return
             try:
                 self._run_sync(run)
-            except TaskTimeout:
-                pass  # a timeout that landed just after its run ended; the timeout was reported
+            except (TaskTimeout, JobCancelled):
+                pass  # an interrupt that landed just after its run ended; its outcome was reported
             finally:
                 with self._lock:
                     self._assigned -= 1
@@ -309,18 +381,20 @@ class Runner:
                 return
 
     def _run_sync(self, run: _Run) -> None:
+        task, delivery = run.task, run.delivery
+        ctx = context.JobContext(delivery, self.worker)
         with self._lock:
             if run.taken:
                 return
             run.thread = threading.get_ident()
-        task, delivery = run.task, run.delivery
+            run.ctx = ctx  # a cancel reaching the run from now on sets ctx.cancel_requested
+            ctx.cancel_requested = run.cancelling
         assert task is not None
         try:
             args, kwargs = self._decode(delivery, task)
         except SerializationError as exc:
             self._complete(run, self._malformed(delivery, exc))
             return
-        ctx = context.JobContext(delivery, self.worker)
         token = context.bind(ctx)
         try:
             value = task.fn(*args, **kwargs)
@@ -336,15 +410,20 @@ class Runner:
 
     # -- anywhere ----------------------------------------------------------------------------
 
-    def _complete(self, run: _Run, outcome: Outcome, interrupt: bool = False) -> None:
+    def _complete(self, run: _Run, outcome: Outcome, interrupt: type[BaseException] | None = None) -> None:
         """Report ``run``'s outcome unless someone already did; wake the loop once per batch.
-        With ``interrupt``, the thread still running it gets a TaskTimeout raised in it."""
+        With ``interrupt``, the thread still running it gets that exception raised in it. A run
+        a cancel request reached reports ``cancelled`` however it ended."""
         with self._lock:
             if run.taken:
                 return
             run.taken = True
-            if interrupt and run.thread is not None:
-                _raise_in_thread(run.thread, TaskTimeout)
+            if run.cancelling and outcome.kind != "cancelled":
+                outcome = cancelled(
+                    run.delivery, self.worker, f"cancelled while running (it ended: {outcome.kind})"
+                )
+            if interrupt is not None and run.thread is not None:
+                _raise_in_thread(run.thread, interrupt)
             self._done.append((run.delivery, outcome, time.perf_counter() - run.began))
             poke = not self._poked
             self._poked = True

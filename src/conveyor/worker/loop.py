@@ -24,7 +24,7 @@ from conveyor.periodic import Schedule, plan
 from conveyor.priority import Fairness, parse_queues
 from conveyor.records import AckStatus, Delivery, Outcome, WorkerInfo
 from conveyor.worker.acks import Acknowledger, Failed
-from conveyor.worker.executor import Runner, failure
+from conveyor.worker.executor import Runner, cancelled, failure
 from conveyor.worker.stall import StallWatch
 from conveyor.worker.store_log import one_line_outages
 
@@ -162,6 +162,9 @@ class Worker:
         # so they wait for no other thread's either. (On SQLite they still take turns with every
         # other writer for the one write lock.)
         self._beater = pool(1, thread_name_prefix="conveyor-beat", initializer=app.broker.own_connection)
+        # Cancel requests for this worker's jobs wake a thread of their own, busy or idle
+        # (docs/job-control.md); heartbeats ask for them too, in case a wake-up was lost.
+        self._canceller = pool(1, thread_name_prefix="conveyor-cancel")
         #: Leases held, heartbeated until their outcome lands, by job id; each delivery carries
         #: its token. The store leases a job again only once its previous lease is gone, so a
         #: newer delivery of a job supersedes the older one here: one lease per job id.
@@ -188,7 +191,7 @@ class Worker:
         self._stopped = asyncio.Event()
         #: Counters for tests and status: started, succeeded, retried, dead, lost, throttled.
         self.counts: dict[str, int] = dict.fromkeys(
-            ("started", "succeeded", "retry", "dead", "lost", "throttled"), 0
+            ("started", "succeeded", "retry", "dead", "lost", "throttled", "snoozed", "cancelled"), 0
         )
         #: The finished ones per queue and priority level: ``outcomes[queue][str(level)][kind]``.
         self.outcomes: dict[str, dict[str, dict[str, int]]] = {}
@@ -261,6 +264,7 @@ class Worker:
             asyncio.create_task(self._every(self.config.heartbeat_every, self._heartbeat)),
             asyncio.create_task(self._every(self.config.reclaim_every, self._reclaim)),
             asyncio.create_task(self._every(self.config.expire_interval, self._expire)),
+            asyncio.create_task(self._watch_cancels()),
         ]
         schedules = [s for s in self.app.schedules if s.task.queue in self.config.queue_names]
         if schedules and not self.config.burst:
@@ -283,6 +287,7 @@ class Worker:
                 await self._call(broker.beat, self.info(), -1.0)
             self.runner.shutdown()
             self._waiter.shutdown(wait=False, cancel_futures=True)
+            self._canceller.shutdown(wait=False, cancel_futures=True)
             for pool in dict.fromkeys((self._fetcher, self._sweeper, self._beater, self._io)):
                 pool.shutdown(wait=True)
             log.info("worker %s stopped: %s", self.id, self.counts)
@@ -317,7 +322,9 @@ class Worker:
 
     def _release_threads(self) -> None:
         self.runner.shutdown()
-        for pool in dict.fromkeys((self._waiter, self._fetcher, self._sweeper, self._beater, self._io)):
+        for pool in dict.fromkeys(
+            (self._waiter, self._canceller, self._fetcher, self._sweeper, self._beater, self._io)
+        ):
             pool.shutdown(wait=False, cancel_futures=True)
 
     # -- fetching ----------------------------------------------------------------------------
@@ -542,8 +549,46 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - raised again once the leases are extended
             beat = exc
         await self._extend()
+        await self._cancel_requested()
         if beat is not None:
             raise beat
+
+    async def _watch_cancels(self) -> None:
+        """Wait for cancel requests for this worker's jobs on the store's wake-up channel; look
+        which leases they are for at each wake-up (docs/job-control.md)."""
+        loop = asyncio.get_running_loop()
+        backoff = RETRY_FIRST
+        while True:
+            try:
+                woken = await loop.run_in_executor(
+                    self._canceller, self.app.broker.wait_cancel, self.id, self.config.idle_wait
+                )
+                if woken:
+                    await self._cancel_requested()
+                backoff = RETRY_FIRST
+            except Exception as exc:  # noqa: BLE001 - the heartbeat's look stands in meanwhile
+                log.warning("waiting for cancel requests failed (%s: %s)", type(exc).__name__, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, RETRY_CAP)
+
+    async def _cancel_requested(self) -> None:
+        """Stop the runs whose job a cancel request reached: running ones through the runner,
+        reserved ones not started yet at once (reported cancelled)."""
+        leases = [(d.id, d.token) for d in self.leases.values()]
+        if not leases:
+            return
+        marked = await self._beat(self.app.broker.cancelling, leases)
+        for job_id, grace in marked.items():
+            delivery = self.leases.get(job_id)
+            if delivery is None or (job_id, delivery.token) not in leases:
+                continue
+            running = self.running.get(job_id)
+            if running is not None and running.token == delivery.token:
+                if self.runner.cancel((job_id, delivery.token), grace):
+                    log.info("job %s: cancel requested; stopping it (grace %.1f s)", job_id, grace)
+            elif self.waiting.get(job_id) is delivery or delivery in self.held:
+                self._drop_unstarted(delivery)
+                self._report(cancelled(delivery, self.id, "cancelled before it started here"))
 
     async def _extend(self) -> None:
         leases = [(d.id, d.token) for d in self.leases.values()]
@@ -642,7 +687,12 @@ class Worker:
             idle.cancel()
             forced.cancel()
         unfinished = [(d.id, d.token) for d in self.running.values()]
-        self.runner.abandon(unfinished)
+        stopping = set(self.runner.cancelling(unfinished))
+        for delivery in self.running.values():
+            if (delivery.id, delivery.token) in stopping:  # they end cancelled, not back in their queue
+                self._report(cancelled(delivery, self.id, "cancelled while running; the worker stopped"))
+        unfinished = [lease for lease in unfinished if lease not in stopping]
+        self.runner.abandon([*unfinished, *stopping])
         self.running.clear()
         if unfinished:
             log.warning("released %d unfinished tasks back to their queues", await self._release(unfinished))

@@ -47,6 +47,7 @@ from conveyor.errors import ConfigurationError, ConveyorError, KeyConflict
 from conveyor.priority import Fairness
 from conveyor.records import (
     AckStatus,
+    CancelAnswer,
     Delivery,
     Enqueued,
     JobInfo,
@@ -479,8 +480,20 @@ class PostgresBroker(Broker):
         if not outcomes:
             return []
         statuses: dict[int, AckStatus] = {}
+        control = [(i, o) for i, o in enumerate(outcomes) if o.kind in ("cancelled", "snoozed")]
+        if control:
+            self._settle_control(control, now, statuses)
+            outcomes = [o for i, o in enumerate(outcomes) if i not in statuses]
+            if not outcomes:
+                return [statuses[i] for i in range(len(statuses))]
+            rest = self.ack(outcomes, now)
+            merged = iter(rest)
+            return [statuses[i] if i in statuses else next(merged) for i in range(len(statuses) + len(rest))]
+        # A retry or throttle of a run with a cancel request ends the job cancelled: checked in
+        # the same transaction (cancel_returned), so a request never lands between the two.
+        returning = [o for o in outcomes if o.kind in ("retry", "throttled")]
         simple = [(i, o) for i, o in enumerate(outcomes) if not (o.effects or o.enqueues)]
-        with self._connect() as conn:
+        with self._connect() as conn, conn.transaction() if returning else contextlib.nullcontext():
             if len(simple) == len(outcomes):
                 # Without effects: one autocommit statement, one round trip, one commit.
                 self._settle(conn, simple, now, statuses)
@@ -499,8 +512,38 @@ class PostgresBroker(Broker):
                     for i, o in enumerate(outcomes):
                         if i not in statuses:
                             statuses[i] = self._settle_with_effects(conn, o, now)
+            if returning:
+                conn.execute(
+                    self._sql["cancel_returned"],
+                    {**_leases(returning), "retention": self.retention, "now": now},
+                )
         self._forget_plain(outcomes)
         return [statuses[i] for i in range(len(outcomes))]
+
+    def _settle_control(
+        self, outcomes: list[tuple[int, Outcome]], now: float | None, statuses: dict[int, AckStatus]
+    ) -> None:
+        """Outcomes ``cancelled`` and ``snoozed`` in one statement of their own (ack_control)."""
+        batch = [o for _, o in outcomes]
+        with self._connect() as conn:
+            rows = conn.execute(
+                self._sql["ack_control"],
+                {
+                    **_leases(batch),
+                    "kinds": [o.kind for o in batch],
+                    "delays": [float(o.delay) for o in batch],
+                    "errors": [None if o.error is None else _error_json(o.error) for o in batch],
+                    "caps": [max(0, min(o.max_snoozes, 2**31 - 1)) for o in batch],
+                    "retention": self.retention,
+                    "channel": self.target.channel,
+                    "now": now,
+                },
+            ).fetchall()
+        settled = {job_id for (job_id,) in rows}
+        for i, o in outcomes:
+            statuses[i] = AckStatus("ok" if o.id in settled else "lost")
+            settled.discard(o.id)  # a second outcome for the same job in one batch is stale
+        self._forget_plain(batch)
 
     def _settle(
         self,
@@ -701,6 +744,47 @@ class PostgresBroker(Broker):
         with self._connect() as conn:
             cur = conn.execute(self._sql["cancel"], {"id": job_id, "retention": self.retention, "now": now})
             return cur.rowcount > 0
+
+    def request_cancel(self, job_id: str, grace: float, now: float | None = None) -> CancelAnswer:
+        with self._connect() as conn:
+            row = conn.execute(
+                self._sql["request_cancel"],
+                {
+                    "id": job_id,
+                    "grace": float(grace),
+                    "retention": self.retention,
+                    "channel": self.target.channel,
+                    "now": now,
+                },
+            ).fetchone()
+        if row is None:
+            return "missing"
+        if row[0] in ("pending", "parked"):
+            return "cancelled"
+        return "cancelling" if row[0] == "running" else "finished"
+
+    def cancelling(self, leases: Sequence[Lease]) -> dict[str, float]:
+        if not leases:
+            return {}
+        with self._connect() as conn:
+            rows = conn.execute(
+                self._sql["cancelling"],
+                {"ids": [job_id for job_id, _ in leases], "tokens": [token for _, token in leases]},
+            ).fetchall()
+        return {job_id: float(grace or 0.0) for job_id, grace in rows}
+
+    def wait_cancel(self, worker: str, timeout: float) -> bool:
+        listener = self._listener()
+        if listener is None:  # just started listening: a request before that may have been missed
+            return True
+        with listener.lock:
+            if self._closed:
+                return False
+            try:
+                return listener.wait({"!" + worker}, timeout)
+            except psycopg.Error:
+                self._drop_listener(listener)  # the next wait reconnects
+                raise
 
     def get(self, job_id: str, now: float | None = None) -> JobInfo | None:
         with self._connect() as conn:
@@ -962,5 +1046,5 @@ def _columns(messages: Sequence[Message]) -> dict[str, list[Any]]:
 
 
 def _job(row: Sequence[Any]) -> JobInfo:
-    """The server's clock (row[17]) decides ready or scheduled; jsonb errors arrive decoded."""
-    return job_row(row, row[17], error_records(row[14]))
+    """The server's clock (row[18]) decides ready or scheduled; jsonb errors arrive decoded."""
+    return job_row(row, row[18], error_records(row[14]))

@@ -13,7 +13,8 @@ STATEMENT_NOW = "coalesce(%(now)s::float8, extract(epoch from statement_timestam
 #: What ``get`` and ``jobs`` read of a job, in the order ``JobInfo`` is built from.
 COLUMNS = (
     "id, task, queue, priority, state, payload, attempt, max_attempts, run_at, enqueued_at, "
-    "started_at, finished_at, key, result, errors, worker, lease_until"
+    "started_at, finished_at, key, result, errors, worker, lease_until, "
+    "(state = 'running' AND cancel_token IS NOT DISTINCT FROM token)"
 )
 _HEADER = re.compile(r"^-- name: (\w+)\n", re.MULTILINE)
 

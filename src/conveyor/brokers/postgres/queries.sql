@@ -575,7 +575,7 @@ SELECT d.id, d.key, o.id
 WITH replayed AS (
     UPDATE {schema}.jobs
        SET state = 'pending', attempt = 0, run_at = {now}, finished_at = NULL, started_at = NULL,
-           worker = NULL, queue = coalesce(%(queue)s, queue)
+           worker = NULL, snoozes = NULL, queue = coalesce(%(queue)s, queue)
      WHERE state = 'dead' AND (%(ids)s::text[] IS NULL OR id = ANY(%(ids)s::text[]))
     RETURNING queue, priority, grp, rules, run_at
 ), limited AS (
@@ -709,3 +709,87 @@ SELECT pg_notify(%(channel)s, %(queue)s::text);
 -- name: paused
 SELECT queue, task, since FROM {schema}.paused
  WHERE %(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]);
+
+-- == Job control (docs/job-control.md) =========================================================
+
+-- name: request_cancel
+-- Cancel a job whatever its state: pending (or parked) is cancelled at once; running is marked
+-- for its current run (kept if marked already) and its worker woken on the channel, with "!"
+-- and its worker id (no queue is named so); returns the state found (no row: no such job).
+WITH found AS (
+    SELECT id, state, token, worker FROM {schema}.jobs WHERE id = %(id)s FOR UPDATE
+), cancelled AS (
+    UPDATE {schema}.jobs AS j
+       SET state = 'cancelled', finished_at = {now}, expires_at = {now} + %(retention)s
+      FROM found WHERE j.id = found.id AND found.state IN ('pending', 'parked')
+    RETURNING j.id
+), marked AS (
+    UPDATE {schema}.jobs AS j
+       SET cancel_token = j.token, cancel_grace = %(grace)s
+      FROM found
+     WHERE j.id = found.id AND found.state = 'running' AND j.cancel_token IS DISTINCT FROM j.token
+    RETURNING j.id
+), woken AS (
+    SELECT count(pg_notify(%(channel)s, '!' || found.worker)) AS n
+      FROM found WHERE found.state = 'running' AND found.worker IS NOT NULL
+)
+SELECT found.state FROM found, woken, (SELECT count(*) FROM cancelled) AS c,
+       (SELECT count(*) FROM marked) AS m;
+
+-- name: cancelling
+-- Of the leases given, those held whose run has a cancel request, with its grace.
+SELECT j.id, j.cancel_grace
+  FROM {schema}.jobs AS j
+  JOIN unnest(%(ids)s::text[], %(tokens)s::bigint[]) AS l (id, token) ON j.id = l.id AND j.token = l.token
+ WHERE j.state = 'running' AND j.cancel_token = j.token;
+
+-- name: ack_control
+-- Outcomes "cancelled" and "snoozed" (with "retry"/"throttled" as ack_retry/ack_throttled do
+-- them, these are the other ways out of running that need no effects). A cancelled outcome, or
+-- any of a run with a cancel request, ends the job cancelled; a snooze past the job's cap buries
+-- it with the outcome's error; any other snooze makes it pending again after the delay with the
+-- attempt given back, nothing recorded, no key closed. Slots are freed and the jobs pending
+-- again rejoin their groups (after_settle); their queues are woken. Returns the ids settled.
+WITH o AS (
+    SELECT o.id, o.token, o.kind, o.delay, o.error,
+           CASE WHEN o.kind = 'cancelled' OR j.cancel_token = j.token THEN 'cancelled'
+                WHEN coalesce(j.snoozes, 0) >= o.max_snoozes THEN 'dead'
+                ELSE 'pending' END AS next
+      FROM unnest(%(ids)s::text[], %(tokens)s::bigint[], %(kinds)s::text[], %(delays)s::float8[],
+                  %(errors)s::jsonb[], %(caps)s::integer[]) AS o (id, token, kind, delay, error, max_snoozes)
+      JOIN {schema}.jobs AS j ON j.id = o.id AND j.token = o.token AND j.state = 'running'
+       FOR UPDATE OF j
+), settled AS (
+    UPDATE {schema}.jobs AS j
+       SET state = o.next,
+           run_at = CASE WHEN o.next = 'pending' THEN {now} + o.delay ELSE j.run_at END,
+           finished_at = CASE WHEN o.next = 'pending' THEN j.finished_at ELSE {now} END,
+           expires_at = CASE WHEN o.next = 'cancelled' THEN {now} + %(retention)s ELSE j.expires_at END,
+           lease_until = NULL,
+           worker = CASE WHEN o.next = 'pending' THEN NULL ELSE j.worker END,
+           attempt = CASE WHEN o.next = 'pending' THEN greatest(j.attempt - 1, 0) ELSE j.attempt END,
+           snoozes = CASE WHEN o.next = 'pending' THEN coalesce(j.snoozes, 0) + 1 ELSE j.snoozes END,
+           errors = CASE WHEN o.error IS NULL OR (o.kind = 'snoozed' AND o.next <> 'dead') THEN j.errors
+                         ELSE j.errors || jsonb_build_array(o.error) END
+      FROM o
+     WHERE j.id = o.id AND j.token = o.token AND j.state = 'running'
+    RETURNING j.id, j.state, j.queue, j.priority, j.grp, j.rules, j.held, j.run_at
+), woken AS (
+    SELECT count(pg_notify(%(channel)s, queue)) AS n
+      FROM (SELECT DISTINCT queue FROM settled WHERE state = 'pending' ORDER BY queue) AS q
+), limited AS (
+    SELECT {schema}.after_settle(array_agg(queue), array_agg(priority), array_agg(grp),
+                                 array_agg(rules), array_agg(held),
+                                 array_agg(grp IS NOT NULL AND state = 'pending'), array_agg(run_at),
+                                 NULL, {now}, %(channel)s)
+      FROM settled WHERE held IS NOT NULL OR (grp IS NOT NULL AND state = 'pending') HAVING count(*) > 0
+)
+SELECT settled.id FROM settled, woken, (SELECT count(*) FROM limited) AS l;
+
+-- name: cancel_returned
+-- After retry and throttled outcomes, in their transaction: those of a run with a cancel request
+-- end the job cancelled instead (the request holds for the run whose token it names).
+UPDATE {schema}.jobs AS j
+   SET state = 'cancelled', finished_at = {now}, expires_at = {now} + %(retention)s
+  FROM unnest(%(ids)s::text[], %(tokens)s::bigint[]) AS l (id, token)
+ WHERE j.id = l.id AND j.token = l.token AND j.state IN ('pending', 'parked') AND j.cancel_token = j.token;

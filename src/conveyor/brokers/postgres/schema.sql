@@ -41,7 +41,12 @@ CREATE TABLE {schema}.jobs (
     grp          text,
     rules        jsonb,
     held         jsonb,
-    throttled    integer
+    throttled    integer,
+    -- Job control (docs/job-control.md): a cancel request holds for the run whose token it
+    -- names, with its grace; the job's snoozes (NULL for none).
+    cancel_token bigint,
+    cancel_grace double precision,
+    snoozes      integer
 );
 -- Claim and the earliest due time: one range scan per (queue, priority), FIFO by due time;
 -- jobs with limits are claimed through their groups (jobs_group).

@@ -6,10 +6,14 @@
 -- then, on a single server with follow-ups, <prefix>:queues: their new ids are looked up in every
 -- registered queue (see held_elsewhere), as enqueue does
 -- ARGV[1] now   ARGV[2] retention seconds
--- ARGV[3] the outcomes, one MessagePack array of [id, token, kind (succeeded|retry|dead|throttled),
---   result (optional string), delay, error JSON, effects (arrays of command and arguments),
---   follow-ups (per follow-up the index of its queue's KEYS triple, 1 = KEYS[7..9])]; a plain
---   success (no result, effects or follow-ups) travels as [id, token] alone
+-- ARGV[3] the outcomes, one MessagePack array of [id, token, kind (succeeded|retry|dead|throttled|
+--   cancelled|snoozed), result (optional string), delay, error JSON, effects (arrays of command
+--   and arguments), follow-ups (per follow-up the index of its queue's KEYS triple, 1 =
+--   KEYS[7..9]), and for snoozed the job's snooze cap]; a plain success (no result, effects or
+--   follow-ups) travels as [id, token] alone
+-- Job control (docs/job-control.md) keeps its fields in <base>:control (see request_cancel.lua),
+-- named from KEYS[1] like the pending zsets: a retry, throttle or snooze of a run with a cancel
+-- request ends the job cancelled; a snooze past its cap buries it with its error.
 -- ARGV[4..] (if any follow-ups) their messages, in outcome order, packed (see read_messages).
 -- Returns {status, detail, ...} per outcome: 'ok', 'lost' (not running with this token:
 -- nothing changed) or 'effects_failed' with the error (the job stays running, its lease held).
@@ -37,7 +41,9 @@ end
 
 -- First pass: read the outcomes; then load their records in one go. Outcomes are read as
 -- unpacked, fields by index (below); follow-ups are paired with their messages.
-local O_ID, O_TOKEN, O_KIND, O_RESULT, O_DELAY, O_ERR, O_EFFECTS, O_FOLLOW = 1, 2, 3, 4, 5, 6, 7, 8
+local O_ID, O_TOKEN, O_KIND, O_RESULT, O_DELAY, O_ERR, O_EFFECTS, O_FOLLOW, O_CAP = 1, 2, 3, 4, 5, 6, 7, 8, 9
+local control = base_of(jobs) .. ':control'
+local controlled = redis.call('EXISTS', control) == 1
 local NONE = {}
 local entries, ids, follows = cmsgpack.unpack(ARGV[3]), {}, {}
 local follow_msgs = ARGV[4] and read_messages(4) or NONE
@@ -112,6 +118,16 @@ for n, o in ipairs(entries) do
       tally(t, 'r' .. level, -1)
       if r[R_HELD] then limits_lib().free_held(r, freed) end
       local kind = o[O_KIND] or 'succeeded'
+      local snoozes = 0
+      if controlled then
+        if kind == 'retry' or kind == 'throttled' or kind == 'snoozed' then
+          local mark = redis.call('HGET', control, id .. '\31c')
+          if mark and tonumber(string.match(mark, '^(%S+)')) == r[R_TOKEN] then kind = 'cancelled' end
+        end
+        snoozes = tonumber(redis.call('HGET', control, id .. '\31s')) or 0
+        redis.call('HDEL', control, id .. '\31c', id .. '\31s')
+      end
+      if kind == 'snoozed' and snoozes >= (tonumber(o[O_CAP]) or 0) then kind = 'dead' end
       if kind == 'succeeded' then
         r[R_STATE] = 's'
         r[R_RESULT] = o[O_RESULT] and opt_in(o[O_RESULT])
@@ -140,6 +156,25 @@ for n, o in ipairs(entries) do
         to_pending(jobs, id, r)
         tally(t, 'p' .. level, 1)
         woken = true
+      elseif kind == 'snoozed' then
+        -- Snooze: the attempt is given back, nothing recorded, no key closed; counted.
+        r[R_STATE] = 'p'
+        r[R_RUN_AT] = now + o[O_DELAY]
+        r[R_ATTEMPT] = r[R_ATTEMPT] - 1
+        r[R_WORKER] = false
+        redis.call('HSET', control, id .. '\31s', snoozes + 1)
+        to_pending(jobs, id, r)
+        tally(t, 'p' .. level, 1)
+        woken = true
+      elseif kind == 'cancelled' then
+        r[R_STATE] = 'c'
+        r[R_FINISHED] = now
+        if o[O_KIND] ~= 'snoozed' and o[O_ERR] and o[O_ERR] ~= '' and o[O_ERR] ~= 'null' then
+          r[R_ERRORS] = append_error(r[R_ERRORS], o[O_ERR])
+        end
+        finished[#finished + 1] = expires_s
+        finished[#finished + 1] = id
+        tally(t, 'c' .. level, 1)
       else
         r[R_STATE] = 'd'
         r[R_FINISHED] = now

@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "hkeys": "counts, pauses",
     "hscan": "expire forgets idle limit keys and groups a page at a time",
     "hexists": "job records (replay into another queue), pauses",
+    "exists": "acks and cancels look for job control's hash (cancel requests, snoozes) once per batch",
     "hsetnx": "pause (a second pause keeps the first one's time)",
     "hdel": "job records, idempotency keys, counts, the worker registry",
     "hincrby": "counts",
@@ -54,7 +55,6 @@ OPTIONAL: dict[str, dict[str, str]] = {
     "cluster": {
         "cluster|slots": "redis-py reads the cluster's layout",
         "command": "redis-py reads the command table to find keys' slots",
-        "exists": "scripts refuse to run in a slot that is migrating (they probe a key)",
     },
     # redis-py names its library on each connection; a server without the command, or a user
     # refused it, is skipped silently by redis-py, but a refusal is logged in ACL LOG.

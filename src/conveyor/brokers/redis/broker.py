@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import msgspec
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.client import PubSub, Redis
 from redis.cluster import RedisCluster
@@ -56,6 +57,7 @@ from conveyor.errors import ConfigurationError, ConveyorError, KeyConflict, Queu
 from conveyor.priority import Fairness
 from conveyor.records import (
     AckStatus,
+    CancelAnswer,
     Delivery,
     Enqueued,
     JobInfo,
@@ -391,12 +393,13 @@ class RedisBroker(Broker):
                 raise
             self._drop_subscriber()  # the next wait subscribes again; the caller looks meanwhile
 
-    def _subscriber(self, queues: Sequence[str]) -> PubSub | None:
-        """This thread's subscription, moved to ``queues``' channels; None if it changed now."""
+    def _subscriber(self, queues: Sequence[str], channels: set[str] | None = None) -> PubSub | None:
+        """This thread's subscription, moved to ``queues``' channels (or to ``channels``); None
+        if it changed now."""
         if self._pid != os.getpid():  # forked: the parent's subscriptions are not ours
             self._pid, self._local, self._subscribers = os.getpid(), threading.local(), []
         sub: PubSub | None = getattr(self._local, "sub", None)
-        wanted = {f"{self._base(q)}:wake" for q in queues}
+        wanted = channels if channels is not None else {f"{self._base(q)}:wake" for q in queues}
         current: set[str] = getattr(self._local, "channels", set())
         if sub is not None and current == wanted:
             return sub
@@ -603,8 +606,63 @@ class RedisBroker(Broker):
         )
         return any(replies)
 
+    def request_cancel(self, job_id: str, grace: float, now: float | None = None) -> CancelAnswer:
+        replies = self._run(
+            [
+                (
+                    "request_cancel",
+                    self._keys(q, "jobs", "counts", "done", "control"),
+                    [now_arg(now), repr(self.retention), job_id, repr(float(grace)), self._cancel_prefix],
+                )
+                for q in self._known_queues()
+            ]
+        )
+        answers = {reply.decode() for reply in replies} - {"missing"}
+        for answer in ("cancelling", "cancelled", "finished"):
+            if answer in answers:
+                return answer
+        return "missing"
+
+    def cancelling(self, leases: Sequence[Lease]) -> dict[str, float]:
+        if not leases:
+            return {}
+        by_queue = self._by_queue(leases)
+        replies = self._run(
+            [("cancelling", self._keys(q, "jobs", "control"), pairs(held)) for q, held in by_queue.items()]
+        )
+        return {reply[n].decode(): float(reply[n + 1]) for reply in replies for n in range(0, len(reply), 2)}
+
+    def wait_cancel(self, worker: str, timeout: float) -> bool:
+        try:
+            sub = self._subscriber((), {self._cancel_prefix + worker})
+            if sub is None:  # just subscribed: a request before that may have been missed
+                return True
+            message = sub.get_message(timeout=max(0.0, timeout))
+            woken = message is not None and message["type"] in ("message", b"message")
+            while sub.get_message(timeout=0.0) is not None:
+                woken = True
+            return woken
+        except Exception as exc:
+            if self._closed:
+                return False
+            if not isinstance(exc, RedisConnectionError | RedisTimeoutError):
+                raise
+            self._drop_subscriber()
+            return True  # the caller looks: a request may have been missed meanwhile
+
+    @property
+    def _cancel_prefix(self) -> str:
+        """The channel of a worker's cancel requests, but for the worker id (request_cancel.lua)."""
+        return f"{self.target.prefix}:cancel:"
+
     def get(self, job_id: str, now: float | None = None) -> JobInfo | None:
         found = self._find([job_id], now)
+        if found and found[0].state == "running":  # a cancel request for its run, if any
+            job = found[0]
+            mark = self._client.hget(self._keys(job.queue, "control")[0], f"{job.id}\x1fc")
+            token = mark.split(b" ")[0] if mark else b""
+            if token.isdigit() and self.cancelling([(job.id, int(token))]):
+                return msgspec.structs.replace(job, cancelling=True)
         return found[0] if found else None
 
     def stats(self, queues: Sequence[str] | None = None, now: float | None = None) -> list[QueueStats]:

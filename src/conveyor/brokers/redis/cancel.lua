@@ -20,6 +20,7 @@ for i = 3, #ARGV do
     redis.call('ZADD', KEYS[3], fmt(now + tonumber(ARGV[2])), id)
     bump(KEYS[2], 'p' .. level, -1)
     bump(KEYS[2], 'c' .. level, 1)
+    redis.call('HDEL', base_of(KEYS[1]) .. ':control', id .. '\31s')  -- its snoozes (ack.lua)
     out[#out + 1] = id
   end
 end

@@ -33,6 +33,8 @@ NAMES = (
     "release",
     "reclaim",
     "cancel",
+    "request_cancel",
+    "cancelling",
     "replay",
     "adopt",
     "purge",

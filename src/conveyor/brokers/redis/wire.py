@@ -113,6 +113,7 @@ def outcome_entry(o: Outcome, follow_targets: list[int]) -> list[Any]:
         lua_string(serializer.dumps(o.error) if o.kind != "succeeded" else b""),
         commands,
         follow_targets,
+        o.max_snoozes,
     ]
 
 
