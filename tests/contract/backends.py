@@ -41,6 +41,10 @@ class Backend:
     #: broker: ``(url, worker id, info bytes, expires)``; False if the store cannot hold those
     #: bytes (PostgreSQL's jsonb column takes JSON only).
     write_worker: Callable[[str, str, bytes, float], bool] | None = None
+    #: The limit state a store keeps, past the broker: ``(groups, keys)`` of ``url``, the
+    #: groups by name (``limits.group_of``, without the turn of jobs without limits) and the
+    #: limit keys that have a record (test_limits_idle).
+    limit_state: Callable[[str], tuple[set[str], set[str]]] | None = None
 
     def open(self, url: str, retention: float = RETENTION) -> Broker:
         return open_broker(url, retention=retention)
@@ -86,6 +90,11 @@ def _sqlite_worker(url: str, worker_id: str, info: bytes, expires: float) -> boo
     return True
 
 
+def _sqlite_limit_state(url: str) -> tuple[set[str], set[str]]:
+    groups = {g for (g,) in _sqlite_sql(url, "SELECT grp FROM conveyor_groups WHERE grp != ''")}
+    return groups, {k for (k,) in _sqlite_sql(url, "SELECT key FROM conveyor_limits")}
+
+
 BACKENDS: dict[str, Backend] = {
     "sqlite": Backend(
         "sqlite",
@@ -94,6 +103,7 @@ BACKENDS: dict[str, Backend] = {
         run_sql=_sqlite_sql,
         transaction=_sqlite_transaction,
         write_worker=_sqlite_worker,
+        limit_state=_sqlite_limit_state,
     ),
     # "redis": Backend("redis", _redis_store),  # e.g. a fresh key prefix / database per test
 }
@@ -185,6 +195,11 @@ def _pg_worker(url: str, worker_id: str, info: bytes, expires: float) -> bool:
     return True
 
 
+def _pg_limit_state(url: str) -> tuple[set[str], set[str]]:
+    groups = {g for (g,) in _pg_sql(url, "SELECT grp FROM limit_groups WHERE grp <> ''")}
+    return groups, {k for (k,) in _pg_sql(url, "SELECT key FROM limit_keys")}
+
+
 # Registered whether or not psycopg is installed: without it, these tests fail, never vanish.
 BACKENDS["postgres"] = _Postgres(
     "postgres",
@@ -194,6 +209,7 @@ BACKENDS["postgres"] = _Postgres(
     transaction=_pg_transaction,
     drop_store=_pg_drop,
     write_worker=_pg_worker,
+    limit_state=_pg_limit_state,
 )
 
 

@@ -485,13 +485,20 @@ class PostgresBroker(Broker):
                 self._settle(conn, simple, now, statuses)
             else:
                 with conn.transaction():
-                    if not self._all_plain(outcomes):
+                    # Every group and key the transaction may lock, first and in the claims'
+                    # order: the follow-up enqueues' groups too (an enqueue upserts its groups).
+                    follow = [m for o in outcomes for m in o.enqueues if m.limits]
+                    if follow or not self._all_plain(outcomes):
                         conn.execute(
                             self._sql["lock_settling"],
                             {
                                 "ids": [o.id for o in outcomes],
                                 "tokens": [o.token for o in outcomes],
                                 "kinds": [o.kind for o in outcomes],
+                                "e_queues": [m.queue for m in follow],
+                                "e_prios": [m.priority for m in follow],
+                                "e_grps": [buckets.group_of(m.limits) for m in follow],
+                                "e_rules": [msgspec.json.encode(m.limits).decode() for m in follow],
                             },
                         )
                     self._settle(conn, simple, now, statuses)
@@ -796,6 +803,7 @@ class PostgresBroker(Broker):
 
     def expire(self, now: float | None = None, limit: int = 1000) -> int:
         with self._connect() as conn:
+            conn.execute(self._sql["forget_idle"], {"limit": limit, "now": now})
             return conn.execute(self._sql["expire"], {"limit": limit, "now": now}).rowcount
 
     # -- limits ------------------------------------------------------------------------------

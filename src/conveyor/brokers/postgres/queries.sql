@@ -394,8 +394,10 @@ SELECT settled.kind, settled.id FROM settled, woken, (SELECT count(*) FROM limit
 
 -- name: lock_settling
 -- Outcomes with effects settle in several statements of one transaction: take their limit locks
--- first, in the claims' order (see the function).
-SELECT {schema}.lock_settling(%(ids)s::text[], %(tokens)s::bigint[], %(kinds)s::text[]);
+-- first, in the claims' order (see the function), with the groups of their follow-up enqueues.
+SELECT {schema}.lock_settling(%(ids)s::text[], %(tokens)s::bigint[], %(kinds)s::text[],
+                              %(e_queues)s::text[], %(e_prios)s::int[], %(e_grps)s::text[],
+                              %(e_rules)s::jsonb[]);
 
 -- name: ack_dead
 -- Outcomes "dead": into the dead letter queue, the error appended to the history.
@@ -589,6 +591,39 @@ SELECT replayed.queue FROM replayed, (SELECT count(*) FROM limited) AS l;
 -- name: purge
 DELETE FROM {schema}.jobs
  WHERE state = 'dead' AND (%(ids)s::text[] IS NULL OR id = ANY(%(ids)s::text[]));
+
+-- name: forget_idle
+-- Before the expiry of finished jobs: limit state at rest, at most a batch of each (as SQLite's
+-- sqlite_limits.forget_idle): groups without a pending job (their waiters with them), and keys
+-- whose bucket is full with no slot held, no throttle and no run-time rule, which a claim or an
+-- outcome would make again exactly so. Rows another transaction holds are passed; claims and
+-- outcomes take keys and groups by upserts, which make again a row deleted under them.
+WITH groups AS (
+    SELECT g.queue, g.priority, g.grp FROM {schema}.limit_groups AS g
+     WHERE CASE WHEN g.grp = ''
+                THEN NOT EXISTS (SELECT 1 FROM {schema}.jobs AS j
+                                  WHERE j.state = 'pending' AND j.grp IS NULL AND j.queue = g.queue
+                                    AND j.priority = g.priority)
+                ELSE NOT EXISTS (SELECT 1 FROM {schema}.jobs AS j
+                                  WHERE j.state = 'pending' AND j.grp = g.grp AND j.queue = g.queue
+                                    AND j.priority = g.priority) END
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM {schema}.limit_groups AS g USING groups
+     WHERE g.queue = groups.queue AND g.priority = groups.priority AND g.grp = groups.grp
+    RETURNING g.queue, g.priority, g.grp
+), unwaited AS (
+    DELETE FROM {schema}.limit_waiters AS w USING gone
+     WHERE w.queue = gone.queue AND w.priority = gone.priority AND w.grp = gone.grp
+), keys AS (
+    SELECT k.queue, k.key FROM {schema}.limit_keys AS k
+     WHERE k.rate IS NULL AND k.burst IS NULL AND k.concurrency IS NULL AND k.running = 0
+       AND k.tat <= {now} AND coalesce(k.closed_until, 0) <= {now}
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+)
+DELETE FROM {schema}.limit_keys AS k USING keys WHERE k.queue = keys.queue AND k.key = keys.key;
 
 -- name: expire
 -- Finished jobs past their retention, at most a batch at a time so the purge never holds

@@ -560,15 +560,14 @@ BEGIN
     IF t_q IS NULL THEN
         RETURN 0;
     END IF;
-    INSERT INTO {schema}.limit_keys (queue, key)
+    -- Every key, locked in (queue, key) order; a key to close gets a row, made again if the
+    -- expiry sweep deleted it (at rest) meanwhile: an upsert locks the row it finds.
+    INSERT INTO {schema}.limit_keys AS k (queue, key)
     SELECT u.queue, u.key FROM unnest(t_q, t_k, t_until) AS u (queue, key, until)
-     WHERE u.until IS NOT NULL
+     WHERE u.until IS NOT NULL OR EXISTS (SELECT 1 FROM {schema}.limit_keys AS k2
+                                           WHERE k2.queue = u.queue AND k2.key = u.key)
      ORDER BY u.queue, u.key
-        ON CONFLICT (queue, key) DO NOTHING;
-    PERFORM 1 FROM {schema}.limit_keys AS k
-      JOIN unnest(t_q, t_k) AS u (queue, key) ON k.queue = u.queue AND k.key = u.key
-     ORDER BY k.queue, k.key
-       FOR UPDATE OF k;
+        ON CONFLICT (queue, key) DO UPDATE SET tat = k.tat;
     UPDATE {schema}.limit_keys AS k
        SET running = greatest(0, k.running - u.n),
            closed_until = CASE WHEN u.until IS NULL THEN k.closed_until
@@ -606,32 +605,55 @@ $fn$;
 -- lock, in the claims' order, the group rows they may put jobs back into and then the limit keys
 -- whose slots they free or which they close, so that no later statement of the transaction
 -- waits for a group while holding a key, nor takes keys out of order.
-CREATE FUNCTION {schema}.lock_settling(ids text[], tokens bigint[], kinds text[]) RETURNS integer
+CREATE FUNCTION {schema}.lock_settling(
+    ids text[], tokens bigint[], kinds text[], e_queues text[], e_prios integer[], e_grps text[],
+    e_rules jsonb[]
+) RETURNS integer
 LANGUAGE plpgsql AS $fn$
 BEGIN
-    PERFORM 1 FROM {schema}.limit_groups AS g
-      JOIN (SELECT DISTINCT j.queue, j.priority, j.grp FROM {schema}.jobs AS j
+    -- The groups the transaction may put jobs into (those of its retried and throttled jobs and
+    -- of its follow-up enqueues, e_*), made where missing (ready at +infinity until a job comes)
+    -- and locked, in (queue, priority, grp) order: no later statement then waits for a group
+    -- row while holding a key, which a claim holding that group and waiting for the key would
+    -- make a deadlock.
+    INSERT INTO {schema}.limit_groups AS g (queue, priority, grp, rules, turn, ready_at)
+    SELECT m.queue, m.priority, m.grp, (array_agg(m.rules))[1], 0, 'infinity'
+      FROM (SELECT j.queue, j.priority, j.grp, j.rules FROM {schema}.jobs AS j
               JOIN unnest(ids, tokens, kinds) AS o (id, token, kind) ON j.id = o.id AND j.token = o.token
-             WHERE j.state = 'running' AND j.grp IS NOT NULL AND o.kind IN ('retry', 'throttled')) AS m
-        ON g.queue = m.queue AND g.priority = m.priority AND g.grp = m.grp
-     ORDER BY g.queue, g.priority, g.grp
-       FOR UPDATE OF g;
-    PERFORM 1 FROM {schema}.limit_keys AS k
-      JOIN (SELECT j.queue, h.key FROM {schema}.jobs AS j
+             WHERE j.state = 'running' AND j.grp IS NOT NULL AND o.kind IN ('retry', 'throttled')
+            UNION ALL
+            SELECT e.queue, e.priority, e.grp, e.rules
+              FROM unnest(e_queues, e_prios, e_grps, e_rules) AS e (queue, priority, grp, rules)
+             WHERE e.grp IS NOT NULL) AS m
+     GROUP BY m.queue, m.priority, m.grp
+     ORDER BY m.queue, m.priority, m.grp
+        ON CONFLICT (queue, priority, grp) DO UPDATE SET turn = g.turn;
+    -- Then the keys whose slots it frees or which it closes (made where missing, like the
+    -- groups), in (queue, key) order.
+    INSERT INTO {schema}.limit_keys AS k (queue, key)
+    SELECT m.queue, m.key
+      FROM (SELECT j.queue, h.key, false AS closes FROM {schema}.jobs AS j
               JOIN unnest(ids, tokens) AS o (id, token) ON j.id = o.id AND j.token = o.token
              CROSS JOIN LATERAL jsonb_array_elements_text(
                    CASE WHEN jsonb_typeof(j.held) = 'array' THEN j.held ELSE '[]' END) AS h (key)
              WHERE j.state = 'running'
-            UNION
-            SELECT j.queue, x.key FROM {schema}.jobs AS j
+            UNION ALL
+            SELECT j.queue, x.key, true FROM {schema}.jobs AS j
               JOIN unnest(ids, tokens, kinds) AS o (id, token, kind) ON j.id = o.id AND j.token = o.token
              CROSS JOIN LATERAL unnest(string_to_array(j.grp, chr(31))) AS x (key)
              WHERE j.state = 'running' AND o.kind = 'throttled') AS m
-        ON k.queue = m.queue AND k.key = m.key
-     ORDER BY k.queue, k.key
-       FOR UPDATE OF k;
+     GROUP BY m.queue, m.key
+    HAVING bool_or(m.closes) OR EXISTS (SELECT 1 FROM {schema}.limit_keys AS k2
+                                         WHERE k2.queue = m.queue AND k2.key = m.key)
+     ORDER BY m.queue, m.key
+        ON CONFLICT (queue, key) DO UPDATE SET tat = k.tat;
     RETURN 0;
 END
+$fn$;
+-- Version 7's, for workers of that version: no follow-up enqueues.
+CREATE FUNCTION {schema}.lock_settling(ids text[], tokens bigint[], kinds text[]) RETURNS integer
+LANGUAGE sql AS $fn$
+    SELECT {schema}.lock_settling(ids, tokens, kinds, '{}', '{}', '{}', '{}')
 $fn$;
 -- The claim of a reservation from queues with limits (docs/flow-control.md), called by reserve.
 -- The split across levels and the deal across queues are reserve's (Fairness), on the due jobs
@@ -875,29 +897,41 @@ BEGIN
                coalesce(array_agg(r.concurrency ORDER BY c.ord, r.n), '{}')
           INTO r_of, r_key, r_rate, r_burst, r_conc
           FROM unnest(c_sq, c_rules) WITH ORDINALITY AS c (sq, rules, ord)
-         CROSS JOIN LATERAL {schema}.limit_rules(c.rules) WITH ORDINALITY AS r (key, rate, burst, concurrency, n)
+         CROSS JOIN LATERAL (
+               -- limit_rules, written out: a set-returning SQL function WITH ORDINALITY is not
+               -- inlined, and planning it again on every claim cost more than the rest of this
+               -- statement.
+               SELECT e.r ->> 0 AS key, (e.r ->> 1)::double precision AS rate,
+                      least(greatest((e.r ->> 2)::numeric, 1), 1000000000)::integer AS burst,
+                      least(greatest((e.r ->> 3)::numeric, 0), 1000000000)::integer AS concurrency, e.n
+                 FROM jsonb_array_elements(CASE WHEN jsonb_typeof(c.rules) = 'array' THEN c.rules ELSE '[]' END)
+                      WITH ORDINALITY AS e (r, n)
+                WHERE CASE WHEN jsonb_typeof(e.r) = 'array' AND jsonb_array_length(e.r) = 4
+                           THEN jsonb_typeof(e.r -> 0) = 'string' AND jsonb_typeof(e.r -> 1) = 'number'
+                                AND jsonb_typeof(e.r -> 2) = 'number' AND jsonb_typeof(e.r -> 3) = 'number'
+                           ELSE false END) AS r
          WHERE r.key <> '';
-        -- Every limit key they name (declared keys get a row), and each queue's own, locked in
-        -- (queue, key) order.
-        INSERT INTO {schema}.limit_keys (queue, key)
-        SELECT DISTINCT queues[(c_sq[u.o] - 1) % nq + 1], u.k FROM unnest(r_of, r_key) AS u (o, k)
-         ORDER BY 1, 2
-            ON CONFLICT (queue, key) DO NOTHING;
+        -- Every limit key they name (declared keys get a row) and each queue's own (if it has a
+        -- row), locked in (queue, key) order and read, in one statement: an upsert locks a row
+        -- it finds, and makes one again if the expiry sweep deleted it (at rest) meanwhile.
+        WITH wanted AS (
+            SELECT queues[(c_sq[u.o] - 1) % nq + 1] AS queue, u.k AS key FROM unnest(r_of, r_key) AS u (o, k)
+            UNION
+            SELECT l2.queue, l2.key FROM {schema}.limit_keys AS l2
+             WHERE l2.key = '' AND l2.queue IN (SELECT queues[(c.sq - 1) % nq + 1] FROM unnest(c_sq) AS c (sq))
+        ), locked AS (
+            INSERT INTO {schema}.limit_keys AS l2 (queue, key)
+            SELECT wanted.queue, wanted.key FROM wanted ORDER BY 1, 2
+                ON CONFLICT (queue, key) DO UPDATE SET tat = l2.tat
+            RETURNING l2.queue, l2.key, l2.tat, l2.running, l2.closed_until, l2.rate, l2.burst, l2.concurrency
+        )
         SELECT array_agg(k2.queue ORDER BY k2.queue, k2.key), array_agg(k2.key ORDER BY k2.queue, k2.key),
                array_agg(k2.tat ORDER BY k2.queue, k2.key), array_agg(k2.running ORDER BY k2.queue, k2.key),
                array_agg(k2.closed_until ORDER BY k2.queue, k2.key),
                array_agg(k2.rate ORDER BY k2.queue, k2.key), array_agg(k2.burst ORDER BY k2.queue, k2.key),
                array_agg(k2.concurrency ORDER BY k2.queue, k2.key)
           INTO k_q, k_key, k_tat, k_run, k_shut, k_orate, k_oburst, k_oconc
-          FROM (SELECT l2.queue, l2.key, l2.tat, l2.running, l2.closed_until, l2.rate, l2.burst,
-                       l2.concurrency
-                  FROM {schema}.limit_keys AS l2
-                 WHERE (l2.queue, l2.key) IN (
-                        SELECT queues[(c_sq[u.o] - 1) % nq + 1], u.k FROM unnest(r_of, r_key) AS u (o, k)
-                        UNION
-                        SELECT queues[(c.sq - 1) % nq + 1], '' FROM unnest(c_sq) AS c (sq))
-                 ORDER BY l2.queue, l2.key
-                   FOR UPDATE) AS k2;
+          FROM locked AS k2;
         -- Each rule's key as its place in the k_ arrays (0: not found, which cannot happen).
         SELECT coalesce(array_agg(coalesce(kk.idx::integer, 0) ORDER BY u.e), '{}') INTO r_idx
           FROM unnest(r_of, r_key) WITH ORDINALITY AS u (o, k, e)
@@ -1140,35 +1174,38 @@ BEGIN
           FROM unnest(k_q, k_key, k_tat, k_run, k_dirty[1 : cardinality(k_q)])
                AS u (queue, key, tat, running, dirty)
          WHERE u.dirty AND l2.queue = u.queue AND l2.key = u.key;
+        -- The groups looked at, in one statement: served ones take their new turn; blocked ones
+        -- are ready when they may run; those found without a due job, and served ones whose
+        -- locked due jobs were all taken, are ready at their next due time (of the jobs not
+        -- taken now), so that wait does not take them for ready work. Empty, a group found so
+        -- is gone; a served one is kept, ready at +infinity, for the outcomes of the jobs just
+        -- taken to put back into (an idle group's row stays so, examined by no claim, until
+        -- work comes back or the expiry sweep deletes it).
+        WITH looked AS (
+            SELECT queues[(u.sq - 1) % nq + 1] AS queue, stored[(u.sq - 1) / nq + 1] AS priority, u.grp,
+                   u.turn, u.state, u.at,
+                   u.grp <> '' AND (u.state = 3 OR (u.state = 1 AND u.pos > u.fin)) AS drained
+              FROM unnest(c_sq, c_grp, c_turn, c_state, c_at, c_pos, c_end) AS u (sq, grp, turn, state, at, pos, fin)
+             WHERE u.state IN (1, 2, 3)
+        ), settled AS (
+            SELECT l.*,
+                   CASE WHEN l.drained THEN (
+                       SELECT min(j2.run_at) FROM {schema}.jobs AS j2
+                        WHERE j2.state = 'pending' AND j2.grp = l.grp AND j2.queue = l.queue
+                          AND j2.priority = l.priority AND j2.id <> ALL (chosen)) END AS next_at
+              FROM looked AS l
+        ), gone AS (
+            DELETE FROM {schema}.limit_groups AS g USING settled AS s
+             WHERE s.drained AND s.state = 3 AND s.next_at IS NULL
+               AND g.queue = s.queue AND g.priority = s.priority AND g.grp = s.grp
+        )
         UPDATE {schema}.limit_groups AS g
-           SET turn = u.turn,
-               ready_at = CASE WHEN u.state = 2 THEN u.at ELSE g.ready_at END
-          FROM unnest(c_sq, c_grp, c_turn, c_state, c_at) AS u (sq, grp, turn, state, at)
-         WHERE u.state IN (1, 2) AND g.queue = queues[(u.sq - 1) % nq + 1]
-           AND g.priority = stored[(u.sq - 1) / nq + 1] AND g.grp = u.grp;
-        -- Groups found without a due job, and served ones whose locked due jobs were all taken:
-        -- ready at their next due time (of the jobs not taken now), so that wait does not take
-        -- them for ready work. Empty, a group found so is gone; a served one is kept, ready at
-        -- +infinity, for the outcomes of the jobs just taken to lock (lock_settling) and put
-        -- back into (an idle group's row stays so, examined by no claim, until work comes back).
-        FOR c IN 1 .. n LOOP
-            CONTINUE WHEN c_grp[c] = '' OR NOT (c_state[c] = 3 OR (c_state[c] = 1 AND c_pos[c] > c_end[c]));
-            q := (c_sq[c] - 1) % nq + 1;
-            s := (c_sq[c] - 1) / nq + 1;
-            SELECT min(j2.run_at) INTO blocked_at FROM {schema}.jobs AS j2
-             WHERE j2.state = 'pending' AND j2.grp = c_grp[c] AND j2.queue = queues[q]
-               AND j2.priority = stored[s] AND j2.id <> ALL (chosen);
-            IF blocked_at IS NULL AND c_state[c] = 1 THEN
-                UPDATE {schema}.limit_groups AS g SET ready_at = 'infinity'
-                 WHERE g.queue = queues[q] AND g.priority = stored[s] AND g.grp = c_grp[c];
-            ELSIF blocked_at IS NULL THEN
-                DELETE FROM {schema}.limit_groups AS g
-                 WHERE g.queue = queues[q] AND g.priority = stored[s] AND g.grp = c_grp[c];
-            ELSE
-                UPDATE {schema}.limit_groups AS g SET ready_at = blocked_at
-                 WHERE g.queue = queues[q] AND g.priority = stored[s] AND g.grp = c_grp[c];
-            END IF;
-        END LOOP;
+           SET turn = s.turn,
+               ready_at = CASE WHEN s.drained THEN coalesce(s.next_at, 'infinity')
+                               WHEN s.state = 2 THEN s.at ELSE g.ready_at END
+          FROM settled AS s
+         WHERE (s.state IN (1, 2) OR s.drained) AND NOT (s.drained AND s.state = 3 AND s.next_at IS NULL)
+           AND g.queue = s.queue AND g.priority = s.priority AND g.grp = s.grp;
         IF cardinality(waits_q) > 0 THEN
             INSERT INTO {schema}.limit_waiters (queue, key, priority, grp)
             SELECT DISTINCT * FROM unnest(waits_q, waits_k, waits_s, waits_g)
