@@ -216,7 +216,7 @@ class PostgresBroker(Broker):
                 if caps:
                     with conn.pipeline(), conn.transaction():
                         return self._insert_capped(conn, messages, now, caps)
-                if all(m.key is None and not m.limits for m in messages):
+                if all(m.key is None for m in messages):
                     try:
                         return self._insert_unkeyed(conn, messages, now)  # one statement, one round trip
                     except pg_errors.UniqueViolation:
@@ -274,12 +274,25 @@ class PostgresBroker(Broker):
     def _insert_unkeyed(
         self, conn: Connection, messages: Sequence[Message], now: float | None
     ) -> list[Enqueued]:
-        """Insert messages without keys and wake their queues in one statement: nothing can
-        conflict, so every one is created (in the open transaction, if any)."""
-        conn.cursor(row_factory=tuple_row).execute(
-            self._sql["enqueue_unkeyed"],
-            {**_columns(messages), "now": now, "channel": self.target.channel},
-        )
+        """Insert messages without keys and wake their queues in one statement (those with
+        limits join their groups in it too): nothing can conflict, so every one is created (in
+        the open transaction, if any)."""
+        if any(m.limits for m in messages):
+            conn.cursor(row_factory=tuple_row).execute(
+                self._sql["enqueue_grouped"],
+                {
+                    **_columns(messages),
+                    "grps": [buckets.group_of(m.limits) for m in messages],
+                    "rules": [msgspec.json.encode(m.limits).decode() if m.limits else None for m in messages],
+                    "now": now,
+                    "channel": self.target.channel,
+                },
+            )
+        else:
+            conn.cursor(row_factory=tuple_row).execute(
+                self._sql["enqueue_unkeyed"],
+                {**_columns(messages), "now": now, "channel": self.target.channel},
+            )
         return [Enqueued(m.id, True) for m in messages]
 
     def _insert(self, conn: Connection, messages: Sequence[Message], now: float | None) -> list[Enqueued]:

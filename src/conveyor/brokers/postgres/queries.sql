@@ -108,6 +108,40 @@ WITH inserted AS (
 SELECT count(pg_notify(%(channel)s, queue))
   FROM (SELECT DISTINCT queue FROM inserted ORDER BY queue) AS woken;
 
+-- name: enqueue_grouped
+-- enqueue_unkeyed for a batch without keys in which some messages have limits: in the same one
+-- statement, the jobs with limits join their groups as in enqueue (the group's row takes the
+-- batch's latest rules and is ready no later than the job is due). An id taken fails the whole
+-- statement, storing nothing: the broker then takes the enqueue statement.
+WITH m AS (
+    SELECT *
+      FROM unnest(%(ids)b::text[], %(tasks)b::text[], %(queues)b::text[], %(priorities)b::int[],
+                  %(payloads)b::bytea[], %(delays)b::float8[], %(run_ats)b::float8[],
+                  %(max_attempts)b::int[], %(grps)b::text[], %(rules)b::text[])
+           WITH ORDINALITY AS m (id, task, queue, priority, payload, delay, run_at, max_attempts, grp,
+                                 rules, n)
+), inserted AS (
+    INSERT INTO {schema}.jobs (id, task, queue, priority, state, payload, run_at, enqueued_at,
+                               max_attempts, grp, rules)
+    SELECT id, task, queue, priority, 'pending', payload, coalesce(run_at, {statement_now} + delay),
+           {statement_now}, max_attempts, grp, rules::jsonb
+      FROM m
+     ORDER BY n
+    RETURNING id, queue, run_at
+), grouped AS (
+    INSERT INTO {schema}.limit_groups AS g (queue, priority, grp, rules, turn, ready_at)
+    SELECT m.queue, m.priority, m.grp, (array_agg(m.rules::jsonb ORDER BY m.n DESC))[1], 0,
+           min(inserted.run_at)
+      FROM m JOIN inserted ON inserted.id = m.id
+     WHERE m.grp IS NOT NULL
+     GROUP BY m.queue, m.priority, m.grp
+     ORDER BY m.queue, m.priority, m.grp
+        ON CONFLICT (queue, priority, grp)
+        DO UPDATE SET rules = excluded.rules, ready_at = least(g.ready_at, excluded.ready_at)
+)
+SELECT count(pg_notify(%(channel)s, queue))
+  FROM (SELECT DISTINCT queue FROM inserted ORDER BY queue) AS woken;
+
 -- name: id_holders
 -- The jobs holding ids: for ids taken by a transaction that committed after the enqueue
 -- statement's snapshot.
