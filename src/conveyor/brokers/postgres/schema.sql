@@ -560,22 +560,21 @@ BEGIN
     IF t_q IS NULL THEN
         RETURN 0;
     END IF;
-    -- Every key, locked in (queue, key) order; a key to close gets a row, made again if the
-    -- expiry sweep deleted it (at rest) meanwhile: an upsert locks the row it finds.
-    INSERT INTO {schema}.limit_keys AS k (queue, key)
-    SELECT u.queue, u.key FROM unnest(t_q, t_k, t_until) AS u (queue, key, until)
+    -- Every key in one statement, in (queue, key) order: its slots freed, closed until the
+    -- latest throttle's end. A key to close gets a row, made again if the expiry sweep deleted
+    -- it (at rest) meanwhile: an upsert updates the row it finds, or makes one (no slot held).
+    INSERT INTO {schema}.limit_keys AS k (queue, key, closed_until)
+    SELECT u.queue, u.key, u.until FROM unnest(t_q, t_k, t_until) AS u (queue, key, until)
      WHERE u.until IS NOT NULL OR EXISTS (SELECT 1 FROM {schema}.limit_keys AS k2
                                            WHERE k2.queue = u.queue AND k2.key = u.key)
      ORDER BY u.queue, u.key
-        ON CONFLICT (queue, key) DO UPDATE SET tat = k.tat;
-    UPDATE {schema}.limit_keys AS k
-       SET running = greatest(0, k.running - u.n),
-           closed_until = CASE WHEN u.until IS NULL THEN k.closed_until
-                               ELSE greatest(k.closed_until, u.until) END
-      FROM unnest(t_q, t_k, t_n, t_until) AS u (queue, key, n, until)
-     WHERE k.queue = u.queue AND k.key = u.key;
+        ON CONFLICT (queue, key) DO UPDATE
+       SET running = greatest(0, k.running - (SELECT u2.n FROM unnest(t_q, t_k, t_n) AS u2 (queue, key, n)
+                                                WHERE u2.queue = k.queue AND u2.key = k.key)),
+           closed_until = CASE WHEN excluded.closed_until IS NULL THEN k.closed_until
+                               ELSE greatest(k.closed_until, excluded.closed_until) END;
     -- A statement of its own: its snapshot sees every waiter a claim registered while it held
-    -- these keys, since the locks above waited for it.
+    -- these keys, since the upsert above waited for it.
     WITH targets AS (
         SELECT DISTINCT w.queue, w.priority, w.grp
           FROM {schema}.limit_waiters AS w

@@ -1,14 +1,15 @@
 -- Version 8: what limits that never bind cost a claim, and two races (docs/flow-control.md).
 -- reserve_limited reads the candidates' rules in its own statement (limit_rules, a set-returning
--- SQL function called WITH ORDINALITY, was planned again on every claim), takes its limit keys
--- with one upsert that locks, makes and reads them, and settles the groups it looked at in one
--- statement instead of two per drained group. Keys are taken by upserts (here, in after_settle
--- and lock_settling) so that the expiry sweep may delete keys at rest: a key deleted between a
--- claim's insert and its lock would have been passed over. lock_settling makes and locks the
--- group rows of follow-up enqueues and of retried jobs whose group a claim deleted, before any
--- key: an outcome that made them after locking keys could deadlock with a claim holding the
--- group and waiting for the key. Same signatures, replaced; lock_settling gains an overload with
--- the follow-up enqueues' groups.
+-- SQL function called WITH ORDINALITY, was planned again on every claim), makes, locks and reads
+-- its limit keys with one upsert, settles the keys, groups, waiters and jobs in one statement, and
+-- charges the keys of candidates that have room for the whole claim once per share instead of job
+-- by job. Keys are taken by upserts (there, in after_settle, which frees slots and closes keys in
+-- that one statement, and in lock_settling), so that the expiry sweep may delete keys at rest: a
+-- key deleted between a claim's insert and its lock would have been passed over. lock_settling
+-- makes and locks the group rows of follow-up enqueues and of retried jobs whose group a claim
+-- deleted, before any key: an outcome that made them after locking keys could deadlock with a
+-- claim holding the group and waiting for the key. Same signatures, replaced; lock_settling gains
+-- an overload with the follow-up enqueues' groups.
 CREATE OR REPLACE FUNCTION {schema}.reserve_limited(
     queues text[], weights integer[], fair integer[], qweights integer[], qfair integer[],
     in_order boolean, lim integer, lease double precision, worker_id text, clock double precision
@@ -727,22 +728,21 @@ BEGIN
     IF t_q IS NULL THEN
         RETURN 0;
     END IF;
-    -- Every key, locked in (queue, key) order; a key to close gets a row, made again if the
-    -- expiry sweep deleted it (at rest) meanwhile: an upsert locks the row it finds.
-    INSERT INTO {schema}.limit_keys AS k (queue, key)
-    SELECT u.queue, u.key FROM unnest(t_q, t_k, t_until) AS u (queue, key, until)
+    -- Every key in one statement, in (queue, key) order: its slots freed, closed until the
+    -- latest throttle's end. A key to close gets a row, made again if the expiry sweep deleted
+    -- it (at rest) meanwhile: an upsert updates the row it finds, or makes one (no slot held).
+    INSERT INTO {schema}.limit_keys AS k (queue, key, closed_until)
+    SELECT u.queue, u.key, u.until FROM unnest(t_q, t_k, t_until) AS u (queue, key, until)
      WHERE u.until IS NOT NULL OR EXISTS (SELECT 1 FROM {schema}.limit_keys AS k2
                                            WHERE k2.queue = u.queue AND k2.key = u.key)
      ORDER BY u.queue, u.key
-        ON CONFLICT (queue, key) DO UPDATE SET tat = k.tat;
-    UPDATE {schema}.limit_keys AS k
-       SET running = greatest(0, k.running - u.n),
-           closed_until = CASE WHEN u.until IS NULL THEN k.closed_until
-                               ELSE greatest(k.closed_until, u.until) END
-      FROM unnest(t_q, t_k, t_n, t_until) AS u (queue, key, n, until)
-     WHERE k.queue = u.queue AND k.key = u.key;
+        ON CONFLICT (queue, key) DO UPDATE
+       SET running = greatest(0, k.running - (SELECT u2.n FROM unnest(t_q, t_k, t_n) AS u2 (queue, key, n)
+                                                WHERE u2.queue = k.queue AND u2.key = k.key)),
+           closed_until = CASE WHEN excluded.closed_until IS NULL THEN k.closed_until
+                               ELSE greatest(k.closed_until, excluded.closed_until) END;
     -- A statement of its own: its snapshot sees every waiter a claim registered while it held
-    -- these keys, since the locks above waited for it.
+    -- these keys, since the upsert above waited for it.
     WITH targets AS (
         SELECT DISTINCT w.queue, w.priority, w.grp
           FROM {schema}.limit_waiters AS w
