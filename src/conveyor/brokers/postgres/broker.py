@@ -816,7 +816,20 @@ class PostgresBroker(Broker):
 
     def expire(self, now: float | None = None, limit: int = 1000) -> int:
         with self._connect() as conn:
-            conn.execute(self._sql["forget_idle"], {"limit": limit, "now": now})
+            # Idle limit state: groups locked by one statement, deleted by the next (whose
+            # snapshot sees every job made pending before it), keys at rest with them.
+            with conn.transaction():
+                groups = conn.execute(self._sql["idle_groups"], {"limit": limit}).fetchall()
+                conn.execute(
+                    self._sql["forget_idle"],
+                    {
+                        "queues": [q for q, _, _ in groups],
+                        "priorities": [p for _, p, _ in groups],
+                        "grps": [g for _, _, g in groups],
+                        "limit": limit,
+                        "now": now,
+                    },
+                )
             return conn.execute(self._sql["expire"], {"limit": limit, "now": now}).rowcount
 
     # -- limits ------------------------------------------------------------------------------

@@ -626,26 +626,39 @@ SELECT replayed.queue FROM replayed, (SELECT count(*) FROM limited) AS l;
 DELETE FROM {schema}.jobs
  WHERE state = 'dead' AND (%(ids)s::text[] IS NULL OR id = ANY(%(ids)s::text[]));
 
+-- name: idle_groups
+-- The expiry sweep's first step, in its transaction: lock up to a batch of groups without a
+-- pending job (as this statement sees them), passing those another transaction holds.
+SELECT g.queue, g.priority, g.grp FROM {schema}.limit_groups AS g
+ WHERE CASE WHEN g.grp = ''
+            THEN NOT EXISTS (SELECT 1 FROM {schema}.jobs AS j
+                              WHERE j.state = 'pending' AND j.grp IS NULL AND j.queue = g.queue
+                                AND j.priority = g.priority)
+            ELSE NOT EXISTS (SELECT 1 FROM {schema}.jobs AS j
+                              WHERE j.state = 'pending' AND j.grp = g.grp AND j.queue = g.queue
+                                AND j.priority = g.priority) END
+ LIMIT %(limit)s
+   FOR UPDATE SKIP LOCKED;
+
 -- name: forget_idle
--- Before the expiry of finished jobs: limit state at rest, at most a batch of each (as SQLite's
--- sqlite_limits.forget_idle): groups without a pending job (their waiters with them), and keys
--- whose bucket is full with no slot held, no throttle and no run-time rule, which a claim or an
--- outcome would make again exactly so. Rows another transaction holds are passed; claims and
--- outcomes take keys and groups by upserts, which make again a row deleted under them.
-WITH groups AS (
-    SELECT g.queue, g.priority, g.grp FROM {schema}.limit_groups AS g
-     WHERE CASE WHEN g.grp = ''
+-- Then limit state at rest (as SQLite's sqlite_limits.forget_idle): of the groups locked above,
+-- those still without a pending job, looked at again by this statement, whose snapshot sees
+-- every job made pending before (an enqueue or outcome that commits one joins its group by an
+-- upsert, which waits for the lock and then makes the row again); their waiters with them. And
+-- keys whose bucket is full with no slot held, no throttle and no run-time rule, which a claim
+-- or an outcome would make again exactly so; rows another transaction holds are passed. Claims
+-- and outcomes take keys by upserts, which make again a row deleted under them.
+WITH gone AS (
+    DELETE FROM {schema}.limit_groups AS g
+     USING unnest(%(queues)s::text[], %(priorities)s::int[], %(grps)s::text[]) AS c (queue, priority, grp)
+     WHERE g.queue = c.queue AND g.priority = c.priority AND g.grp = c.grp
+       AND CASE WHEN g.grp = ''
                 THEN NOT EXISTS (SELECT 1 FROM {schema}.jobs AS j
                                   WHERE j.state = 'pending' AND j.grp IS NULL AND j.queue = g.queue
                                     AND j.priority = g.priority)
                 ELSE NOT EXISTS (SELECT 1 FROM {schema}.jobs AS j
                                   WHERE j.state = 'pending' AND j.grp = g.grp AND j.queue = g.queue
                                     AND j.priority = g.priority) END
-     LIMIT %(limit)s
-       FOR UPDATE SKIP LOCKED
-), gone AS (
-    DELETE FROM {schema}.limit_groups AS g USING groups
-     WHERE g.queue = groups.queue AND g.priority = groups.priority AND g.grp = groups.grp
     RETURNING g.queue, g.priority, g.grp
 ), unwaited AS (
     DELETE FROM {schema}.limit_waiters AS w USING gone

@@ -1,15 +1,16 @@
 -- Version 8: what limits that never bind cost a claim, and two races (docs/flow-control.md).
 -- reserve_limited reads the candidates' rules in its own statement (limit_rules, a set-returning
 -- SQL function called WITH ORDINALITY, was planned again on every claim), makes, locks and reads
--- its limit keys with one upsert, settles the keys, groups, waiters and jobs in one statement, and
--- charges the keys of candidates that have room for the whole claim once per share instead of job
--- by job. Keys are taken by upserts (there, in after_settle, which frees slots and closes keys in
--- that one statement, and in lock_settling), so that the expiry sweep may delete keys at rest: a
--- key deleted between a claim's insert and its lock would have been passed over. lock_settling
--- makes and locks the group rows of follow-up enqueues and of retried jobs whose group a claim
--- deleted, before any key: an outcome that made them after locking keys could deadlock with a
--- claim holding the group and waiting for the key. Same signatures, replaced; lock_settling gains
--- an overload with the follow-up enqueues' groups.
+-- its keys and finds each rule's key in one statement, settles the keys, groups, waiters and jobs
+-- in one, and charges the keys of candidates that have room for the whole claim once per share
+-- instead of job by job. The expiry sweep now deletes idle groups and keys at rest, so claims
+-- and outcomes take keys by upserts, which lock the row they find or make it again if the sweep
+-- deleted it (a key deleted between a claim's insert and its lock would have been passed over);
+-- after_settle frees slots and closes keys in that one upsert. lock_settling makes and locks the
+-- group rows of follow-up enqueues and of retried jobs whose group a claim deleted, before any
+-- key: an outcome that made them after locking keys could deadlock with a claim holding the
+-- group and waiting for the key. Same signatures, replaced; lock_settling gains an overload with
+-- the follow-up enqueues' groups.
 CREATE OR REPLACE FUNCTION {schema}.reserve_limited(
     queues text[], weights integer[], fair integer[], qweights integer[], qfair integer[],
     in_order boolean, lim integer, lease double precision, worker_id text, clock double precision
