@@ -46,6 +46,10 @@ class Backend:
     limit_state: Callable[[str, str], int] | None = None
     #: Other processes can open the store (False: a store in the test process's memory).
     processes: bool = True
+    #: The limit state of an SQL store by name, past the broker: ``(groups, keys)`` of ``url``,
+    #: the groups by name (``limits.group_of``, without the turn of jobs without limits) and the
+    #: limit keys that have a record (test_limits_idle).
+    limit_sets: Callable[[str], tuple[set[str], set[str]]] | None = None
 
     def open(self, url: str, retention: float = RETENTION) -> Broker:
         return open_broker(url, retention=retention)
@@ -100,6 +104,11 @@ def _sql_limit_state(
     return count
 
 
+def _sqlite_limit_state(url: str) -> tuple[set[str], set[str]]:
+    groups = {g for (g,) in _sqlite_sql(url, "SELECT grp FROM conveyor_groups WHERE grp != ''")}
+    return groups, {k for (k,) in _sqlite_sql(url, "SELECT key FROM conveyor_limits")}
+
+
 BACKENDS: dict[str, Backend] = {
     "sqlite": Backend(
         "sqlite",
@@ -109,6 +118,7 @@ BACKENDS: dict[str, Backend] = {
         transaction=_sqlite_transaction,
         write_worker=_sqlite_worker,
         limit_state=_sql_limit_state(_sqlite_sql, "conveyor_groups", "conveyor_limits", "conveyor_waiters"),
+        limit_sets=_sqlite_limit_state,
     ),
     # "redis": Backend("redis", _redis_store),  # e.g. a fresh key prefix / database per test
 }
@@ -272,6 +282,11 @@ def _pg_worker(url: str, worker_id: str, info: bytes, expires: float) -> bool:
     return True
 
 
+def _pg_limit_state(url: str) -> tuple[set[str], set[str]]:
+    groups = {g for (g,) in _pg_sql(url, "SELECT grp FROM limit_groups WHERE grp <> ''")}
+    return groups, {k for (k,) in _pg_sql(url, "SELECT key FROM limit_keys")}
+
+
 # Registered whether or not psycopg is installed: without it, these tests fail, never vanish.
 BACKENDS["postgres"] = _Postgres(
     "postgres",
@@ -282,6 +297,7 @@ BACKENDS["postgres"] = _Postgres(
     drop_store=_pg_drop,
     write_worker=_pg_worker,
     limit_state=_sql_limit_state(_pg_sql, "limit_groups", "limit_keys", "limit_waiters"),
+    limit_sets=_pg_limit_state,
 )
 
 

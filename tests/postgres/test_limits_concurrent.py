@@ -116,8 +116,8 @@ def test_corrupt_rules_and_held_cost_only_their_record(store_url: str, admin: An
 
 def test_mixed_outcomes_and_run_time_changes_under_concurrency_free_every_slot(store_url: str) -> None:
     """Claimers acknowledging every kind of outcome at once (several kinds per batch, some with
-    effects) and releasing, while another handle changes a limit and reclaims: no deadlock, no
-    lost job, no slot kept."""
+    effects) and releasing, while another handle changes a limit, reclaims and sweeps idle limit
+    state: no deadlock, no lost job, no slot kept."""
     setup = PostgresBroker(store_url)
     messages = []
     for i in range(300):
@@ -189,6 +189,7 @@ def test_mixed_outcomes_and_run_time_changes_under_concurrency_free_every_slot(s
             while not stop.is_set():
                 broker.set_limit("b", Rule("shared", concurrency=1 + n % 5))
                 broker.reclaim()
+                broker.expire()  # deletes groups and keys at rest under the claims and outcomes
                 broker.clear_limit("b", "shared")
                 n += 1
         except BaseException as exc:
@@ -206,5 +207,89 @@ def test_mixed_outcomes_and_run_time_changes_under_concurrency_free_every_slot(s
         assert not failures, failures
         assert len(finished) == len(messages)
         assert [(i.queue, i.key, i.running) for i in setup.limits() if i.running] == []
+    finally:
+        setup.close()
+
+
+def test_outcomes_that_put_jobs_back_into_groups_do_not_deadlock_with_claims(store_url: str) -> None:
+    """Outcomes settled in a transaction (effects) that free slots and then put jobs back into
+    groups (retries whose group row a claim deleted, follow-up enqueues with limits) must take
+    the group rows before the keys, as claims do: a claim holding a group while it waits for a
+    key, and an outcome holding that key while it waits for the group, would deadlock."""
+    keys = [Rule(f"k{i}", rate=1e6, burst=1000, concurrency=1000) for i in range(3)]
+    shared = Rule("shared", concurrency=1000)
+
+    def job(i: int) -> Message:
+        return Message(
+            id=new_id(),
+            task="t",
+            queue="q",
+            priority=1,
+            payload=b"[]",
+            limits=(shared, keys[i % 3]),
+            max_attempts=1000,
+        )
+
+    setup = PostgresBroker(store_url)
+    setup.enqueue([job(i) for i in range(60)])
+    lock = threading.Lock()
+    spawned = 0
+    finished: set[str] = set()
+    failures: list[BaseException] = []
+    stop = threading.Event()
+    total = 400  # jobs in all: 60 first, the rest follow-ups
+
+    def work(n: int) -> None:
+        nonlocal spawned
+        broker = PostgresBroker(store_url)
+        fairness = Fairness((6, 3, 1))
+        turn = n
+        try:
+            while not stop.is_set():
+                got = broker.reserve(["q"], 3, 30.0, f"w{n}", fairness)
+                outcomes = []
+                for d in got:
+                    turn += 1
+                    if turn % 3 == 0:
+                        outcomes.append(Outcome(d.id, d.token, "retry", delay=0.0, error={"type": "E"}))
+                        continue
+                    follow: tuple[Message, ...] = ()
+                    with lock:
+                        if spawned < total - 60:
+                            spawned += 1
+                            follow = (job(turn),)
+                    outcomes.append(
+                        Outcome(
+                            d.id,
+                            d.token,
+                            "succeeded",
+                            result=b"null",
+                            effects=(("SELECT 1",),),
+                            enqueues=follow,
+                        )
+                    )
+                statuses = broker.ack(outcomes)
+                assert [s.status for s in statuses] == ["ok"] * len(outcomes), statuses
+                with lock:
+                    finished.update(o.id for o in outcomes if o.kind == "succeeded")
+                    if len(finished) >= total:
+                        stop.set()
+                if not got:
+                    broker.wait(["q"], 0.2)
+        except BaseException as exc:
+            failures.append(exc)
+            stop.set()
+        finally:
+            broker.close()
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    try:
+        assert not failures, failures
+        assert len(finished) == total
+        assert [(i.key, i.running) for i in setup.limits("q") if i.running] == []
     finally:
         setup.close()

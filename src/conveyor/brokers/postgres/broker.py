@@ -217,7 +217,7 @@ class PostgresBroker(Broker):
                 if caps:
                     with conn.pipeline(), conn.transaction():
                         return self._insert_capped(conn, messages, now, caps)
-                if all(m.key is None and not m.limits for m in messages):
+                if all(m.key is None for m in messages):
                     try:
                         return self._insert_unkeyed(conn, messages, now)  # one statement, one round trip
                     except pg_errors.UniqueViolation:
@@ -276,12 +276,25 @@ class PostgresBroker(Broker):
     def _insert_unkeyed(
         self, conn: Connection, messages: Sequence[Message], now: float | None
     ) -> list[Enqueued]:
-        """Insert messages without keys and wake their queues in one statement: nothing can
-        conflict, so every one is created (in the open transaction, if any)."""
-        conn.cursor(row_factory=tuple_row).execute(
-            self._sql["enqueue_unkeyed"],
-            {**_columns(messages), "now": now, "channel": self.target.channel},
-        )
+        """Insert messages without keys and wake their queues in one statement (those with
+        limits join their groups in it too): nothing can conflict, so every one is created (in
+        the open transaction, if any)."""
+        if any(m.limits for m in messages):
+            conn.cursor(row_factory=tuple_row).execute(
+                self._sql["enqueue_grouped"],
+                {
+                    **_columns(messages),
+                    "grps": [buckets.group_of(m.limits) for m in messages],
+                    "rules": [msgspec.json.encode(m.limits).decode() if m.limits else None for m in messages],
+                    "now": now,
+                    "channel": self.target.channel,
+                },
+            )
+        else:
+            conn.cursor(row_factory=tuple_row).execute(
+                self._sql["enqueue_unkeyed"],
+                {**_columns(messages), "now": now, "channel": self.target.channel},
+            )
         return [Enqueued(m.id, True) for m in messages]
 
     def _insert(self, conn: Connection, messages: Sequence[Message], now: float | None) -> list[Enqueued]:
@@ -499,13 +512,20 @@ class PostgresBroker(Broker):
                 self._settle(conn, simple, now, statuses)
             else:
                 with conn.transaction():
-                    if not self._all_plain(outcomes):
+                    # Every group and key the transaction may lock, first and in the claims'
+                    # order: the follow-up enqueues' groups too (an enqueue upserts its groups).
+                    follow = [m for o in outcomes for m in o.enqueues if m.limits]
+                    if follow or not self._all_plain(outcomes):
                         conn.execute(
                             self._sql["lock_settling"],
                             {
                                 "ids": [o.id for o in outcomes],
                                 "tokens": [o.token for o in outcomes],
                                 "kinds": [o.kind for o in outcomes],
+                                "e_queues": [m.queue for m in follow],
+                                "e_prios": [m.priority for m in follow],
+                                "e_grps": [buckets.group_of(m.limits) for m in follow],
+                                "e_rules": [msgspec.json.encode(m.limits).decode() for m in follow],
                             },
                         )
                     self._settle(conn, simple, now, statuses)
@@ -881,6 +901,20 @@ class PostgresBroker(Broker):
 
     def expire(self, now: float | None = None, limit: int = 1000) -> int:
         with self._connect() as conn:
+            # Idle limit state: groups locked by one statement, deleted by the next (whose
+            # snapshot sees every job made pending before it), keys at rest with them.
+            with conn.transaction():
+                groups = conn.execute(self._sql["idle_groups"], {"limit": limit}).fetchall()
+                conn.execute(
+                    self._sql["forget_idle"],
+                    {
+                        "queues": [q for q, _, _ in groups],
+                        "priorities": [p for _, p, _ in groups],
+                        "grps": [g for _, _, g in groups],
+                        "limit": limit,
+                        "now": now,
+                    },
+                )
             return conn.execute(self._sql["expire"], {"limit": limit, "now": now}).rowcount
 
     # -- limits ------------------------------------------------------------------------------

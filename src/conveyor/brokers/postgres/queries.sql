@@ -108,6 +108,40 @@ WITH inserted AS (
 SELECT count(pg_notify(%(channel)s, queue))
   FROM (SELECT DISTINCT queue FROM inserted ORDER BY queue) AS woken;
 
+-- name: enqueue_grouped
+-- enqueue_unkeyed for a batch without keys in which some messages have limits: in the same one
+-- statement, the jobs with limits join their groups as in enqueue (the group's row takes the
+-- batch's latest rules and is ready no later than the job is due). An id taken fails the whole
+-- statement, storing nothing: the broker then takes the enqueue statement.
+WITH m AS (
+    SELECT *
+      FROM unnest(%(ids)b::text[], %(tasks)b::text[], %(queues)b::text[], %(priorities)b::int[],
+                  %(payloads)b::bytea[], %(delays)b::float8[], %(run_ats)b::float8[],
+                  %(max_attempts)b::int[], %(grps)b::text[], %(rules)b::text[])
+           WITH ORDINALITY AS m (id, task, queue, priority, payload, delay, run_at, max_attempts, grp,
+                                 rules, n)
+), inserted AS (
+    INSERT INTO {schema}.jobs (id, task, queue, priority, state, payload, run_at, enqueued_at,
+                               max_attempts, grp, rules)
+    SELECT id, task, queue, priority, 'pending', payload, coalesce(run_at, {statement_now} + delay),
+           {statement_now}, max_attempts, grp, rules::jsonb
+      FROM m
+     ORDER BY n
+    RETURNING id, queue, run_at
+), grouped AS (
+    INSERT INTO {schema}.limit_groups AS g (queue, priority, grp, rules, turn, ready_at)
+    SELECT m.queue, m.priority, m.grp, (array_agg(m.rules::jsonb ORDER BY m.n DESC))[1], 0,
+           min(inserted.run_at)
+      FROM m JOIN inserted ON inserted.id = m.id
+     WHERE m.grp IS NOT NULL
+     GROUP BY m.queue, m.priority, m.grp
+     ORDER BY m.queue, m.priority, m.grp
+        ON CONFLICT (queue, priority, grp)
+        DO UPDATE SET rules = excluded.rules, ready_at = least(g.ready_at, excluded.ready_at)
+)
+SELECT count(pg_notify(%(channel)s, queue))
+  FROM (SELECT DISTINCT queue FROM inserted ORDER BY queue) AS woken;
+
 -- name: id_holders
 -- The jobs holding ids: for ids taken by a transaction that committed after the enqueue
 -- statement's snapshot.
@@ -394,8 +428,10 @@ SELECT settled.kind, settled.id FROM settled, woken, (SELECT count(*) FROM limit
 
 -- name: lock_settling
 -- Outcomes with effects settle in several statements of one transaction: take their limit locks
--- first, in the claims' order (see the function).
-SELECT {schema}.lock_settling(%(ids)s::text[], %(tokens)s::bigint[], %(kinds)s::text[]);
+-- first, in the claims' order (see the function), with the groups of their follow-up enqueues.
+SELECT {schema}.lock_settling(%(ids)s::text[], %(tokens)s::bigint[], %(kinds)s::text[],
+                              %(e_queues)s::text[], %(e_prios)s::int[], %(e_grps)s::text[],
+                              %(e_rules)s::jsonb[]);
 
 -- name: ack_dead
 -- Outcomes "dead": into the dead letter queue, the error appended to the history.
@@ -589,6 +625,56 @@ SELECT replayed.queue FROM replayed, (SELECT count(*) FROM limited) AS l;
 -- name: purge
 DELETE FROM {schema}.jobs
  WHERE state = 'dead' AND (%(ids)s::text[] IS NULL OR id = ANY(%(ids)s::text[]));
+
+-- name: idle_groups
+-- The expiry sweep's first step, in its transaction: lock up to a batch of groups without a
+-- pending job (as this statement sees them), passing those another transaction holds.
+SELECT g.queue, g.priority, g.grp FROM {schema}.limit_groups AS g
+ WHERE CASE WHEN g.grp = ''
+            THEN NOT EXISTS (SELECT 1 FROM {schema}.jobs AS j
+                              WHERE j.state = 'pending' AND j.grp IS NULL AND j.queue = g.queue
+                                AND j.priority = g.priority)
+            ELSE NOT EXISTS (SELECT 1 FROM {schema}.jobs AS j
+                              WHERE j.state = 'pending' AND j.grp = g.grp AND j.queue = g.queue
+                                AND j.priority = g.priority) END
+ LIMIT %(limit)s
+   FOR UPDATE SKIP LOCKED;
+
+-- name: forget_idle
+-- Then limit state at rest (as SQLite's sqlite_limits.forget_idle): of the groups locked above,
+-- those still without a pending, running or parked job, looked at again by this statement, whose snapshot sees
+-- every job made pending before (an enqueue or outcome that commits one joins its group by an
+-- upsert, which waits for the lock and then makes the row again); their waiters with them. And
+-- keys whose bucket is full with no slot held, no throttle and no run-time rule, which a claim
+-- or an outcome would make again exactly so; rows another transaction holds are passed. Claims
+-- and outcomes take keys by upserts, which make again a row deleted under them.
+WITH gone AS (
+    DELETE FROM {schema}.limit_groups AS g
+     USING unnest(%(queues)s::text[], %(priorities)s::int[], %(grps)s::text[]) AS c (queue, priority, grp)
+     WHERE g.queue = c.queue AND g.priority = c.priority AND g.grp = c.grp
+       AND CASE WHEN g.grp = ''
+                THEN NOT EXISTS (SELECT 1 FROM {schema}.jobs AS j
+                                  WHERE j.state = 'pending' AND j.grp IS NULL AND j.queue = g.queue
+                                    AND j.priority = g.priority)
+                ELSE NOT EXISTS (SELECT 1 FROM {schema}.jobs AS j
+                                  WHERE j.state = 'pending' AND j.grp = g.grp AND j.queue = g.queue
+                                    AND j.priority = g.priority)
+                     -- a running or parked job returns to its group (a retry, a snooze, a resume)
+                     AND NOT EXISTS (SELECT 1 FROM {schema}.jobs AS j
+                                      WHERE j.state IN ('running', 'parked') AND j.grp = g.grp
+                                        AND j.queue = g.queue AND j.priority = g.priority) END
+    RETURNING g.queue, g.priority, g.grp
+), unwaited AS (
+    DELETE FROM {schema}.limit_waiters AS w USING gone
+     WHERE w.queue = gone.queue AND w.priority = gone.priority AND w.grp = gone.grp
+), keys AS (
+    SELECT k.queue, k.key FROM {schema}.limit_keys AS k
+     WHERE k.rate IS NULL AND k.burst IS NULL AND k.concurrency IS NULL AND k.running = 0
+       AND k.tat <= {now} AND coalesce(k.closed_until, 0) <= {now}
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+)
+DELETE FROM {schema}.limit_keys AS k USING keys WHERE k.queue = keys.queue AND k.key = keys.key;
 
 -- name: expire
 -- Finished jobs past their retention, at most a batch at a time so the purge never holds

@@ -565,23 +565,21 @@ BEGIN
     IF t_q IS NULL THEN
         RETURN 0;
     END IF;
-    INSERT INTO {schema}.limit_keys (queue, key)
-    SELECT u.queue, u.key FROM unnest(t_q, t_k, t_until) AS u (queue, key, until)
-     WHERE u.until IS NOT NULL
+    -- Every key in one statement, in (queue, key) order: its slots freed, closed until the
+    -- latest throttle's end. A key to close gets a row, made again if the expiry sweep deleted
+    -- it (at rest) meanwhile: an upsert updates the row it finds, or makes one (no slot held).
+    INSERT INTO {schema}.limit_keys AS k (queue, key, closed_until)
+    SELECT u.queue, u.key, u.until FROM unnest(t_q, t_k, t_until) AS u (queue, key, until)
+     WHERE u.until IS NOT NULL OR EXISTS (SELECT 1 FROM {schema}.limit_keys AS k2
+                                           WHERE k2.queue = u.queue AND k2.key = u.key)
      ORDER BY u.queue, u.key
-        ON CONFLICT (queue, key) DO NOTHING;
-    PERFORM 1 FROM {schema}.limit_keys AS k
-      JOIN unnest(t_q, t_k) AS u (queue, key) ON k.queue = u.queue AND k.key = u.key
-     ORDER BY k.queue, k.key
-       FOR UPDATE OF k;
-    UPDATE {schema}.limit_keys AS k
-       SET running = greatest(0, k.running - u.n),
-           closed_until = CASE WHEN u.until IS NULL THEN k.closed_until
-                               ELSE greatest(k.closed_until, u.until) END
-      FROM unnest(t_q, t_k, t_n, t_until) AS u (queue, key, n, until)
-     WHERE k.queue = u.queue AND k.key = u.key;
+        ON CONFLICT (queue, key) DO UPDATE
+       SET running = greatest(0, k.running - (SELECT u2.n FROM unnest(t_q, t_k, t_n) AS u2 (queue, key, n)
+                                                WHERE u2.queue = k.queue AND u2.key = k.key)),
+           closed_until = CASE WHEN excluded.closed_until IS NULL THEN k.closed_until
+                               ELSE greatest(k.closed_until, excluded.closed_until) END;
     -- A statement of its own: its snapshot sees every waiter a claim registered while it held
-    -- these keys, since the locks above waited for it.
+    -- these keys, since the upsert above waited for it.
     WITH targets AS (
         SELECT DISTINCT w.queue, w.priority, w.grp
           FROM {schema}.limit_waiters AS w
@@ -611,32 +609,55 @@ $fn$;
 -- lock, in the claims' order, the group rows they may put jobs back into and then the limit keys
 -- whose slots they free or which they close, so that no later statement of the transaction
 -- waits for a group while holding a key, nor takes keys out of order.
-CREATE FUNCTION {schema}.lock_settling(ids text[], tokens bigint[], kinds text[]) RETURNS integer
+CREATE FUNCTION {schema}.lock_settling(
+    ids text[], tokens bigint[], kinds text[], e_queues text[], e_prios integer[], e_grps text[],
+    e_rules jsonb[]
+) RETURNS integer
 LANGUAGE plpgsql AS $fn$
 BEGIN
-    PERFORM 1 FROM {schema}.limit_groups AS g
-      JOIN (SELECT DISTINCT j.queue, j.priority, j.grp FROM {schema}.jobs AS j
+    -- The groups the transaction may put jobs into (those of its retried and throttled jobs and
+    -- of its follow-up enqueues, e_*), made where missing (ready at +infinity until a job comes)
+    -- and locked, in (queue, priority, grp) order: no later statement then waits for a group
+    -- row while holding a key, which a claim holding that group and waiting for the key would
+    -- make a deadlock.
+    INSERT INTO {schema}.limit_groups AS g (queue, priority, grp, rules, turn, ready_at)
+    SELECT m.queue, m.priority, m.grp, (array_agg(m.rules))[1], 0, 'infinity'
+      FROM (SELECT j.queue, j.priority, j.grp, j.rules FROM {schema}.jobs AS j
               JOIN unnest(ids, tokens, kinds) AS o (id, token, kind) ON j.id = o.id AND j.token = o.token
-             WHERE j.state = 'running' AND j.grp IS NOT NULL AND o.kind IN ('retry', 'throttled')) AS m
-        ON g.queue = m.queue AND g.priority = m.priority AND g.grp = m.grp
-     ORDER BY g.queue, g.priority, g.grp
-       FOR UPDATE OF g;
-    PERFORM 1 FROM {schema}.limit_keys AS k
-      JOIN (SELECT j.queue, h.key FROM {schema}.jobs AS j
+             WHERE j.state = 'running' AND j.grp IS NOT NULL AND o.kind IN ('retry', 'throttled')
+            UNION ALL
+            SELECT e.queue, e.priority, e.grp, e.rules
+              FROM unnest(e_queues, e_prios, e_grps, e_rules) AS e (queue, priority, grp, rules)
+             WHERE e.grp IS NOT NULL) AS m
+     GROUP BY m.queue, m.priority, m.grp
+     ORDER BY m.queue, m.priority, m.grp
+        ON CONFLICT (queue, priority, grp) DO UPDATE SET turn = g.turn;
+    -- Then the keys whose slots it frees or which it closes (made where missing, like the
+    -- groups), in (queue, key) order.
+    INSERT INTO {schema}.limit_keys AS k (queue, key)
+    SELECT m.queue, m.key
+      FROM (SELECT j.queue, h.key, false AS closes FROM {schema}.jobs AS j
               JOIN unnest(ids, tokens) AS o (id, token) ON j.id = o.id AND j.token = o.token
              CROSS JOIN LATERAL jsonb_array_elements_text(
                    CASE WHEN jsonb_typeof(j.held) = 'array' THEN j.held ELSE '[]' END) AS h (key)
              WHERE j.state = 'running'
-            UNION
-            SELECT j.queue, x.key FROM {schema}.jobs AS j
+            UNION ALL
+            SELECT j.queue, x.key, true FROM {schema}.jobs AS j
               JOIN unnest(ids, tokens, kinds) AS o (id, token, kind) ON j.id = o.id AND j.token = o.token
              CROSS JOIN LATERAL unnest(string_to_array(j.grp, chr(31))) AS x (key)
              WHERE j.state = 'running' AND o.kind = 'throttled') AS m
-        ON k.queue = m.queue AND k.key = m.key
-     ORDER BY k.queue, k.key
-       FOR UPDATE OF k;
+     GROUP BY m.queue, m.key
+    HAVING bool_or(m.closes) OR EXISTS (SELECT 1 FROM {schema}.limit_keys AS k2
+                                         WHERE k2.queue = m.queue AND k2.key = m.key)
+     ORDER BY m.queue, m.key
+        ON CONFLICT (queue, key) DO UPDATE SET tat = k.tat;
     RETURN 0;
 END
+$fn$;
+-- Version 7's, for workers of that version: no follow-up enqueues.
+CREATE FUNCTION {schema}.lock_settling(ids text[], tokens bigint[], kinds text[]) RETURNS integer
+LANGUAGE sql AS $fn$
+    SELECT {schema}.lock_settling(ids, tokens, kinds, '{}', '{}', '{}', '{}')
 $fn$;
 -- The claim of a reservation from queues with limits (docs/flow-control.md), called by reserve.
 -- The split across levels and the deal across queues are reserve's (Fairness), on the due jobs
@@ -735,10 +756,19 @@ DECLARE
     spare   integer;
     taken   integer := 0;
     progress boolean;
+    -- Fast path, per candidate: none of its keys can refuse a start within this claim (each
+    -- open, with a slot and a token for every one of the lim jobs the claim may take), so its
+    -- jobs are taken without the checks, and its keys charged once per share (a start moves a
+    -- bucket's tat 1 / rate from max(tat, now) and takes a slot, in whatever order: the sum
+    -- is the same).
+    fast    boolean := false;  -- any candidate on the fast path
+    c_fast  boolean[];
+    k_ok    boolean[];
+    c_took  integer[];     -- fast path: jobs taken per candidate in the current share
+    c_held  jsonb[];       -- fast path: the slots a job of the candidate holds (NULL: none)
 BEGIN
     -- The stored levels served: the worker's, then any above them with pending jobs.
-    stored := ARRAY(SELECT generate_series(0, levels - 1));
-    stored := stored || ARRAY(
+    stored := ARRAY(SELECT generate_series(0, levels - 1)) || ARRAY(
         SELECT DISTINCT p FROM (
             SELECT g.priority AS p FROM {schema}.limit_groups AS g
              WHERE g.queue = ANY (queues) AND g.priority >= levels AND g.grp <> ''
@@ -853,23 +883,26 @@ BEGIN
      ORDER BY 1, 2
         ON CONFLICT (queue, priority, grp) DO NOTHING;
     -- Lock the candidate groups of every (queue, level) that has due work, in turn order.
-    SELECT array_agg(c.sq ORDER BY c.sq, c.turn, c.grp), array_agg(c.grp ORDER BY c.sq, c.turn, c.grp),
-           array_agg(c.rules ORDER BY c.sq, c.turn, c.grp), array_agg(c.turn ORDER BY c.sq, c.turn, c.grp)
-      INTO c_sq, c_grp, c_rules, c_turn
-      FROM generate_series(0, ns * nq - 1) AS w (ord)
-     CROSS JOIN LATERAL (
-           SELECT w.ord + 1 AS sq, g.grp, g.rules, g.turn FROM {schema}.limit_groups AS g
-            WHERE g.queue = queues[w.ord % nq + 1] AND g.priority = stored[w.ord / nq + 1]
-              AND g.ready_at <= clock
-            ORDER BY g.turn, g.grp
-            LIMIT lim + 4
-              FOR UPDATE SKIP LOCKED) AS c
-     WHERE ready[w.ord + 1] > 0;
-    SELECT array_agg(coalesce(m.turn, 0) ORDER BY w.ord) INTO maxturn
-      FROM generate_series(0, ns * nq - 1) AS w (ord)
-     CROSS JOIN LATERAL (
-           SELECT max(g.turn) AS turn FROM {schema}.limit_groups AS g
-            WHERE g.queue = queues[w.ord % nq + 1] AND g.priority = stored[w.ord / nq + 1]) AS m;
+    -- (and each (queue, level)'s highest turn, in the same statement).
+    SELECT c.sqs, c.grps, c.rules, c.turns, m.turns INTO c_sq, c_grp, c_rules, c_turn, maxturn
+      FROM (SELECT array_agg(c.sq ORDER BY c.sq, c.turn, c.grp) AS sqs,
+                   array_agg(c.grp ORDER BY c.sq, c.turn, c.grp) AS grps,
+                   array_agg(c.rules ORDER BY c.sq, c.turn, c.grp) AS rules,
+                   array_agg(c.turn ORDER BY c.sq, c.turn, c.grp) AS turns
+              FROM generate_series(0, ns * nq - 1) AS w (ord)
+             CROSS JOIN LATERAL (
+                   SELECT w.ord + 1 AS sq, g.grp, g.rules, g.turn FROM {schema}.limit_groups AS g
+                    WHERE g.queue = queues[w.ord % nq + 1] AND g.priority = stored[w.ord / nq + 1]
+                      AND g.ready_at <= clock
+                    ORDER BY g.turn, g.grp
+                    LIMIT lim + 4
+                      FOR UPDATE SKIP LOCKED) AS c
+             WHERE ready[w.ord + 1] > 0) AS c,
+           (SELECT array_agg(coalesce(m.turn, 0) ORDER BY w.ord) AS turns
+              FROM generate_series(0, ns * nq - 1) AS w (ord)
+             CROSS JOIN LATERAL (
+                   SELECT max(g.turn) AS turn FROM {schema}.limit_groups AS g
+                    WHERE g.queue = queues[w.ord % nq + 1] AND g.priority = stored[w.ord / nq + 1]) AS m) AS m;
     n := coalesce(cardinality(c_sq), 0);
     IF n > 0 THEN
         -- The candidates' rules, flattened: candidate, key, declared rule.
@@ -880,34 +913,47 @@ BEGIN
                coalesce(array_agg(r.concurrency ORDER BY c.ord, r.n), '{}')
           INTO r_of, r_key, r_rate, r_burst, r_conc
           FROM unnest(c_sq, c_rules) WITH ORDINALITY AS c (sq, rules, ord)
-         CROSS JOIN LATERAL {schema}.limit_rules(c.rules) WITH ORDINALITY AS r (key, rate, burst, concurrency, n)
+         CROSS JOIN LATERAL (
+               -- limit_rules, written out: a set-returning SQL function WITH ORDINALITY is not
+               -- inlined, and planning it again on every claim cost more than the rest of this
+               -- statement.
+               SELECT e.r ->> 0 AS key, (e.r ->> 1)::double precision AS rate,
+                      least(greatest((e.r ->> 2)::numeric, 1), 1000000000)::integer AS burst,
+                      least(greatest((e.r ->> 3)::numeric, 0), 1000000000)::integer AS concurrency, e.n
+                 FROM jsonb_array_elements(CASE WHEN jsonb_typeof(c.rules) = 'array' THEN c.rules ELSE '[]' END)
+                      WITH ORDINALITY AS e (r, n)
+                WHERE CASE WHEN jsonb_typeof(e.r) = 'array' AND jsonb_array_length(e.r) = 4
+                           THEN jsonb_typeof(e.r -> 0) = 'string' AND jsonb_typeof(e.r -> 1) = 'number'
+                                AND jsonb_typeof(e.r -> 2) = 'number' AND jsonb_typeof(e.r -> 3) = 'number'
+                           ELSE false END) AS r
          WHERE r.key <> '';
-        -- Every limit key they name (declared keys get a row), and each queue's own, locked in
-        -- (queue, key) order.
-        INSERT INTO {schema}.limit_keys (queue, key)
-        SELECT DISTINCT queues[(c_sq[u.o] - 1) % nq + 1], u.k FROM unnest(r_of, r_key) AS u (o, k)
-         ORDER BY 1, 2
-            ON CONFLICT (queue, key) DO NOTHING;
-        SELECT array_agg(k2.queue ORDER BY k2.queue, k2.key), array_agg(k2.key ORDER BY k2.queue, k2.key),
-               array_agg(k2.tat ORDER BY k2.queue, k2.key), array_agg(k2.running ORDER BY k2.queue, k2.key),
-               array_agg(k2.closed_until ORDER BY k2.queue, k2.key),
-               array_agg(k2.rate ORDER BY k2.queue, k2.key), array_agg(k2.burst ORDER BY k2.queue, k2.key),
-               array_agg(k2.concurrency ORDER BY k2.queue, k2.key)
-          INTO k_q, k_key, k_tat, k_run, k_shut, k_orate, k_oburst, k_oconc
-          FROM (SELECT l2.queue, l2.key, l2.tat, l2.running, l2.closed_until, l2.rate, l2.burst,
-                       l2.concurrency
-                  FROM {schema}.limit_keys AS l2
-                 WHERE (l2.queue, l2.key) IN (
-                        SELECT queues[(c_sq[u.o] - 1) % nq + 1], u.k FROM unnest(r_of, r_key) AS u (o, k)
-                        UNION
-                        SELECT queues[(c.sq - 1) % nq + 1], '' FROM unnest(c_sq) AS c (sq))
-                 ORDER BY l2.queue, l2.key
-                   FOR UPDATE) AS k2;
-        -- Each rule's key as its place in the k_ arrays (0: not found, which cannot happen).
-        SELECT coalesce(array_agg(coalesce(kk.idx::integer, 0) ORDER BY u.e), '{}') INTO r_idx
-          FROM unnest(r_of, r_key) WITH ORDINALITY AS u (o, k, e)
-          LEFT JOIN unnest(k_q, k_key) WITH ORDINALITY AS kk (queue, key, idx)
-            ON kk.queue = queues[(c_sq[u.o] - 1) % nq + 1] AND kk.key = u.k;
+        -- Every limit key they name (declared keys get a row) and each queue's own (if it has a
+        -- row), locked in (queue, key) order and read, in one statement: an upsert locks a row
+        -- it finds, and makes one again if the expiry sweep deleted it (at rest) meanwhile.
+        WITH wanted AS (
+            SELECT queues[(c_sq[u.o] - 1) % nq + 1] AS queue, u.k AS key FROM unnest(r_of, r_key) AS u (o, k)
+            UNION
+            SELECT l2.queue, l2.key FROM {schema}.limit_keys AS l2
+             WHERE l2.key = '' AND l2.queue IN (SELECT queues[(c.sq - 1) % nq + 1] FROM unnest(c_sq) AS c (sq))
+        ), locked AS (
+            INSERT INTO {schema}.limit_keys AS l2 (queue, key)
+            SELECT wanted.queue, wanted.key FROM wanted ORDER BY 1, 2
+                ON CONFLICT (queue, key) DO UPDATE SET tat = l2.tat
+            RETURNING l2.queue, l2.key, l2.tat, l2.running, l2.closed_until, l2.rate, l2.burst, l2.concurrency
+        ), placed AS (
+            SELECT l.*, row_number() OVER (ORDER BY l.queue, l.key) AS idx FROM locked AS l
+        )
+        SELECT array_agg(k2.queue ORDER BY k2.idx), array_agg(k2.key ORDER BY k2.idx),
+               array_agg(k2.tat ORDER BY k2.idx), array_agg(k2.running ORDER BY k2.idx),
+               array_agg(k2.closed_until ORDER BY k2.idx),
+               array_agg(k2.rate ORDER BY k2.idx), array_agg(k2.burst ORDER BY k2.idx),
+               array_agg(k2.concurrency ORDER BY k2.idx),
+               -- each rule's key as its place in the k_ arrays (0: not found, which cannot happen)
+               (SELECT coalesce(array_agg(coalesce(kk.idx::integer, 0) ORDER BY u.e), '{}')
+                  FROM unnest(r_of, r_key) WITH ORDINALITY AS u (o, k, e)
+                  LEFT JOIN placed AS kk ON kk.queue = queues[(c_sq[u.o] - 1) % nq + 1] AND kk.key = u.k)
+          INTO k_q, k_key, k_tat, k_run, k_shut, k_orate, k_oburst, k_oconc, r_idx
+          FROM placed AS k2;
         k_dirty := array_fill(false, ARRAY[coalesce(cardinality(k_q), 0) + 1]);
         qkey := array_fill(0, ARRAY[nq]);
         FOR x2 IN 1 .. coalesce(cardinality(k_q), 0) LOOP
@@ -927,6 +973,57 @@ BEGIN
                 c_first[r_of[e]] := e;
             END IF;
             c_count[r_of[e]] := c_count[r_of[e]] + 1;
+        END LOOP;
+        -- A key may take the fast path if every rule naming it leaves room for lim starts;
+        -- a candidate, if all its keys may.
+        k_ok := array_fill(true, ARRAY[coalesce(cardinality(k_q), 0) + 1]);
+        FOR e IN 1 .. cardinality(r_of) LOOP
+            x := r_idx[e];
+            CONTINUE WHEN x = 0;
+            k := r_of[e];
+            IF k_orate[x] IS NOT NULL OR k_oconc[x] IS NOT NULL THEN
+                rate := coalesce(k_orate[x], 0);
+                burst := coalesce(k_oburst[x], 1);
+                conc := coalesce(k_oconc[x], 0);
+            ELSE
+                rate := r_rate[e];
+                burst := r_burst[e];
+                conc := r_conc[e];
+            END IF;
+            IF k_shut[x] > clock OR (conc > 0 AND k_run[x] + lim > conc)
+               OR (rate > 0 AND floor(burst - greatest(0, k_tat[x] - clock) * rate + 1e-9) < lim)
+               OR x = ANY (r_idx[c_first[k] : e - 1]) THEN  -- (a key named twice by a group)
+                k_ok[x] := false;
+            END IF;
+        END LOOP;
+        c_fast := array_fill(true, ARRAY[n]);
+        c_took := array_fill(0, ARRAY[n]);
+        c_held := array_fill(NULL::jsonb, ARRAY[n]);
+        FOR c IN 1 .. n LOOP
+            held := '[]';
+            FOR e IN c_first[c] .. c_first[c] + c_count[c] - 1 LOOP
+                x := r_idx[e];
+                CONTINUE WHEN x = 0;
+                IF NOT k_ok[x] THEN
+                    c_fast[c] := false;
+                END IF;
+                IF k_orate[x] IS NOT NULL OR k_oconc[x] IS NOT NULL THEN
+                    conc := coalesce(k_oconc[x], 0);
+                ELSE
+                    conc := r_conc[e];
+                END IF;
+                IF conc > 0 THEN
+                    held := held || to_jsonb(k_key[x]);
+                END IF;
+            END LOOP;
+            x := qkey[(c_sq[c] - 1) % nq + 1];
+            IF x > 0 AND coalesce(k_oconc[x], 0) > 0 THEN
+                held := held || to_jsonb(''::text);
+            END IF;
+            IF jsonb_array_length(held) > 0 THEN
+                c_held[c] := held;
+            END IF;
+            fast := fast OR c_fast[c];
         END LOOP;
         -- Lock each candidate's first due jobs, as many as its part of its share, in one
         -- statement (a group that runs out before the end fetches more below).
@@ -1014,6 +1111,7 @@ BEGIN
                     blocked_at := clock;
                     held := '[]';
                     FOR e IN c_first[c] .. c_first[c] + c_count[c] - 1 LOOP
+                        EXIT WHEN c_fast[c];
                         x := r_idx[e];
                         CONTINUE WHEN x = 0;
                         IF k_orate[x] IS NOT NULL OR k_oconc[x] IS NOT NULL THEN
@@ -1090,6 +1188,19 @@ BEGIN
                     END IF;
                     job := pool[c_pos[c]];
                     c_pos[c] := c_pos[c] + 1;
+                    IF c_fast[c] THEN  -- its keys are charged when the share is taken (below)
+                        chosen := chosen || job;
+                        helds := helds || c_held[c];
+                        c_took[c] := c_took[c] + 1;
+                        maxturn[sq] := maxturn[sq] + 1;
+                        c_turn[c] := maxturn[sq];
+                        c_state[c] := 1;
+                        took[sq] := took[sq] + 1;
+                        taken := taken + 1;
+                        t := t - 1;
+                        progress := true;
+                        CONTINUE;
+                    END IF;
                     -- Take it: a token of every rate, a slot of every concurrency.
                     FOR e IN c_first[c] .. c_first[c] + c_count[c] - 1 LOOP
                         x := r_idx[e];
@@ -1136,53 +1247,95 @@ BEGIN
                 EXIT WHEN NOT progress OR t <= 0;
                 -- Served groups stay candidates for the next pass.
             END LOOP;
+            IF fast THEN
+                -- The share's starts, charged as the slow path charges them one by one: a
+                -- bucket's tat moves 1 / rate per start from max(tat, now), a slot per start.
+                k := 0;
+                FOR c IN 1 .. n LOOP
+                    CONTINUE WHEN c_sq[c] <> sq OR c_took[c] = 0;
+                    k := k + c_took[c];
+                    FOR e IN c_first[c] .. c_first[c] + c_count[c] - 1 LOOP
+                        x := r_idx[e];
+                        CONTINUE WHEN x = 0;
+                        IF k_orate[x] IS NOT NULL OR k_oconc[x] IS NOT NULL THEN
+                            rate := coalesce(k_orate[x], 0);
+                            conc := coalesce(k_oconc[x], 0);
+                        ELSE
+                            rate := r_rate[e];
+                            conc := r_conc[e];
+                        END IF;
+                        IF rate > 0 THEN
+                            k_tat[x] := greatest(k_tat[x], clock) + c_took[c] / rate;
+                            k_dirty[x] := true;
+                        END IF;
+                        IF conc > 0 THEN
+                            k_run[x] := k_run[x] + c_took[c];
+                            k_dirty[x] := true;
+                        END IF;
+                    END LOOP;
+                    c_took[c] := 0;
+                END LOOP;
+                x := qkey[q];
+                IF x > 0 AND k > 0 THEN
+                    IF coalesce(k_orate[x], 0) > 0 THEN
+                        k_tat[x] := greatest(k_tat[x], clock) + k / k_orate[x];
+                        k_dirty[x] := true;
+                    END IF;
+                    IF coalesce(k_oconc[x], 0) > 0 THEN
+                        k_run[x] := k_run[x] + k;
+                        k_dirty[x] := true;
+                    END IF;
+                END IF;
+            END IF;
         END LOOP;
     END LOOP;
     IF n > 0 THEN
-        -- The keys' new state, the groups' turns and readiness, the waiters.
-        UPDATE {schema}.limit_keys AS l2
-           SET tat = u.tat, running = u.running
-          FROM unnest(k_q, k_key, k_tat, k_run, k_dirty[1 : cardinality(k_q)])
-               AS u (queue, key, tat, running, dirty)
-         WHERE u.dirty AND l2.queue = u.queue AND l2.key = u.key;
-        UPDATE {schema}.limit_groups AS g
-           SET turn = u.turn,
-               ready_at = CASE WHEN u.state = 2 THEN u.at ELSE g.ready_at END
-          FROM unnest(c_sq, c_grp, c_turn, c_state, c_at) AS u (sq, grp, turn, state, at)
-         WHERE u.state IN (1, 2) AND g.queue = queues[(u.sq - 1) % nq + 1]
-           AND g.priority = stored[(u.sq - 1) / nq + 1] AND g.grp = u.grp;
-        -- Groups found without a due job, and served ones whose locked due jobs were all taken:
-        -- ready at their next due time (of the jobs not taken now), so that wait does not take
-        -- them for ready work. Empty, a group found so is gone; a served one is kept, ready at
-        -- +infinity, for the outcomes of the jobs just taken to lock (lock_settling) and put
-        -- back into (an idle group's row stays so, examined by no claim, until work comes back).
-        FOR c IN 1 .. n LOOP
-            CONTINUE WHEN c_grp[c] = '' OR NOT (c_state[c] = 3 OR (c_state[c] = 1 AND c_pos[c] > c_end[c]));
-            q := (c_sq[c] - 1) % nq + 1;
-            s := (c_sq[c] - 1) / nq + 1;
-            SELECT min(j2.run_at) INTO blocked_at FROM {schema}.jobs AS j2
-             WHERE j2.state = 'pending' AND j2.grp = c_grp[c] AND j2.queue = queues[q]
-               AND j2.priority = stored[s] AND j2.id <> ALL (chosen);
-            IF blocked_at IS NULL AND c_state[c] = 1 THEN
-                UPDATE {schema}.limit_groups AS g SET ready_at = 'infinity'
-                 WHERE g.queue = queues[q] AND g.priority = stored[s] AND g.grp = c_grp[c];
-            ELSIF blocked_at IS NULL THEN
-                DELETE FROM {schema}.limit_groups AS g
-                 WHERE g.queue = queues[q] AND g.priority = stored[s] AND g.grp = c_grp[c];
-            ELSE
-                UPDATE {schema}.limit_groups AS g SET ready_at = blocked_at
-                 WHERE g.queue = queues[q] AND g.priority = stored[s] AND g.grp = c_grp[c];
-            END IF;
-        END LOOP;
-        IF cardinality(waits_q) > 0 THEN
+        -- In one statement: the keys' new state; the groups looked at (served ones take their
+        -- new turn; blocked ones are ready when they may run; those found without a due job,
+        -- and served ones whose locked due jobs were all taken, are ready at their next due
+        -- time, of the jobs not taken now, so that wait does not take them for ready work;
+        -- empty, a group found so is gone, and a served one is kept, ready at +infinity, for
+        -- the outcomes of the jobs just taken to put back into: an idle group's row stays so,
+        -- examined by no claim, until work comes back or the expiry sweep deletes it); the
+        -- waiters; the jobs taken.
+        RETURN QUERY
+        WITH keyed AS (
+            UPDATE {schema}.limit_keys AS l2
+               SET tat = u.tat, running = u.running
+              FROM unnest(k_q, k_key, k_tat, k_run, k_dirty[1 : cardinality(k_q)])
+                   AS u (queue, key, tat, running, dirty)
+             WHERE u.dirty AND l2.queue = u.queue AND l2.key = u.key
+        ), looked AS (
+            SELECT queues[(u.sq - 1) % nq + 1] AS queue, stored[(u.sq - 1) / nq + 1] AS priority, u.grp,
+                   u.turn, u.state, u.at,
+                   u.grp <> '' AND (u.state = 3 OR (u.state = 1 AND u.pos > u.fin)) AS drained
+              FROM unnest(c_sq, c_grp, c_turn, c_state, c_at, c_pos, c_end) AS u (sq, grp, turn, state, at, pos, fin)
+             WHERE u.state IN (1, 2, 3)
+        ), settled AS (
+            SELECT l.*,
+                   CASE WHEN l.drained THEN (
+                       SELECT min(j2.run_at) FROM {schema}.jobs AS j2
+                        WHERE j2.state = 'pending' AND j2.grp = l.grp AND j2.queue = l.queue
+                          AND j2.priority = l.priority AND j2.id <> ALL (chosen)) END AS next_at
+              FROM looked AS l
+        ), gone AS (
+            DELETE FROM {schema}.limit_groups AS g USING settled AS s
+             WHERE s.drained AND s.state = 3 AND s.next_at IS NULL
+               AND g.queue = s.queue AND g.priority = s.priority AND g.grp = s.grp
+        ), regrouped AS (
+            UPDATE {schema}.limit_groups AS g
+               SET turn = s.turn,
+                   ready_at = CASE WHEN s.drained THEN coalesce(s.next_at, 'infinity')
+                                   WHEN s.state = 2 THEN s.at ELSE g.ready_at END
+              FROM settled AS s
+             WHERE (s.state IN (1, 2) OR s.drained) AND NOT (s.drained AND s.state = 3 AND s.next_at IS NULL)
+               AND g.queue = s.queue AND g.priority = s.priority AND g.grp = s.grp
+        ), waiting AS (
             INSERT INTO {schema}.limit_waiters (queue, key, priority, grp)
             SELECT DISTINCT * FROM unnest(waits_q, waits_k, waits_s, waits_g)
              ORDER BY 1, 2, 3, 4
-                ON CONFLICT DO NOTHING;
-        END IF;
-    END IF;
-    IF cardinality(chosen) > 0 THEN
-        RETURN QUERY
+                ON CONFLICT DO NOTHING
+        )
         UPDATE {schema}.jobs AS j
            SET state = 'running',
                -- Saturated: a stored maximum (a corrupt row) must not fail the reservation.
