@@ -25,6 +25,7 @@ from conveyor.errors import (
     StoreUnavailable,
     UnknownTask,
 )
+from conveyor.hooks import Hook, JobLogFilter, with_headers
 from conveyor.limits import Limit
 from conveyor.records import JobInfo, LimitInfo, Message, Rule
 from conveyor.retry import RetryPolicy
@@ -35,11 +36,13 @@ __all__ = [
     "Conveyor",
     "ConveyorError",
     "DuplicateId",
+    "Hook",
     "Job",
     "JobCancelled",
     "JobContext",
     "JobFailed",
     "JobInfo",
+    "JobLogFilter",
     "JobNotFound",
     "KeyConflict",
     "Limit",
@@ -57,5 +60,6 @@ __all__ = [
     "Task",
     "UnknownTask",
     "current_job",
+    "with_headers",
 ]
 __version__ = "0.1.0"

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
+from conveyor import hooks as _hooks
 from conveyor import metrics, serializer, validate
 from conveyor.brokers import Broker, open_broker, redact_url
 from conveyor.errors import (
@@ -37,7 +38,7 @@ R = TypeVar("R")
 
 DEFAULT_URL = "sqlite:///conveyor.db"
 #: Enqueue options; a task function may not have parameters with these names.
-RESERVED = frozenset({"priority", "delay", "run_at", "key", "queue", "connection"})
+RESERVED = frozenset({"priority", "delay", "run_at", "key", "queue", "connection", "headers"})
 MAX_KEY_LENGTH = 255
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 #: Queue names already found valid (up to 4096 of them): a message per call skips the pattern.
@@ -61,6 +62,9 @@ class Conveyor:
             named have no cap and pay nothing. A producer's own setting: configure every
             producer of a queue alike. Periodic ticks, follow-up enqueues committed with a
             task's acknowledgement, retries and replays are never refused.
+        hooks: hooks (:class:`conveyor.Hook`) around enqueues and runs, the first one
+            outermost; more can be appended to ``app.hooks`` before a worker starts. See
+            docs/hooks.md.
     """
 
     def __init__(
@@ -73,6 +77,7 @@ class Conveyor:
         max_result: int = 16 << 20,
         retention: float = 86400.0,
         max_queued: Mapping[str, int] | None = None,
+        hooks: Iterable[_hooks.Hook] = (),
     ) -> None:
         self.url = url or os.environ.get("CONVEYOR_URL") or DEFAULT_URL
         self.priorities = Priorities(priorities)
@@ -84,6 +89,8 @@ class Conveyor:
         self.max_queued = _caps(max_queued)
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.schedules: list[Schedule] = []
+        #: Hooks around enqueues and runs, in order (the first is the outermost).
+        self.hooks: list[_hooks.Hook] = list(hooks)
         self._broker: Broker | None = None
         self._broker_pid = 0
         self._lock = threading.Lock()
@@ -233,6 +240,11 @@ class Conveyor:
         batch = list(messages)
         if not batch:
             return []
+        if self.hooks:
+            return _hooks.around_enqueue(self.hooks, batch, lambda b: self._store(b, connection))
+        return self._store(batch, connection)
+
+    def _store(self, batch: list[Message], connection: Any) -> list[Job]:
         validate.messages(batch, self.priorities, self.max_payload)
         unknown = {m.task for m in batch} - self.tasks.keys()
         if unknown:
@@ -381,6 +393,7 @@ class Task(Generic[P, R]):
         run_at: datetime | float | None = None,
         key: str | None = None,
         queue: str | None = None,
+        headers: Mapping[str, str] | None = None,
         **kwargs: Any,
     ) -> Message:
         """A call of this task as a message, for :meth:`Conveyor.enqueue_many`.
@@ -395,6 +408,9 @@ class Task(Generic[P, R]):
                 ``f(1, 2)`` are the same call; a default passed explicitly is not the same as one
                 left out. A keyed job stores its call in that canonical form.
             queue: overrides the task's queue.
+            headers: job headers, a small map of str to str stored with the job and readable
+                in the task as ``current_job().headers`` (see docs/hooks.md); checked at
+                enqueue.
 
         Raises:
             ArgumentError: the arguments do not fit the function's signature.
@@ -435,6 +451,7 @@ class Task(Generic[P, R]):
             key=_check_key(key),
             max_attempts=self.retry.max_attempts,
             limits=rules or self.limits.render(None),
+            headers=dict(headers) if headers else None,
         )
 
     def enqueue(self, *args: Any, connection: Any = None, **kwargs: Any) -> Job:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextvars
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
-from conveyor.records import Delivery, Message
+from conveyor.records import Delivery, Message, Outcome
 
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 _current: contextvars.ContextVar[JobContext] = contextvars.ContextVar("conveyor_job")
 
 
@@ -18,17 +21,42 @@ class JobContext:
     lost to another worker.
     """
 
-    def __init__(self, delivery: Delivery, worker: str) -> None:
+    def __init__(
+        self,
+        delivery: Delivery,
+        worker: str,
+        prepare: Callable[[list[Message]], list[Message]] | None = None,
+    ) -> None:
         self.delivery = delivery
         #: Id of the worker running the task.
         self.worker = worker
         self.effects: list[tuple[Any, ...]] = []
         self.enqueues: list[Message] = []
+        #: The application's enqueue hooks applied to follow-up messages, or None without any.
+        self._prepare = prepare
+        #: The outcome of a failure decided inside the run hooks (see conveyor.hooks).
+        self.failure: Outcome | None = None
 
     @property
     def id(self) -> str:
         """The job id."""
         return self.delivery.id
+
+    @property
+    def task(self) -> str:
+        """The task's registered name."""
+        return self.delivery.task
+
+    @property
+    def queue(self) -> str:
+        """The queue the job was reserved from."""
+        return self.delivery.queue
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """The job's headers (read-only; empty without any), as enqueue and its hooks set them."""
+        h = self.delivery.headers
+        return _NO_HEADERS if h is None else MappingProxyType(h)
 
     @property
     def attempt(self) -> int:
@@ -60,7 +88,10 @@ class JobContext:
 
     def enqueue(self, message: Message) -> None:
         """Enqueue ``message`` (from ``task.message(...)``) only if this task succeeds."""
-        self.enqueues.append(message)
+        if self._prepare is not None:
+            self.enqueues.extend(self._prepare([message]))
+        else:
+            self.enqueues.append(message)
 
 
 def current_job() -> JobContext:

@@ -47,6 +47,9 @@ class Message(msgspec.Struct, frozen=True):
     #: The task's limits rendered for this call (see conveyor.limits); the job's group, which
     #: fairness takes turns between, is their keys (``group_of``).
     limits: tuple[Rule, ...] = ()
+    #: Job headers: a small map of str to str stored with the job (see conveyor.headers), or
+    #: None for none.
+    headers: dict[str, str] | None = None
 
 
 class Enqueued(msgspec.Struct, frozen=True):
@@ -75,6 +78,8 @@ class Delivery(msgspec.Struct, frozen=True):
     key: str | None = None
     #: Times this job ended an attempt with RateLimited (not counted as attempts).
     throttled: int = 0
+    #: The job's headers, or None.
+    headers: dict[str, str] | None = None
 
 
 class Outcome(msgspec.Struct, frozen=True):
@@ -131,6 +136,8 @@ class JobInfo(msgspec.Struct, frozen=True):
     errors: list[dict[str, Any]]
     worker: str | None = None
     lease_until: float | None = None
+    #: The job's headers (None: none); read by ``get``, not filled in by listings.
+    headers: dict[str, str] | None = None
 
 
 class QueueStats(msgspec.Struct, frozen=True):

@@ -20,6 +20,7 @@ from typing import Any
 
 import msgspec
 
+from conveyor import headers as stored_headers
 from conveyor import redact, validate
 from conveyor.errors import ConfigurationError, DuplicateId
 from conveyor.priority import Fairness
@@ -303,6 +304,7 @@ def claimed(rows: list[Any]) -> list[Delivery]:
             enqueued_at=as_float(r[9]),
             key=None if r[10] is None else as_text(r[10]),
             throttled=as_int(r[11]) if len(r) > 11 and r[11] is not None else 0,
+            headers=None if len(r) < 13 or r[12] is None else stored_headers.decode(r[12]),
         )
         for r in rows
     ]
@@ -401,10 +403,11 @@ def error_records(errors: Any) -> list[dict[str, Any]]:
 _ROW_STATES = frozenset({"pending", "running", "succeeded", "dead", "cancelled"})
 
 
-def job_row(row: Sequence[Any], now: float, errors: list[dict[str, Any]]) -> JobInfo:
+def job_row(row: Sequence[Any], now: float, errors: list[dict[str, Any]], headers: Any = None) -> JobInfo:
     """A SQL job row as a JobInfo; a pending job is ready once due at ``now``. A row holds id,
     task, queue, priority, state, payload, attempt, max_attempts, run_at, enqueued_at, started_at,
-    finished_at, key, result, errors (decoded by the caller: ``errors``), worker, lease_until.
+    finished_at, key, result, errors (decoded by the caller: ``errors``), worker, lease_until;
+    ``headers`` is the job's headers as stored (None: none).
     Fields of the wrong type are read as their type; a state no version of Conveyor writes is
     listed as ``dead`` with a CorruptRecord error saying what was stored."""
     state = as_text(row[4])
@@ -432,6 +435,7 @@ def job_row(row: Sequence[Any], now: float, errors: list[dict[str, Any]]) -> Job
         errors=errors,
         worker=None if row[15] is None else as_text(row[15]),
         lease_until=None if row[16] is None else as_float(row[16]),
+        headers=None if headers is None else stored_headers.decode(headers),
     )
 
 

@@ -24,6 +24,7 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from conveyor import headers as stored_headers
 from conveyor import serializer
 from conveyor.brokers import backpressure
 from conveyor.brokers import sqlite_limits as limiter
@@ -76,7 +77,8 @@ UPDATE conveyor_jobs
                   WHERE state = 'pending' AND queue = :queue AND priority = :priority AND run_at <= :now
                     AND grp IS NULL
                   ORDER BY run_at, rowid LIMIT :limit)
-RETURNING id, task, queue, priority, payload, attempt, max_attempts, token, run_at, enqueued_at, key, throttled
+RETURNING id, task, queue, priority, payload, attempt, max_attempts, token, run_at, enqueued_at, key, throttled,
+          headers
 """
 _COUNT_READY = """
 SELECT count(*) FROM (SELECT 1 FROM conveyor_jobs
@@ -267,10 +269,12 @@ class SQLiteBroker(Broker):
                     continue
             due = m.run_at if m.run_at is not None else now + m.delay
             grp = group_of(m.limits) if m.limits else None
+            headers = None if m.headers is None else stored_headers.encode(m.headers)
             inserted = db.execute(
                 "INSERT INTO conveyor_jobs (id, task, queue, priority, state, payload, run_at, enqueued_at,"
-                " max_attempts, key, grp) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-                (m.id, m.task, m.queue, m.priority, m.payload, due, now, m.max_attempts, m.key, grp),
+                " max_attempts, key, grp, headers) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (id) DO NOTHING",
+                (m.id, m.task, m.queue, m.priority, m.payload, due, now, m.max_attempts, m.key, grp, headers),
             ).rowcount
             if not inserted:  # the id is taken: by this very message (sent again), or refused
                 held = db.execute(
@@ -618,9 +622,11 @@ class SQLiteBroker(Broker):
     def get(self, job_id: str, now: float | None = None) -> JobInfo | None:
         now = time.time() if now is None else now
         row = (
-            self._db().execute(f"SELECT {_JOB_COLUMNS} FROM conveyor_jobs WHERE id = ?", (job_id,)).fetchone()
+            self._db()
+            .execute(f"SELECT {_JOB_COLUMNS}, headers FROM conveyor_jobs WHERE id = ?", (job_id,))
+            .fetchone()
         )
-        return None if row is None else _job(row, now)
+        return None if row is None else job_row(row, now, errors_of(row[14]), row[17])
 
     def stats(self, queues: Sequence[str] | None = None, now: float | None = None) -> list[QueueStats]:
         now = time.time() if now is None else now
@@ -858,7 +864,7 @@ def _close_connection(db: sqlite3.Connection, writer: int) -> None:
 
 
 def _migrate(db: sqlite3.Connection) -> None:
-    """Bring a store made by an earlier version up to the schema (limits' columns); a no-op on
+    """Bring a store made by an earlier version up to the schema (limits' and headers' columns); a no-op on
     a new or current one."""
     columns = {row[1] for row in db.execute("PRAGMA table_info(conveyor_jobs)")}
     if columns and "grp" not in columns:
@@ -867,6 +873,8 @@ def _migrate(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE conveyor_jobs ADD COLUMN held TEXT")
         # The claim index now holds only jobs without limits (the schema creates it anew).
         db.execute("DROP INDEX IF EXISTS conveyor_jobs_pending")
+    if columns and "headers" not in columns:
+        db.execute("ALTER TABLE conveyor_jobs ADD COLUMN headers TEXT")
 
 
 def _served(db: sqlite3.Connection, queue: str, levels: int) -> list[list[int]]:

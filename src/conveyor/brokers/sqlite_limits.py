@@ -20,7 +20,8 @@ from conveyor.records import LimitInfo, Rule
 
 INF = math.inf
 _RETURNING = (
-    "id, task, queue, priority, payload, attempt, max_attempts, token, run_at, enqueued_at, key, throttled"
+    "id, task, queue, priority, payload, attempt, max_attempts, token, run_at, enqueued_at, key, throttled,"
+    " headers"
 )
 #: Claim of jobs without limits (today's claim; ``held`` names the queue's slot if it has one).
 CLAIM_PLAIN = f"""

@@ -24,7 +24,9 @@ CREATE TABLE IF NOT EXISTS conveyor_jobs (
     -- without limits), its throttles, and while running the keys whose slots it holds (JSON).
     grp          TEXT,
     throttled    INTEGER NOT NULL DEFAULT 0,
-    held         TEXT
+    held         TEXT,
+    -- Job headers (docs/hooks.md): JSON object of str to str, NULL without any.
+    headers      TEXT
 );
 -- Claim of jobs without limits: one range scan per (queue, priority), FIFO by due time.
 CREATE INDEX IF NOT EXISTS conveyor_jobs_pending ON conveyor_jobs (queue, priority, run_at)

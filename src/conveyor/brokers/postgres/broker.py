@@ -22,6 +22,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg.rows import tuple_row
 
+from conveyor import headers as stored_headers
 from conveyor import limits as buckets
 from conveyor import serializer
 from conveyor.brokers import backpressure
@@ -216,7 +217,7 @@ class PostgresBroker(Broker):
                 if caps:
                     with conn.pipeline(), conn.transaction():
                         return self._insert_capped(conn, messages, now, caps)
-                if all(m.key is None and not m.limits for m in messages):
+                if all(m.key is None and not m.limits and m.headers is None for m in messages):
                     try:
                         return self._insert_unkeyed(conn, messages, now)  # one statement, one round trip
                     except pg_errors.UniqueViolation:
@@ -303,6 +304,9 @@ class PostgresBroker(Broker):
                 "keys": [m.key for m in messages],
                 "grps": [buckets.group_of(m.limits) for m in messages],
                 "rules": [msgspec.json.encode(m.limits).decode() if m.limits else None for m in messages],
+                "headers": [
+                    None if m.headers is None else stored_headers.encode(m.headers) for m in messages
+                ],
                 "now": now,
             },
         ).fetchall()
@@ -412,8 +416,9 @@ class PostgresBroker(Broker):
                     plain[r[0]] = r[7]
             while len(plain) > _PLAIN_MAX:  # leases lost without an outcome here
                 del plain[next(iter(plain))]
-        # claimed() reads a row's 12th column as the throttle count: here it is r_throttled.
-        return claimed([(*r[:11], r[13] or 0) for r in rows])
+        # claimed() reads a row's 12th column as the throttle count (here it is r_throttled),
+        # its 13th as the headers (joined after the function's columns and its ordinality).
+        return claimed([(*r[:11], r[13] or 0, r[16]) for r in rows])
 
     def _all_plain(self, outcomes: Iterable[Outcome]) -> bool:
         """Whether this handle claimed the jobs of all these outcomes without limits."""
@@ -962,4 +967,4 @@ def _columns(messages: Sequence[Message]) -> dict[str, list[Any]]:
 
 def _job(row: Sequence[Any]) -> JobInfo:
     """The server's clock (row[17]) decides ready or scheduled; jsonb errors arrive decoded."""
-    return job_row(row, row[17], error_records(row[14]))
+    return job_row(row, row[17], error_records(row[14]), row[18] if len(row) > 18 else None)

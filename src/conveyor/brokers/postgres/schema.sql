@@ -41,7 +41,9 @@ CREATE TABLE {schema}.jobs (
     grp          text,
     rules        jsonb,
     held         jsonb,
-    throttled    integer
+    throttled    integer,
+    -- Job headers (docs/hooks.md): a JSON object of str to str, NULL without any.
+    headers      jsonb
 );
 -- Claim and the earliest due time: one range scan per (queue, priority), FIFO by due time;
 -- jobs with limits are claimed through their groups (jobs_group).
