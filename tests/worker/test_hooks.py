@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from waiting import wait_for
 
 from conveyor import (
     ConfigurationError,
@@ -23,7 +24,6 @@ from conveyor import (
 )
 from conveyor.context import JobContext
 from conveyor.records import Message
-from tests.support.waiting import wait_for
 
 FAST = RetryPolicy(max_attempts=2, base=0.01, max_delay=0.02)
 
@@ -179,9 +179,8 @@ def test_a_failing_run_hook_fails_the_attempt(app: Conveyor, run_worker) -> None
     def fine() -> int:
         return 1
 
-    with run_worker(app):
-        with pytest.raises(JobFailed) as failed:
-            fine.enqueue().result(timeout=10)
+    with run_worker(app), pytest.raises(JobFailed) as failed:
+        fine.enqueue().result(timeout=10)
     assert failed.value.errors[-1]["type"] == "RuntimeError"
 
 
@@ -198,9 +197,8 @@ def test_a_swallowed_failure_is_still_a_failure(app: Conveyor, run_worker) -> No
     def fails() -> None:
         raise ValueError("boom")
 
-    with run_worker(app):
-        with pytest.raises(JobFailed):
-            fails.enqueue().result(timeout=10)
+    with run_worker(app), pytest.raises(JobFailed):
+        fails.enqueue().result(timeout=10)
 
 
 def test_errors_of_retry_and_dead_hooks_are_logged_not_fatal(app: Conveyor, run_worker, caplog) -> None:
@@ -214,9 +212,12 @@ def test_errors_of_retry_and_dead_hooks_are_logged_not_fatal(app: Conveyor, run_
     def fails() -> None:
         raise ValueError("boom")
 
-    with caplog.at_level(logging.ERROR, logger="conveyor.hooks"), run_worker(app):
-        with pytest.raises(JobFailed) as failed:
-            fails.enqueue().result(timeout=10)
+    with (
+        caplog.at_level(logging.ERROR, logger="conveyor.hooks"),
+        run_worker(app),
+        pytest.raises(JobFailed) as failed,
+    ):
+        fails.enqueue().result(timeout=10)
     assert failed.value.errors[-1]["type"] == "ValueError"
     assert "the dead hook" in caplog.text
 
