@@ -330,6 +330,8 @@ def _show(app: Conveyor, info: JobInfo) -> None:
         console.print(f"payload: {len(info.payload)} bytes that do not decode (not shown)", markup=False)
     else:
         console.print(_plain(f"arguments: {json.dumps(arguments, ensure_ascii=False)}"), highlight=False)
+    if shown.headers:
+        console.print(_plain(f"headers: {json.dumps(shown.headers, ensure_ascii=False)}"), highlight=False)
     if shown.result is not None:
         console.print(_plain(f"result: {shown.result}", multiline=True), highlight=False)
     for err in errors:

@@ -123,3 +123,14 @@ def test_every_interval_schedule_is_described(app: Conveyor, serve, client: Clie
 
     with serve(app) as url:
         assert "every 90 s" in client.get(url + "/scheduled", headers=AUTH).text
+
+
+def test_the_job_page_shows_headers_with_secret_ones_masked(shop: Conveyor, serve, client: Client) -> None:
+    charge = shop.tasks["shop.charge"]
+    job = charge.enqueue(7, headers={"request-id": "r-<b>42</b>", "api-token": "s3cr3t-value"})
+    plain = charge.enqueue(8)
+    with serve(shop) as url:
+        page = client.get(url + f"/jobs/{job.id}", headers=AUTH).text
+        assert "request-id: r-&lt;b&gt;42&lt;/b&gt;" in page
+        assert "api-token: " in page and "s3cr3t-value" not in page
+        assert 'id="job-headers"' not in client.get(url + f"/jobs/{plain.id}", headers=AUTH).text

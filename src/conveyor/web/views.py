@@ -212,6 +212,7 @@ class Views:
             errors=shown.errors,
             timeline=_timeline(info, shown.errors),
             key=shown.key,
+            headers=shown.headers,
         )
 
     async def job_action(self, request: Request) -> Response:
