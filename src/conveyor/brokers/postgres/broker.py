@@ -417,8 +417,8 @@ class PostgresBroker(Broker):
             while len(plain) > _PLAIN_MAX:  # leases lost without an outcome here
                 del plain[next(iter(plain))]
         # claimed() reads a row's 12th column as the throttle count (here it is r_throttled),
-        # its 13th as the headers (joined after the function's columns and its ordinality).
-        return claimed([(*r[:11], r[13] or 0, r[16]) for r in rows])
+        # its 13th as the headers (read after the function's columns).
+        return claimed([(*r[:11], r[13] or 0, r[15]) for r in rows])
 
     def _all_plain(self, outcomes: Iterable[Outcome]) -> bool:
         """Whether this handle claimed the jobs of all these outcomes without limits."""

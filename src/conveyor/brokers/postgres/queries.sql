@@ -159,14 +159,13 @@ SELECT w.queue, w.priority, c.id
 -- 0006) leaves out what is paused and calls its reserve function, which runs candidates (one
 -- queue) or count_ready (several), the fair split across levels and queues and the claim of its
 -- share (reserve_limited for queues with limits); its last row is the worker's new fairness state.
--- Each job's headers are joined by id (the function's rows keep their order: WITH ORDINALITY).
-SELECT r.*, j.headers
+-- Each job's headers are read by id, one primary-key probe per row (a subquery, not a join: a
+-- join may be planned as a scan of the jobs table); the function's rows keep their order.
+SELECT r.*, (SELECT j.headers FROM {schema}.jobs AS j WHERE j.id = r.r_id)
   FROM {schema}.reserve_unpaused(%(queues)s::text[], %(weights)s::int[], %(fair)s::int[],
                                  %(qweights)s::int[], %(qfair)s::int[], %(strict)s::boolean,
                                  %(limit)s::int, %(lease)s::float8, %(worker)s::text,
-                                 %(now)s::float8) WITH ORDINALITY AS r
-  LEFT JOIN {schema}.jobs AS j ON j.id = r.r_id
- ORDER BY r.ordinality;
+                                 %(now)s::float8) AS r;
 
 -- name: claim
 -- Lease the n oldest due jobs of each (queue, priority) in one statement (the claim the reserve
