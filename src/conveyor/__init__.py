@@ -27,7 +27,7 @@ from conveyor.errors import (
 )
 from conveyor.hooks import Hook, JobLogFilter, with_headers
 from conveyor.limits import Limit
-from conveyor.records import JobInfo, LimitInfo, Message, Rule
+from conveyor.records import JobInfo, LimitInfo, Message, Progress, Rule
 from conveyor.retry import RetryPolicy
 
 __all__ = [
@@ -49,6 +49,7 @@ __all__ = [
     "LimitInfo",
     "Message",
     "PayloadTooLarge",
+    "Progress",
     "QueueFull",
     "RateLimited",
     "ResultTooLarge",

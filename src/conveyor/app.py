@@ -30,7 +30,7 @@ from conveyor.ids import new_id
 from conveyor.limits import MAX_THROTTLES, Limit, Limits, check_key, rule
 from conveyor.periodic import CatchUp, Schedule, on_time
 from conveyor.priority import DEFAULT_LEVELS, Priorities
-from conveyor.records import JobInfo, LimitInfo, Message, Pause, Rule, State
+from conveyor.records import JobInfo, LimitInfo, Message, Pause, Progress, Rule, State
 from conveyor.retry import RetryPolicy
 
 P = ParamSpec("P")
@@ -490,6 +490,10 @@ class Job:
         if info is None:
             raise JobNotFound(f"no job {self.id} (finished jobs are kept for the retention period)")
         return info
+
+    def progress(self) -> Progress | None:
+        """The latest progress the job reported (``current_job().progress(...)``), or None."""
+        return self.info().progress
 
     def status(self) -> State:
         """``scheduled``, ``ready``, ``running``, ``succeeded``, ``dead`` or ``cancelled``."""

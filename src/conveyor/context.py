@@ -7,7 +7,8 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from conveyor.records import Delivery, Message, Outcome
+from conveyor import progress as _progress
+from conveyor.records import Delivery, Message, Outcome, Progress
 
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 _current: contextvars.ContextVar[JobContext] = contextvars.ContextVar("conveyor_job")
@@ -26,6 +27,7 @@ class JobContext:
         delivery: Delivery,
         worker: str,
         prepare: Callable[[list[Message]], list[Message]] | None = None,
+        report: Callable[[str, int, Progress], None] | None = None,
     ) -> None:
         self.delivery = delivery
         #: Id of the worker running the task.
@@ -34,6 +36,8 @@ class JobContext:
         self.enqueues: list[Message] = []
         #: The application's enqueue hooks applied to follow-up messages, or None without any.
         self._prepare = prepare
+        #: Where progress reports go (the worker's conveyor.progress.Reporter), or None.
+        self._report = report
         #: The outcome of a failure decided inside the run hooks (see conveyor.hooks).
         self.failure: Outcome | None = None
 
@@ -77,6 +81,19 @@ class JobContext:
     def token(self) -> int:
         """The fencing token of this run; unique per claim of the job."""
         return self.delivery.token
+
+    def progress(self, value: float, message: str | None = None) -> None:
+        """Report how far the job is: ``value`` from 0 to 1 and an optional short message (at
+        most 200 characters), read with ``job.progress()``. Cheap to call often: the worker
+        writes a job's latest report at most a few times per second; a report made while the
+        previous one is being written replaces it.
+
+        Raises:
+            ConfigurationError: a value outside 0..1 or a message too long.
+        """
+        p = _progress.checked(value, message)
+        if self._report is not None:
+            self._report(self.delivery.id, self.delivery.token, p)
 
     def execute(self, statement: str, params: Any = ()) -> None:
         """Run ``statement`` (SQL, with ``params``) atomically with the acknowledgement.

@@ -52,6 +52,13 @@ class Message(msgspec.Struct, frozen=True):
     headers: dict[str, str] | None = None
 
 
+class Progress(msgspec.Struct, frozen=True, array_like=True):
+    """How far a running job says it is: ``value`` from 0 to 1, and a short ``message``."""
+
+    value: float
+    message: str | None = None
+
+
 class Enqueued(msgspec.Struct, frozen=True):
     """What ``enqueue`` returns per message: the stored id and whether it was created now."""
 
@@ -138,6 +145,8 @@ class JobInfo(msgspec.Struct, frozen=True):
     lease_until: float | None = None
     #: The job's headers (None: none); read by ``get``, not filled in by listings.
     headers: dict[str, str] | None = None
+    #: The latest progress any attempt reported (None: none); read by ``get``.
+    progress: Progress | None = None
 
 
 class QueueStats(msgspec.Struct, frozen=True):

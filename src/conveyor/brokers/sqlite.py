@@ -623,10 +623,22 @@ class SQLiteBroker(Broker):
         now = time.time() if now is None else now
         row = (
             self._db()
-            .execute(f"SELECT {_JOB_COLUMNS}, headers FROM conveyor_jobs WHERE id = ?", (job_id,))
+            .execute(f"SELECT {_JOB_COLUMNS}, headers, progress FROM conveyor_jobs WHERE id = ?", (job_id,))
             .fetchone()
         )
-        return None if row is None else job_row(row, now, errors_of(row[14]), row[17])
+        return None if row is None else job_row(row, now, errors_of(row[14]), row[17], row[18])
+
+    def set_progress(self, updates: Sequence[tuple[str, int, str]], now: float | None = None) -> int:
+        if not updates:
+            return 0
+        with self._write() as db:
+            return sum(
+                db.execute(
+                    "UPDATE conveyor_jobs SET progress = ? WHERE id = ? AND token = ? AND state = 'running'",
+                    (stored, job_id, token),
+                ).rowcount
+                for job_id, token, stored in updates
+            )
 
     def stats(self, queues: Sequence[str] | None = None, now: float | None = None) -> list[QueueStats]:
         now = time.time() if now is None else now
@@ -875,6 +887,8 @@ def _migrate(db: sqlite3.Connection) -> None:
         db.execute("DROP INDEX IF EXISTS conveyor_jobs_pending")
     if columns and "headers" not in columns:
         db.execute("ALTER TABLE conveyor_jobs ADD COLUMN headers TEXT")
+    if columns and "progress" not in columns:
+        db.execute("ALTER TABLE conveyor_jobs ADD COLUMN progress TEXT")
 
 
 def _served(db: sqlite3.Connection, queue: str, levels: int) -> list[list[int]]:

@@ -26,7 +26,9 @@ CREATE TABLE IF NOT EXISTS conveyor_jobs (
     throttled    INTEGER NOT NULL DEFAULT 0,
     held         TEXT,
     -- Job headers (docs/hooks.md): JSON object of str to str, NULL without any.
-    headers      TEXT
+    headers      TEXT,
+    -- The latest progress reported (docs/hooks.md): JSON [value, message], NULL without any.
+    progress     TEXT
 );
 -- Claim of jobs without limits: one range scan per (queue, priority), FIFO by due time.
 CREATE INDEX IF NOT EXISTS conveyor_jobs_pending ON conveyor_jobs (queue, priority, run_at)

@@ -16,9 +16,10 @@ from typing import Any
 
 from conveyor import context, serializer
 from conveyor import hooks as _hooks
+from conveyor import progress as _progress
 from conveyor.app import Conveyor, Task
 from conveyor.errors import RateLimited, Retry, SerializationError
-from conveyor.records import Delivery, Outcome
+from conveyor.records import Delivery, Outcome, Progress
 from conveyor.redact import Redactor
 
 log = logging.getLogger("conveyor.worker")
@@ -138,6 +139,7 @@ class Runner:
             if _hooks.overriding(app.hooks, "enqueue")
             else None
         )
+        self._reporter: _progress.Reporter | None = None
 
     # -- on the event loop -----------------------------------------------------------------
 
@@ -145,6 +147,7 @@ class Runner:
         """Begin running ``delivery``; its outcome arrives later through ``finished``."""
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
+            self._reporter = _progress.Reporter(self.app.broker, self._loop)
         task = self.app.tasks.get(delivery.task)
         run = _Run(delivery, task)
         self._runs[delivery.id, delivery.token] = run
@@ -218,7 +221,7 @@ class Runner:
             args, kwargs = self._decode(delivery)
         except SerializationError as exc:
             return self._malformed(delivery, exc)
-        ctx = context.JobContext(delivery, self.worker, self._prepare)
+        ctx = context.JobContext(delivery, self.worker, self._prepare, self._report_progress)
         token = context.bind(ctx)
         try:
             if self._hooks.run:
@@ -292,7 +295,7 @@ class Runner:
         except SerializationError as exc:
             self._complete(run, self._malformed(delivery, exc))
             return
-        ctx = context.JobContext(delivery, self.worker, self._prepare)
+        ctx = context.JobContext(delivery, self.worker, self._prepare, self._report_progress)
         token = context.bind(ctx)
         try:
             value = (
@@ -349,6 +352,10 @@ class Runner:
             assert self._loop is not None
             with contextlib.suppress(RuntimeError):  # the loop closed: an abandoned run ended late
                 self._loop.call_soon_threadsafe(self._collect)
+
+    def _report_progress(self, job_id: str, token: int, progress: Progress) -> None:
+        if self._reporter is not None:
+            self._reporter.report(job_id, token, progress)
 
     def _decode(self, delivery: Delivery) -> tuple[list[Any], dict[str, Any]]:
         return serializer.decode_args(delivery.payload, self.app.max_payload)

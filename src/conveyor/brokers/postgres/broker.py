@@ -706,6 +706,20 @@ class PostgresBroker(Broker):
             cur = conn.execute(self._sql["cancel"], {"id": job_id, "retention": self.retention, "now": now})
             return cur.rowcount > 0
 
+    def set_progress(self, updates: Sequence[tuple[str, int, str]], now: float | None = None) -> int:
+        if not updates:
+            return 0
+        with self._connect() as conn:
+            cur = conn.execute(
+                self._sql["set_progress"],
+                {
+                    "ids": [u[0] for u in updates],
+                    "tokens": [u[1] for u in updates],
+                    "progress": [u[2] for u in updates],
+                },
+            )
+            return cur.rowcount
+
     def get(self, job_id: str, now: float | None = None) -> JobInfo | None:
         with self._connect() as conn:
             row = conn.execute(self._sql["get"], {"id": job_id, "now": now}).fetchone()
@@ -967,4 +981,6 @@ def _columns(messages: Sequence[Message]) -> dict[str, list[Any]]:
 
 def _job(row: Sequence[Any]) -> JobInfo:
     """The server's clock (row[17]) decides ready or scheduled; jsonb errors arrive decoded."""
-    return job_row(row, row[17], error_records(row[14]), row[18] if len(row) > 18 else None)
+    if len(row) > 19:
+        return job_row(row, row[17], error_records(row[14]), row[18], row[19])
+    return job_row(row, row[17], error_records(row[14]))

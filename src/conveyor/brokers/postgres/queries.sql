@@ -494,7 +494,14 @@ UPDATE {schema}.jobs
  WHERE id = %(id)s AND state IN ('pending', 'parked');
 
 -- name: get
-SELECT {columns}, {now}, headers FROM {schema}.jobs WHERE id = %(id)s;
+SELECT {columns}, {now}, headers, progress FROM {schema}.jobs WHERE id = %(id)s;
+
+-- name: set_progress
+-- Progress of running jobs, each fenced by its token (docs/hooks.md).
+UPDATE {schema}.jobs AS j
+   SET progress = u.progress::jsonb
+  FROM unnest(%(ids)s::text[], %(tokens)s::bigint[], %(progress)s::text[]) AS u (id, token, progress)
+ WHERE j.id = u.id AND j.token = u.token AND j.state = 'running';
 
 -- name: stats
 -- Counts per queue, priority and reported state, with the oldest ready due time. A parked job

@@ -43,7 +43,9 @@ CREATE TABLE {schema}.jobs (
     held         jsonb,
     throttled    integer,
     -- Job headers (docs/hooks.md): a JSON object of str to str, NULL without any.
-    headers      jsonb
+    headers      jsonb,
+    -- The latest progress a running job reported (docs/hooks.md): [value, message], NULL for none.
+    progress     jsonb
 );
 -- Claim and the earliest due time: one range scan per (queue, priority), FIFO by due time;
 -- jobs with limits are claimed through their groups (jobs_group).

@@ -30,7 +30,9 @@ local R_KEY, R_LEASE, R_WORKER, R_STARTED, R_FINISHED, R_RESULT, R_ERRORS = 11, 
 local R_GROUP, R_THROTTLED, R_HELD = 18, 19, 20
 -- A job with headers (docs/hooks.md) stores them last, as JSON text; one without stores nothing.
 local R_HEADERS = 21
-local R_FIELDS = 21
+-- The latest progress a running job reported, as JSON text [value, message]; absent until one.
+local R_PROGRESS = 22
+local R_FIELDS = 22
 
 local function fmt(x)
   if not x then return '' end
@@ -121,6 +123,7 @@ local function flaw(r)
   if r[R_RESULT] and type(r[R_RESULT]) ~= 'string' then return 'result is not a string' end
   if r[R_ERRORS] and type(r[R_ERRORS]) ~= 'string' then return 'errors is not a string' end
   if r[R_HEADERS] and type(r[R_HEADERS]) ~= 'string' then return 'headers is not a string' end
+  if r[R_PROGRESS] and type(r[R_PROGRESS]) ~= 'string' then return 'progress is not a string' end
   return nil
 end
 
@@ -168,9 +171,9 @@ local function pack_record(r)
   local last = R_FIELDS
   while last > 0 and not r[last] do last = last - 1 end
   local packed, width
-  if last > R_ERRORS then  -- with limits or headers: the longer copy (it costs the others 4 % of a claim)
+  if last > R_ERRORS then  -- with limits, headers or progress: the longer copy (it costs the others 4 % of a claim)
     packed, width = {r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12], r[13],
-      r[14], r[15], r[16], r[17], r[18], r[19], r[20], r[21]}, R_FIELDS
+      r[14], r[15], r[16], r[17], r[18], r[19], r[20], r[21], r[22]}, R_FIELDS
   else
     packed, width = {r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12], r[13],
       r[14], r[15], r[16], r[17]}, R_ERRORS
@@ -324,9 +327,9 @@ local function append_error(errors, err)
   return string.sub(errors, 1, -2) .. ',' .. err .. ']'
 end
 
--- A record as 19 reply fields: id, task, priority, state, payload, attempt, max_attempts, token,
+-- A record as 20 reply fields: id, task, priority, state, payload, attempt, max_attempts, token,
 -- run_at, enqueued_at, started_at, finished_at, key, result, errors, worker, lease_until, seq,
--- headers (optional string).
+-- headers and progress (optional strings).
 local function emit(out, id, r)
   local n = #out
   out[n + 1] = id
@@ -348,6 +351,7 @@ local function emit(out, id, r)
   out[n + 17] = fmt(r[R_LEASE])
   out[n + 18] = fmt(r[R_SEQ])
   out[n + 19] = opt_out(r[R_HEADERS])
+  out[n + 20] = opt_out(r[R_PROGRESS])
 end
 
 -- A leased job as the 12 reply fields a worker needs: id, task, priority, payload, attempt,

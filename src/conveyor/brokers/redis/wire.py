@@ -9,12 +9,13 @@ import msgspec
 
 from conveyor import headers as stored_headers
 from conveyor import limits, serializer
+from conveyor import progress as stored_progress
 from conveyor.brokers.base import Lease, corrupt_error, duplicate_id, errors_of
 from conveyor.errors import ConfigurationError, KeyConflict
 from conveyor.records import Delivery, JobInfo, LimitInfo, Message, Outcome, Rule, State
 
 #: Reply fields per job (see ``emit`` in lib.lua), and per leased job (``emit_delivery``).
-FIELDS = 19
+FIELDS = 20
 DELIVERY_FIELDS = 12
 _packer = msgspec.msgpack.Encoder()
 STATES: dict[bytes, State] = {b"r": "running", b"s": "succeeded", b"d": "dead", b"c": "cancelled"}
@@ -249,6 +250,7 @@ def _job(f: list[Any], queue: str, now: float) -> JobInfo:
         worker=text_or_none(f[15]),
         lease_until=float_or_none(f[16]),
         headers=stored_headers.decode(f[18][1:]) if f[18] else None,
+        progress=stored_progress.decode(f[19][1:]) if f[19] else None,
     )
 
 
