@@ -12,10 +12,17 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from opentelemetry import propagate, trace
-from opentelemetry.propagators.textmap import TextMapPropagator
-from opentelemetry.trace import SpanKind
-from opentelemetry.util.types import AttributeValue
+from conveyor.errors import ConfigurationError
+
+try:
+    from opentelemetry import propagate, trace
+    from opentelemetry.propagators.textmap import TextMapPropagator
+    from opentelemetry.trace import SpanKind
+    from opentelemetry.util.types import AttributeValue
+except ImportError as exc:  # pragma: no cover - exercised by tests/unit/test_missing_extra.py
+    raise ConfigurationError(
+        "conveyor.otel needs the OpenTelemetry API, missing here: pip install 'conveyor-queue[otel]'"
+    ) from exc
 
 from conveyor import __version__
 from conveyor.context import JobContext
