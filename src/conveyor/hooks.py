@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
 
@@ -127,8 +127,3 @@ class JobLogFilter(logging.Filter):
             record.job_id, record.job_task, record.job_queue = job.id, job.task, job.queue
             record.job_attempt = job.attempt
         return True
-
-
-def describe(hook: Any) -> str:
-    """A hook's name for messages."""
-    return type(hook).__qualname__

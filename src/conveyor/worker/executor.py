@@ -147,7 +147,6 @@ class Runner:
         """Begin running ``delivery``; its outcome arrives later through ``finished``."""
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
-            self._reporter = _progress.Reporter(self.app.broker, self._loop)
         task = self.app.tasks.get(delivery.task)
         run = _Run(delivery, task)
         self._runs[delivery.id, delivery.token] = run
@@ -354,8 +353,14 @@ class Runner:
                 self._loop.call_soon_threadsafe(self._collect)
 
     def _report_progress(self, job_id: str, token: int, progress: Progress) -> None:
-        if self._reporter is not None:
-            self._reporter.report(job_id, token, progress)
+        """A run's progress report, from its thread or the loop; the reporter is made at the first
+        (a worker whose tasks report none never has one)."""
+        if self._reporter is None:
+            assert self._loop is not None
+            with self._lock:
+                if self._reporter is None:
+                    self._reporter = _progress.Reporter(self.app.broker, self._loop)
+        self._reporter.report(job_id, token, progress)
 
     def _decode(self, delivery: Delivery) -> tuple[list[Any], dict[str, Any]]:
         return serializer.decode_args(delivery.payload, self.app.max_payload)
