@@ -116,7 +116,16 @@ def test_zombie_worker_cannot_complete_a_reclaimed_task(cluster: Cluster) -> Non
         assert rescuer.wait(15) == 0
 
     counts = cluster.registered(zombie).counts  # type: ignore[union-attr]
-    assert counts == {"started": 3, "succeeded": 0, "retry": 0, "dead": 0, "lost": 3, "throttled": 0}
+    assert counts == {
+        "started": 3,
+        "succeeded": 0,
+        "retry": 0,
+        "dead": 0,
+        "lost": 3,
+        "throttled": 0,
+        "cancelled": 0,
+        "snoozed": 0,
+    }
     assert "lease lost" in cluster.log_text()
     assert sorted(cluster.ledger()) == [0, 1, 2], "a zombie's late acknowledgement committed its effect"
     for n, job in enumerate(jobs):
