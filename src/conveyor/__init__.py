@@ -26,8 +26,9 @@ from conveyor.errors import (
     StoreUnavailable,
     UnknownTask,
 )
+from conveyor.hooks import Hook, JobLogFilter, with_headers
 from conveyor.limits import Limit
-from conveyor.records import CancelAnswer, Cancelled, JobInfo, LimitInfo, Message, Rule
+from conveyor.records import CancelAnswer, Cancelled, JobInfo, LimitInfo, Message, Progress, Rule
 from conveyor.retry import RetryPolicy
 
 __all__ = [
@@ -39,17 +40,20 @@ __all__ = [
     "Conveyor",
     "ConveyorError",
     "DuplicateId",
+    "Hook",
     "Job",
     "JobCancelled",
     "JobContext",
     "JobFailed",
     "JobInfo",
+    "JobLogFilter",
     "JobNotFound",
     "KeyConflict",
     "Limit",
     "LimitInfo",
     "Message",
     "PayloadTooLarge",
+    "Progress",
     "QueueFull",
     "RateLimited",
     "ResultTooLarge",
@@ -63,5 +67,6 @@ __all__ = [
     "TaskOptions",
     "UnknownTask",
     "current_job",
+    "with_headers",
 ]
 __version__ = "0.1.0"

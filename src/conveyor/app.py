@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any, Generic, Literal, ParamSpec, Protocol, TypeVar, cast, overload
 
 from conveyor import arguments, metrics, serializer, validate
+from conveyor import hooks as _hooks
 from conveyor.brokers import Broker, absolute_url, open_broker, redact_url
 from conveyor.errors import (
     ArgumentError,
@@ -31,7 +32,7 @@ from conveyor.ids import new_id
 from conveyor.limits import MAX_THROTTLES, Limit, Limits, check_key, rule
 from conveyor.periodic import CatchUp, Schedule, on_time
 from conveyor.priority import DEFAULT_LEVELS, Priorities
-from conveyor.records import Cancelled, JobInfo, LimitInfo, Message, Pause, Rule, State
+from conveyor.records import Cancelled, JobInfo, LimitInfo, Message, Pause, Progress, Rule, State
 from conveyor.retry import RetryPolicy
 
 #: Times a job may snooze before the next snooze buries it (``@app.task(max_snoozes=...)``).
@@ -46,7 +47,7 @@ R2 = TypeVar("R2")
 
 DEFAULT_URL = "sqlite:///conveyor.db"
 #: Enqueue options; a task function may not have parameters with these names.
-RESERVED = frozenset({"priority", "delay", "run_at", "key", "queue", "connection"})
+RESERVED = frozenset({"priority", "delay", "run_at", "key", "queue", "connection", "headers"})
 MAX_KEY_LENGTH = 255
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 #: Queue names already found valid (up to 4096 of them): a message per call skips the pattern.
@@ -92,6 +93,9 @@ class Conveyor:
             named have no cap and pay nothing. A producer's own setting: configure every
             producer of a queue alike. Periodic ticks, follow-up enqueues committed with a
             task's acknowledgement, retries and replays are never refused.
+        hooks: hooks (:class:`conveyor.Hook`) around enqueues and runs, the first one
+            outermost; more can be appended to ``app.hooks`` before a worker starts. See
+            docs/hooks.md.
     """
 
     def __init__(
@@ -104,6 +108,7 @@ class Conveyor:
         max_result: int = 16 << 20,
         retention: float = 86400.0,
         max_queued: Mapping[str, int] | None = None,
+        hooks: Iterable[_hooks.Hook] = (),
     ) -> None:
         self.url = absolute_url(url or os.environ.get("CONVEYOR_URL") or DEFAULT_URL)
         self.priorities = Priorities(priorities)
@@ -115,6 +120,8 @@ class Conveyor:
         self.max_queued = _caps(max_queued)
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.schedules: list[Schedule] = []
+        #: Hooks around enqueues and runs, in order (the first is the outermost).
+        self.hooks: list[_hooks.Hook] = list(hooks)
         self._broker: Broker | None = None
         self._broker_pid = 0
         self._lock = threading.Lock()
@@ -275,6 +282,11 @@ class Conveyor:
         batch = list(messages)
         if not batch:
             return []
+        if self.hooks:
+            return _hooks.around_enqueue(self.hooks, batch, lambda b: self._store(b, connection))
+        return self._store(batch, connection)
+
+    def _store(self, batch: list[Message], connection: Any) -> list[Job[Any]]:
         validate.messages(batch, self.priorities, self.max_payload)
         unknown = {m.task for m in batch} - self.tasks.keys()
         if unknown:
@@ -440,6 +452,7 @@ class Task(Generic[P, R]):
         run_at: datetime | float | None = None,
         key: str | None = None,
         queue: str | None = None,
+        headers: Mapping[str, str] | None = None,
         connection: Any = None,
     ) -> TaskOptions[P, R]:
         """This task with enqueue options set, checked now; its ``enqueue``, ``enqueue_async``
@@ -457,13 +470,16 @@ class Task(Generic[P, R]):
                 ``f(1, 2)`` are the same call; a default passed explicitly is not the same as one
                 left out. A keyed job stores its call in that canonical form.
             queue: overrides the task's queue.
+            headers: job headers, a small map of str to str stored with the job and readable
+                in the task as ``current_job().headers`` (see docs/hooks.md); checked at
+                enqueue.
             connection: enqueue inside your own open transaction (see
                 :meth:`Conveyor.enqueue_many`); for ``enqueue`` only.
 
         Raises:
             ConfigurationError: an invalid priority, delay, run_at, key or queue.
         """
-        return TaskOptions(self, self._options(priority, delay, run_at, key, queue), connection)
+        return TaskOptions(self, self._options(priority, delay, run_at, key, queue, headers), connection)
 
     def message(self, *args: P.args, **kwargs: P.kwargs) -> Message:
         """A call of this task as a message, for :meth:`Conveyor.enqueue_many`; with options,
@@ -508,6 +524,7 @@ class Task(Generic[P, R]):
             kwargs.pop("run_at", None),
             kwargs.pop("key", None),
             kwargs.pop("queue", None),
+            kwargs.pop("headers", None),
         )
 
     def _options(
@@ -517,6 +534,7 @@ class Task(Generic[P, R]):
         run_at: datetime | float | None,
         key: str | None,
         queue: str | None,
+        headers: Mapping[str, str] | None = None,
     ) -> _Options:
         if delay is not None and run_at is not None:
             raise ConfigurationError("give delay or run_at, not both")
@@ -526,6 +544,7 @@ class Task(Generic[P, R]):
             delay=_check_delay(delay),
             run_at=_check_run_at(run_at),
             key=_check_key(key),
+            headers=dict(headers) if headers else None,
         )
 
     def _message(self, args: tuple[Any, ...], kwargs: dict[str, Any], options: _Options) -> Message:
@@ -570,6 +589,7 @@ class Task(Generic[P, R]):
             key=options.key,
             max_attempts=self.retry.max_attempts,
             limits=rules or self.limits.render(None),
+            headers=options.headers,
         )
 
 
@@ -594,6 +614,7 @@ class _Options:
     delay: float = 0.0
     run_at: float | None = None
     key: str | None = None
+    headers: dict[str, str] | None = None
 
 
 _DEFAULTS = _Options()
@@ -658,6 +679,10 @@ class Job(Generic[R]):
         if info is None:
             raise JobNotFound(f"no job {self.id} (finished jobs are kept for the retention period)")
         return info
+
+    def progress(self) -> Progress | None:
+        """The latest progress the job reported (``current_job().progress(...)``), or None."""
+        return self.info().progress
 
     def status(self) -> State | Literal["cancelling"]:
         """``scheduled``, ``ready``, ``running``, ``cancelling`` (running, a cancel requested),

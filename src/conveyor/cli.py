@@ -537,6 +537,11 @@ def _show(app: Conveyor, info: JobInfo) -> None:
         console.print(f"payload: {len(info.payload)} bytes that do not decode (not shown)", markup=False)
     else:
         console.print(_plain(f"arguments: {json.dumps(arguments, ensure_ascii=False)}"), highlight=False)
+    if info.progress is not None:
+        message = f" {info.progress.message}" if info.progress.message else ""
+        console.print(_plain(f"progress: {info.progress.value:.0%}{message}"), highlight=False)
+    if shown.headers:
+        console.print(_plain(f"headers: {json.dumps(shown.headers, ensure_ascii=False)}"), highlight=False)
     if shown.result is not None:
         console.print(_plain(f"result: {shown.result}", multiline=True), highlight=False)
     for err in errors:

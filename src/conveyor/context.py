@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import contextvars
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
+from conveyor import progress as _progress
 from conveyor.errors import Snooze
-from conveyor.records import Delivery, Message
+from conveyor.records import Delivery, Message, Outcome, Progress
 
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 _current: contextvars.ContextVar[JobContext] = contextvars.ContextVar("conveyor_job")
 
 
@@ -19,7 +23,13 @@ class JobContext:
     lost to another worker.
     """
 
-    def __init__(self, delivery: Delivery, worker: str) -> None:
+    def __init__(
+        self,
+        delivery: Delivery,
+        worker: str,
+        prepare: Callable[[list[Message]], list[Message]] | None = None,
+        report: Callable[[str, int, Progress], None] | None = None,
+    ) -> None:
         self.delivery = delivery
         #: Id of the worker running the task.
         self.worker = worker
@@ -27,6 +37,12 @@ class JobContext:
         self.enqueues: list[Message] = []
         #: Set by the worker once the job's cancel request reached it (see ``cancelled``).
         self.cancel_requested = False
+        #: The application's enqueue hooks applied to follow-up messages, or None without any.
+        self._prepare = prepare
+        #: Where progress reports go (the worker's conveyor.progress.Reporter), or None.
+        self._report = report
+        #: The outcome of a failure decided inside the run hooks (see conveyor.hooks).
+        self.failure: Outcome | None = None
 
     @property
     def cancelled(self) -> bool:
@@ -43,6 +59,22 @@ class JobContext:
     def id(self) -> str:
         """The job id."""
         return self.delivery.id
+
+    @property
+    def task(self) -> str:
+        """The task's registered name."""
+        return self.delivery.task
+
+    @property
+    def queue(self) -> str:
+        """The queue the job was reserved from."""
+        return self.delivery.queue
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """The job's headers (read-only; empty without any), as enqueue and its hooks set them."""
+        h = self.delivery.headers
+        return _NO_HEADERS if h is None else MappingProxyType(h)
 
     @property
     def attempt(self) -> int:
@@ -64,6 +96,19 @@ class JobContext:
         """The fencing token of this run; unique per claim of the job."""
         return self.delivery.token
 
+    def progress(self, value: float, message: str | None = None) -> None:
+        """Report how far the job is: ``value`` from 0 to 1 and an optional short message (at
+        most 200 characters), read with ``job.progress()``. Cheap to call often: the worker
+        writes a job's latest report at most a few times per second; a report made while the
+        previous one is being written replaces it.
+
+        Raises:
+            ConfigurationError: a value outside 0..1 or a message too long.
+        """
+        p = _progress.checked(value, message)
+        if self._report is not None:
+            self._report(self.delivery.id, self.delivery.token, p)
+
     def execute(self, statement: str, params: Any = ()) -> None:
         """Run ``statement`` (SQL, with ``params``) atomically with the acknowledgement.
 
@@ -74,7 +119,10 @@ class JobContext:
 
     def enqueue(self, message: Message) -> None:
         """Enqueue ``message`` (from ``task.message(...)``) only if this task succeeds."""
-        self.enqueues.append(message)
+        if self._prepare is not None:
+            self.enqueues.extend(self._prepare([message]))
+        else:
+            self.enqueues.append(message)
 
 
 def current_job() -> JobContext:

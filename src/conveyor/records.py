@@ -63,6 +63,16 @@ class Message(msgspec.Struct, frozen=True):
     #: The task's limits rendered for this call (see conveyor.limits); the job's group, which
     #: fairness takes turns between, is their keys (``group_of``).
     limits: tuple[Rule, ...] = ()
+    #: Job headers: a small map of str to str stored with the job (see conveyor.headers), or
+    #: None for none.
+    headers: dict[str, str] | None = None
+
+
+class Progress(msgspec.Struct, frozen=True, array_like=True):
+    """How far a running job says it is: ``value`` from 0 to 1, and a short ``message``."""
+
+    value: float
+    message: str | None = None
 
 
 class Enqueued(msgspec.Struct, frozen=True):
@@ -91,6 +101,8 @@ class Delivery(msgspec.Struct, frozen=True):
     key: str | None = None
     #: Times this job ended an attempt with RateLimited (not counted as attempts).
     throttled: int = 0
+    #: The job's headers, or None.
+    headers: dict[str, str] | None = None
 
 
 class Outcome(msgspec.Struct, frozen=True):
@@ -157,6 +169,10 @@ class JobInfo(msgspec.Struct, frozen=True):
     lease_until: float | None = None
     #: Running with a cancel requested (docs/job-control.md): its worker stops it.
     cancelling: bool = False
+    #: The job's headers (None: none); read by ``get``, not filled in by listings.
+    headers: dict[str, str] | None = None
+    #: The latest progress any attempt reported (None: none); read by ``get``.
+    progress: Progress | None = None
 
 
 class QueueStats(msgspec.Struct, frozen=True):

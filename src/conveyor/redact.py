@@ -270,6 +270,8 @@ class RedactedJob:
     errors: list[dict[str, Any]]
     result: str | None
     key: str | None
+    #: The job's headers, secret-named ones masked (None: none).
+    headers: dict[str, Any] | None = None
 
 
 def redact_job(info: JobInfo, signature: inspect.Signature | None) -> RedactedJob:
@@ -279,6 +281,7 @@ def redact_job(info: JobInfo, signature: inspect.Signature | None) -> RedactedJo
     """
     redactor = Redactor()
     arguments = redactor.arguments(info.payload, signature)
+    headers = None if not info.headers else redactor.value(dict(info.headers))
     errors = [
         redactor.error(e) if isinstance(e, dict) else {"message": redactor.text(str(e))} for e in info.errors
     ]
@@ -287,4 +290,5 @@ def redact_job(info: JobInfo, signature: inspect.Signature | None) -> RedactedJo
         errors=errors,
         result=redactor.result(info.result),
         key=None if info.key is None else redactor.text(info.key),
+        headers=headers,
     )

@@ -15,6 +15,7 @@ import re
 import time
 from collections.abc import Sequence
 
+from conveyor import headers as _headers
 from conveyor import limits as _limits
 from conveyor.errors import ConfigurationError
 from conveyor.priority import Priorities
@@ -67,6 +68,7 @@ def messages(
             and type(m.max_attempts) is int
             and 1 <= m.max_attempts <= MAX_ATTEMPTS
             and (m.limits == () or _rules_problem(m.limits) is None)
+            and (m.headers is None or _headers.problem(m.headers) is None)
         ):
             if type(m) is not Message:
                 raise InvalidMessage(f"message {index}: a conveyor.records.Message, not {type(m).__name__}")
@@ -98,8 +100,10 @@ def _problem(m: Message, priorities: Priorities, max_payload: int, now: float) -
         return f"key: a non-empty str of at most {MAX_KEY_LENGTH} characters"
     if type(m.max_attempts) is not int or not 1 <= m.max_attempts <= MAX_ATTEMPTS:
         return f"max_attempts: an int between 1 and {MAX_ATTEMPTS}"
-    if m.limits != ():
-        return _rules_problem(m.limits)
+    if m.limits != () and (problem := _rules_problem(m.limits)) is not None:
+        return problem
+    if m.headers is not None:
+        return _headers.problem(m.headers)
     return None
 
 

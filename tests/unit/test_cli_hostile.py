@@ -116,3 +116,19 @@ def test_an_integer_too_long_to_print_is_a_serialization_error(store: str) -> No
     with pytest.raises(SerializationError, match="bits is outside the 64-bit range"):
         f.enqueue(10**5000)
     app.close()
+
+
+def test_job_shows_headers_with_secret_ones_masked(store: str) -> None:
+    app = Conveyor(store)
+
+    @app.task(name="t")
+    def t() -> None: ...
+
+    try:
+        job = t.enqueue(headers={"traceparent": "00-abc-01", "password": "hunter2", "x": "[red]\x1b[2J"})
+    finally:
+        app.close()
+    out = _run("job", store, job.id)
+    (line,) = [line for line in out.splitlines() if line.startswith("headers: ")]
+    assert '"traceparent": "00-abc-01"' in line and "hunter2" not in line and '"password"' in line
+    assert "\x1b" not in out and "[red]" in line

@@ -27,3 +27,14 @@ def test_a_missing_client_library_names_the_extra(
     with pytest.raises(ConfigurationError) as caught:
         open_broker(url)
     assert f"pip install 'conveyor-queue[{extra}]'" in str(caught.value)
+
+
+def test_tracing_without_opentelemetry_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(sys.modules):
+        if name.split(".")[0] == "opentelemetry" or name == "conveyor.otel":
+            monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "opentelemetry", None)  # import fails as if not installed
+
+    with pytest.raises(ConfigurationError) as caught:
+        import conveyor.otel  # noqa: F401
+    assert "pip install 'conveyor-queue[otel]'" in str(caught.value)

@@ -123,3 +123,27 @@ def test_every_interval_schedule_is_described(app: Conveyor, serve, client: Clie
 
     with serve(app) as url:
         assert "every 90 s" in client.get(url + "/scheduled", headers=AUTH).text
+
+
+def test_the_job_page_shows_headers_with_secret_ones_masked(shop: Conveyor, serve, client: Client) -> None:
+    charge = shop.tasks["shop.charge"]
+    job = charge.enqueue(7, headers={"request-id": "r-<b>42</b>", "api-token": "s3cr3t-value"})
+    plain = charge.enqueue(8)
+    with serve(shop) as url:
+        page = client.get(url + f"/jobs/{job.id}", headers=AUTH).text
+        assert "request-id: r-&lt;b&gt;42&lt;/b&gt;" in page
+        assert "api-token: " in page and "s3cr3t-value" not in page
+        assert 'id="job-headers"' not in client.get(url + f"/jobs/{plain.id}", headers=AUTH).text
+
+
+def test_the_job_page_shows_progress(shop: Conveyor, serve, client: Client) -> None:
+    from conveyor.priority import Fairness
+    from conveyor.progress import encode
+    from conveyor.records import Progress
+
+    job = shop.tasks["shop.charge"].enqueue(7)
+    (d,) = shop.broker.reserve(["payments"], 1, 60.0, "w", Fairness(shop.priorities.weights))
+    shop.broker.set_progress([(d.id, d.token, encode(Progress(0.42, "<i>42</i> of 100")))])
+    with serve(shop) as url:
+        page = client.get(url + f"/jobs/{job.id}", headers=AUTH).text
+    assert '<progress max="1" value="0.42"></progress> 42 % — &lt;i&gt;42&lt;/i&gt; of 100' in page

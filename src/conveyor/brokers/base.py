@@ -20,6 +20,8 @@ from typing import Any
 
 import msgspec
 
+from conveyor import headers as stored_headers
+from conveyor import progress as stored_progress
 from conveyor import redact, validate
 from conveyor.errors import ConfigurationError, DuplicateId
 from conveyor.priority import Fairness
@@ -137,6 +139,12 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def extend(self, leases: Sequence[Lease], lease: float, now: float | None = None) -> list[str]:
         """Heartbeat: push the leases' expiry to ``now + lease``; return the ids whose lease is lost."""
+
+    @abc.abstractmethod
+    def set_progress(self, updates: Sequence[tuple[str, int, str]], now: float | None = None) -> int:
+        """Store the progress of running jobs: (job id, token, progress as ``conveyor.progress.
+        encode`` makes it) each, fenced like an ack (a job no longer running under that token is
+        left as it is). Returns how many were stored."""
 
     @abc.abstractmethod
     def release(self, leases: Sequence[Lease]) -> int:
@@ -332,6 +340,7 @@ def claimed(rows: list[Any]) -> list[Delivery]:
             enqueued_at=as_float(r[9]),
             key=None if r[10] is None else as_text(r[10]),
             throttled=as_int(r[11]) if len(r) > 11 and r[11] is not None else 0,
+            headers=None if len(r) < 13 or r[12] is None else stored_headers.decode(r[12]),
         )
         for r in rows
     ]
@@ -434,11 +443,14 @@ def error_records(errors: Any) -> list[dict[str, Any]]:
 _ROW_STATES = frozenset({"pending", "running", "succeeded", "dead", "cancelled"})
 
 
-def job_row(row: Sequence[Any], now: float, errors: list[dict[str, Any]]) -> JobInfo:
+def job_row(
+    row: Sequence[Any], now: float, errors: list[dict[str, Any]], headers: Any = None, progress: Any = None
+) -> JobInfo:
     """A SQL job row as a JobInfo; a pending job is ready once due at ``now``. A row holds id,
     task, queue, priority, state, payload, attempt, max_attempts, run_at, enqueued_at, started_at,
     finished_at, key, result, errors (decoded by the caller: ``errors``), worker, lease_until,
-    and whether a cancel request holds for its run (true only while it runs).
+    whether a cancel request holds for its run (true only while it runs); ``headers`` and
+    ``progress`` are the job's as stored (None: none).
     Fields of the wrong type are read as their type; a state no version of Conveyor writes is
     listed as ``dead`` with a CorruptRecord error saying what was stored."""
     state = as_text(row[4])
@@ -467,6 +479,8 @@ def job_row(row: Sequence[Any], now: float, errors: list[dict[str, Any]]) -> Job
         worker=None if row[15] is None else as_text(row[15]),
         lease_until=None if row[16] is None else as_float(row[16]),
         cancelling=state == "running" and bool(row[17]),
+        headers=None if headers is None else stored_headers.decode(headers),
+        progress=None if progress is None else stored_progress.decode(progress),
     )
 
 

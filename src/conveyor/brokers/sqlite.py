@@ -33,6 +33,7 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from conveyor import headers as stored_headers
 from conveyor import serializer
 from conveyor.brokers import backpressure
 from conveyor.brokers import sqlite_control as control
@@ -336,10 +337,12 @@ class SQLiteBroker(Broker):
                     continue
             due = m.run_at if m.run_at is not None else now + m.delay
             grp = group_of(m.limits) if m.limits else None
+            headers = None if m.headers is None else stored_headers.encode(m.headers)
             inserted = db.execute(
                 "INSERT INTO conveyor_jobs (id, task, queue, priority, state, payload, run_at, enqueued_at,"
-                " max_attempts, key, grp) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-                (m.id, m.task, m.queue, m.priority, m.payload, due, now, m.max_attempts, m.key, grp),
+                " max_attempts, key, grp, headers) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (id) DO NOTHING",
+                (m.id, m.task, m.queue, m.priority, m.payload, due, now, m.max_attempts, m.key, grp, headers),
             ).rowcount
             if not inserted:  # the id is taken: by this very message (sent again), or refused
                 held = db.execute(
@@ -775,9 +778,23 @@ class SQLiteBroker(Broker):
     def get(self, job_id: str, now: float | None = None) -> JobInfo | None:
         now = time.time() if now is None else now
         row = (
-            self._db().execute(f"SELECT {_JOB_COLUMNS} FROM conveyor_jobs WHERE id = ?", (job_id,)).fetchone()
+            self._db()
+            .execute(f"SELECT {_JOB_COLUMNS}, headers, progress FROM conveyor_jobs WHERE id = ?", (job_id,))
+            .fetchone()
         )
-        return None if row is None else _job(row, now)
+        return None if row is None else job_row(row, now, errors_of(row[14]), row[18], row[19])
+
+    def set_progress(self, updates: Sequence[tuple[str, int, str]], now: float | None = None) -> int:
+        if not updates:
+            return 0
+        with self._write() as db:
+            return sum(
+                db.execute(
+                    "UPDATE conveyor_jobs SET progress = ? WHERE id = ? AND token = ? AND state = 'running'",
+                    (stored, job_id, token),
+                ).rowcount
+                for job_id, token, stored in updates
+            )
 
     def stats(self, queues: Sequence[str] | None = None, now: float | None = None) -> list[QueueStats]:
         now = time.time() if now is None else now
@@ -1038,8 +1055,8 @@ def _close_connection(db: sqlite3.Connection, writer: int) -> None:
 
 
 def _migrate(db: sqlite3.Connection) -> None:
-    """Bring a store made by an earlier version up to the schema (limits' and job control's
-    columns); a no-op on
+    """Bring a store made by an earlier version up to the schema (limits', job control's and
+    headers' columns); a no-op on
     a new or current one."""
     columns = {row[1] for row in db.execute("PRAGMA table_info(conveyor_jobs)")}
     if columns and "grp" not in columns:
@@ -1052,6 +1069,10 @@ def _migrate(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE conveyor_jobs ADD COLUMN cancel_token INTEGER")
         db.execute("ALTER TABLE conveyor_jobs ADD COLUMN cancel_grace REAL")
         db.execute("ALTER TABLE conveyor_jobs ADD COLUMN snoozes INTEGER NOT NULL DEFAULT 0")
+    if columns and "headers" not in columns:
+        db.execute("ALTER TABLE conveyor_jobs ADD COLUMN headers TEXT")
+    if columns and "progress" not in columns:
+        db.execute("ALTER TABLE conveyor_jobs ADD COLUMN progress TEXT")
 
 
 def _served(db: sqlite3.Connection, queue: str, levels: int) -> list[list[int]]:

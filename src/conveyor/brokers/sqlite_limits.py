@@ -21,7 +21,8 @@ from conveyor.records import LimitInfo, Rule
 
 INF = math.inf
 _RETURNING = (
-    "id, task, queue, priority, payload, attempt, max_attempts, token, run_at, enqueued_at, key, throttled"
+    "id, task, queue, priority, payload, attempt, max_attempts, token, run_at, enqueued_at, key, throttled,"
+    " headers"
 )
 #: Claim of jobs without limits (``held`` names the queue's slot if it has one, else NULL); the
 #: claim of every queue without limits too.

@@ -29,7 +29,11 @@ CREATE TABLE IF NOT EXISTS conveyor_jobs (
     -- names (cancel_token), with its grace, and snoozes counts the job's snoozes.
     cancel_token INTEGER,
     cancel_grace REAL,
-    snoozes      INTEGER NOT NULL DEFAULT 0
+    snoozes      INTEGER NOT NULL DEFAULT 0,
+    -- Job headers (docs/hooks.md): JSON object of str to str, NULL without any.
+    headers      TEXT,
+    -- The latest progress reported (docs/hooks.md): JSON [value, message], NULL without any.
+    progress     TEXT
 );
 -- Claim of jobs without limits: one range scan per (queue, priority), FIFO by due time.
 CREATE INDEX IF NOT EXISTS conveyor_jobs_pending ON conveyor_jobs (queue, priority, run_at)

@@ -256,6 +256,7 @@ class Views:
             timeline=_timeline(info, shown.errors),
             key=shown.key,
             gave_up=gave_up(info),
+            headers=shown.headers,
         )
 
     async def job_action(self, request: Request) -> Response:

@@ -15,10 +15,12 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from conveyor import context, serializer
+from conveyor import hooks as _hooks
+from conveyor import progress as _progress
 from conveyor.app import Conveyor, Task
 from conveyor.brokers.base import CORRUPT_TASK
 from conveyor.errors import JobCancelled, RateLimited, Retry, SerializationError, Snooze
-from conveyor.records import Delivery, Outcome
+from conveyor.records import Delivery, Outcome, Progress
 from conveyor.redact import Redactor, printable
 
 log = logging.getLogger("conveyor.worker")
@@ -217,6 +219,14 @@ class Runner:
         #: Runs not yet collected, by (job id, token): a job leased again here after its lease
         #: was lost has a run per token, and each settles only its own.
         self._runs: dict[tuple[str, int], _Run] = {}
+        #: The application's hooks as read when the worker starts (docs/hooks.md).
+        self._hooks = _hooks.Hooks(app.hooks)
+        self._prepare = (
+            (lambda messages: _hooks.prepared(app.hooks, messages))
+            if _hooks.overriding(app.hooks, "enqueue")
+            else None
+        )
+        self._reporter: _progress.Reporter | None = None
 
     # -- on the event loop -----------------------------------------------------------------
 
@@ -339,26 +349,47 @@ class Runner:
             args, kwargs = self._decode(delivery, task)
         except SerializationError as exc:
             return self._malformed(delivery, exc)
-        ctx = run.ctx = context.JobContext(delivery, self.worker)
+        ctx = run.ctx = context.JobContext(delivery, self.worker, self._prepare, self._report_progress)
         token = context.bind(ctx)
         try:
-            coro = task.fn(*args, **kwargs)
-            if task.timeout is None:
-                value = await coro
+            if self._hooks.run:
+                value = await self._await_hooked(ctx, task, args, kwargs)
             else:
-                try:
-                    value = await asyncio.wait_for(coro, task.timeout)
-                except TimeoutError:
-                    raise TaskTimeout(
-                        f"{task.name} ran longer than its timeout of {task.timeout} s"
-                    ) from None
+                value = await self._await(task, args, kwargs)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # noqa: BLE001 - every failure of user code is an outcome
-            return self._failed(delivery, task, exc)
+            return ctx.failure or self._failed(delivery, task, exc, ctx)
         finally:
             context.unbind(token)
-        return self._succeeded(delivery, task, ctx, value)
+        return ctx.failure or self._succeeded(delivery, task, ctx, value)
+
+    async def _await(self, task: Task[Any, Any], args: list[Any], kwargs: dict[str, Any]) -> Any:
+        coro = task.fn(*args, **kwargs)
+        if task.timeout is None:
+            return await coro
+        try:
+            return await asyncio.wait_for(coro, task.timeout)
+        except TimeoutError:
+            raise TaskTimeout(f"{task.name} ran longer than its timeout of {task.timeout} s") from None
+
+    async def _await_hooked(
+        self, ctx: context.JobContext, task: Task[Any, Any], args: list[Any], kwargs: dict[str, Any]
+    ) -> Any:
+        """The task inside the run hooks; a failure's outcome is decided inside them too (so the
+        retry and dead hooks run within, e.g., a hook's span) before they see the exception."""
+        value = None
+        with contextlib.ExitStack() as stack:
+            for hook in self._hooks.run:
+                stack.enter_context(hook.run(ctx))
+            try:
+                value = await self._await(task, args, kwargs)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
+                ctx.failure = self._failed(ctx.delivery, task, exc, ctx)
+                raise
+        return value  # None if a hook suppressed the exception: ctx.failure stands
 
     # -- on a task thread ------------------------------------------------------------------
 
@@ -382,7 +413,7 @@ class Runner:
 
     def _run_sync(self, run: _Run) -> None:
         task, delivery = run.task, run.delivery
-        ctx = context.JobContext(delivery, self.worker)
+        ctx = context.JobContext(delivery, self.worker, self._prepare, self._report_progress)
         with self._lock:
             if run.taken:
                 return
@@ -397,16 +428,41 @@ class Runner:
             return
         token = context.bind(ctx)
         try:
-            value = task.fn(*args, **kwargs)
+            value = (
+                self._call_hooked(run, ctx, task, args, kwargs)
+                if self._hooks.run
+                else task.fn(*args, **kwargs)
+            )
         except BaseException as exc:  # noqa: BLE001 - every failure of user code is an outcome
             if _taken(run):  # timed out: the timeout was reported, this is its interrupt landing
                 return
-            outcome = self._failed(delivery, task, exc)
+            outcome = ctx.failure or self._failed(delivery, task, exc, ctx)
         else:
-            outcome = self._succeeded(delivery, task, ctx, value)
+            outcome = ctx.failure or self._succeeded(delivery, task, ctx, value)
         finally:
             context.unbind(token)
         self._complete(run, outcome)
+
+    def _call_hooked(
+        self,
+        run: _Run,
+        ctx: context.JobContext,
+        task: Task[Any, Any],
+        args: list[Any],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        """The task inside the run hooks (see _await_hooked)."""
+        value = None
+        with contextlib.ExitStack() as stack:
+            for hook in self._hooks.run:
+                stack.enter_context(hook.run(ctx))
+            try:
+                value = task.fn(*args, **kwargs)
+            except BaseException as exc:
+                if not _taken(run):
+                    ctx.failure = self._failed(ctx.delivery, task, exc, ctx)
+                raise
+        return value  # None if a hook suppressed the exception: ctx.failure stands
 
     # -- anywhere ----------------------------------------------------------------------------
 
@@ -472,12 +528,31 @@ class Runner:
             task.types.load(args, kwargs, typed)
         return args, kwargs
 
+    def _report_progress(self, job_id: str, token: int, progress: Progress) -> None:
+        """A run's progress report, from its thread or the loop; the reporter is made at the first
+        (a worker whose tasks report none never has one)."""
+        if self._reporter is None:
+            assert self._loop is not None
+            with self._lock:
+                if self._reporter is None:
+                    self._reporter = _progress.Reporter(self.app.broker, self._loop)
+        self._reporter.report(job_id, token, progress)
+
     def _malformed(self, delivery: Delivery, exc: SerializationError) -> Outcome:
         log.error("job %s: %s; moved to the dead letter queue", delivery.id, exc)
         return bury(delivery, self.worker, "MalformedPayload", str(exc))
 
-    def _failed(self, delivery: Delivery, task: Task[Any, Any], exc: BaseException) -> Outcome:
+    def _failed(
+        self,
+        delivery: Delivery,
+        task: Task[Any, Any],
+        exc: BaseException,
+        ctx: context.JobContext | None = None,
+    ) -> Outcome:
         outcome = failure(delivery, self.worker, exc, task, self.rng)
+        if self._hooks.retry or self._hooks.dead:
+            job = ctx or context.JobContext(delivery, self.worker)
+            self._hooks.failed(job, exc, outcome.kind, outcome.delay)
         then = {"dead": "dead letter queue", "throttled": f"throttled for {outcome.delay:.2f} s"}.get(
             outcome.kind, f"retry in {outcome.delay:.2f} s"
         )

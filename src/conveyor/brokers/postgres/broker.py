@@ -22,6 +22,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg.rows import tuple_row
 
+from conveyor import headers as stored_headers
 from conveyor import limits as buckets
 from conveyor import serializer
 from conveyor.brokers import backpressure
@@ -217,7 +218,7 @@ class PostgresBroker(Broker):
                 if caps:
                     with conn.pipeline(), conn.transaction():
                         return self._insert_capped(conn, messages, now, caps)
-                if all(m.key is None for m in messages):
+                if all(m.key is None and m.headers is None for m in messages):
                     try:
                         return self._insert_unkeyed(conn, messages, now)  # one statement, one round trip
                     except pg_errors.UniqueViolation:
@@ -318,6 +319,9 @@ class PostgresBroker(Broker):
                 "keys": [m.key for m in messages],
                 "grps": [buckets.group_of(m.limits) for m in messages],
                 "rules": [msgspec.json.encode(m.limits).decode() if m.limits else None for m in messages],
+                "headers": [
+                    None if m.headers is None else stored_headers.encode(m.headers) for m in messages
+                ],
                 "now": now,
             },
         ).fetchall()
@@ -427,8 +431,9 @@ class PostgresBroker(Broker):
                     plain[r[0]] = r[7]
             while len(plain) > _PLAIN_MAX:  # leases lost without an outcome here
                 del plain[next(iter(plain))]
-        # claimed() reads a row's 12th column as the throttle count: here it is r_throttled.
-        return claimed([(*r[:11], r[13] or 0) for r in rows])
+        # claimed() reads a row's 12th column as the throttle count (here it is r_throttled),
+        # its 13th as the headers (read after the function's columns).
+        return claimed([(*r[:11], r[13] or 0, r[15]) for r in rows])
 
     def _all_plain(self, outcomes: Iterable[Outcome]) -> bool:
         """Whether this handle claimed the jobs of all these outcomes without limits."""
@@ -806,6 +811,20 @@ class PostgresBroker(Broker):
                 self._drop_listener(listener)  # the next wait reconnects
                 raise
 
+    def set_progress(self, updates: Sequence[tuple[str, int, str]], now: float | None = None) -> int:
+        if not updates:
+            return 0
+        with self._connect() as conn:
+            cur = conn.execute(
+                self._sql["set_progress"],
+                {
+                    "ids": [u[0] for u in updates],
+                    "tokens": [u[1] for u in updates],
+                    "progress": [u[2] for u in updates],
+                },
+            )
+            return cur.rowcount
+
     def get(self, job_id: str, now: float | None = None) -> JobInfo | None:
         with self._connect() as conn:
             row = conn.execute(self._sql["get"], {"id": job_id, "now": now}).fetchone()
@@ -1080,5 +1099,8 @@ def _columns(messages: Sequence[Message]) -> dict[str, list[Any]]:
 
 
 def _job(row: Sequence[Any]) -> JobInfo:
-    """The server's clock (row[18]) decides ready or scheduled; jsonb errors arrive decoded."""
+    """The server's clock (row[18]) decides ready or scheduled; jsonb errors arrive decoded;
+    ``get`` adds the headers and progress (row[19], row[20])."""
+    if len(row) > 20:
+        return job_row(row, row[18], error_records(row[14]), row[19], row[20])
     return job_row(row, row[18], error_records(row[14]))

@@ -25,14 +25,15 @@ WITH m AS (
     SELECT *
       FROM unnest(%(ids)b::text[], %(tasks)b::text[], %(queues)b::text[], %(priorities)b::int[],
                   %(payloads)b::bytea[], %(delays)b::float8[], %(run_ats)b::float8[],
-                  %(keys)b::text[], %(max_attempts)b::int[], %(grps)b::text[], %(rules)b::text[])
+                  %(keys)b::text[], %(max_attempts)b::int[], %(grps)b::text[], %(rules)b::text[],
+                  %(headers)b::text[])
            WITH ORDINALITY AS m (id, task, queue, priority, payload, delay, run_at, key, max_attempts,
-                                 grp, rules, n)
+                                 grp, rules, headers, n)
 ), inserted AS (
     INSERT INTO {schema}.jobs (id, task, queue, priority, state, payload, run_at, enqueued_at,
-                               max_attempts, key, grp, rules)
+                               max_attempts, key, grp, rules, headers)
     SELECT id, task, queue, priority, 'pending', payload, coalesce(run_at, {statement_now} + delay),
-           {statement_now}, max_attempts, key, grp, rules::jsonb
+           {statement_now}, max_attempts, key, grp, rules::jsonb, headers::jsonb
       FROM m
      ORDER BY n
         ON CONFLICT DO NOTHING
@@ -192,10 +193,13 @@ SELECT w.queue, w.priority, c.id
 -- 0006) leaves out what is paused and calls its reserve function, which runs candidates (one
 -- queue) or count_ready (several), the fair split across levels and queues and the claim of its
 -- share (reserve_limited for queues with limits); its last row is the worker's new fairness state.
-SELECT * FROM {schema}.reserve_unpaused(%(queues)s::text[], %(weights)s::int[], %(fair)s::int[],
-                                        %(qweights)s::int[], %(qfair)s::int[], %(strict)s::boolean,
-                                        %(limit)s::int, %(lease)s::float8, %(worker)s::text,
-                                        %(now)s::float8);
+-- Each job's headers are read by id, one primary-key probe per row (a subquery, not a join: a
+-- join may be planned as a scan of the jobs table); the function's rows keep their order.
+SELECT r.*, (SELECT j.headers FROM {schema}.jobs AS j WHERE j.id = r.r_id)
+  FROM {schema}.reserve_unpaused(%(queues)s::text[], %(weights)s::int[], %(fair)s::int[],
+                                 %(qweights)s::int[], %(qfair)s::int[], %(strict)s::boolean,
+                                 %(limit)s::int, %(lease)s::float8, %(worker)s::text,
+                                 %(now)s::float8) AS r;
 
 -- name: claim
 -- Lease the n oldest due jobs of each (queue, priority) in one statement (the claim the reserve
@@ -526,7 +530,14 @@ UPDATE {schema}.jobs
  WHERE id = %(id)s AND state IN ('pending', 'parked');
 
 -- name: get
-SELECT {columns}, {now} FROM {schema}.jobs WHERE id = %(id)s;
+SELECT {columns}, {now}, headers, progress FROM {schema}.jobs WHERE id = %(id)s;
+
+-- name: set_progress
+-- Progress of running jobs, each fenced by its token (docs/hooks.md).
+UPDATE {schema}.jobs AS j
+   SET progress = u.progress::jsonb
+  FROM unnest(%(ids)s::text[], %(tokens)s::bigint[], %(progress)s::text[]) AS u (id, token, progress)
+ WHERE j.id = u.id AND j.token = u.token AND j.state = 'running';
 
 -- name: stats
 -- Counts per queue, priority and reported state, with the oldest ready due time. A parked job

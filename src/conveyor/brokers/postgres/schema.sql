@@ -46,7 +46,11 @@ CREATE TABLE {schema}.jobs (
     -- names, with its grace; the job's snoozes (NULL for none).
     cancel_token bigint,
     cancel_grace double precision,
-    snoozes      integer
+    snoozes      integer,
+    -- Job headers (docs/hooks.md): a JSON object of str to str, NULL without any.
+    headers      jsonb,
+    -- The latest progress a running job reported (docs/hooks.md): [value, message], NULL for none.
+    progress     jsonb
 );
 -- Claim and the earliest due time: one range scan per (queue, priority), FIFO by due time;
 -- jobs with limits are claimed through their groups (jobs_group).

@@ -546,6 +546,23 @@ class RedisBroker(Broker):
         located = {job_id for held in by_queue.values() for job_id, _ in held}
         return [job_id for job_id, _ in leases if job_id in lost or job_id not in located]
 
+    def set_progress(self, updates: Sequence[tuple[str, int, str]], now: float | None = None) -> int:
+        if not updates:
+            return 0
+        stored = {(job_id, token): p for job_id, token, p in updates}
+        by_queue = self._by_queue([(job_id, token) for job_id, token, _ in updates])
+        replies = self._run(
+            [
+                (
+                    "progress",
+                    self._keys(q, "jobs"),
+                    [x for lease in held for x in (lease[0], lease[1], stored[lease])],
+                )
+                for q, held in by_queue.items()
+            ]
+        )
+        return sum(int(n) for n in replies)
+
     def release(self, leases: Sequence[Lease]) -> int:
         if not leases:
             return 0

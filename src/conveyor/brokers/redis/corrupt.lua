@@ -35,7 +35,7 @@ local function corrupt_errors(why, now)
     .. ',"traceback":null,"worker":null,"at":' .. fmt(now) .. '}]'
 end
 
--- A corrupt record as 18 reply fields (see emit): task CORRUPT_TASK, its bytes as the payload,
+-- A corrupt record as 20 reply fields (see emit): task CORRUPT_TASK, its bytes as the payload,
 -- a CorruptRecord error, `state` the letter of the index it was found in ('d' when unknown).
 local function emit_corrupt(out, id, raw, why, state, now)
   local s = salvage(raw)

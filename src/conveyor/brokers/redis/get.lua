@@ -2,7 +2,7 @@
 --
 -- KEYS[1] <base>:jobs
 -- ARGV[1] now   ARGV[2..] job ids
--- Returns {now, then 18 fields per job found (see emit; a corrupt record as emit_corrupt)}.
+-- Returns {now, then 20 fields per job found (see emit; a corrupt record as emit_corrupt)}.
 
 local now = clock(ARGV[1])
 local out = {fmt(now)}

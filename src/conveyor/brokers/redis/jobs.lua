@@ -3,7 +3,7 @@
 -- KEYS[1] <base>:jobs   KEYS[2] <base>:counts   KEYS[3] <base>:running   KEYS[4] <base>:dead
 -- KEYS[5] <base>:done   KEYS[6] <base>:paused
 -- ARGV[1] now   ARGV[2] state ('' for any)   ARGV[3] task (optional string)   ARGV[4] how many
--- Returns {now, then 18 fields per job (see emit)}: the first ARGV[4] matches of each index in
+-- Returns {now, then 20 fields per job (see emit)}: the first ARGV[4] matches of each index in
 -- its own order (pending by due time, dead and finished newest first; every running job; for
 -- any state, the most recently enqueued); the caller merges and orders them.
 -- A listing with a task filter walks its index until it has enough matches. A corrupt record

@@ -28,7 +28,11 @@ local R_KEY, R_LEASE, R_WORKER, R_STARTED, R_FINISHED, R_RESULT, R_ERRORS = 11, 
 -- "\31"), the times it was throttled, and the keys whose concurrency slot it holds while running
 -- (an array; "" is the queue's own limit). A job without limits stores none of them.
 local R_GROUP, R_THROTTLED, R_HELD = 18, 19, 20
-local R_FIELDS = 20
+-- A job with headers (docs/hooks.md) stores them last, as JSON text; one without stores nothing.
+local R_HEADERS = 21
+-- The latest progress a running job reported, as JSON text [value, message]; absent until one.
+local R_PROGRESS = 22
+local R_FIELDS = 22
 
 local function fmt(x)
   if not x then return '' end
@@ -118,6 +122,8 @@ local function flaw(r)
   if r[R_WORKER] and type(r[R_WORKER]) ~= 'string' then return 'worker is not a string' end
   if r[R_RESULT] and type(r[R_RESULT]) ~= 'string' then return 'result is not a string' end
   if r[R_ERRORS] and type(r[R_ERRORS]) ~= 'string' then return 'errors is not a string' end
+  if r[R_HEADERS] and type(r[R_HEADERS]) ~= 'string' then return 'headers is not a string' end
+  if r[R_PROGRESS] and type(r[R_PROGRESS]) ~= 'string' then return 'progress is not a string' end
   return nil
 end
 
@@ -165,9 +171,9 @@ local function pack_record(r)
   local last = R_FIELDS
   while last > 0 and not r[last] do last = last - 1 end
   local packed, width
-  if last > R_ERRORS then  -- a job with limits: the longer copy (it costs the others 4 % of a claim)
+  if last > R_ERRORS then  -- with limits, headers or progress: the longer copy (it costs the others 4 % of a claim)
     packed, width = {r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12], r[13],
-      r[14], r[15], r[16], r[17], r[18], r[19], r[20]}, R_FIELDS
+      r[14], r[15], r[16], r[17], r[18], r[19], r[20], r[21], r[22]}, R_FIELDS
   else
     packed, width = {r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12], r[13],
       r[14], r[15], r[16], r[17]}, R_ERRORS
@@ -321,8 +327,9 @@ local function append_error(errors, err)
   return string.sub(errors, 1, -2) .. ',' .. err .. ']'
 end
 
--- A record as 18 reply fields: id, task, priority, state, payload, attempt, max_attempts, token,
--- run_at, enqueued_at, started_at, finished_at, key, result, errors, worker, lease_until, seq.
+-- A record as 20 reply fields: id, task, priority, state, payload, attempt, max_attempts, token,
+-- run_at, enqueued_at, started_at, finished_at, key, result, errors, worker, lease_until, seq,
+-- headers and progress (optional strings).
 local function emit(out, id, r)
   local n = #out
   out[n + 1] = id
@@ -343,11 +350,13 @@ local function emit(out, id, r)
   out[n + 16] = opt_out(r[R_WORKER])
   out[n + 17] = fmt(r[R_LEASE])
   out[n + 18] = fmt(r[R_SEQ])
+  out[n + 19] = opt_out(r[R_HEADERS])
+  out[n + 20] = opt_out(r[R_PROGRESS])
 end
 
--- A leased job as the 11 reply fields a worker needs: id, task, priority, payload, attempt,
--- max_attempts, token, run_at, enqueued_at ('' when it is run_at), key, throttled (see
--- wire.delivery).
+-- A leased job as the 12 reply fields a worker needs: id, task, priority, payload, attempt,
+-- max_attempts, token, run_at, enqueued_at ('' when it is run_at), key, throttled, headers
+-- (optional string; see wire.delivery).
 local function emit_delivery(out, id, r)
   local n = #out
   out[n + 1] = id
@@ -362,6 +371,7 @@ local function emit_delivery(out, id, r)
   out[n + 10] = opt_out(r[R_KEY])
   local throttled = r[R_THROTTLED]  -- a garbage count reads as none: it costs its record nothing
   out[n + 11] = throttled and whole(throttled, MAX_WHOLE) and throttled or 0
+  out[n + 12] = opt_out(r[R_HEADERS])
 end
 
 -- == Limits (docs/flow-control.md) ===============================================================

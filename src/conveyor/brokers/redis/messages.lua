@@ -7,9 +7,11 @@
 -- are [count, shape index] pairs in message order; keys maps a message's index to its
 -- idempotency key (nil when no message has one). A batch with limits adds two more: its distinct
 -- rule sets (each an array of [key, rate, burst, concurrency]) and a map of a message's index to
--- its rule set's. Each message is read as {id, shape, payload, key or false, rules or nil}: a
--- batch costs one table per message, not one per field.
-local M_ID, M_SHAPE, M_PAYLOAD, M_KEY, M_RULES = 1, 2, 3, 4, 5
+-- its rule set's. A batch with headers adds a seventh: a map of a message's index to its headers
+-- (JSON text); the fifth and sixth are then nil when it has no limits. Each message is read as
+-- {id, shape, payload, key or false, rules or nil, headers or nil}: a batch costs one table per
+-- message, not one per field.
+local M_ID, M_SHAPE, M_PAYLOAD, M_KEY, M_RULES, M_HEADERS = 1, 2, 3, 4, 5, 6
 local S_TASK, S_PRIO, S_DELAY, S_RUN_AT, S_MAX = 1, 2, 3, 4, 5
 local function read_messages(at)
   local packed = cmsgpack.unpack(ARGV[at])
@@ -25,6 +27,9 @@ local function read_messages(at)
   if packed[6] then
     local sets = packed[5]
     for index, set in pairs(packed[6]) do msgs[index][M_RULES] = sets[set] end
+  end
+  if packed[7] then
+    for index, h in pairs(packed[7]) do msgs[index][M_HEADERS] = h end
   end
   return msgs
 end
@@ -154,6 +159,15 @@ local function write_enqueue(jobs, keys, counts, msgs, plan, now)
         -- 18 fields (array16 header): the key or false, six absent ones, then the group.
         rec = '\220\0\18' .. string.sub(rec, 2) .. (key and '' or '\194') .. '\194\194\194\194\194\194'
           .. cmsgpack.pack(grp)
+      end
+      if m[M_HEADERS] then
+        -- Headers go last (R_HEADERS): the record as built, its absent fields filled, repacked.
+        local r = cmsgpack.unpack(rec)
+        for f = 1, R_HEADERS - 1 do
+          if r[f] == nil then r[f] = false end
+        end
+        r[R_HEADERS] = m[M_HEADERS]
+        rec = cmsgpack.pack(r)
       end
       records[#records + 1] = id
       records[#records + 1] = rec

@@ -8,7 +8,7 @@
 --     weighted round robin (conveyor.priority.Fairness), which splits the limit here across
 --     the levels with due tasks, exactly as Fairness.split does
 -- Returns {k, k values of the round robin's new current values (k = 0 for 'take'), then the
--- leased jobs, 18 fields each (see emit)}, their attempt and token already counted.
+-- leased jobs, 12 fields each (see emit_delivery)}, their attempt and token already counted.
 -- Scheduled and ready tasks share the pending zsets: a task is due once its score (due time)
 -- is <= now, so promotion of delayed tasks is this range, within the same script. The last
 -- level also takes the stored levels above it (see served_levels), after its own.

@@ -30,6 +30,7 @@ NAMES = (
     "reserve",
     "ack",
     "extend",
+    "progress",
     "release",
     "reclaim",
     "cancel",

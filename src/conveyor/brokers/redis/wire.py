@@ -7,14 +7,16 @@ from typing import Any
 
 import msgspec
 
+from conveyor import headers as stored_headers
 from conveyor import limits, serializer
+from conveyor import progress as stored_progress
 from conveyor.brokers.base import CORRUPT_TASK, Lease, corrupt_error, duplicate_id, errors_of
 from conveyor.errors import ConfigurationError, KeyConflict
 from conveyor.records import Delivery, JobInfo, LimitInfo, Message, Outcome, Rule, State
 
 #: Reply fields per job (see ``emit`` in lib.lua), and per leased job (``emit_delivery``).
-FIELDS = 18
-DELIVERY_FIELDS = 11
+FIELDS = 20
+DELIVERY_FIELDS = 12
 _packer = msgspec.msgpack.Encoder()
 STATES: dict[bytes, State] = {b"r": "running", b"s": "succeeded", b"d": "dead", b"c": "cancelled"}
 
@@ -38,15 +40,19 @@ def packed_messages(messages: Sequence[Message]) -> list[Any]:
     priority, delay, run_at, max_attempts]; runs are [count, shape index] pairs in order, and
     keys maps a message's (1-based) index to its idempotency key. A batch with limits adds its
     distinct rule sets (each a list of [key, rate, burst, concurrency]) and a map of a message's
-    index to its rule set's (1-based)."""
+    index to its rule set's (1-based); a batch with headers, a map of a message's index to its
+    headers (JSON text) after those two (None, None without limits)."""
     shapes: dict[tuple[str, int, float, float | None, int], int] = {}
     runs: list[int] = []
     ids: list[str] = []
     keys: dict[int, str] = {}
     rule_sets: dict[tuple[Rule, ...], int] = {}
     limited: dict[int, int] = {}
+    with_headers: dict[int, str] = {}
     last = 0
     for n, m in enumerate(messages, 1):
+        if m.headers:
+            with_headers[n] = stored_headers.encode(m.headers) or ""
         if m.limits:
             limited[n] = rule_sets.setdefault(m.limits, len(rule_sets) + 1)
         shape = (m.task, m.priority, float(m.delay), m.run_at, m.max_attempts)
@@ -62,6 +68,8 @@ def packed_messages(messages: Sequence[Message]) -> list[Any]:
     packed: list[Any] = [list(shapes), runs, ids, keys or None]
     if limited:
         packed += [list(rule_sets), limited]
+    if with_headers:
+        packed += [*([None, None] if not limited else []), with_headers]
     return [_packer.encode(packed), *(m.payload for m in messages)]
 
 
@@ -128,7 +136,7 @@ def pairs(leases: Sequence[Lease]) -> list[Any]:
 def adopt_fields(f: list[Any]) -> list[Any]:
     """A dead job's row (see ``emit``) as ``adopt`` takes it: its token and order travel along,
     so a token handed out before the replay stays stale."""
-    return [f[0], f[1], f[2], f[4], f[12], f[6], f[14], f[9], f[7], f[17]]
+    return [f[0], f[1], f[2], f[4], f[12], f[6], f[14], f[9], f[7], f[17], f[18]]
 
 
 def raise_conflict(reply: list[Any]) -> None:
@@ -186,6 +194,7 @@ def _delivery(f: list[Any], queue: str) -> Delivery:
         enqueued_at=float(f[8]) if f[8] else run_at,
         key=text_or_none(f[9]),
         throttled=int(f[10]),
+        headers=stored_headers.decode(f[11][1:]) if f[11] else None,
     )
 
 
@@ -240,6 +249,8 @@ def _job(f: list[Any], queue: str, now: float) -> JobInfo:
         errors=errors_of(f[14]),
         worker=text_or_none(f[15]),
         lease_until=float_or_none(f[16]),
+        headers=stored_headers.decode(f[18][1:]) if f[18] else None,
+        progress=stored_progress.decode(f[19][1:]) if f[19] else None,
     )
 
 
