@@ -94,15 +94,27 @@ def _read_holding_the_gil(fifo: str) -> None:
 _BROKERS = str(Path(conveyor.brokers.__file__).parent) + os.sep
 
 
+#: Broker calls that only wait for a wake-up (a datagram, a NOTIFY, a PUBLISH) and hold no
+#: lock of the store: a thread blocked in one may be frozen with the process.
+_WAITS = frozenset({"wait", "wait_cancel"})
+
+
 def _in_a_store_call() -> bool:
-    """Whether a thread of this process other than the caller is inside the broker's code."""
+    """Whether a thread of this process other than the caller is inside the broker's code (other
+    than waiting for a wake-up)."""
     me = threading.get_ident()
     for ident, frame in sys._current_frames().items():
         f: FrameType | None = frame
+        inside = False
         while ident != me and f is not None:
             if f.f_code.co_filename.startswith(_BROKERS):
-                return True
+                if f.f_code.co_name in _WAITS:
+                    inside = False
+                    break
+                inside = True
             f = f.f_back
+        if inside:
+            return True
     return False
 
 
