@@ -108,7 +108,8 @@ def _in_a_store_call() -> bool:
         inside = False
         while ident != me and f is not None:
             if f.f_code.co_filename.startswith(_BROKERS):
-                if f.f_code.co_name in _WAITS:
+                # (not SQLite's writer lock's wait: a flock taken in it would freeze every writer)
+                if f.f_code.co_name in _WAITS and not f.f_code.co_filename.endswith("sqlite_lock.py"):
                     inside = False
                     break
                 inside = True
