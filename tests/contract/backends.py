@@ -104,9 +104,14 @@ def _sql_limit_state(
     return count
 
 
-def _sqlite_limit_state(url: str) -> tuple[set[str], set[str]]:
-    groups = {g for (g,) in _sqlite_sql(url, "SELECT grp FROM conveyor_groups WHERE grp != ''")}
-    return groups, {k for (k,) in _sqlite_sql(url, "SELECT key FROM conveyor_limits")}
+def _sql_limit_sets(
+    run_sql: Callable[[str, str, Sequence[Any]], list[tuple[Any, ...]]], groups: str, keys: str
+) -> Callable[[str], tuple[set[str], set[str]]]:
+    def names(url: str) -> tuple[set[str], set[str]]:
+        named = {g for (g,) in run_sql(url, f"SELECT grp FROM {groups} WHERE grp <> ''", ())}
+        return named, {k for (k,) in run_sql(url, f"SELECT key FROM {keys}", ())}
+
+    return names
 
 
 BACKENDS: dict[str, Backend] = {
@@ -118,7 +123,7 @@ BACKENDS: dict[str, Backend] = {
         transaction=_sqlite_transaction,
         write_worker=_sqlite_worker,
         limit_state=_sql_limit_state(_sqlite_sql, "conveyor_groups", "conveyor_limits", "conveyor_waiters"),
-        limit_sets=_sqlite_limit_state,
+        limit_sets=_sql_limit_sets(_sqlite_sql, "conveyor_groups", "conveyor_limits"),
     ),
     # "redis": Backend("redis", _redis_store),  # e.g. a fresh key prefix / database per test
 }
@@ -193,6 +198,7 @@ BACKENDS["sqlite-memory"] = Backend(
     write_worker=_memory_worker,
     processes=False,
     limit_state=_sql_limit_state(_memory_sql, "conveyor_groups", "conveyor_limits", "conveyor_waiters"),
+    limit_sets=_sql_limit_sets(_memory_sql, "conveyor_groups", "conveyor_limits"),
 )
 
 
@@ -282,11 +288,6 @@ def _pg_worker(url: str, worker_id: str, info: bytes, expires: float) -> bool:
     return True
 
 
-def _pg_limit_state(url: str) -> tuple[set[str], set[str]]:
-    groups = {g for (g,) in _pg_sql(url, "SELECT grp FROM limit_groups WHERE grp <> ''")}
-    return groups, {k for (k,) in _pg_sql(url, "SELECT key FROM limit_keys")}
-
-
 # Registered whether or not psycopg is installed: without it, these tests fail, never vanish.
 BACKENDS["postgres"] = _Postgres(
     "postgres",
@@ -297,7 +298,7 @@ BACKENDS["postgres"] = _Postgres(
     drop_store=_pg_drop,
     write_worker=_pg_worker,
     limit_state=_sql_limit_state(_pg_sql, "limit_groups", "limit_keys", "limit_waiters"),
-    limit_sets=_pg_limit_state,
+    limit_sets=_sql_limit_sets(_pg_sql, "limit_groups", "limit_keys"),
 )
 
 
@@ -364,8 +365,35 @@ def _redis_limit_state(url: str, queue: str) -> int:
         client.close()
 
 
+def _redis_limit_sets(url: str) -> tuple[set[str], set[str]]:
+    """The groups with rules (fields of every queue's grules hash) and the limit keys with a record
+    (the ``<key>`` of the ``<key>\\31<attr>`` fields of every queue's limits hash)."""
+    from redis.client import Redis
+
+    from conveyor.brokers.redis.url import parse
+
+    target = parse(url)
+    client = Redis.from_url(target.url)
+    try:
+        groups = {g.decode() for h in client.scan_iter(f"{target.prefix}:*:grules") for g in client.hkeys(h)}
+        keys = {
+            f.decode().rpartition("\x1f")[0]
+            for h in client.scan_iter(f"{target.prefix}:*:limits")
+            for f in client.hkeys(h)
+            if f != b"\x1fg"
+        }
+        return groups, keys
+    finally:
+        client.close()
+
+
 BACKENDS["redis"] = Backend(
-    "redis", _redis_store, drop_store=_redis_drop, write_worker=_redis_worker, limit_state=_redis_limit_state
+    "redis",
+    _redis_store,
+    drop_store=_redis_drop,
+    write_worker=_redis_worker,
+    limit_state=_redis_limit_state,
+    limit_sets=_redis_limit_sets,
 )
 
 
